@@ -1,0 +1,84 @@
+import { type BatchErrorItem, errorItem } from './items';
+import { decompressed, isBlank, type LinePosition, linesOf } from './lines';
+
+/** A JSON object read from one dataset line. */
+export type DatasetRecord = Record<string, unknown>;
+
+/** What one non-blank dataset line turned out to be. */
+export type DatasetLine =
+  | { readonly kind: 'record'; readonly line: number; readonly end: number; readonly record: DatasetRecord }
+  | { readonly kind: 'invalid'; readonly line: number; readonly end: number; readonly error: BatchErrorItem };
+
+/** How a dataset is read. */
+export interface DatasetReadOptions {
+  /** A longer line is an error record (`line_too_long`) and is never held in memory. */
+  readonly maxRecordBytes: number;
+  /** Resume after a checkpoint: the position the source's first byte is at (uncompressed streams only). */
+  readonly start?: LinePosition;
+  /** Lines to pass over before reading (resuming a gzip stream, which cannot be entered mid-way). */
+  readonly skipLines?: number;
+  /** Told once the first bytes have been read whether the stream is gzip. */
+  readonly onFormat?: (format: { gzip: boolean }) => void;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * Reads JSONL records from a byte stream: gzip detected by content, a UTF-8 BOM dropped, CRLF accepted,
+ * blank lines passed over. A line that is not valid UTF-8, not JSON, not a JSON object or too long
+ * becomes an `invalid` entry carrying its line number and the reason, and reading goes on.
+ */
+export async function* readDataset(
+  source: AsyncIterable<Uint8Array>,
+  options: DatasetReadOptions,
+): AsyncGenerator<DatasetLine> {
+  const { gzip, chunks } = await decompressed(source);
+  options.onFormat?.({ gzip });
+  const skip = options.skipLines ?? 0;
+  for await (const raw of linesOf(chunks, options.maxRecordBytes, options.start)) {
+    if (raw.line <= skip) continue;
+    const { line, end } = raw;
+    if (raw.bytes === null) {
+      yield invalid(
+        line,
+        end,
+        'line_too_long',
+        `line ${line} is ${raw.length} bytes, over the work's maxRecordBytes of ${options.maxRecordBytes}`,
+      );
+      continue;
+    }
+    if (isBlank(raw.bytes)) continue;
+    let text: string;
+    try {
+      text = utf8.decode(raw.bytes);
+    } catch {
+      yield invalid(line, end, 'invalid_utf8', `line ${line} is not valid UTF-8`);
+      continue;
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (caught) {
+      yield invalid(line, end, 'invalid_json', `line ${line} is not valid JSON: ${jsonProblem(caught)}`);
+      continue;
+    }
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+      const what = value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`;
+      yield invalid(line, end, 'not_an_object', `line ${line} is ${what}, not a JSON object`);
+      continue;
+    }
+    yield { kind: 'record', line, end, record: value as DatasetRecord };
+  }
+}
+
+function invalid(line: number, end: number, code: string, message: string): DatasetLine {
+  return { kind: 'invalid', line, end, error: errorItem({ stage: 'dataset', code, message, line }) };
+}
+
+/** JSON.parse's reason without the snippet of the line it quotes (record contents stay out of messages). */
+function jsonProblem(caught: unknown): string {
+  const message = caught instanceof Error ? caught.message : 'unparseable';
+  return message
+    .replace(/,? ?"(?:[^"\\]|\\.)*" is not valid JSON$/, '')
+    .replace(/^Unexpected token '.*?'/, 'unexpected token');
+}

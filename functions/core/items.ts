@@ -1,0 +1,113 @@
+import { z } from 'zod';
+
+/** The OpenAI endpoints a batch can target. */
+export const ENDPOINTS = [
+  '/v1/chat/completions',
+  '/v1/embeddings',
+  '/v1/responses',
+  '/v1/completions',
+  '/v1/moderations',
+] as const;
+
+/** One of {@link ENDPOINTS}. */
+export type Endpoint = (typeof ENDPOINTS)[number];
+
+/**
+ * What a work's `upload` hook returns for a record: one request. `id` becomes the request's `custom_id`
+ * and joins the result back to the record. Either `body` (sent as is) or the endpoint's main field
+ * (`messages`, `input`, `prompt`); every other key is a request parameter (`temperature`, ...).
+ */
+export const BatchInputItemSchema = z
+  .object({
+    id: z
+      .union([z.string().min(1, 'must not be empty'), z.number().int()], {
+        error: 'must be a non-empty string or an integer',
+      })
+      .transform(String)
+      .pipe(z.string().max(512, 'must be at most 512 characters')),
+    model: z.string().min(1, 'must not be empty').optional(),
+    body: z.record(z.string(), z.unknown(), { error: 'must be an object' }).optional(),
+    messages: z.array(z.unknown(), { error: 'must be an array of messages' }).min(1).optional(),
+    input: z.unknown().optional(),
+    prompt: z.unknown().optional(),
+  })
+  .catchall(z.unknown());
+
+/** A request as the `upload` hook may write it (an integer id is accepted). */
+export type BatchInputItemInput = z.input<typeof BatchInputItemSchema>;
+/** A request after validation (the id is a string). */
+export type BatchInputItem = z.output<typeof BatchInputItemSchema>;
+
+/** Token usage as OpenAI reports it, in whichever naming the endpoint uses. */
+export const UsageSchema = z.object({
+  inputTokens: z.number(),
+  outputTokens: z.number(),
+  totalTokens: z.number(),
+  cachedTokens: z.number(),
+  reasoningTokens: z.number(),
+});
+
+/** Token usage of one request. */
+export type Usage = z.infer<typeof UsageSchema>;
+
+/** A successful result, handed to the work's `download` hook. */
+export const BatchOutputItemSchema = z.object({
+  /** The request's custom_id: the id the `upload` hook gave. */
+  id: z.string(),
+  status: z.literal('success'),
+  statusCode: z.number().int(),
+  /** OpenAI's request id, for support tickets. */
+  requestId: z.string().nullable(),
+  batchId: z.string().nullable(),
+  model: z.string().nullable(),
+  /** The text answer: chat's first choice, a response's output text, a completion's text; else null. */
+  content: z.string().nullable(),
+  /** The first embedding of an embeddings request; else null. */
+  embedding: z.array(z.number()).nullable(),
+  usage: UsageSchema.nullable(),
+  /** The whole response body. */
+  response: z.record(z.string(), z.unknown()),
+});
+
+/** A successful result. */
+export type BatchOutputItem = z.infer<typeof BatchOutputItemSchema>;
+
+/** Where an error arose, from reading the dataset to OpenAI's answer. */
+export const ERROR_STAGES = ['dataset', 'upload', 'request', 'openai', 'download'] as const;
+
+/** A failed record or request, handed to the work's `downloadError` hook and written to errors/. */
+export const BatchErrorItemSchema = z.object({
+  /** The request's custom_id, or null where the record never got one (an unreadable line). */
+  id: z.string().nullable(),
+  status: z.literal('failed'),
+  stage: z.enum(ERROR_STAGES),
+  /** A stable, machine-readable code: OpenAI's own code where it gave one. */
+  code: z.string(),
+  message: z.string(),
+  /** The 1-based dataset line the record came from, where known. */
+  line: z.number().int().nullable(),
+  statusCode: z.number().int().nullable(),
+  requestId: z.string().nullable(),
+  batchId: z.string().nullable(),
+  /** OpenAI's response body for an HTTP failure; else null. */
+  response: z.record(z.string(), z.unknown()).nullable(),
+});
+
+/** A failed record or request. */
+export type BatchErrorItem = z.infer<typeof BatchErrorItemSchema>;
+
+/** An error item from the fields that matter; the rest default to null. */
+export function errorItem(
+  fields: Pick<BatchErrorItem, 'stage' | 'code' | 'message'> & Partial<BatchErrorItem>,
+): BatchErrorItem {
+  return {
+    id: null,
+    line: null,
+    statusCode: null,
+    requestId: null,
+    batchId: null,
+    response: null,
+    ...fields,
+    status: 'failed',
+  };
+}

@@ -1,0 +1,134 @@
+import { Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+
+/** One line of a byte stream, without its line ending. */
+export interface RawLine {
+  /** 1-based line number. */
+  readonly line: number;
+  /** Byte offset just past this line's newline: where reading resumes after it. */
+  readonly end: number;
+  /** The line's bytes (a view, valid until the next line is read), or null when it was over the bound. */
+  readonly bytes: Uint8Array | null;
+  /** The line's length in bytes, counted even when it was over the bound. */
+  readonly length: number;
+}
+
+/** Where a line reader starts: after `line - 1` lines and `offset` bytes of the stream. */
+export interface LinePosition {
+  readonly line: number;
+  readonly offset: number;
+}
+
+const NEWLINE = 0x0a;
+const CR = 0x0d;
+const GZIP_MAGIC = [0x1f, 0x8b] as const;
+
+/** True when the bytes start with gzip's magic number. */
+export function isGzip(head: Uint8Array): boolean {
+  return head[0] === GZIP_MAGIC[0] && head[1] === GZIP_MAGIC[1];
+}
+
+/**
+ * The stream's bytes, gunzipped when its content (not its name) says gzip. `gzip` is known once the
+ * first chunk has been read.
+ */
+export async function decompressed(
+  source: AsyncIterable<Uint8Array>,
+): Promise<{ gzip: boolean; chunks: AsyncIterable<Uint8Array> }> {
+  const iterator = source[Symbol.asyncIterator]();
+  let first = await iterator.next();
+  while (!first.done && first.value.length < 2) {
+    // A one-byte first chunk cannot show the magic number: join it with the next.
+    const next = await iterator.next();
+    if (next.done) break;
+    first = { done: false, value: Buffer.concat([first.value, next.value]) };
+  }
+  if (first.done) return { gzip: false, chunks: emptyChunks() };
+  const head = first.value;
+  async function* rest(): AsyncGenerator<Uint8Array> {
+    yield head;
+    for (let next = await iterator.next(); !next.done; next = await iterator.next()) yield next.value;
+  }
+  if (!isGzip(head)) return { gzip: false, chunks: rest() };
+  return { gzip: true, chunks: Readable.from(rest()).pipe(createGunzip()) };
+}
+
+async function* emptyChunks(): AsyncGenerator<Uint8Array> {}
+
+/**
+ * Splits a byte stream into lines (LF or CRLF; a leading UTF-8 BOM is dropped). A line longer than
+ * `maxLineBytes` is not kept in memory: it is reported with `bytes: null` and its length, and reading
+ * goes on with the next line. Lines are views into the chunks, copied only when they span two chunks.
+ */
+export async function* linesOf(
+  chunks: AsyncIterable<Uint8Array>,
+  maxLineBytes: number,
+  start: LinePosition = { line: 1, offset: 0 },
+): AsyncGenerator<RawLine> {
+  let line = start.line;
+  let offset = start.offset;
+  let pending: Uint8Array[] = [];
+  let pendingLength = 0;
+  let oversize = false;
+  let atStreamStart = start.offset === 0;
+
+  const finish = (tail: Uint8Array, consumed: number): RawLine => {
+    const length = pendingLength + tail.length;
+    offset += consumed;
+    let bytes: Uint8Array | null = null;
+    if (!oversize && length <= maxLineBytes) {
+      bytes = pending.length === 0 ? tail : Buffer.concat([...pending, tail], length);
+    }
+    const result: RawLine = { line, end: offset, bytes: bytes && withoutCR(bytes), length };
+    line += 1;
+    pending = [];
+    pendingLength = 0;
+    oversize = false;
+    return result;
+  };
+
+  for await (const chunk of chunks) {
+    let view = chunk;
+    if (atStreamStart) {
+      atStreamStart = false;
+      if (view[0] === 0xef && view[1] === 0xbb && view[2] === 0xbf) {
+        view = view.subarray(3);
+        offset += 3;
+      }
+    }
+    let position = 0;
+    while (position < view.length) {
+      const newline = view.indexOf(NEWLINE, position);
+      if (newline === -1) {
+        const rest = view.subarray(position);
+        pendingLength += rest.length;
+        if (oversize || pendingLength > maxLineBytes) {
+          oversize = true;
+          pending = [];
+        } else {
+          pending.push(Buffer.from(rest)); // copied: the producer may reuse its chunk
+        }
+        offset += rest.length;
+        break;
+      }
+      yield finish(view.subarray(position, newline), newline + 1 - position);
+      position = newline + 1;
+    }
+  }
+  if (pendingLength > 0 || oversize) {
+    offset -= pendingLength;
+    yield finish(new Uint8Array(0), pendingLength);
+  }
+}
+
+function withoutCR(bytes: Uint8Array): Uint8Array {
+  return bytes.length > 0 && bytes[bytes.length - 1] === CR ? bytes.subarray(0, bytes.length - 1) : bytes;
+}
+
+/** True when a line holds only spaces and tabs (or nothing). */
+export function isBlank(bytes: Uint8Array): boolean {
+  for (const byte of bytes) {
+    if (byte !== 0x20 && byte !== 0x09) return false;
+  }
+  return true;
+}

@@ -1,0 +1,140 @@
+import { type Counts, zeroCounts } from './accounting';
+import { type PartSummary, partsOf } from './chunker';
+import { type DatasetLine, readDataset } from './dataset';
+import { messageOf } from './errors';
+import type { IdRegistry } from './ids';
+import type { BatchErrorItem } from './items';
+import type { LinePosition } from './lines';
+import { buildRequests, type PreparedRequest } from './requests';
+import type { Work } from './work';
+
+/** Where prepared request lines go: one file per part, several open at once (one per model). */
+export interface PartSink {
+  /** Appends one JSONL line (no newline) to a part, opening the part's file on its first line. */
+  write(part: number, line: string): Promise<void>;
+  /** The part is complete: finish its file. */
+  close(summary: PartSummary): Promise<void>;
+}
+
+/** Where records go that end in errors/ (after the work's `downloadError` hook). */
+export interface RecordSink {
+  write(record: unknown): Promise<void>;
+}
+
+/** A prepare step's starting point: the beginning, or where an earlier step stopped. */
+export interface PrepareStart {
+  /** The position the source's first byte is at (uncompressed resume by byte range). */
+  readonly position?: LinePosition;
+  /** Lines to pass over first (gzip resume, which re-reads from the start). */
+  readonly skipLines?: number;
+  /** The number the first new part gets. */
+  readonly firstPart?: number;
+}
+
+/** How a prepare step ended. */
+export interface PrepareResult {
+  /** True when the whole dataset was read; false when `shouldPause` stopped it at a record boundary. */
+  readonly done: boolean;
+  /** Where the next step resumes: the line after the last one read, and its byte offset. */
+  readonly next: LinePosition;
+  /** Whether the dataset is gzip (a resumed step cannot enter a gzip stream by byte offset). */
+  readonly gzip: boolean;
+  /** Parts closed by this step, in part order. */
+  readonly parts: PartSummary[];
+  /** What this step counted. */
+  readonly counts: Counts;
+}
+
+/** What a prepare step reads from and writes to. */
+export interface PrepareInput<R> {
+  readonly source: AsyncIterable<Uint8Array>;
+  readonly work: Work<R>;
+  readonly ids: IdRegistry;
+  readonly parts: PartSink;
+  readonly errors: RecordSink;
+  readonly start?: PrepareStart;
+  /** Asked before each record; true stops the step there, with every open part closed. */
+  readonly shouldPause?: () => boolean;
+}
+
+/**
+ * Streams a dataset through the work's `upload` hook, the request builder and the chunker into part
+ * files, and every refused line or request into errors. Holds no more than one record and one line per
+ * open part at a time. Stops early at a record boundary when asked, so a long dataset is prepared over
+ * several steps that each resume where the last stopped.
+ */
+export async function prepareDataset<R>(input: PrepareInput<R>): Promise<PrepareResult> {
+  const { work, start = {} } = input;
+  const counts = zeroCounts();
+  const parts: PartSummary[] = [];
+  let next: LinePosition = start.position ?? { line: 1, offset: 0 };
+  let gzip = false;
+  let done = true;
+
+  async function* lines(): AsyncGenerator<DatasetLine> {
+    const reader = readDataset(input.source, {
+      maxRecordBytes: work.settings.maxRecordBytes,
+      ...(start.position ? { start: start.position } : {}),
+      ...(start.skipLines ? { skipLines: start.skipLines } : {}),
+      onFormat: (format) => {
+        gzip = format.gzip;
+      },
+    });
+    for await (const entry of reader) {
+      if (input.shouldPause?.()) {
+        done = false;
+        return;
+      }
+      counts.records += 1;
+      yield entry;
+      next = { line: entry.line + 1, offset: entry.end };
+    }
+  }
+
+  async function* requests(): AsyncGenerator<PreparedRequest> {
+    for await (const event of buildRequests(lines(), work, input.ids)) {
+      if (event.kind === 'request') {
+        counts.requests += 1;
+        counts.submittedRequests += 1;
+        yield event.request;
+      } else if (event.kind === 'skip') {
+        counts.skippedRecords += 1;
+      } else {
+        const { stage } = event.error;
+        if (stage === 'dataset') counts.invalidRecords += 1;
+        else if (stage === 'upload') counts.failedRecords += 1;
+        else {
+          counts.requests += 1;
+          counts.refusedRequests += 1;
+        }
+        await input.errors.write(await errorRecord(work, event.error));
+        counts.errors += 1;
+      }
+    }
+  }
+
+  for await (const event of partsOf(requests(), work.settings, start.firstPart ?? 0)) {
+    if (event.kind === 'request') {
+      await input.parts.write(event.part, event.request.json);
+    } else {
+      await input.parts.close(event.summary);
+      parts.push(event.summary);
+      counts.parts += 1;
+    }
+  }
+  parts.sort((a, b) => a.part - b.part);
+  return { done, next, gzip, parts, counts };
+}
+
+/**
+ * What the work's `downloadError` hook makes of an error. A hook that throws does not lose the error:
+ * the item itself is written, with the hook's failure noted in its message.
+ */
+export async function errorRecord<R>(work: Work<R>, item: BatchErrorItem): Promise<unknown> {
+  try {
+    const mapped = await work.downloadError(item);
+    return mapped ?? item;
+  } catch (caught) {
+    return { ...item, message: `${item.message} (the downloadError hook threw: ${messageOf(caught)})` };
+  }
+}

@@ -1,0 +1,240 @@
+import type { DatasetLine } from './dataset';
+import { messageOf } from './errors';
+import type { IdRegistry } from './ids';
+import { describeIssues } from './issues';
+import {
+  type BatchErrorItem,
+  type BatchInputItem,
+  BatchInputItemSchema,
+  type Endpoint,
+  errorItem,
+} from './items';
+import { estimateInputTokens } from './tokens';
+import { isEmbeddings, type Work } from './work';
+
+/** One OpenAI batch input line, ready to be placed in a part. */
+export interface PreparedRequest {
+  readonly customId: string;
+  readonly model: string;
+  /** The dataset line the record came from. */
+  readonly line: number;
+  /** The JSONL line, without its newline. */
+  readonly json: string;
+  /** Bytes the line takes in a part file, newline included. */
+  readonly bytes: number;
+  /** Embedding inputs it carries (1 for other endpoints), counted against the per-batch input limit. */
+  readonly inputs: number;
+  /** Estimated prompt tokens, for the enqueued-token budget and the cost estimate. */
+  readonly estimatedTokens: number;
+}
+
+/** What building requests from one dataset line gave. */
+export type BuildEvent =
+  | { readonly kind: 'request'; readonly request: PreparedRequest; readonly first: boolean }
+  | { readonly kind: 'error'; readonly error: BatchErrorItem; readonly record: boolean }
+  | { readonly kind: 'skip'; readonly line: number };
+
+/** The per-file limits a request must fit on its own. */
+export interface RequestLimits {
+  readonly maxBytesPerBatch: number;
+  readonly maxEmbeddingInputsPerBatch: number;
+}
+
+/** The body field that carries each endpoint's input. */
+const MAIN_FIELD: Record<Endpoint, 'messages' | 'input' | 'prompt'> = {
+  '/v1/chat/completions': 'messages',
+  '/v1/embeddings': 'input',
+  '/v1/responses': 'input',
+  '/v1/completions': 'prompt',
+  '/v1/moderations': 'input',
+};
+
+const ITEM_FIELDS = new Set(['id', 'model', 'body', 'messages', 'input', 'prompt']);
+
+/**
+ * Turns dataset lines into OpenAI batch requests through the work's `upload` hook. Every line ends in
+ * exactly one outcome per request (or one error or skip per record): a bad line, a hook that throws, an
+ * item that fails validation, a duplicate id and a request too large for a batch file are errors that
+ * name the line and the reason, never a silent drop.
+ */
+export async function* buildRequests<R>(
+  lines: AsyncIterable<DatasetLine>,
+  work: Work<R>,
+  ids: IdRegistry,
+): AsyncGenerator<BuildEvent> {
+  const { endpoint } = work.settings;
+  for await (const entry of lines) {
+    if (entry.kind === 'invalid') {
+      yield { kind: 'error', error: entry.error, record: true };
+      continue;
+    }
+    const { line } = entry;
+    let record: R;
+    if (work.record) {
+      const parsed = work.record.safeParse(entry.record);
+      if (!parsed.success) {
+        const problems = describeIssues(parsed.error, entry.record, false).join('; ');
+        yield recordError(
+          line,
+          'invalid_record',
+          `line ${line} does not match the work's record schema: ${problems}`,
+        );
+        continue;
+      }
+      record = parsed.data;
+    } else {
+      record = entry.record as R;
+    }
+    let result: Awaited<ReturnType<Work<R>['upload']>>;
+    try {
+      result = await work.upload(record, { line });
+    } catch (caught) {
+      yield recordError(
+        line,
+        'upload_hook_failed',
+        `line ${line}: the upload hook threw: ${messageOf(caught)}`,
+      );
+      continue;
+    }
+    if (result === null || result === undefined || (Array.isArray(result) && result.length === 0)) {
+      yield { kind: 'skip', line };
+      continue;
+    }
+    const items: readonly unknown[] = Array.isArray(result) ? result : [result];
+    let first = true;
+    for (const raw of items) {
+      const event = buildOne(raw, line, endpoint, work, ids, first);
+      first = false;
+      yield event;
+    }
+  }
+}
+
+function recordError(line: number, code: string, message: string): BuildEvent {
+  return { kind: 'error', error: errorItem({ stage: 'upload', code, message, line }), record: true };
+}
+
+function requestError(
+  id: string | null,
+  line: number,
+  code: string,
+  message: string,
+  first: boolean,
+): BuildEvent {
+  return { kind: 'error', error: errorItem({ stage: 'request', id, code, message, line }), record: first };
+}
+
+function buildOne<R>(
+  raw: unknown,
+  line: number,
+  endpoint: Endpoint,
+  work: Work<R>,
+  ids: IdRegistry,
+  first: boolean,
+): BuildEvent {
+  const parsed = BatchInputItemSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = describeIssues(parsed.error, raw, false).join('; ');
+    const id = idOf(raw);
+    return requestError(
+      id,
+      line,
+      'invalid_item',
+      `line ${line}: the upload hook returned an invalid item: ${problems}`,
+      first,
+    );
+  }
+  const item = parsed.data;
+  const body = bodyOf(item, endpoint, work.settings.model);
+  if (typeof body === 'string')
+    return requestError(item.id, line, 'invalid_item', `line ${line}: ${body}`, first);
+  if (body.stream === true) {
+    return requestError(
+      item.id,
+      line,
+      'streaming_unsupported',
+      `line ${line}: "stream: true" is not supported by the Batch API`,
+      first,
+    );
+  }
+  const model = body.model;
+  if (typeof model !== 'string' || model.length === 0) {
+    return requestError(
+      item.id,
+      line,
+      'missing_model',
+      `line ${line}: request "${item.id}" has no model: set \`model\` in the work or in the item`,
+      first,
+    );
+  }
+  const json = JSON.stringify({ custom_id: item.id, method: 'POST', url: endpoint, body });
+  const bytes = Buffer.byteLength(json) + 1;
+  if (bytes > work.settings.maxBytesPerBatch) {
+    return requestError(
+      item.id,
+      line,
+      'request_too_large',
+      `line ${line}: request "${item.id}" is ${bytes} bytes, over maxBytesPerBatch (${work.settings.maxBytesPerBatch})`,
+      first,
+    );
+  }
+  const inputs = isEmbeddings(endpoint) && Array.isArray(body.input) ? Math.max(1, body.input.length) : 1;
+  if (inputs > work.settings.maxEmbeddingInputsPerBatch) {
+    return requestError(
+      item.id,
+      line,
+      'too_many_inputs',
+      `line ${line}: request "${item.id}" has ${inputs} embedding inputs, over maxEmbeddingInputsPerBatch (${work.settings.maxEmbeddingInputsPerBatch})`,
+      first,
+    );
+  }
+  const seenOn = ids.claim(item.id, line);
+  if (seenOn !== 0) {
+    return requestError(
+      item.id,
+      line,
+      'duplicate_id',
+      `line ${line}: id "${item.id}" was already used on line ${seenOn}; ids must be unique within a run`,
+      first,
+    );
+  }
+  const estimatedTokens = estimateInputTokens(body[MAIN_FIELD[endpoint]]);
+  return {
+    kind: 'request',
+    first,
+    request: { customId: item.id, model, line, json, bytes, inputs, estimatedTokens },
+  };
+}
+
+/** The request body for an item, or a sentence saying what is wrong with it. */
+function bodyOf(
+  item: BatchInputItem,
+  endpoint: Endpoint,
+  defaultModel: string | undefined,
+): Record<string, unknown> | string {
+  const model = item.model ?? defaultModel;
+  if (item.body !== undefined) {
+    const body: Record<string, unknown> = { ...item.body };
+    if (body.model === undefined && model !== undefined) body.model = model;
+    return body;
+  }
+  const main = MAIN_FIELD[endpoint];
+  for (const field of ['messages', 'input', 'prompt'] as const) {
+    if (field !== main && item[field] !== undefined) {
+      return `"${field}" does not apply to ${endpoint}; give "${main}" (or a raw "body")`;
+    }
+  }
+  if (item[main] === undefined)
+    return `request "${item.id}" has no "${main}", which ${endpoint} needs (or give a raw "body")`;
+  const body: Record<string, unknown> = { model, [main]: item[main] };
+  for (const [key, value] of Object.entries(item)) {
+    if (!ITEM_FIELDS.has(key)) body[key] = value;
+  }
+  return body;
+}
+
+function idOf(raw: unknown): string | null {
+  if (raw === null || typeof raw !== 'object') return null;
+  const id = (raw as { id?: unknown }).id;
+  return typeof id === 'string' || typeof id === 'number' ? String(id) : null;
+}

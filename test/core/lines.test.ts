@@ -1,0 +1,94 @@
+import { gzipSync } from 'node:zlib';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { decompressed, linesOf } from '../../functions/core/lines';
+import { chunksAt, chunksOf, collect } from '../support/streams';
+
+const text = (bytes: Uint8Array | null) => (bytes === null ? null : Buffer.from(bytes).toString());
+
+describe('linesOf', () => {
+  it('splits LF and CRLF lines, numbers them, and reports where each ends', async () => {
+    const lines = await collect(linesOf(chunksOf('a\r\nbb\n\nccc'), 100));
+    expect(lines.map((l) => [l.line, text(l.bytes), l.end])).toEqual([
+      [1, 'a', 3],
+      [2, 'bb', 6],
+      [3, '', 7],
+      [4, 'ccc', 10],
+    ]);
+  });
+
+  it('drops a UTF-8 BOM at the start of the stream but counts its bytes in offsets', async () => {
+    const lines = await collect(linesOf(chunksOf('\uFEFF{"a":1}\n'), 100));
+    expect(text(lines[0]?.bytes ?? null)).toBe('{"a":1}');
+    expect(lines[0]?.end).toBe(11);
+  });
+
+  it('reports an over-long line by length without keeping it, and goes on', async () => {
+    const long = 'x'.repeat(5000);
+    const lines = await collect(linesOf(chunksOf(`ok\n${long}\nfine\n`, 7), 100));
+    expect(lines.map((l) => [l.line, text(l.bytes), l.length])).toEqual([
+      [1, 'ok', 2],
+      [2, null, 5000],
+      [3, 'fine', 4],
+    ]);
+  });
+
+  it('resumes numbering and offsets from a checkpoint', async () => {
+    const lines = await collect(linesOf(chunksOf('c\nd\n'), 100, { line: 7, offset: 40 }));
+    expect(lines.map((l) => [l.line, l.end])).toEqual([
+      [7, 42],
+      [8, 44],
+    ]);
+  });
+
+  it('gives the same lines and offsets however the stream is chunked', async () => {
+    const lineArb = fc.string({ unit: fc.constantFrom('a', 'é', '\r', ' ', '{', '😀'), maxLength: 30 });
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(lineArb, { maxLength: 30 }),
+        fc.boolean(),
+        fc.array(fc.integer({ min: 1, max: 17 }), { maxLength: 60 }),
+        fc.integer({ min: 1, max: 40 }),
+        async (rawLines, trailingNewline, cuts, max) => {
+          const data = rawLines.join('\n') + (trailingNewline && rawLines.length > 0 ? '\n' : '');
+          const lines = await collect(linesOf(chunksAt(data, cuts), max));
+          const expected =
+            data === '' ? [] : data.endsWith('\n') ? data.slice(0, -1).split('\n') : data.split('\n');
+          expect(lines.length).toBe(expected.length);
+          let offset = 0;
+          expected.forEach((raw, i) => {
+            const line = lines[i];
+            const rawBytes = Buffer.byteLength(raw);
+            offset += rawBytes + (offset + rawBytes < Buffer.byteLength(data) ? 1 : 0);
+            expect(line?.line).toBe(i + 1);
+            expect(line?.end).toBe(offset);
+            expect(line?.length).toBe(rawBytes);
+            const withoutCr = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+            expect(text(line?.bytes ?? null)).toBe(rawBytes <= max ? withoutCr : null);
+          });
+        },
+      ),
+    );
+  });
+});
+
+describe('decompressed', () => {
+  it('gunzips a stream recognized by its content, not its name', async () => {
+    const gz = gzipSync(Buffer.from('{"id":1}\n{"id":2}\n'));
+    const { gzip, chunks } = await decompressed(chunksOf(gz, 1));
+    expect(gzip).toBe(true);
+    expect(Buffer.concat(await collect(chunks)).toString()).toBe('{"id":1}\n{"id":2}\n');
+  });
+
+  it('passes plain bytes through untouched', async () => {
+    const { gzip, chunks } = await decompressed(chunksOf('plain\n', 2));
+    expect(gzip).toBe(false);
+    expect(Buffer.concat(await collect(chunks)).toString()).toBe('plain\n');
+  });
+
+  it('reads an empty stream as no bytes', async () => {
+    const { gzip, chunks } = await decompressed(chunksOf(''));
+    expect(gzip).toBe(false);
+    expect(await collect(chunks)).toEqual([]);
+  });
+});

@@ -1,0 +1,200 @@
+import { gzipSync } from 'node:zlib';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { addCounts, reconcile } from '../../functions/core/accounting';
+import type { PartSummary } from '../../functions/core/chunker';
+import { IdRegistry } from '../../functions/core/ids';
+import type { BatchErrorItem } from '../../functions/core/items';
+import {
+  type PartSink,
+  type PrepareResult,
+  type PrepareStart,
+  prepareDataset,
+  type RecordSink,
+} from '../../functions/core/prepare';
+import { defineWork, type Work } from '../../functions/core/work';
+import { chunksOf } from '../support/streams';
+
+/** Part files and error lines kept in arrays: test-sized datasets only. */
+class MemorySinks implements PartSink, RecordSink {
+  readonly parts = new Map<number, string[]>();
+  readonly closed: PartSummary[] = [];
+  readonly records: unknown[] = [];
+  async write(partOrRecord: number | unknown, line?: string): Promise<void> {
+    if (typeof partOrRecord === 'number' && line !== undefined) {
+      const lines = this.parts.get(partOrRecord) ?? [];
+      lines.push(line);
+      this.parts.set(partOrRecord, lines);
+    } else {
+      this.records.push(partOrRecord);
+    }
+  }
+  async close(summary: PartSummary): Promise<void> {
+    expect(this.parts.get(summary.part)?.length).toBe(summary.requests);
+    this.closed.push(summary);
+  }
+  customIds(): string[] {
+    return [...this.parts.values()].flat().map((line) => JSON.parse(line).custom_id);
+  }
+}
+
+type Mode = 'one' | 'many' | 'skip' | 'throw' | 'bad';
+
+const testWork = (overrides: Record<string, unknown> = {}): Work =>
+  defineWork({
+    name: 'prop',
+    model: 'gpt-4o-mini',
+    maxRequestsPerBatch: 7,
+    ...overrides,
+    upload: (record, { line }) => {
+      const mode = record.mode as Mode;
+      const ask = { messages: [{ role: 'user', content: String(record.text) }], user: `line-${line}` };
+      if (mode === 'skip') return null;
+      if (mode === 'throw') throw new Error('hook says no');
+      if (mode === 'bad') return { id: String(record.id) };
+      if (mode === 'many') return [0, 1, 2].map((i) => ({ id: `${record.id}-${i}`, ...ask }));
+      return { id: String(record.id), model: record.model as string, ...ask };
+    },
+  });
+
+const lineArb = fc.oneof(
+  {
+    weight: 8,
+    arbitrary: fc
+      .record({
+        id: fc.integer({ min: 1, max: 40 }),
+        mode: fc.constantFrom<Mode>('one', 'one', 'one', 'many', 'skip', 'throw', 'bad'),
+        model: fc.constantFrom('m1', 'm2'),
+        text: fc.string({ maxLength: 20 }),
+      })
+      .map((r) => JSON.stringify(r)),
+  },
+  { weight: 1, arbitrary: fc.constantFrom('{broken', '[1]', '', '   ', '42', 'x'.repeat(300)) },
+);
+
+async function prepare(
+  data: string | Uint8Array,
+  work: Work,
+  ids = new IdRegistry(),
+  start: PrepareStart = {},
+  pauseAfter = Number.POSITIVE_INFINITY,
+) {
+  const sinks = new MemorySinks();
+  let seen = 0;
+  const result = await prepareDataset({
+    source: chunksOf(data, 13),
+    work,
+    ids,
+    parts: sinks,
+    errors: sinks,
+    start,
+    shouldPause: () => seen++ >= pauseAfter,
+  });
+  return { result, sinks };
+}
+
+describe('prepareDataset', () => {
+  it('puts every record and request in exactly one place: a part, errors, or skipped', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(lineArb, { maxLength: 60 }), async (lines) => {
+        const { result, sinks } = await prepare(lines.join('\n'), testWork({ maxRecordBytes: 200 }));
+        const { counts } = result;
+        expect(result.done).toBe(true);
+        expect(counts.records).toBe(lines.filter((l) => l.trim() !== '').length);
+        expect(counts.errors).toBe(sinks.records.length);
+        expect(counts.submittedRequests).toBe(sinks.customIds().length);
+        expect(counts.parts).toBe(sinks.closed.length);
+        // custom_ids are unique across the whole run, not only within a part.
+        expect(new Set(sinks.customIds()).size).toBe(sinks.customIds().length);
+        // Every line that is not blank or skipped shows up in a part or in errors, under its own number.
+        const placed = new Set<number>((sinks.records as BatchErrorItem[]).map((e) => e.line ?? -1));
+        for (const part of sinks.parts.values()) {
+          for (const l of part) placed.add(Number(JSON.parse(l).body.user.slice('line-'.length)));
+        }
+        const expected = lines.flatMap((l, i) =>
+          l.trim() === '' || l.includes('"mode":"skip"') ? [] : [i + 1],
+        );
+        expect([...placed].sort((a, b) => a - b)).toEqual(expected);
+        expect(counts.skippedRecords).toBe(lines.filter((l) => l.includes('"mode":"skip"')).length);
+        // Once OpenAI answers every submitted request, the run balances.
+        const settled = {
+          ...counts,
+          settledRequests: counts.submittedRequests,
+          outputs: counts.submittedRequests,
+        };
+        expect(reconcile(settled)).toMatchObject({ balanced: true });
+        // ...and a single lost output would be caught.
+        if (counts.submittedRequests > 0)
+          expect(reconcile({ ...settled, outputs: settled.outputs - 1 }).balanced).toBe(false);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('writes errors through the downloadError hook, and keeps the error when the hook throws', async () => {
+    const work = defineWork({
+      name: 'err',
+      model: 'm',
+      downloadError: (item) => {
+        if (item.line === 2) throw new Error('mapper broke');
+        return { failedLine: item.line, why: item.code };
+      },
+    });
+    const { sinks } = await prepare('{oops\n[]\n', work);
+    expect(sinks.records).toEqual([
+      { failedLine: 1, why: 'invalid_json' },
+      expect.objectContaining({
+        line: 2,
+        code: 'not_an_object',
+        message: 'line 2 is an array, not a JSON object (the downloadError hook threw: mapper broke)',
+      }),
+    ]);
+  });
+
+  it.each([
+    ['plain', false],
+    ['gzip', true],
+  ])('resumes a %s dataset after a pause and ends with what one uninterrupted step gives', async (_, gz) => {
+    const lines = Array.from({ length: 50 }, (_, i) =>
+      i % 9 === 4
+        ? '{bad'
+        : JSON.stringify({
+            id: i % 23,
+            mode: i % 7 === 3 ? 'many' : 'one',
+            model: i % 2 ? 'm1' : 'm2',
+            text: `t${i}`,
+          }),
+    );
+    const text = `${lines.join('\n')}\n`;
+    const data = gz ? gzipSync(Buffer.from(text)) : Buffer.from(text);
+    const work = testWork();
+    const whole = await prepare(data, work);
+
+    let ids = new IdRegistry();
+    let start: PrepareStart = {};
+    const steps: PrepareResult[] = [];
+    const customIds: string[] = [];
+    const errors: unknown[] = [];
+    for (let step = 0; step < 20; step++) {
+      const source = !gz && start.position ? data.subarray(start.position.offset) : data;
+      const { result, sinks } = await prepare(source, work, ids, start, 8);
+      steps.push(result);
+      customIds.push(...sinks.customIds());
+      errors.push(...sinks.records);
+      if (result.done) break;
+      ids = IdRegistry.fromBytes(ids.toBytes()); // as a new Lambda would load it
+      const firstPart = (start.firstPart ?? 0) + result.parts.length;
+      start = result.gzip
+        ? { skipLines: result.next.line - 1, firstPart }
+        : { position: result.next, firstPart };
+    }
+    expect(steps.length).toBeGreaterThan(3);
+    expect(steps.at(-1)?.done).toBe(true);
+    expect([...customIds].sort()).toEqual(whole.sinks.customIds().sort());
+    expect(errors).toEqual(whole.sinks.records);
+    const total = steps.map((s) => s.counts).reduce(addCounts);
+    expect({ ...total, parts: 0 }).toEqual({ ...whole.result.counts, parts: 0 });
+    const partNumbers = steps.flatMap((s) => s.parts.map((p) => p.part));
+    expect(partNumbers).toEqual(partNumbers.map((_, i) => i));
+  });
+});

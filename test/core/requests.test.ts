@@ -1,0 +1,194 @@
+import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import type { DatasetLine } from '../../functions/core/dataset';
+import { IdRegistry } from '../../functions/core/ids';
+import { errorItem } from '../../functions/core/items';
+import { type BuildEvent, buildRequests } from '../../functions/core/requests';
+import { defineWork, type WorkConfig } from '../../functions/core/work';
+import { collect, fromArray } from '../support/streams';
+
+const records = (...values: Record<string, unknown>[]): DatasetLine[] =>
+  values.map((record, i) => ({ kind: 'record', line: i + 1, end: 0, record }));
+
+async function build(config: Partial<WorkConfig>, lines: DatasetLine[]): Promise<BuildEvent[]> {
+  const work = defineWork({ name: 'test', model: 'gpt-4o-mini', ...config } as WorkConfig);
+  return collect(buildRequests(fromArray(lines), work, new IdRegistry()));
+}
+
+const bodies = (events: BuildEvent[]) =>
+  events.map((e) =>
+    e.kind === 'request' ? JSON.parse(e.request.json) : e.kind === 'error' ? e.error.code : 'skip',
+  );
+
+describe('buildRequests', () => {
+  it('builds a chat request with custom_id, method, url and the default model', async () => {
+    const events = await build(
+      {},
+      records({ id: 'r1', messages: [{ role: 'user', content: 'hi' }], temperature: 0 }),
+    );
+    expect(bodies(events)).toEqual([
+      {
+        custom_id: 'r1',
+        method: 'POST',
+        url: '/v1/chat/completions',
+        body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], temperature: 0 },
+      },
+    ]);
+    const [event] = events;
+    expect(event?.kind === 'request' && event.request).toMatchObject({
+      customId: 'r1',
+      model: 'gpt-4o-mini',
+      line: 1,
+      inputs: 1,
+      bytes: Buffer.byteLength(event?.kind === 'request' ? event.request.json : '') + 1,
+    });
+  });
+
+  it.each([
+    ['/v1/embeddings', { id: 1, input: ['a', 'b', 'c'] }, { model: 'm', input: ['a', 'b', 'c'] }, 3],
+    ['/v1/responses', { id: 1, input: 'hello' }, { model: 'm', input: 'hello' }, 1],
+    ['/v1/completions', { id: 1, prompt: 'once' }, { model: 'm', prompt: 'once' }, 1],
+    ['/v1/moderations', { id: 1, input: 'text' }, { model: 'm', input: 'text' }, 1],
+  ] as const)('builds %s requests from their main field', async (endpoint, item, body, inputs) => {
+    const events = await build({ endpoint, model: 'm' }, records(item));
+    expect(bodies(events)).toEqual([{ custom_id: '1', method: 'POST', url: endpoint, body }]);
+    expect(events[0]?.kind === 'request' && events[0].request.inputs).toBe(inputs);
+  });
+
+  it('sends a raw body as is, adding only the default model', async () => {
+    const events = await build(
+      {},
+      records({ id: 'x', body: { messages: [], n: 2 } }, { id: 'y', body: { model: 'o1' } }),
+    );
+    expect(bodies(events).map((b) => b.body)).toEqual([
+      { messages: [], n: 2, model: 'gpt-4o-mini' },
+      { model: 'o1' },
+    ]);
+  });
+
+  it('applies the upload hook: one item, several, or nothing to skip', async () => {
+    const events = await build(
+      {
+        upload: (record: Record<string, unknown>) => {
+          const n = Number(record.n);
+          return Array.from({ length: n }, (_, i) => ({
+            id: `${record.id}-${i}`,
+            messages: [{ role: 'user', content: 'q' }],
+          }));
+        },
+      },
+      records({ id: 'a', n: 2 }, { id: 'b', n: 0 }, { id: 'c', n: 1 }),
+    );
+    expect(events.map((e) => (e.kind === 'request' ? [e.request.customId, e.first] : e.kind))).toEqual([
+      ['a-0', true],
+      ['a-1', false],
+      'skip',
+      ['c-0', true],
+    ]);
+  });
+
+  it('refuses each bad item with a message naming its line and reason, and goes on', async () => {
+    const events = await build(
+      { maxBytesPerBatch: 2000 },
+      records(
+        { id: 'ok', messages: [{ role: 'user', content: 'fine' }] },
+        { messages: [{ role: 'user', content: 'no id' }] },
+        { id: 'ok', messages: [{ role: 'user', content: 'again' }] },
+        { id: 'big', messages: [{ role: 'user', content: 'x'.repeat(3000) }] },
+        { id: 'nomsg' },
+        { id: 'wrong', input: 'embeddings field' },
+        { id: 'stream', messages: [{ role: 'user', content: 'x' }], stream: true },
+        { id: '', messages: [{ role: 'user', content: 'x' }] },
+        { id: 'last', messages: [{ role: 'user', content: 'y' }] },
+      ),
+    );
+    const outcome = events.map((e) =>
+      e.kind === 'error' ? [e.error.line, e.error.code, e.error.message] : e.kind,
+    );
+    expect(outcome).toEqual([
+      'request',
+      [
+        2,
+        'invalid_item',
+        'line 2: the upload hook returned an invalid item: id: must be a non-empty string or an integer',
+      ],
+      [3, 'duplicate_id', 'line 3: id "ok" was already used on line 1; ids must be unique within a run'],
+      [4, 'request_too_large', 'line 4: request "big" is 3138 bytes, over maxBytesPerBatch (2000)'],
+      [
+        5,
+        'invalid_item',
+        'line 5: request "nomsg" has no "messages", which /v1/chat/completions needs (or give a raw "body")',
+      ],
+      [
+        6,
+        'invalid_item',
+        'line 6: "input" does not apply to /v1/chat/completions; give "messages" (or a raw "body")',
+      ],
+      [7, 'streaming_unsupported', 'line 7: "stream: true" is not supported by the Batch API'],
+      [8, 'invalid_item', 'line 8: the upload hook returned an invalid item: id: must not be empty'],
+      'request',
+    ]);
+  });
+
+  it('refuses a request with no model anywhere', async () => {
+    const events = await build(
+      { model: undefined },
+      records({ id: 'a', messages: [{ role: 'user', content: 'q' }] }),
+    );
+    expect(events[0]?.kind === 'error' && events[0].error.message).toBe(
+      'line 1: request "a" has no model: set `model` in the work or in the item',
+    );
+  });
+
+  it('refuses an embeddings request with more inputs than a batch may hold', async () => {
+    const events = await build(
+      { endpoint: '/v1/embeddings', maxEmbeddingInputsPerBatch: 2 },
+      records({ id: 'e', input: ['a', 'b', 'c'] }),
+    );
+    expect(events[0]?.kind === 'error' && events[0].error.code).toBe('too_many_inputs');
+  });
+
+  it('turns a hook that throws into an error for that record only', async () => {
+    const events = await build(
+      {
+        upload: (record: Record<string, unknown>) => {
+          if (record.id === 'boom') throw new Error('cannot handle this one');
+          return { id: String(record.id), messages: [{ role: 'user', content: 'q' }] };
+        },
+      },
+      records({ id: 'a' }, { id: 'boom' }, { id: 'c' }),
+    );
+    expect(events.map((e) => (e.kind === 'error' ? e.error : e.kind))).toEqual([
+      'request',
+      expect.objectContaining({
+        stage: 'upload',
+        code: 'upload_hook_failed',
+        line: 2,
+        message: 'line 2: the upload hook threw: cannot handle this one',
+      }),
+      'request',
+    ]);
+  });
+
+  it('checks records against the work schema, naming the field but not its value', async () => {
+    const events = await build(
+      {
+        record: z.object({ id: z.string(), content: z.string() }),
+        upload: (r: { id: string; content: string }) => ({
+          id: r.id,
+          messages: [{ role: 'user', content: r.content }],
+        }),
+      } as unknown as Partial<WorkConfig>,
+      records({ id: 'a', content: 'fine' }, { id: 'b', content: 42 }),
+    );
+    expect(events[1]?.kind === 'error' && events[1].error.message).toBe(
+      "line 2 does not match the work's record schema: content: Invalid input: expected string, received number",
+    );
+  });
+
+  it('passes invalid dataset lines through as record errors', async () => {
+    const error = errorItem({ stage: 'dataset', code: 'invalid_json', message: 'bad', line: 1 });
+    const events = await build({}, [{ kind: 'invalid', line: 1, end: 4, error }]);
+    expect(events).toEqual([{ kind: 'error', error, record: true }]);
+  });
+});

@@ -39,3 +39,23 @@ if (small && large) {
   const ratio = large.peakRssMiB / small.peakRssMiB;
   console.log(`peak RSS large/small: ${ratio.toFixed(2)} (goal: at most 1.5)`);
 }
+
+interface EmulatorFigure {
+  requests: number;
+  status: string;
+  inputMB: number;
+  outputMB: number;
+  seconds: number;
+  emulatorPeakRssMiB: number;
+}
+
+const emulatorFigures = [200, 3500].map((bytes) => {
+  const out = execFileSync(process.execPath, ['--import', 'tsx', 'bench/emulator-batch.ts', String(bytes)], {
+    encoding: 'utf8',
+  });
+  return JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as EmulatorFigure;
+});
+console.log(
+  '\nemulator: one 50,000-request chat batch, streamed upload and download with the official client:',
+);
+console.table(emulatorFigures);

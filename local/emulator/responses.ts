@@ -1,0 +1,176 @@
+import { estimateInputTokens } from '../../functions/core/tokens';
+import { hash32 } from './random';
+import { mainFieldOf } from './validation';
+
+const WORDS = (
+  'the a batch answer model token result request data line record file output input window ' +
+  'quick steady clear bright simple careful useful exact small large every each one two three'
+).split(' ');
+
+/** What a request produced: its body and its token usage. */
+export interface Answer {
+  body: Record<string, unknown>;
+  inputTokens: number;
+  outputTokens: number;
+}
+
+/** Options that shape answers. */
+export interface AnswerOptions {
+  readonly seed: number;
+  /** Dimensions of an embedding when the request does not ask for any. @default 256 */
+  readonly embeddingDimensions: number;
+}
+
+function sentence(seed: number, key: string, words: number): string {
+  const out: string[] = [];
+  for (let i = 0; i < words; i++) out.push(WORDS[hash32(seed, key, i) % WORDS.length] ?? 'token');
+  const text = out.join(' ');
+  return `${text.charAt(0).toUpperCase()}${text.slice(1)}.`;
+}
+
+/**
+ * A deterministic, well-formed answer for one request: the same seed, custom_id and body give the same
+ * answer. Prompt tokens grow with the input; the answer's text is a few pseudo-random words.
+ */
+export function answer(
+  endpoint: string,
+  customId: string,
+  body: Record<string, unknown>,
+  createdSeconds: number,
+  options: AnswerOptions,
+): Answer {
+  const model = String(body.model);
+  const key = `${customId}:${JSON.stringify(body[mainFieldOf(endpoint)] ?? '')}`;
+  const h = hash32(options.seed, key);
+  const inputTokens = Math.max(1, estimateInputTokens(body[mainFieldOf(endpoint)]));
+  const outputTokens = endpoint === '/v1/embeddings' || endpoint === '/v1/moderations' ? 0 : 5 + (h % 36);
+  const text = sentence(options.seed, key, outputTokens);
+  const suffix = h.toString(16).padStart(8, '0');
+  switch (endpoint) {
+    case '/v1/chat/completions':
+      return {
+        inputTokens,
+        outputTokens,
+        body: {
+          id: `chatcmpl-${suffix}${customId.length}`,
+          object: 'chat.completion',
+          created: createdSeconds,
+          model,
+          choices: [
+            {
+              index: 0,
+              message: { role: 'assistant', content: text, refusal: null, annotations: [] },
+              logprobs: null,
+              finish_reason: 'stop',
+            },
+          ],
+          usage: {
+            prompt_tokens: inputTokens,
+            completion_tokens: outputTokens,
+            total_tokens: inputTokens + outputTokens,
+            prompt_tokens_details: { cached_tokens: 0, audio_tokens: 0 },
+            completion_tokens_details: {
+              reasoning_tokens: 0,
+              audio_tokens: 0,
+              accepted_prediction_tokens: 0,
+              rejected_prediction_tokens: 0,
+            },
+          },
+          service_tier: 'default',
+          system_fingerprint: 'fp_emulator',
+        },
+      };
+    case '/v1/completions':
+      return {
+        inputTokens,
+        outputTokens,
+        body: {
+          id: `cmpl-${suffix}`,
+          object: 'text_completion',
+          created: createdSeconds,
+          model,
+          choices: [{ text, index: 0, logprobs: null, finish_reason: 'stop' }],
+          usage: {
+            prompt_tokens: inputTokens,
+            completion_tokens: outputTokens,
+            total_tokens: inputTokens + outputTokens,
+          },
+        },
+      };
+    case '/v1/responses':
+      return {
+        inputTokens,
+        outputTokens,
+        body: {
+          id: `resp_${suffix}`,
+          object: 'response',
+          created_at: createdSeconds,
+          status: 'completed',
+          model,
+          output: [
+            {
+              type: 'message',
+              id: `msg_${suffix}`,
+              status: 'completed',
+              role: 'assistant',
+              content: [{ type: 'output_text', text, annotations: [] }],
+            },
+          ],
+          usage: {
+            input_tokens: inputTokens,
+            input_tokens_details: { cached_tokens: 0 },
+            output_tokens: outputTokens,
+            output_tokens_details: { reasoning_tokens: 0 },
+            total_tokens: inputTokens + outputTokens,
+          },
+        },
+      };
+    case '/v1/embeddings': {
+      const inputs = Array.isArray(body.input) ? body.input : [body.input];
+      const dimensions = typeof body.dimensions === 'number' ? body.dimensions : options.embeddingDimensions;
+      return {
+        inputTokens,
+        outputTokens: 0,
+        body: {
+          object: 'list',
+          data: inputs.map((input, index) => ({
+            object: 'embedding',
+            index,
+            embedding: vector(hash32(options.seed, JSON.stringify(input)), dimensions),
+          })),
+          model,
+          usage: { prompt_tokens: inputTokens, total_tokens: inputTokens },
+        },
+      };
+    }
+    default:
+      return {
+        inputTokens,
+        outputTokens: 0,
+        body: {
+          id: `modr-${suffix}`,
+          model,
+          results: [
+            {
+              flagged: false,
+              categories: { harassment: false, violence: false },
+              category_scores: { harassment: 0.0001, violence: 0.0001 },
+            },
+          ],
+        },
+      };
+  }
+}
+
+/** A unit-length pseudo-random vector. */
+function vector(seed: number, dimensions: number): number[] {
+  const values: number[] = [];
+  let norm = 0;
+  for (let i = 0; i < dimensions; i++) {
+    const v = ((hash32(seed, i) % 20001) - 10000) / 10000;
+    values.push(v);
+    norm += v * v;
+  }
+  const scale = norm > 0 ? 1 / Math.sqrt(norm) : 1;
+  return values.map((v) => Number((v * scale).toFixed(6)));
+}

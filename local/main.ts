@@ -1,0 +1,3 @@
+import { cli } from './cli';
+
+await cli().parseAsync(process.argv);

@@ -16,8 +16,8 @@ const result = await prepareDataset({
   work: example,
   ids: new IdRegistry(),
   parts: {
-    write: async (_part, line) => {
-      partBytes += line.length + 1;
+    write: async (_part, request) => {
+      partBytes += request.bytes;
     },
     close: async () => {},
   },

@@ -10,8 +10,8 @@ import type { Work } from './work';
 
 /** Where prepared request lines go: one file per part, several open at once (one per model). */
 export interface PartSink {
-  /** Appends one JSONL line (no newline) to a part, opening the part's file on its first line. */
-  write(part: number, line: string): Promise<void>;
+  /** Appends a request to a part (its `json` is the JSONL line), opening the part's file on its first one. */
+  write(part: number, request: PreparedRequest): Promise<void>;
   /** The part is complete: finish its file. */
   close(summary: PartSummary): Promise<void>;
 }
@@ -115,7 +115,7 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
 
   for await (const event of partsOf(requests(), work.settings, start.firstPart ?? 0)) {
     if (event.kind === 'request') {
-      await input.parts.write(event.part, event.request.json);
+      await input.parts.write(event.part, event.request);
     } else {
       await input.parts.close(event.summary);
       parts.push(event.summary);

@@ -12,6 +12,7 @@ import {
   prepareDataset,
   type RecordSink,
 } from '../../functions/core/prepare';
+import type { PreparedRequest } from '../../functions/core/requests';
 import { defineWork, type Work } from '../../functions/core/work';
 import { chunksOf } from '../support/streams';
 
@@ -20,10 +21,10 @@ class MemorySinks implements PartSink, RecordSink {
   readonly parts = new Map<number, string[]>();
   readonly closed: PartSummary[] = [];
   readonly records: unknown[] = [];
-  async write(partOrRecord: number | unknown, line?: string): Promise<void> {
-    if (typeof partOrRecord === 'number' && line !== undefined) {
+  async write(partOrRecord: number | unknown, request?: PreparedRequest): Promise<void> {
+    if (typeof partOrRecord === 'number' && request !== undefined) {
       const lines = this.parts.get(partOrRecord) ?? [];
-      lines.push(line);
+      lines.push(request.json);
       this.parts.set(partOrRecord, lines);
     } else {
       this.records.push(partOrRecord);

@@ -1,0 +1,195 @@
+import { messageOf } from './errors';
+import { type BatchErrorItem, errorItem } from './items';
+import { linesOf } from './lines';
+import { errorRecord, type RecordSink } from './prepare';
+import { isRetryable, readResults } from './results';
+import type { BatchFailure, Part, TokenTotals } from './run';
+import type { Work } from './work';
+
+/** Where requests that are sent again go (a new part), with the dataset line each came from. */
+export interface ResubmitSink {
+  write(json: string, datasetLine: number): Promise<void>;
+}
+
+/** What collecting a part reads and where it writes. */
+export interface CollectInput<R> {
+  readonly work: Work<R>;
+  readonly part: Part;
+  /** The part's request file (read more than once). */
+  readonly requests: () => AsyncIterable<Uint8Array>;
+  /** The dataset line of each request, one number a line, aligned with the request file. */
+  readonly lines: () => AsyncIterable<Uint8Array>;
+  readonly outputFile: (() => AsyncIterable<Uint8Array>) | null;
+  readonly errorFile: (() => AsyncIterable<Uint8Array>) | null;
+  readonly outputs: RecordSink;
+  readonly errors: RecordSink;
+  /** Null when the work's resubmits are used up: what would be resent goes to errors instead. */
+  readonly resubmit: ResubmitSink | null;
+}
+
+/** What collecting a part found. */
+export interface CollectResult {
+  readonly outputs: number;
+  readonly errors: number;
+  readonly skippedOutputs: number;
+  readonly resubmitted: number;
+  /** Result lines that were not results (a truncated or corrupt file). */
+  readonly malformed: number;
+  /** Result lines for a request already answered, or for no request of the part: ignored. */
+  readonly ignored: number;
+  readonly usage: TokenTotals;
+}
+
+const MAX_LINE = 256 * 1024 * 1024;
+
+/** A part's requests with their custom_id, JSON line and dataset line, streamed. */
+async function* requestsOf<R>(
+  input: CollectInput<R>,
+): AsyncGenerator<{ customId: string; json: string; line: number; index: number }> {
+  const numbers = linesOf(input.lines(), 64)[Symbol.asyncIterator]();
+  let index = 0;
+  for await (const raw of linesOf(input.requests(), MAX_LINE)) {
+    if (raw.bytes === null || raw.bytes.length === 0) continue;
+    const json = Buffer.from(raw.bytes).toString('utf8');
+    const number = await numbers.next();
+    const line =
+      number.done || number.value.bytes === null ? 0 : Number(Buffer.from(number.value.bytes).toString());
+    const customId = (JSON.parse(json) as { custom_id: string }).custom_id;
+    index += 1;
+    yield { customId, json, line, index };
+  }
+}
+
+/**
+ * Collects a finished part: each request ends exactly once, as an output (through `download`), an error
+ * (through `downloadError`), or sent again in a new part (expired or transiently failed, while resubmits
+ * last). A request OpenAI answered nowhere is found by reading the part's own request file, and is sent
+ * again or reported as `missing_result`. A batch OpenAI failed whole puts each request in errors with the
+ * reason for its line; requests its failure does not name are sent again. Memory holds one entry per
+ * request of the part (at most 50,000), never the files.
+ */
+export async function collectPart<R>(input: CollectInput<R>): Promise<CollectResult> {
+  const { work, part } = input;
+  const batchId = part.batchId;
+  let outputs = 0;
+  let errors = 0;
+  let skippedOutputs = 0;
+  let resubmitted = 0;
+  let malformed = 0;
+  let ignored = 0;
+  const usage: TokenTotals = { inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
+
+  const writeError = async (item: BatchErrorItem) => {
+    await input.errors.write(await errorRecord(work, item));
+    errors += 1;
+  };
+  const resend = async (json: string, line: number) => {
+    await input.resubmit?.write(json, line);
+    resubmitted += 1;
+  };
+
+  if (part.failure) {
+    const byLine = new Map<number, BatchFailure>();
+    let general: BatchFailure | undefined;
+    for (const failure of part.failure) {
+      if (failure.line === null) general ??= failure;
+      else byLine.set(failure.line, failure);
+    }
+    for await (const request of requestsOf(input)) {
+      const failure = byLine.get(request.index) ?? general;
+      if (!failure && input.resubmit) {
+        await resend(request.json, request.line);
+        continue;
+      }
+      const reason = failure ?? part.failure[0];
+      await writeError(
+        errorItem({
+          stage: 'openai',
+          id: request.customId,
+          line: request.line,
+          batchId,
+          code: reason?.code ?? 'batch_failed',
+          message: `OpenAI failed batch ${batchId ?? ''} (part ${part.part}): ${reason?.message ?? 'no reason given'}`,
+        }),
+      );
+    }
+    return { outputs, errors, skippedOutputs, resubmitted, malformed, ignored, usage };
+  }
+
+  const datasetLine = new Map<string, number>();
+  for await (const request of requestsOf(input)) datasetLine.set(request.customId, request.line);
+  const settled = new Set<string>();
+  const retry = new Set<string>();
+
+  for (const file of [input.outputFile, input.errorFile]) {
+    if (!file) continue;
+    for await (const event of readResults(file(), batchId, (id) => datasetLine.get(id) ?? null)) {
+      if (event.kind === 'malformed') {
+        malformed += 1;
+        continue;
+      }
+      const id = event.item.id;
+      if (id === null || !datasetLine.has(id) || settled.has(id) || retry.has(id)) {
+        ignored += 1;
+        continue;
+      }
+      if (event.kind === 'error') {
+        if (input.resubmit && isRetryable(event.item)) retry.add(id);
+        else {
+          settled.add(id);
+          await writeError(event.item);
+        }
+        continue;
+      }
+      settled.add(id);
+      const item = event.item;
+      if (item.usage) {
+        usage.inputTokens += item.usage.inputTokens;
+        usage.outputTokens += item.usage.outputTokens;
+        usage.cachedTokens += item.usage.cachedTokens;
+      }
+      let record: unknown;
+      try {
+        record = await work.download(item);
+      } catch (caught) {
+        await writeError(
+          errorItem({
+            stage: 'download',
+            id,
+            line: item.id ? (datasetLine.get(id) ?? null) : null,
+            batchId,
+            code: 'download_hook_failed',
+            message: `the download hook threw: ${messageOf(caught)}`,
+          }),
+        );
+        continue;
+      }
+      if (record === null || record === undefined) skippedOutputs += 1;
+      else {
+        await input.outputs.write(record);
+        outputs += 1;
+      }
+    }
+  }
+
+  if (settled.size < datasetLine.size) {
+    for await (const request of requestsOf(input)) {
+      if (settled.has(request.customId)) continue;
+      if (input.resubmit) {
+        await resend(request.json, request.line);
+        continue;
+      }
+      await writeError(
+        errorItem({
+          stage: 'openai',
+          id: request.customId,
+          line: request.line,
+          batchId,
+          code: 'missing_result',
+          message: `OpenAI returned no result for this request in batch ${batchId ?? ''} (part ${part.part}) and resubmits are used up`,
+        }),
+      );
+    }
+  }
+  return { outputs, errors, skippedOutputs, resubmitted, malformed, ignored, usage };
+}

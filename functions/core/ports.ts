@@ -1,0 +1,83 @@
+import type { BatchView } from './reconciler';
+import type { Part, Run } from './run';
+
+/** An object in a {@link BlobStore}. */
+export interface BlobInfo {
+  readonly key: string;
+  readonly size: number;
+  readonly etag: string;
+}
+
+/** Object storage, as the steps use it (S3 in the cloud, s3rver locally). */
+export interface BlobStore {
+  /** The object's bytes from `start` on, opened when first read. */
+  read(key: string, start?: number): AsyncIterable<Uint8Array>;
+  /** Stores a stream as an object; resolves with its size in bytes. */
+  write(key: string, body: AsyncIterable<Uint8Array>): Promise<number>;
+  /** The object's size and ETag, or null when it does not exist. */
+  head(key: string): Promise<BlobInfo | null>;
+  /** Objects under a prefix, in key order. */
+  list(prefix: string): AsyncIterable<BlobInfo>;
+  /** Removes objects (missing ones are no error). */
+  delete(keys: readonly string[]): Promise<void>;
+}
+
+/** What creating a batch sends. */
+export interface CreateBatchInput {
+  readonly fileId: string;
+  readonly endpoint: string;
+  readonly metadata: Record<string, string>;
+}
+
+/** The OpenAI Batch and Files API, as the steps use it. */
+export interface BatchApi {
+  /** Uploads a batch input file; resolves with its file id. */
+  uploadFile(filename: string, body: AsyncIterable<Uint8Array>): Promise<string>;
+  /** Creates a batch once: never retried by the client, as a lost answer is found again by metadata. */
+  createBatch(input: CreateBatchInput): Promise<BatchView>;
+  getBatch(batchId: string): Promise<BatchView>;
+  /** Batches created at or after `since` (Unix seconds), newest first. */
+  recentBatches(since: number): Promise<BatchView[]>;
+  cancelBatch(batchId: string): Promise<BatchView>;
+  /** A file's bytes. */
+  fileContent(fileId: string): AsyncIterable<Uint8Array>;
+  /** Deletes a file; a file already gone is no error. */
+  deleteFile(fileId: string): Promise<void>;
+  /** Ids of files whose name starts with `prefix` (to clean up uploads whose answer was lost). */
+  filesNamed(prefix: string): Promise<string[]>;
+}
+
+/** Who holds a dataset for a work. */
+export interface DatasetClaim {
+  readonly runId: string;
+  readonly status: string;
+}
+
+/** The run table, as the steps use it (DynamoDB). Every update is conditional on the record's version. */
+export interface RunStore {
+  /**
+   * Creates the run and, unless `allowSameDataset`, claims its dataset for the work in one transaction.
+   * Resolves with the claim that stands in the way when another run holds the dataset.
+   */
+  createRun(
+    run: Run,
+    claimDataset: boolean,
+  ): Promise<{ created: true } | { created: false; holder: DatasetClaim }>;
+  getRun(runId: string): Promise<Run | null>;
+  /** Replaces the run when its version is still `run.version`; the stored one gets version + 1. */
+  putRun(run: Run): Promise<Run>;
+  /** Marks the dataset claim with the run's final status (a failed or cancelled run releases it). */
+  settleClaim(work: string, datasetHash: string, runId: string, status: string): Promise<void>;
+  listParts(runId: string): Promise<Part[]>;
+  /** Writes parts that are new, or pending and unchanged (a prepare step run again). */
+  addParts(runId: string, parts: readonly Part[]): Promise<void>;
+  /** Replaces a part when its version is still `part.version`; false when another writer got there first. */
+  putPart(runId: string, part: Part): Promise<Part | null>;
+  /** Runs of a work, newest first. */
+  listRuns(work: string, limit: number): Promise<Run[]>;
+}
+
+/** Thrown by a store when a conditional write lost to a concurrent writer. */
+export class ConflictError extends Error {
+  override readonly name = 'ConflictError';
+}

@@ -1,0 +1,170 @@
+import type { BatchFailure, Part } from './run';
+import type { WorkSettings } from './work';
+
+/** What the reconciler needs to know of an OpenAI batch. */
+export interface BatchView {
+  readonly id: string;
+  readonly status: string;
+  readonly total: number;
+  readonly completed: number;
+  readonly failed: number;
+  readonly outputFileId: string | null;
+  readonly errorFileId: string | null;
+  readonly errors: readonly BatchFailure[];
+  /** The batch's metadata, by which a batch whose create answer was lost is found again. */
+  readonly metadata: Readonly<Record<string, string>>;
+  /** Unix seconds. */
+  readonly createdAt: number;
+}
+
+/** OpenAI statuses in which a batch still moves on its own. */
+const MOVING = new Set(['validating', 'in_progress', 'finalizing', 'cancelling']);
+/** OpenAI statuses after which the part's results are collected. */
+const FINISHED = new Set(['completed', 'expired', 'cancelled']);
+
+/** How long a part waits after OpenAI's enqueued-token limit refused it: doubling, 1 to 30 minutes. */
+export function throttleDelayMs(throttles: number): number {
+  return Math.min(30 * 60_000, 60_000 * 2 ** Math.max(0, throttles - 1));
+}
+
+/**
+ * A part's next state once its batch has been seen. Moving batches update counts (and the time of last
+ * progress); finished ones go to collecting; a batch failed by the enqueued-token limit sends the part
+ * back to pending with a growing delay (it cost nothing and is retried, never failed); any other failure
+ * goes to collecting with the failure, so that every request of the part ends in errors or is resent.
+ */
+export function observe(part: Part, batch: BatchView, now: number): Part {
+  const moved =
+    batch.status !== part.batchStatus || batch.completed !== part.completed || batch.failed !== part.failed;
+  const seen: Part = {
+    ...part,
+    batchId: batch.id,
+    batchStatus: batch.status,
+    completed: batch.completed,
+    failed: batch.failed,
+    submittingSince: null,
+    lastProgressAt: moved ? now : (part.lastProgressAt ?? now),
+  };
+  if (MOVING.has(batch.status)) return { ...seen, status: 'active' };
+  if (FINISHED.has(batch.status)) {
+    return {
+      ...seen,
+      status: 'collecting',
+      outputFileId: batch.outputFileId,
+      errorFileId: batch.errorFileId,
+    };
+  }
+  if (batch.status === 'failed') {
+    if (batch.errors.some((e) => e.code === 'token_limit_exceeded')) {
+      const throttles = part.throttles + 1;
+      return {
+        ...seen,
+        status: 'pending',
+        batchId: null,
+        throttles,
+        notBefore: now + throttleDelayMs(throttles),
+      };
+    }
+    const failure =
+      batch.errors.length > 0
+        ? [...batch.errors]
+        : [{ code: 'batch_failed', message: `OpenAI failed batch ${batch.id} without a reason`, line: null }];
+    return { ...seen, status: 'collecting', failure };
+  }
+  return seen; // an unknown status: look again next time
+}
+
+/** True while a part holds a place among the run's batches on OpenAI. */
+export function isInFlight(part: Part): boolean {
+  return part.status === 'submitting' || part.status === 'active';
+}
+
+/**
+ * The pending parts to send now, in part order: as many as `maxActiveBatches` leaves room for, within
+ * `maxEnqueuedTokens` when set. A part larger than the whole token budget is still sent when nothing
+ * else is in flight, so that a run cannot stall on it.
+ */
+export function admit(
+  parts: readonly Part[],
+  settings: Pick<WorkSettings, 'maxActiveBatches' | 'maxEnqueuedTokens'>,
+  now: number,
+): Part[] {
+  const inFlight = parts.filter(isInFlight);
+  let room = settings.maxActiveBatches - inFlight.length;
+  let enqueued = inFlight.reduce((sum, p) => sum + p.estimatedTokens, 0);
+  const budget = settings.maxEnqueuedTokens ?? Number.POSITIVE_INFINITY;
+  const chosen: Part[] = [];
+  const ready = parts
+    .filter((p) => p.status === 'pending' && p.notBefore <= now)
+    .sort((a, b) => a.part - b.part);
+  for (const part of ready) {
+    if (room <= 0) break;
+    const fits = enqueued + part.estimatedTokens <= budget || (enqueued === 0 && chosen.length === 0);
+    if (!fits) break; // keep part order: a smaller later part does not jump the queue
+    chosen.push(part);
+    room -= 1;
+    enqueued += part.estimatedTokens;
+  }
+  return chosen;
+}
+
+/**
+ * Seconds until the next tick: the shortest poll while anything moved; doubling up to the longest while
+ * nothing did; never later than the moment a throttled part may be sent again.
+ */
+export function nextWait(
+  parts: readonly Part[],
+  moved: boolean,
+  previousSeconds: number,
+  settings: Pick<WorkSettings, 'minPollSeconds' | 'maxPollSeconds'>,
+  now: number,
+): number {
+  let seconds = moved
+    ? settings.minPollSeconds
+    : Math.min(settings.maxPollSeconds, Math.max(settings.minPollSeconds, previousSeconds * 2));
+  const anyInFlight = parts.some(isInFlight);
+  for (const part of parts) {
+    if (part.status === 'pending' && part.notBefore > now) {
+      const until = Math.ceil((part.notBefore - now) / 1000);
+      seconds = anyInFlight
+        ? Math.min(seconds, Math.max(settings.minPollSeconds, until))
+        : Math.max(1, until);
+    }
+  }
+  if (parts.some((p) => p.status === 'collecting' || (p.status === 'pending' && p.notBefore <= now))) {
+    seconds = Math.min(seconds, 1); // work this tick could not finish: come back at once
+  }
+  return Math.max(1, Math.min(seconds, settings.maxPollSeconds));
+}
+
+/** True when every part is done. */
+export function allDone(parts: readonly Part[]): boolean {
+  return parts.every((p) => p.status === 'done');
+}
+
+/** The metadata every batch of a run carries, by which a lost create is found again. */
+export function batchMetadata(runId: string, work: string, part: Part): Record<string, string> {
+  return { openai_batch_run: runId, work, part: String(part.part), attempt: String(part.attempt) };
+}
+
+/**
+ * The batch a crashed or unanswered create made for this part and attempt, if any, from a list of
+ * recent batches (found by its metadata, never by guess).
+ */
+export function findOwnBatch(
+  runId: string,
+  part: Part,
+  batches: readonly BatchView[],
+): BatchView | undefined {
+  return batches.find(
+    (b) =>
+      b.metadata.openai_batch_run === runId &&
+      b.metadata.part === String(part.part) &&
+      b.metadata.attempt === String(part.attempt),
+  );
+}
+
+/** A part's requests that ended and how: used by the summary and the no-progress alarm. */
+export function stalledFor(part: Part, now: number): number {
+  return part.status === 'active' && part.lastProgressAt !== null ? now - part.lastProgressAt : 0;
+}

@@ -1,0 +1,175 @@
+import { z } from 'zod';
+import { CountsSchema } from './accounting';
+
+/** Where a part is in its life: written, being sent, on OpenAI, being collected, finished. */
+export const PART_STATUSES = ['pending', 'submitting', 'active', 'collecting', 'done'] as const;
+
+/** Token usage summed over requests. */
+export const TokenTotalsSchema = z.object({
+  inputTokens: z.number().int().nonnegative(),
+  outputTokens: z.number().int().nonnegative(),
+  cachedTokens: z.number().int().nonnegative(),
+});
+
+/** Token usage summed over requests. */
+export type TokenTotals = z.infer<typeof TokenTotalsSchema>;
+
+/** An error OpenAI gave a whole batch (validation, token limit). */
+export const BatchFailureSchema = z.object({
+  code: z.string(),
+  message: z.string(),
+  line: z.number().int().nullable(),
+});
+
+/** An error OpenAI gave a whole batch. */
+export type BatchFailure = z.infer<typeof BatchFailureSchema>;
+
+/**
+ * One part of a run: one OpenAI batch input file and the batch made from it. Its record in DynamoDB is
+ * the truth the reconciler works from; `version` guards every update against a concurrent writer.
+ */
+export const PartSchema = z.object({
+  part: z.number().int().nonnegative(),
+  /** 0 for a part cut from the dataset; n for the n-th resubmission of leftovers. */
+  generation: z.number().int().nonnegative(),
+  /** Batches created for this part so far; a new one only after the last failed without cost. */
+  attempt: z.number().int().nonnegative(),
+  model: z.string(),
+  requests: z.number().int().nonnegative(),
+  bytes: z.number().int().nonnegative(),
+  estimatedTokens: z.number().int().nonnegative(),
+  status: z.enum(PART_STATUSES),
+  fileId: z.string().nullable(),
+  batchId: z.string().nullable(),
+  batchStatus: z.string().nullable(),
+  /** When the current attempt's intent was recorded (ms): a crash after it is recovered by metadata. */
+  submittingSince: z.number().nullable(),
+  /** Not to be sent before this time (ms): OpenAI's enqueued-token limit throttles it. */
+  notBefore: z.number(),
+  throttles: z.number().int().nonnegative(),
+  /** OpenAI's request_counts as last seen. */
+  completed: z.number().int().nonnegative(),
+  failed: z.number().int().nonnegative(),
+  /** When the batch last moved (status or counts), for the no-progress alarm. */
+  lastProgressAt: z.number().nullable(),
+  outputFileId: z.string().nullable(),
+  errorFileId: z.string().nullable(),
+  /** The batch's failure, when OpenAI failed it whole. */
+  failure: z.array(BatchFailureSchema).nullable(),
+  /** What collecting found: written outputs and errors, skipped outputs, requests sent again. */
+  outputs: z.number().int().nonnegative(),
+  errors: z.number().int().nonnegative(),
+  skippedOutputs: z.number().int().nonnegative(),
+  resubmitted: z.number().int().nonnegative(),
+  usage: TokenTotalsSchema,
+  version: z.number().int().nonnegative(),
+});
+
+/** One part of a run. */
+export type Part = z.infer<typeof PartSchema>;
+
+/** A new part as prepare or a resubmission writes it. */
+export function newPart(
+  fields: Pick<Part, 'part' | 'generation' | 'model' | 'requests' | 'bytes' | 'estimatedTokens'>,
+): Part {
+  return {
+    ...fields,
+    attempt: 0,
+    status: 'pending',
+    fileId: null,
+    batchId: null,
+    batchStatus: null,
+    submittingSince: null,
+    notBefore: 0,
+    throttles: 0,
+    completed: 0,
+    failed: 0,
+    lastProgressAt: null,
+    outputFileId: null,
+    errorFileId: null,
+    failure: null,
+    outputs: 0,
+    errors: 0,
+    skippedOutputs: 0,
+    resubmitted: 0,
+    usage: { inputTokens: 0, outputTokens: 0, cachedTokens: 0 },
+    version: 0,
+  };
+}
+
+/** Where a run is. */
+export const RUN_STATUSES = [
+  'preparing',
+  'running',
+  'finalizing',
+  'completed',
+  'failed',
+  'cancelled',
+] as const;
+
+/** Where prepare resumes in a dataset of several objects. */
+export const PrepareCheckpointSchema = z.object({
+  /** Index into the dataset's object list. */
+  object: z.number().int().nonnegative(),
+  line: z.number().int().positive(),
+  offset: z.number().int().nonnegative(),
+  gzip: z.boolean(),
+  nextPart: z.number().int().nonnegative(),
+  /** Dataset lines numbered across objects: lines before the current object. */
+  lineBase: z.number().int().nonnegative(),
+});
+
+/** Where prepare resumes. */
+export type PrepareCheckpoint = z.infer<typeof PrepareCheckpointSchema>;
+
+/** One S3 object of a dataset. */
+export const DatasetObjectSchema = z.object({
+  key: z.string(),
+  size: z.number().int().nonnegative(),
+  etag: z.string(),
+});
+
+/** The run record: what was asked, where it is, and what the steps counted so far. */
+export const RunSchema = z.object({
+  runId: z.string(),
+  work: z.string(),
+  bucket: z.string(),
+  objects: z.array(DatasetObjectSchema),
+  datasetHash: z.string(),
+  status: z.enum(RUN_STATUSES),
+  createdAt: z.number(),
+  updatedAt: z.number(),
+  prepared: z.boolean(),
+  checkpoint: PrepareCheckpointSchema,
+  /** Counts of prepare (records, refused requests, ...); parts hold the rest. */
+  counts: CountsSchema,
+  estimatedTokens: z.number().int().nonnegative(),
+  estimatedCostUsd: z.number().nullable(),
+  /** Ticks run by the current execution, to hand over before the history limit. */
+  ticks: z.number().int().nonnegative(),
+  /** The last wait the reconciler chose (s). */
+  waitSeconds: z.number().int().nonnegative(),
+  error: z.string().nullable(),
+  version: z.number().int().nonnegative(),
+});
+
+/** The run record. */
+export type Run = z.infer<typeof RunSchema>;
+
+/** The S3 keys of a run. */
+export const runKeys = (runId: string) => ({
+  prefix: `runs/${runId}/`,
+  requests: (part: number) => `runs/${runId}/requests/part-${String(part).padStart(5, '0')}.jsonl`,
+  lines: (part: number) => `runs/${runId}/requests/part-${String(part).padStart(5, '0')}.lines`,
+  outputs: (part: number) => `runs/${runId}/outputs/part-${String(part).padStart(5, '0')}.jsonl`,
+  errors: (part: number) => `runs/${runId}/errors/part-${String(part).padStart(5, '0')}.jsonl`,
+  /**
+   * Errors found by the prepare step that started at this object and line (bad lines, refused requests):
+   * named by where the step started, so a step run again overwrites its own file.
+   */
+  prepareErrors: (object: number, line: number) =>
+    `runs/${runId}/errors/prepare-${String(object).padStart(4, '0')}-${String(line).padStart(10, '0')}.jsonl`,
+  /** The custom_id registry as it stands at a checkpoint. */
+  ids: (object: number, line: number) => `runs/${runId}/state/ids-${object}-${line}.bin`,
+  summary: `runs/${runId}/summary.json`,
+});

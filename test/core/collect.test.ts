@@ -1,0 +1,201 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { type CollectInput, collectPart } from '../../functions/core/collect';
+import type { BatchErrorItem, BatchOutputItem } from '../../functions/core/items';
+import { newPart, type Part } from '../../functions/core/run';
+import { defineWork, type WorkConfig } from '../../functions/core/work';
+import { chunksOf } from '../support/streams';
+
+type Fate = 'ok' | 'fail' | 'expired' | 'missing' | 'twice';
+
+const requestLine = (id: string) =>
+  JSON.stringify({
+    custom_id: id,
+    method: 'POST',
+    url: '/v1/chat/completions',
+    body: { model: 'm', messages: [] },
+  });
+const ok = (id: string) =>
+  JSON.stringify({
+    id: `br_${id}`,
+    custom_id: id,
+    response: {
+      status_code: 200,
+      request_id: 'r',
+      body: {
+        model: 'm',
+        choices: [{ message: { content: `answer ${id}` } }],
+        usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 },
+      },
+    },
+    error: null,
+  });
+const fail = (id: string) =>
+  JSON.stringify({
+    id: `br_${id}`,
+    custom_id: id,
+    response: {
+      status_code: 400,
+      request_id: 'r',
+      body: { error: { message: 'bad', type: 'invalid_request_error', param: null, code: 'invalid_value' } },
+    },
+    error: null,
+  });
+const expired = (id: string) =>
+  JSON.stringify({
+    id: `br_${id}`,
+    custom_id: id,
+    response: null,
+    error: {
+      code: 'batch_expired',
+      message: 'This request could not be executed before the completion window expired.',
+    },
+  });
+
+interface Outcome {
+  outputs: unknown[];
+  errors: BatchErrorItem[];
+  resent: { json: string; line: number }[];
+}
+
+async function collect(
+  fates: Fate[],
+  options: {
+    resubmit?: boolean;
+    junk?: string[];
+    failure?: Part['failure'];
+    work?: Partial<WorkConfig>;
+  } = {},
+) {
+  const ids = fates.map((_, i) => `id${i}`);
+  const outputLines: string[] = [];
+  const errorLines: string[] = [];
+  fates.forEach((fate, i) => {
+    const id = ids[i] ?? '';
+    if (fate === 'ok') outputLines.push(ok(id));
+    if (fate === 'twice') outputLines.push(ok(id), ok(id));
+    if (fate === 'fail') errorLines.push(fail(id));
+    if (fate === 'expired') errorLines.push(expired(id));
+  });
+  outputLines.reverse(); // OpenAI's order is not the input's
+  errorLines.push(...(options.junk ?? []));
+  const sinks: Outcome = { outputs: [], errors: [], resent: [] };
+  const part: Part = {
+    ...newPart({ part: 3, generation: 0, model: 'm', requests: fates.length, bytes: 0, estimatedTokens: 0 }),
+    batchId: 'batch_x',
+    failure: options.failure ?? null,
+  };
+  const input: CollectInput<Record<string, unknown>> = {
+    work: defineWork({ name: 'c', ...options.work }),
+    part,
+    requests: () => chunksOf(ids.map(requestLine).join('\n'), 50),
+    lines: () => chunksOf(ids.map((_, i) => String(100 + i)).join('\n'), 3),
+    outputFile: () => chunksOf(outputLines.join('\n'), 70),
+    errorFile: errorLines.length > 0 ? () => chunksOf(errorLines.join('\n'), 70) : null,
+    outputs: { write: async (r) => void sinks.outputs.push(r) },
+    errors: { write: async (r) => void sinks.errors.push(r as BatchErrorItem) },
+    resubmit:
+      options.resubmit === false
+        ? null
+        : { write: async (json, line) => void sinks.resent.push({ json, line }) },
+  };
+  const result = await collectPart(input);
+  return { result, ...sinks, ids };
+}
+
+describe('collectPart', () => {
+  it('puts every request in exactly one place, whatever the result files hold', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.constantFrom<Fate>('ok', 'fail', 'expired', 'missing', 'twice'), { maxLength: 40 }),
+        fc.boolean(),
+        fc.array(
+          fc.constantFrom(
+            'not json',
+            '{"custom_id":"stranger","response":null,"error":{"code":"x","message":"y"}}',
+            '{"no":1}',
+          ),
+          { maxLength: 3 },
+        ),
+        async (fates, resubmit, junk) => {
+          const { result, outputs, errors, resent, ids } = await collect(fates, { resubmit, junk });
+          expect(result.outputs + result.errors + result.skippedOutputs + result.resubmitted).toBe(
+            fates.length,
+          );
+          const placed = [
+            ...(outputs as BatchOutputItem[]).map((o) => o.id),
+            ...errors.map((e) => e.id),
+            ...resent.map((r) => JSON.parse(r.json).custom_id),
+          ];
+          expect(placed.sort()).toEqual([...ids].sort());
+          expect(result.outputs).toBe(fates.filter((f) => f === 'ok' || f === 'twice').length);
+          if (!resubmit) expect(resent).toEqual([]);
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it('sends expired and missing requests again with their dataset lines, and reports what is left when resubmits are used up', async () => {
+    const again = await collect(['ok', 'expired', 'missing', 'fail']);
+    expect(again.resent.map((r) => [JSON.parse(r.json).custom_id, r.line])).toEqual([
+      ['id1', 101],
+      ['id2', 102],
+    ]);
+    expect(again.errors.map((e) => [e.id, e.code, e.line, e.statusCode])).toEqual([
+      ['id3', 'invalid_value', 103, 400],
+    ]);
+
+    const final = await collect(['ok', 'expired', 'missing'], { resubmit: false });
+    expect(final.errors.map((e) => [e.id, e.code, e.line])).toEqual([
+      ['id1', 'batch_expired', 101],
+      ['id2', 'missing_result', 102],
+    ]);
+    expect(final.errors[1]?.message).toMatch(
+      /^OpenAI returned no result for this request in batch batch_x \(part 3\)/,
+    );
+  });
+
+  it('joins outputs to their ids through the download hook, and keeps usage', async () => {
+    const { outputs, result } = await collect(['ok', 'ok'], {
+      work: { download: (item) => ({ id: item.id, text: item.content }) },
+    });
+    expect(outputs).toEqual([
+      { id: 'id1', text: 'answer id1' },
+      { id: 'id0', text: 'answer id0' },
+    ]);
+    expect(result.usage).toEqual({ inputTokens: 6, outputTokens: 4, cachedTokens: 0 });
+  });
+
+  it('turns a download hook that throws into an error for that request, and a null into a skip', async () => {
+    const { outputs, errors, result } = await collect(['ok', 'ok', 'ok'], {
+      work: {
+        download: (item) => {
+          if (item.id === 'id1') throw new Error('cannot map');
+          return item.id === 'id2' ? null : item;
+        },
+      },
+    });
+    expect(outputs).toHaveLength(1);
+    expect(errors.map((e) => [e.id, e.stage, e.code, e.message, e.line])).toEqual([
+      ['id1', 'download', 'download_hook_failed', 'the download hook threw: cannot map', 101],
+    ]);
+    expect(result.skippedOutputs).toBe(1);
+  });
+
+  it('puts the requests of a batch OpenAI failed whole in errors, with the reason for their line, and resends the rest', async () => {
+    const failure = [
+      { code: 'invalid_json_line', message: 'This line is not parseable as valid JSON.', line: 2 },
+    ];
+    const { errors, resent, result } = await collect(['ok', 'ok', 'ok'], { failure });
+    expect(errors.map((e) => [e.id, e.code, e.line])).toEqual([['id1', 'invalid_json_line', 101]]);
+    expect(resent.map((r) => JSON.parse(r.json).custom_id)).toEqual(['id0', 'id2']);
+    expect(result.outputs).toBe(0);
+
+    const whole = await collect(['ok', 'ok'], {
+      failure: [{ code: 'too_many_tasks', message: 'Too many.', line: null }],
+    });
+    expect(whole.errors.map((e) => e.code)).toEqual(['too_many_tasks', 'too_many_tasks']);
+    expect(whole.errors[0]?.message).toBe('OpenAI failed batch batch_x (part 3): Too many.');
+  });
+});

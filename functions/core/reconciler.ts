@@ -164,7 +164,7 @@ export function findOwnBatch(
   );
 }
 
-/** A part's requests that ended and how: used by the summary and the no-progress alarm. */
+/** How long (ms) an active part's batch has not moved: the no-progress alarm watches the longest. */
 export function stalledFor(part: Part, now: number): number {
   return part.status === 'active' && part.lastProgressAt !== null ? now - part.lastProgressAt : 0;
 }

@@ -61,6 +61,8 @@ export const PartSchema = z.object({
   errors: z.number().int().nonnegative(),
   skippedOutputs: z.number().int().nonnegative(),
   resubmitted: z.number().int().nonnegative(),
+  /** The part number reserved for this part's resubmission, before collecting it (so a re-collect reuses it). */
+  childPart: z.number().int().nonnegative().nullable(),
   usage: TokenTotalsSchema,
   version: z.number().int().nonnegative(),
 });
@@ -92,6 +94,7 @@ export function newPart(
     errors: 0,
     skippedOutputs: 0,
     resubmitted: 0,
+    childPart: null,
     usage: { inputTokens: 0, outputTokens: 0, cachedTokens: 0 },
     version: 0,
   };
@@ -114,9 +117,8 @@ export const PrepareCheckpointSchema = z.object({
   line: z.number().int().positive(),
   offset: z.number().int().nonnegative(),
   gzip: z.boolean(),
+  /** The number the next new part gets (prepare, then resubmissions). */
   nextPart: z.number().int().nonnegative(),
-  /** Dataset lines numbered across objects: lines before the current object. */
-  lineBase: z.number().int().nonnegative(),
 });
 
 /** Where prepare resumes. */

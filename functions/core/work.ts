@@ -91,6 +91,8 @@ export const WorkSettingsSchema = z
       .min(16, 'must be at least 16 bytes')
       .max(OPENAI_LIMITS.bytesPerBatch, 'must be at most 200,000,000 bytes')
       .default(10 * 1024 * 1024),
+    /** Output tokens a request is expected to use, for the cost estimate only. @default 200 */
+    expectedOutputTokens: int('expectedOutputTokens').min(0, 'must be 0 or more').default(200),
     /** Refuse a run whose estimated cost in US dollars is higher, before anything is sent to OpenAI. */
     maxCostUsd: z.number({ error: 'must be a number of US dollars' }).positive('must be above 0').optional(),
   })

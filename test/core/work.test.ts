@@ -29,6 +29,7 @@ describe('defineWork', () => {
       maxPollSeconds: 900,
       maxResubmits: 2,
       maxRecordBytes: 10 * 1024 * 1024,
+      expectedOutputTokens: 200,
     });
     expect(typeof work.upload).toBe('function');
   });

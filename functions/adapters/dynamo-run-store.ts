@@ -1,0 +1,221 @@
+import {
+  ConditionalCheckFailedException,
+  type DynamoDBClient,
+  GetItemCommand,
+  PutItemCommand,
+  paginateQuery,
+  QueryCommand,
+  TransactionCanceledException,
+  TransactWriteItemsCommand,
+  UpdateItemCommand,
+} from '@aws-sdk/client-dynamodb';
+import { ConflictError, type DatasetClaim, type RunStore } from '../core/ports';
+import { type Part, PartSchema, type Run, RunSchema } from '../core/run';
+
+const S = (value: string) => ({ S: value });
+const N = (value: number) => ({ N: String(value) });
+const runKey = (runId: string) => ({ pk: S(`RUN#${runId}`), sk: S('META') });
+const partSk = (part: number) => `PART#${String(part).padStart(8, '0')}`;
+const claimKey = (work: string, hash: string) => ({ pk: S(`DATASET#${work}#${hash}`), sk: S('CLAIM') });
+
+/**
+ * A {@link RunStore} on one DynamoDB table (`pk`, `sk`, and index `byWork` on `gsi1pk`, `gsi1sk`): the run
+ * (`RUN#id`/`META`), its parts (`RUN#id`/`PART#n`) and dataset claims (`DATASET#work#hash`/`CLAIM`). Records
+ * are stored as a JSON document checked with zod when read; every write is conditional on `version`.
+ */
+export class DynamoRunStore implements RunStore {
+  constructor(
+    private readonly db: DynamoDBClient,
+    private readonly table: string,
+  ) {}
+
+  private runItem(run: Run) {
+    return {
+      ...runKey(run.runId),
+      gsi1pk: S(`WORK#${run.work}`),
+      gsi1sk: S(`${String(run.createdAt).padStart(15, '0')}#${run.runId}`),
+      status: S(run.status),
+      version: N(run.version),
+      doc: S(JSON.stringify(run)),
+    };
+  }
+
+  async createRun(
+    run: Run,
+    claimDataset: boolean,
+  ): Promise<{ created: true } | { created: false; holder: DatasetClaim }> {
+    const putRun = {
+      Put: {
+        TableName: this.table,
+        Item: this.runItem(run),
+        ConditionExpression: 'attribute_not_exists(pk)',
+      },
+    };
+    const putClaim = {
+      Put: {
+        TableName: this.table,
+        Item: {
+          ...claimKey(run.work, run.datasetHash),
+          runId: S(run.runId),
+          status: S('running'),
+          at: N(run.createdAt),
+        },
+        ConditionExpression: 'attribute_not_exists(pk) OR #status IN (:failed, :cancelled)',
+        ExpressionAttributeNames: { '#status': 'status' },
+        ExpressionAttributeValues: { ':failed': S('failed'), ':cancelled': S('cancelled') },
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD' as const,
+      },
+    };
+    try {
+      await this.db.send(
+        new TransactWriteItemsCommand({ TransactItems: claimDataset ? [putRun, putClaim] : [putRun] }),
+      );
+      return { created: true };
+    } catch (caught) {
+      if (!(caught instanceof TransactionCanceledException)) throw caught;
+      const claimReason = caught.CancellationReasons?.[1];
+      if (claimReason?.Code === 'ConditionalCheckFailed') {
+        const holder =
+          claimReason.Item ??
+          (
+            await this.db.send(
+              new GetItemCommand({
+                TableName: this.table,
+                Key: claimKey(run.work, run.datasetHash),
+                ConsistentRead: true,
+              }),
+            )
+          ).Item;
+        return {
+          created: false,
+          holder: { runId: holder?.runId?.S ?? 'unknown', status: holder?.status?.S ?? 'unknown' },
+        };
+      }
+      if (caught.CancellationReasons?.[0]?.Code === 'ConditionalCheckFailed') return { created: true }; // registered already
+      throw caught;
+    }
+  }
+
+  async getRun(runId: string): Promise<Run | null> {
+    const { Item } = await this.db.send(
+      new GetItemCommand({ TableName: this.table, Key: runKey(runId), ConsistentRead: true }),
+    );
+    return Item?.doc?.S ? RunSchema.parse(JSON.parse(Item.doc.S)) : null;
+  }
+
+  async putRun(run: Run): Promise<Run> {
+    const next = { ...run, version: run.version + 1 };
+    try {
+      await this.db.send(
+        new PutItemCommand({
+          TableName: this.table,
+          Item: this.runItem(next),
+          ConditionExpression: 'version = :version',
+          ExpressionAttributeValues: { ':version': N(run.version) },
+        }),
+      );
+      return next;
+    } catch (caught) {
+      if (caught instanceof ConditionalCheckFailedException)
+        throw new ConflictError(`run ${run.runId} was changed by another writer`);
+      throw caught;
+    }
+  }
+
+  async settleClaim(work: string, datasetHash: string, runId: string, status: string): Promise<void> {
+    try {
+      await this.db.send(
+        new UpdateItemCommand({
+          TableName: this.table,
+          Key: claimKey(work, datasetHash),
+          UpdateExpression: 'SET #status = :status',
+          ConditionExpression: 'runId = :runId',
+          ExpressionAttributeNames: { '#status': 'status' },
+          ExpressionAttributeValues: { ':status': S(status), ':runId': S(runId) },
+        }),
+      );
+    } catch (caught) {
+      if (!(caught instanceof ConditionalCheckFailedException)) throw caught; // not this run's claim (allowSameDataset)
+    }
+  }
+
+  async listParts(runId: string): Promise<Part[]> {
+    const parts: Part[] = [];
+    const pages = paginateQuery(
+      { client: this.db },
+      {
+        TableName: this.table,
+        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :part)',
+        ExpressionAttributeValues: { ':pk': S(`RUN#${runId}`), ':part': S('PART#') },
+        ConsistentRead: true,
+      },
+    );
+    for await (const page of pages)
+      for (const item of page.Items ?? []) parts.push(PartSchema.parse(JSON.parse(item.doc?.S ?? '{}')));
+    return parts;
+  }
+
+  async addParts(runId: string, parts: readonly Part[]): Promise<void> {
+    await Promise.all(
+      parts.map(async (part) => {
+        try {
+          await this.db.send(
+            new PutItemCommand({
+              TableName: this.table,
+              Item: {
+                pk: S(`RUN#${runId}`),
+                sk: S(partSk(part.part)),
+                status: S(part.status),
+                version: N(part.version),
+                doc: S(JSON.stringify(part)),
+              },
+              ConditionExpression: 'attribute_not_exists(pk) OR (#status = :pending AND version = :zero)',
+              ExpressionAttributeNames: { '#status': 'status' },
+              ExpressionAttributeValues: { ':pending': S('pending'), ':zero': N(0) },
+            }),
+          );
+        } catch (caught) {
+          if (!(caught instanceof ConditionalCheckFailedException)) throw caught; // already under way: keep it
+        }
+      }),
+    );
+  }
+
+  async putPart(runId: string, part: Part): Promise<Part | null> {
+    const next = { ...part, version: part.version + 1 };
+    try {
+      await this.db.send(
+        new PutItemCommand({
+          TableName: this.table,
+          Item: {
+            pk: S(`RUN#${runId}`),
+            sk: S(partSk(part.part)),
+            status: S(next.status),
+            version: N(next.version),
+            doc: S(JSON.stringify(next)),
+          },
+          ConditionExpression: 'version = :version',
+          ExpressionAttributeValues: { ':version': N(part.version) },
+        }),
+      );
+      return next;
+    } catch (caught) {
+      if (caught instanceof ConditionalCheckFailedException) return null;
+      throw caught;
+    }
+  }
+
+  async listRuns(work: string, limit: number): Promise<Run[]> {
+    const { Items } = await this.db.send(
+      new QueryCommand({
+        TableName: this.table,
+        IndexName: 'byWork',
+        KeyConditionExpression: 'gsi1pk = :work',
+        ExpressionAttributeValues: { ':work': S(`WORK#${work}`) },
+        ScanIndexForward: false,
+        Limit: limit,
+      }),
+    );
+    return (Items ?? []).map((item) => RunSchema.parse(JSON.parse(item.doc?.S ?? '{}')));
+  }
+}

@@ -1,0 +1,99 @@
+import { Readable } from 'node:stream';
+import {
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  type GetObjectCommandOutput,
+  HeadObjectCommand,
+  paginateListObjectsV2,
+  type S3Client,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import type { BlobInfo, BlobStore } from '../core/ports';
+
+/** True for S3's "no such key" in its several shapes. */
+function isMissing(caught: unknown): boolean {
+  const error = caught as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return (
+    error?.name === 'NoSuchKey' || error?.name === 'NotFound' || error?.$metadata?.httpStatusCode === 404
+  );
+}
+
+/**
+ * A {@link BlobStore} on one S3 bucket: streamed reads (from a byte offset), streamed multipart writes
+ * that hold one 5 MiB part at a time, listing and batched deletes.
+ */
+export class S3BlobStore implements BlobStore {
+  constructor(
+    private readonly s3: S3Client,
+    private readonly bucket: string,
+  ) {}
+
+  async *read(key: string, start = 0): AsyncGenerator<Uint8Array> {
+    let response: GetObjectCommandOutput;
+    try {
+      response = await this.s3.send(
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          ...(start > 0 ? { Range: `bytes=${start}-` } : {}),
+        }),
+      );
+    } catch (caught) {
+      if ((caught as { name?: string }).name === 'InvalidRange') return; // reading from the very end
+      throw caught;
+    }
+    for await (const chunk of response.Body as Readable) yield chunk as Uint8Array;
+  }
+
+  async write(key: string, body: AsyncIterable<Uint8Array>): Promise<number> {
+    let bytes = 0;
+    async function* counted(): AsyncGenerator<Uint8Array> {
+      for await (const chunk of body) {
+        bytes += chunk.length;
+        yield chunk;
+      }
+    }
+    const upload = new Upload({
+      client: this.s3,
+      params: { Bucket: this.bucket, Key: key, Body: Readable.from(counted()) },
+      partSize: 5 * 1024 * 1024,
+      queueSize: 1,
+    });
+    await upload.done();
+    return bytes;
+  }
+
+  async head(key: string): Promise<BlobInfo | null> {
+    try {
+      const head = await this.s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      return { key, size: head.ContentLength ?? 0, etag: head.ETag ?? '' };
+    } catch (caught) {
+      if (isMissing(caught)) return null;
+      throw caught;
+    }
+  }
+
+  async *list(prefix: string): AsyncGenerator<BlobInfo> {
+    for await (const page of paginateListObjectsV2(
+      { client: this.s3 },
+      { Bucket: this.bucket, Prefix: prefix },
+    )) {
+      for (const object of page.Contents ?? []) {
+        if (object.Key) yield { key: object.Key, size: object.Size ?? 0, etag: object.ETag ?? '' };
+      }
+    }
+  }
+
+  async delete(keys: readonly string[]): Promise<void> {
+    for (let i = 0; i < keys.length; i += 1000) {
+      const slice = keys.slice(i, i + 1000);
+      if (slice.length === 0) continue;
+      await this.s3.send(
+        new DeleteObjectsCommand({
+          Bucket: this.bucket,
+          Delete: { Objects: slice.map((Key) => ({ Key })), Quiet: true },
+        }),
+      );
+    }
+  }
+}

@@ -1,0 +1,32 @@
+import { z } from 'zod';
+
+/** The execution input a user types: `{"dataset": "s3://bucket/key"}` (a key or prefix in the work's bucket). */
+export const ExecutionInputSchema = z.object({
+  dataset: z
+    .string({ error: 'dataset is required: "s3://bucket/key" or a key in the work\'s bucket' })
+    .min(1, 'dataset must not be empty'),
+  /** Set by a run that continues in a new execution. */
+  resumeRunId: z.string().min(1).optional(),
+});
+
+/** What Register receives: the execution input and the execution's name (the run id). */
+export const RegisterEventSchema = z.object({ input: z.unknown(), executionName: z.string().min(1) });
+
+/** What Prepare, Tick, Finalize, CleanUp and Notify receive. */
+export const RunEventSchema = z.object({ runId: z.string().min(1) });
+
+/** What MarkFailed receives: the whole state when a step failed, with the caught error. */
+export const MarkFailedEventSchema = z.object({
+  state: z.object({
+    run: z.object({ runId: z.string() }).optional(),
+    error: z.object({ Error: z.string().optional(), Cause: z.string().optional() }).optional(),
+  }),
+});
+
+/** What ContinueRun receives: the run to hand to a new execution of the same state machine. */
+export const ContinueEventSchema = z.object({
+  runId: z.string().min(1),
+  dataset: z.string(),
+  stateMachineArn: z.string().min(1),
+  executionName: z.string().min(1),
+});

@@ -1,0 +1,75 @@
+import type { z } from 'zod';
+import { ConfigError } from './core/errors';
+import { describeIssues } from './core/issues';
+import {
+  ContinueEventSchema,
+  ExecutionInputSchema,
+  MarkFailedEventSchema,
+  RegisterEventSchema,
+  RunEventSchema,
+} from './events';
+import type { StepDeps } from './steps/deps';
+import { cleanUp, finalize, markFailed, notifyRun } from './steps/finish';
+import { prepare } from './steps/prepare';
+import { register } from './steps/register';
+import { tick } from './steps/tick';
+
+/** Starts a new execution of the run's state machine (Step Functions in the cloud). */
+export type StartExecution = (
+  stateMachineArn: string,
+  name: string,
+  input: Record<string, unknown>,
+) => Promise<void>;
+
+function parse<T extends z.ZodType>(schema: T, event: unknown, what: string): z.output<T> {
+  const parsed = schema.safeParse(event);
+  if (!parsed.success)
+    throw new ConfigError(`Invalid ${what}: ${describeIssues(parsed.error, event).join('; ')}`);
+  return parsed.data;
+}
+
+/**
+ * The state machine's task handlers, one per state, each parsing its event at the edge and calling its
+ * step. The same handlers run in Lambda and in the local runner.
+ */
+export function createHandlers<R>(deps: StepDeps<R>, startExecution: StartExecution) {
+  const anyDeps = deps as StepDeps<unknown>;
+  return {
+    Register: async (event: unknown) => {
+      const { input, executionName } = parse(RegisterEventSchema, event, 'Register event');
+      const { dataset, resumeRunId } = parse(ExecutionInputSchema, input, 'execution input');
+      return register(anyDeps, {
+        dataset,
+        runId: resumeRunId ?? executionName,
+        resume: resumeRunId !== undefined,
+      });
+    },
+    Prepare: async (event: unknown) => prepare(deps, parse(RunEventSchema, event, 'Prepare event')),
+    Tick: async (event: unknown) => tick(deps, parse(RunEventSchema, event, 'Tick event')),
+    Finalize: async (event: unknown) => finalize(deps, parse(RunEventSchema, event, 'Finalize event')),
+    CleanUp: async (event: unknown) => cleanUp(deps, parse(RunEventSchema, event, 'CleanUp event')),
+    Notify: async (event: unknown) => notifyRun(deps, parse(RunEventSchema, event, 'Notify event')),
+    MarkFailed: async (event: unknown) => {
+      const { state } = parse(MarkFailedEventSchema, event, 'MarkFailed event');
+      return markFailed(deps, {
+        runId: state.run?.runId ?? null,
+        error: state.error?.Error ?? 'Error',
+        cause: state.error?.Cause ?? 'unknown',
+      });
+    },
+    ContinueRun: async (event: unknown) => {
+      const { runId, dataset, stateMachineArn, executionName } = parse(
+        ContinueEventSchema,
+        event,
+        'ContinueRun event',
+      );
+      const next = `${runId}-${executionName.length}-${Date.now().toString(36)}`.slice(0, 80);
+      await startExecution(stateMachineArn, next, { dataset, resumeRunId: runId });
+      deps.log('run continues in a new execution', { runId, execution: next });
+      return { continuedAs: next };
+    },
+  };
+}
+
+/** The handlers by state name. */
+export type Handlers = ReturnType<typeof createHandlers>;

@@ -1,0 +1,96 @@
+/**
+ * The Lambda entry point: one bundle per work (the work comes in through the `@work` alias), one exported
+ * handler per state. Configuration is read from the environment once, when the module loads.
+ */
+import { Logger } from '@aws-lambda-powertools/logger';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
+import { S3Client } from '@aws-sdk/client-s3';
+import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { SNSClient } from '@aws-sdk/client-sns';
+import work from '@work';
+import OpenAI from 'openai';
+import { z } from 'zod';
+import { DynamoRunStore } from './adapters/dynamo-run-store';
+import { AwsNotifier } from './adapters/notifier';
+import { OpenAIBatchApi } from './adapters/openai-batch-api';
+import { S3BlobStore } from './adapters/s3-blob-store';
+import { cachedApiKey } from './adapters/secret';
+import { ConfigError } from './core/errors';
+import { describeIssues } from './core/issues';
+import { createHandlers } from './handlers';
+
+/** The environment the stack gives every function. */
+export const LambdaEnvSchema = z.object({
+  BUCKET_NAME: z.string().min(1),
+  TABLE_NAME: z.string().min(1),
+  OPENAI_SECRET_ID: z.string().min(1),
+  EVENT_BUS_NAME: z.string().min(1),
+  TOPIC_ARN: z.string().min(1).optional(),
+  OPENAI_BASE_URL: z.url().optional(),
+  STEP_BUDGET_MS: z.coerce.number().int().positive().default(240_000),
+  MAX_TICKS_PER_EXECUTION: z.coerce.number().int().positive().default(1500),
+});
+
+const parsed = LambdaEnvSchema.safeParse(process.env);
+if (!parsed.success)
+  throw new ConfigError(`Invalid Lambda environment: ${describeIssues(parsed.error, {}, false).join('; ')}`);
+const env = parsed.data;
+const logger = new Logger({ serviceName: `openai-batch-${work.settings.name}` });
+const s3 = new S3Client({
+  requestChecksumCalculation: 'WHEN_REQUIRED',
+  responseChecksumValidation: 'WHEN_REQUIRED',
+});
+const apiKey = cachedApiKey(new SecretsManagerClient({}), env.OPENAI_SECRET_ID);
+const sfn = new SFNClient({});
+
+const handlers = createHandlers(
+  {
+    work,
+    bucket: env.BUCKET_NAME,
+    blobs: new S3BlobStore(s3, env.BUCKET_NAME),
+    runs: new DynamoRunStore(new DynamoDBClient({}), env.TABLE_NAME),
+    openai: async () =>
+      new OpenAIBatchApi(
+        new OpenAI({
+          apiKey: await apiKey(),
+          ...(env.OPENAI_BASE_URL ? { baseURL: env.OPENAI_BASE_URL } : {}),
+        }),
+      ),
+    notifier: new AwsNotifier(
+      new EventBridgeClient({}),
+      env.EVENT_BUS_NAME,
+      env.TOPIC_ARN ? new SNSClient({}) : null,
+      env.TOPIC_ARN ?? null,
+    ),
+    now: () => Date.now(),
+    budgetMs: env.STEP_BUDGET_MS,
+    maxTicksPerExecution: env.MAX_TICKS_PER_EXECUTION,
+    log: (message, fields) => logger.info(message, fields ?? {}),
+    metric: (name, value) => {
+      // CloudWatch embedded metric format: the log line becomes the metric, no API call needed.
+      const emf = {
+        _aws: {
+          Timestamp: Date.now(),
+          CloudWatchMetrics: [
+            { Namespace: 'OpenAIBatch', Dimensions: [['Work']], Metrics: [{ Name: name, Unit: 'None' }] },
+          ],
+        },
+      };
+      console.log(JSON.stringify({ ...emf, Work: work.settings.name, [name]: value }));
+    },
+  },
+  async (stateMachineArn, name, input) => {
+    await sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(input) }));
+  },
+);
+
+export const register = handlers.Register;
+export const prepare = handlers.Prepare;
+export const tick = handlers.Tick;
+export const finalize = handlers.Finalize;
+export const cleanUp = handlers.CleanUp;
+export const notify = handlers.Notify;
+export const markFailed = handlers.MarkFailed;
+export const continueRun = handlers.ContinueRun;

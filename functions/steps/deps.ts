@@ -1,0 +1,30 @@
+import type { BatchApi, BlobStore, RunStore } from '../core/ports';
+import type { Work } from '../core/work';
+
+/** Where a run's end is announced (EventBridge and SNS in the cloud). */
+export interface Notifier {
+  notify(detailType: 'Run Completed' | 'Run Failed', detail: Record<string, unknown>): Promise<void>;
+}
+
+/** A structured log line: a message and fields, never record contents or secrets. */
+export type Log = (message: string, fields?: Record<string, unknown>) => void;
+
+/** What every step works with. */
+export interface StepDeps<R = Record<string, unknown>> {
+  readonly work: Work<R>;
+  /** The work's bucket: datasets, requests, outputs, errors, summaries. */
+  readonly bucket: string;
+  readonly blobs: BlobStore;
+  readonly runs: RunStore;
+  /** The OpenAI API, built on first use (the key is fetched then). */
+  readonly openai: () => Promise<BatchApi>;
+  readonly notifier: Notifier;
+  readonly now: () => number;
+  /** How long a step works before it checkpoints and returns (well under the Lambda timeout). */
+  readonly budgetMs: number;
+  /** Ticks an execution runs before it hands the run to a new execution (the history limit). */
+  readonly maxTicksPerExecution: number;
+  readonly log: Log;
+  /** Records a metric (CloudWatch, through the log, in the cloud). */
+  readonly metric: (name: 'MinutesWithoutProgress', value: number) => void;
+}

@@ -1,0 +1,166 @@
+import { InvariantError, messageOf } from '../core/errors';
+import { runKeys } from '../core/run';
+import { type RunSummary, summarize } from '../core/summary';
+import type { StepDeps } from './deps';
+import { runOf } from './prepare';
+import { writeAll } from './storage';
+
+/** What Finalize answers: the summary's key and the counts a user watches. */
+export interface Finalized {
+  readonly summaryKey: string;
+  readonly records: number;
+  readonly outputs: number;
+  readonly errors: number;
+  readonly balanced: boolean;
+}
+
+/**
+ * Writes `runs/<runId>/summary.json` (counts per stage, usage, cost, timings, reconciliation) and marks
+ * the run completed; a completed run keeps its dataset claim.
+ */
+export async function finalize<R>(deps: StepDeps<R>, input: { runId: string }): Promise<Finalized> {
+  let run = await runOf(deps as StepDeps<unknown>, input.runId);
+  const parts = await deps.runs.listParts(run.runId);
+  const unfinished = parts.filter((p) => p.status !== 'done');
+  if (!run.prepared || unfinished.length > 0) {
+    throw new InvariantError(
+      `run ${run.runId} cannot be finalized: ${run.prepared ? `parts ${unfinished.map((p) => p.part).join(', ')} are not done` : 'it is not prepared'}`,
+    );
+  }
+  run = await deps.runs.putRun({ ...run, status: 'completed', updatedAt: deps.now() });
+  const summary: RunSummary = summarize(run, parts, deps.now());
+  const summaryKey = runKeys(run.runId).summary;
+  await writeAll(deps.blobs, summaryKey, `${JSON.stringify(summary, null, 2)}\n`);
+  await deps.runs.settleClaim(run.work, run.datasetHash, run.runId, 'completed');
+  deps.log('run finalized', {
+    runId: run.runId,
+    ...summary.counts,
+    balanced: summary.reconciliation.balanced,
+  });
+  return {
+    summaryKey,
+    records: summary.counts.records,
+    outputs: summary.counts.outputs,
+    errors: summary.counts.errors,
+    balanced: summary.reconciliation.balanced,
+  };
+}
+
+/**
+ * With the work's `cleanUp`, deletes what the run left on OpenAI (input, output and error files, and any
+ * upload whose answer was lost, found by its name) and its intermediate objects in S3 (request files and
+ * state). Outputs, errors and the summary stay.
+ */
+export async function cleanUp<R>(
+  deps: StepDeps<R>,
+  input: { runId: string },
+): Promise<{ openaiFiles: number; objects: number }> {
+  if (!deps.work.settings.cleanUp) return { openaiFiles: 0, objects: 0 };
+  const run = await runOf(deps as StepDeps<unknown>, input.runId);
+  const parts = await deps.runs.listParts(run.runId);
+  const fileIds = new Set<string>();
+  for (const part of parts)
+    for (const id of [part.fileId, part.outputFileId, part.errorFileId]) if (id) fileIds.add(id);
+  let openaiFiles = 0;
+  if (fileIds.size > 0 || parts.length > 0) {
+    const api = await deps.openai();
+    for (const id of await api.filesNamed(`${run.runId}.`)) fileIds.add(id);
+    for (const id of fileIds) {
+      await api.deleteFile(id);
+      openaiFiles += 1;
+    }
+  }
+  const keys = runKeys(run.runId);
+  let objects = 0;
+  for (const prefix of [`${keys.prefix}requests/`, `${keys.prefix}state/`]) {
+    const batch: string[] = [];
+    for await (const object of deps.blobs.list(prefix)) {
+      batch.push(object.key);
+      if (batch.length === 1000) {
+        await deps.blobs.delete(batch.splice(0));
+        objects += 1000;
+      }
+    }
+    objects += batch.length;
+    await deps.blobs.delete(batch);
+  }
+  deps.log('cleaned up', { runId: run.runId, openaiFiles, objects });
+  return { openaiFiles, objects };
+}
+
+/** Announces the run's end. */
+export async function notifyRun<R>(
+  deps: StepDeps<R>,
+  input: { runId: string },
+): Promise<{ notified: boolean }> {
+  const run = await runOf(deps as StepDeps<unknown>, input.runId);
+  const failed = run.status === 'failed';
+  await deps.notifier.notify(failed ? 'Run Failed' : 'Run Completed', {
+    runId: run.runId,
+    work: run.work,
+    status: run.status,
+    summary: failed ? null : `s3://${run.bucket}/${runKeys(run.runId).summary}`,
+    outputs: `s3://${run.bucket}/${runKeys(run.runId).prefix}outputs/`,
+    errors: `s3://${run.bucket}/${runKeys(run.runId).prefix}errors/`,
+    error: run.error,
+  });
+  return { notified: true };
+}
+
+/**
+ * Marks a run failed with the error that stopped it: cancels its batches still on OpenAI (what finished
+ * is kept), releases its dataset so that it can be run again, and announces the failure. A run that
+ * never got registered (a missing dataset, a duplicate) has nothing to mark.
+ */
+export async function markFailed<R>(
+  deps: StepDeps<R>,
+  input: { runId: string | null; error: string; cause: string },
+): Promise<{ error: string; cause: string }> {
+  const message = causeMessage(input.cause);
+  const run = input.runId ? await deps.runs.getRun(input.runId) : null;
+  if (run && run.status !== 'completed') {
+    const parts = await deps.runs.listParts(run.runId);
+    const active = parts.filter((p) => p.status === 'active' && p.batchId);
+    if (active.length > 0) {
+      const api = await deps.openai();
+      for (const part of active) {
+        try {
+          await api.cancelBatch(part.batchId ?? '');
+        } catch (caught) {
+          deps.log('could not cancel a batch of a failed run', {
+            runId: run.runId,
+            batchId: part.batchId,
+            error: messageOf(caught),
+          });
+        }
+      }
+    }
+    await deps.runs.putRun({
+      ...run,
+      status: 'failed',
+      error: `${input.error}: ${message}`,
+      updatedAt: deps.now(),
+    });
+    await deps.runs.settleClaim(run.work, run.datasetHash, run.runId, 'failed');
+    await deps.notifier.notify('Run Failed', {
+      runId: run.runId,
+      work: run.work,
+      error: input.error,
+      message,
+    });
+  }
+  deps.log('run failed', { runId: input.runId, error: input.error, message });
+  return { error: input.error, cause: message };
+}
+
+/** The message inside a Step Functions error cause (a Lambda error's JSON), or the cause itself. */
+export function causeMessage(cause: string): string {
+  try {
+    const parsed = JSON.parse(cause) as { errorMessage?: unknown; message?: unknown };
+    if (typeof parsed.errorMessage === 'string') return parsed.errorMessage;
+    if (typeof parsed.message === 'string') return parsed.message;
+  } catch {
+    // not JSON: the cause is the message
+  }
+  return cause;
+}

@@ -1,0 +1,110 @@
+import { createHash } from 'node:crypto';
+import { zeroCounts } from '../core/accounting';
+import { datasetLocation } from '../core/dataset-location';
+import { DatasetError } from '../core/errors';
+import type { BlobInfo } from '../core/ports';
+import type { Run } from '../core/run';
+import type { StepDeps } from './deps';
+
+/** A dataset that this work already processed (or is processing) under another run. */
+export class DuplicateDatasetError extends Error {
+  override readonly name = 'DuplicateDatasetError';
+  constructor(
+    readonly holder: string,
+    readonly holderStatus: string,
+  ) {
+    super(
+      `This dataset's content was already taken by run ${holder} (${holderStatus}) of this work. ` +
+        'Set allowSameDataset: true in the work to run it again, or run it again after that run failed or was cancelled.',
+    );
+  }
+}
+
+/** Datasets up to this size are identified by the SHA-256 of their bytes; larger ones by their S3 ETags. */
+const HASH_CONTENT_UP_TO = 1024 ** 3;
+
+/** What Register answers: small, for the state. */
+export interface Registered {
+  readonly runId: string;
+  readonly prepared: boolean;
+  readonly objects: number;
+}
+
+/** The objects a dataset names: the object at the key, or every non-empty object under it as a prefix. */
+export async function datasetObjects(deps: StepDeps<unknown>, key: string): Promise<BlobInfo[]> {
+  const single = key.endsWith('/') ? null : await deps.blobs.head(key);
+  if (single) return [single];
+  const objects: BlobInfo[] = [];
+  for await (const object of deps.blobs.list(key))
+    if (object.size > 0 && !object.key.endsWith('/')) objects.push(object);
+  if (objects.length === 0) {
+    throw new DatasetError(
+      `No dataset at s3://${deps.bucket}/${key}: no such object, and no objects under it as a prefix.`,
+    );
+  }
+  return objects;
+}
+
+/**
+ * The dataset's identity: the SHA-256 of its bytes (objects in key order) up to 1 GiB; beyond, of each
+ * object's size and ETag, which S3 derives from the content, so that no step reads a huge dataset twice.
+ */
+export async function datasetHash(deps: StepDeps<unknown>, objects: readonly BlobInfo[]): Promise<string> {
+  const hash = createHash('sha256');
+  const total = objects.reduce((n, o) => n + o.size, 0);
+  if (total <= HASH_CONTENT_UP_TO) {
+    for (const object of objects) for await (const chunk of deps.blobs.read(object.key)) hash.update(chunk);
+    return `sha256:${hash.digest('hex')}`;
+  }
+  for (const object of objects) hash.update(`${object.size}:${object.etag}\n`);
+  return `etags:${hash.digest('hex')}`;
+}
+
+/**
+ * Registers a run: finds the dataset's objects, identifies its content, and creates the run record,
+ * claiming the dataset for the work in the same transaction unless the work allows the same dataset
+ * twice. Two executions started together on one dataset: exactly one passes. Run again with the same
+ * run id (a retry, or an execution continuing a run), it answers the existing run.
+ */
+export async function register(
+  deps: StepDeps<unknown>,
+  input: { dataset: string; runId: string; resume: boolean },
+): Promise<Registered> {
+  const existing = await deps.runs.getRun(input.runId);
+  if (existing) {
+    if (input.resume) await deps.runs.putRun({ ...existing, ticks: 0 });
+    return { runId: existing.runId, prepared: existing.prepared, objects: existing.objects.length };
+  }
+  if (input.resume) throw new DatasetError(`No run ${input.runId} to continue.`);
+  const { key } = datasetLocation(input.dataset, deps.bucket);
+  const objects = await datasetObjects(deps, key);
+  const datasetHashValue = await datasetHash(deps, objects);
+  const now = deps.now();
+  const run: Run = {
+    runId: input.runId,
+    work: deps.work.settings.name,
+    bucket: deps.bucket,
+    objects: objects.map(({ key: k, size, etag }) => ({ key: k, size, etag })),
+    datasetHash: datasetHashValue,
+    status: 'preparing',
+    createdAt: now,
+    updatedAt: now,
+    prepared: false,
+    checkpoint: { object: 0, line: 1, offset: 0, gzip: false, nextPart: 0 },
+    counts: zeroCounts(),
+    estimatedTokens: 0,
+    estimatedCostUsd: null,
+    ticks: 0,
+    waitSeconds: 0,
+    error: null,
+    version: 0,
+  };
+  const outcome = await deps.runs.createRun(run, !deps.work.settings.allowSameDataset);
+  if (!outcome.created) throw new DuplicateDatasetError(outcome.holder.runId, outcome.holder.status);
+  deps.log('run registered', {
+    runId: run.runId,
+    objects: objects.length,
+    bytes: objects.reduce((n, o) => n + o.size, 0),
+  });
+  return { runId: run.runId, prepared: false, objects: objects.length };
+}

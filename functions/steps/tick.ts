@@ -1,0 +1,241 @@
+import { collectPart } from '../core/collect';
+import { messageOf } from '../core/errors';
+import type { BatchApi } from '../core/ports';
+import {
+  admit,
+  allDone,
+  batchMetadata,
+  findOwnBatch,
+  nextWait,
+  observe,
+  stalledFor,
+} from '../core/reconciler';
+import { newPart, type Part, type Run, runKeys } from '../core/run';
+import type { StepDeps } from './deps';
+import { runOf } from './prepare';
+import { LazyJsonl, StoredParts } from './storage';
+
+/** What Tick answers: small, for the state. */
+export interface Ticked {
+  readonly done: boolean;
+  readonly waitSeconds: number;
+  /** The execution has run enough ticks: the run continues in a new execution (history limit). */
+  readonly continueAsNew: boolean;
+}
+
+/** An OpenAI error that says the request was refused before anything was created (4xx but 408/409/429). */
+export function refusedBeforeActing(caught: unknown): boolean {
+  const status = (caught as { status?: unknown } | null)?.status;
+  return typeof status === 'number' && status >= 400 && status < 500 && ![408, 409, 429].includes(status);
+}
+
+/** A create whose answer was lost is looked for this long before the part is sent again. */
+const LOST_CREATE_GRACE_MS = 2 * 60_000;
+
+/**
+ * One pass of the reconciler over a run: recover creates whose answer was lost, poll batches in flight,
+ * collect finished ones (resubmitting leftovers as new parts), submit pending parts within the limits,
+ * and choose the next wait. Every part update is conditional on its version, so a pass that races with
+ * another (a retried Lambda) loses its write instead of doubling work. Bounded by the time budget.
+ */
+export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Promise<Ticked> {
+  const started = deps.now();
+  const outOfTime = () => deps.now() - started > deps.budgetMs;
+  let run = await runOf(deps as StepDeps<unknown>, input.runId);
+  const parts = new Map((await deps.runs.listParts(run.runId)).map((p) => [p.part, p]));
+  const api = parts.size > 0 ? await deps.openai() : null;
+  let moved = false;
+
+  /** Writes a part if nobody else changed it meanwhile; notes whether the run moved. */
+  const save = async (part: Part): Promise<Part | null> => {
+    const before = parts.get(part.part);
+    const saved = await deps.runs.putPart(run.runId, part);
+    if (!saved) return null;
+    parts.set(saved.part, saved);
+    const progressed =
+      !before ||
+      ['status', 'batchStatus', 'completed', 'failed'].some(
+        (k) => before[k as keyof Part] !== saved[k as keyof Part],
+      );
+    if (progressed) moved = true;
+    return saved;
+  };
+
+  if (api) {
+    // 1. Creates whose answer was lost: find the batch by its metadata, or send the part again.
+    const lost = [...parts.values()].filter((p) => p.status === 'submitting');
+    if (lost.length > 0) {
+      const since = Math.floor(Math.min(...lost.map((p) => p.submittingSince ?? started)) / 1000) - 60;
+      const recent = await api.recentBatches(since);
+      for (const part of lost) {
+        const own = findOwnBatch(run.runId, part, recent);
+        if (own) await save(observe(part, own, deps.now()));
+        else if (started - (part.submittingSince ?? 0) > LOST_CREATE_GRACE_MS) {
+          await save({ ...part, status: 'pending', submittingSince: null });
+        }
+      }
+    }
+
+    // 2. Batches in flight.
+    for (const part of [...parts.values()].filter((p) => p.status === 'active' && p.batchId)) {
+      const batch = await api.getBatch(part.batchId ?? '');
+      await save(observe(part, batch, deps.now()));
+    }
+
+    // 3. Finished batches: reserve resubmission part numbers first, so a collect run again reuses them.
+    const collecting = [...parts.values()].filter((p) => p.status === 'collecting');
+    const canResubmit = (p: Part) => p.generation < deps.work.settings.maxResubmits;
+    const needChild = collecting.filter((p) => canResubmit(p) && p.childPart === null);
+    if (needChild.length > 0) {
+      let nextPart = run.checkpoint.nextPart;
+      run = await deps.runs.putRun({
+        ...run,
+        checkpoint: { ...run.checkpoint, nextPart: nextPart + needChild.length },
+      });
+      for (const part of needChild) await save({ ...part, childPart: nextPart++ });
+    }
+    // Each loop does at least one piece of work before it looks at the clock, so every tick progresses.
+    let worked = false;
+    for (const part of [...parts.values()].filter((p) => p.status === 'collecting')) {
+      if (worked && outOfTime()) break;
+      const child = await collect(deps, api, run, part, save);
+      if (child) parts.set(child.part, child);
+      worked = true;
+    }
+
+    // 4. Pending parts, within maxActiveBatches and the enqueued-token budget.
+    worked = false;
+    for (const part of admit([...parts.values()], deps.work.settings, deps.now())) {
+      if (worked && outOfTime()) break;
+      await submit(deps, api, run, part, save);
+      worked = true;
+    }
+  }
+
+  const all = [...parts.values()];
+  const done = run.prepared && allDone(all);
+  const waitSeconds = done ? 0 : nextWait(all, moved, run.waitSeconds, deps.work.settings, deps.now());
+  run = await deps.runs.putRun({ ...run, ticks: run.ticks + 1, waitSeconds, updatedAt: deps.now() });
+  deps.metric(
+    'MinutesWithoutProgress',
+    Math.floor(Math.max(0, ...all.map((p) => stalledFor(p, deps.now()))) / 60_000),
+  );
+  const counts = { pending: 0, submitting: 0, active: 0, collecting: 0, done: 0 };
+  for (const p of all) counts[p.status] += 1;
+  deps.log('tick', { runId: run.runId, ...counts, waitSeconds, done });
+  return { done, waitSeconds, continueAsNew: !done && run.ticks >= deps.maxTicksPerExecution };
+}
+
+/** Sends a pending part: intent first, then the file (once), then the batch, recording each answer. */
+async function submit<R>(
+  deps: StepDeps<R>,
+  api: BatchApi,
+  run: Run,
+  pending: Part,
+  save: (p: Part) => Promise<Part | null>,
+) {
+  const keys = runKeys(run.runId);
+  let part = await save({
+    ...pending,
+    status: 'submitting',
+    attempt: pending.attempt + 1,
+    submittingSince: deps.now(),
+  });
+  if (!part) return; // another pass took it
+  try {
+    if (!part.fileId) {
+      const fileId = await api.uploadFile(
+        `${run.runId}.part-${String(part.part).padStart(5, '0')}.jsonl`,
+        deps.blobs.read(keys.requests(part.part)),
+      );
+      part = await save({ ...part, fileId });
+      if (!part) return;
+    }
+    const batch = await api.createBatch({
+      fileId: part.fileId ?? '',
+      endpoint: deps.work.settings.endpoint,
+      metadata: batchMetadata(run.runId, run.work, part),
+    });
+    await save(observe(part, batch, deps.now()));
+  } catch (caught) {
+    if (part && refusedBeforeActing(caught)) {
+      // OpenAI refused the file or the batch outright: every request of the part ends in errors with why.
+      const failure = [
+        {
+          code: 'batch_refused',
+          message: `OpenAI refused part ${part.part}: ${messageOf(caught)}`,
+          line: null,
+        },
+      ];
+      await save({ ...part, status: 'collecting', submittingSince: null, failure });
+      return;
+    }
+    // The answer may be lost while the batch exists: the next pass looks for it by metadata.
+    deps.log('submit failed; will look for the batch by metadata', {
+      runId: run.runId,
+      part: pending.part,
+      error: messageOf(caught),
+    });
+  }
+}
+
+/** Collects a finished part into outputs, errors and its resubmission part (returned), then marks it done. */
+async function collect<R>(
+  deps: StepDeps<R>,
+  api: BatchApi,
+  run: Run,
+  part: Part,
+  save: (p: Part) => Promise<Part | null>,
+): Promise<Part | null> {
+  const keys = runKeys(run.runId);
+  const outputs = new LazyJsonl(deps.blobs, keys.outputs(part.part));
+  const errors = new LazyJsonl(deps.blobs, keys.errors(part.part));
+  const child = part.childPart;
+  const resent = child === null ? null : new StoredParts(deps.blobs, run.runId);
+  const result = await collectPart({
+    work: deps.work,
+    part,
+    requests: () => deps.blobs.read(keys.requests(part.part)),
+    lines: () => deps.blobs.read(keys.lines(part.part)),
+    outputFile: part.outputFileId ? () => api.fileContent(part.outputFileId ?? '') : null,
+    errorFile: part.errorFileId ? () => api.fileContent(part.errorFileId ?? '') : null,
+    outputs,
+    errors,
+    resubmit: resent && child !== null ? { write: (json, line) => resent.writeRaw(child, json, line) } : null,
+  });
+  await Promise.all([
+    outputs.close(),
+    errors.close(),
+    child === null ? undefined : resent?.close({ part: child }),
+  ]);
+  let resubmission: Part | null = null;
+  if (child !== null && result.resubmitted > 0) {
+    resubmission = newPart({
+      part: child,
+      generation: part.generation + 1,
+      model: part.model,
+      requests: result.resubmitted,
+      bytes: 0,
+      estimatedTokens: Math.ceil((part.estimatedTokens * result.resubmitted) / Math.max(1, part.requests)),
+    });
+    await deps.runs.addParts(run.runId, [resubmission]);
+  }
+  await save({
+    ...part,
+    status: 'done',
+    outputs: result.outputs,
+    errors: result.errors,
+    skippedOutputs: result.skippedOutputs,
+    resubmitted: result.resubmitted,
+    usage: result.usage,
+  });
+  deps.log('collected', {
+    runId: run.runId,
+    part: part.part,
+    outputs: result.outputs,
+    errors: result.errors,
+    resubmitted: result.resubmitted,
+    malformed: result.malformed,
+  });
+  return resubmission;
+}

@@ -1,0 +1,442 @@
+import { CfnOutput, Duration, RemovalPolicy, SecretValue, Stack, Validations } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import { Construct } from 'constructs';
+import type { WorkSettings } from '../functions/core/work';
+import { BatchFunction } from './batch-function';
+import { runDefinition, TASKS, type TaskName } from './state-machine';
+
+/** What a new secret holds until the user puts the OpenAI key in it; the functions refuse to use it. */
+export const API_KEY_PLACEHOLDER = 'put-your-openai-api-key-here';
+
+/** The tag on intermediate objects (request files, checkpoints) that the lifecycle rule expires. */
+export const INTERMEDIATE_TAG = { key: 'openai-batch-intermediate', value: 'true' } as const;
+
+/** Props of {@link OpenAIBatchWork}. */
+export interface OpenAIBatchWorkProps {
+  /** The work's validated settings (from `defineWork`). */
+  readonly work: { readonly settings: WorkSettings };
+  /** Path of the work's module, bundled into the functions. */
+  readonly workModule: string;
+  /** Bucket for datasets, requests, outputs, errors and summaries. @default a new encrypted, private bucket */
+  readonly bucket?: s3.IBucket;
+  /** Bucket for the data bucket's server access logs (only for a bucket this construct creates). @default none */
+  readonly serverAccessLogsBucket?: s3.IBucket;
+  /**
+   * Table for runs, parts and dataset claims: string keys `pk` and `sk`, and a global index `byWork` on
+   * string keys `gsi1pk` and `gsi1sk`. @default a new on-demand table with point-in-time recovery
+   */
+  readonly table?: dynamodb.ITable;
+  /**
+   * The secret that holds the OpenAI API key (the key itself, or JSON with `apiKey`). @default a new secret
+   * holding a placeholder: put the key in it after deploying
+   */
+  readonly apiKeySecret?: secretsmanager.ISecret;
+  /** Another OpenAI-compatible endpoint. @default OpenAI's own */
+  readonly openaiBaseUrl?: string;
+  /** Email to tell when a run ends (a topic is created). Not with `topic`. @default none */
+  readonly notificationEmail?: string;
+  /** Topic to tell when a run ends. Not with `notificationEmail`. @default none */
+  readonly topic?: sns.ITopic;
+  /** Start a run for each object created under `inputs/<work>/`. @default false */
+  readonly autoStart?: boolean;
+  /** Alarm when a batch has made no progress for this long. @default Duration.hours(6) */
+  readonly stuckBatchAlarmAfter?: Duration;
+  /** Ticks one execution runs before the run continues in a new one (the 25,000-event history). @default 1500 */
+  readonly maxTicksPerExecution?: number;
+  /** Log retention of the functions and the state machine. @default logs.RetentionDays.ONE_MONTH */
+  readonly logRetention?: logs.RetentionDays;
+}
+
+/** Memory and timeout per state: Prepare and Tick stream files and upload parts of up to 200 MB. */
+const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }> = {
+  Register: { memorySize: 512, timeout: Duration.minutes(5) },
+  Prepare: { memorySize: 1536, timeout: Duration.minutes(6) },
+  Tick: { memorySize: 1536, timeout: Duration.minutes(6) },
+  Finalize: { memorySize: 512, timeout: Duration.minutes(2) },
+  CleanUp: { memorySize: 512, timeout: Duration.minutes(5) },
+  Notify: { memorySize: 256, timeout: Duration.seconds(30) },
+  MarkFailed: { memorySize: 512, timeout: Duration.minutes(2) },
+  ContinueRun: { memorySize: 256, timeout: Duration.seconds(30) },
+};
+
+/** The exported handler of each state in functions/lambda.ts. */
+const HANDLERS: Record<TaskName, string> = {
+  Register: 'register',
+  Prepare: 'prepare',
+  Tick: 'tick',
+  Finalize: 'finalize',
+  CleanUp: 'cleanUp',
+  Notify: 'notify',
+  MarkFailed: 'markFailed',
+  ContinueRun: 'continueRun',
+};
+
+/**
+ * One work on AWS: its bucket, run table and key secret (created or brought), a function per state, the
+ * reconciler state machine, notifications, alarms and a dashboard. Start a run with the execution input
+ * `{"dataset": "s3://<bucket>/<key or prefix>"}`.
+ */
+export class OpenAIBatchWork extends Construct {
+  public readonly bucket: s3.IBucket;
+  public readonly table: dynamodb.ITable;
+  public readonly apiKeySecret: secretsmanager.ISecret;
+  public readonly topic: sns.ITopic | undefined;
+  public readonly functions: Readonly<Record<TaskName, BatchFunction>>;
+  public readonly stateMachine: sfn.StateMachine;
+  public readonly alarms: readonly cloudwatch.Alarm[];
+  public readonly dashboard: cloudwatch.Dashboard;
+
+  constructor(scope: Construct, id: string, props: OpenAIBatchWorkProps) {
+    super(scope, id);
+    if (props.topic && props.notificationEmail)
+      throw new Error('OpenAIBatchWork: give either topic or notificationEmail, not both');
+    if (props.bucket && props.serverAccessLogsBucket)
+      throw new Error(
+        'OpenAIBatchWork: serverAccessLogsBucket applies only to a bucket this construct creates',
+      );
+    const { settings } = props.work;
+    const stack = Stack.of(this);
+
+    // The casts: CDK's classes do not meet their own interfaces under exactOptionalPropertyTypes.
+    this.bucket = props.bucket ?? (this.createBucket(props) as s3.IBucket);
+    this.table = props.table ?? (this.createTable() as dynamodb.ITable);
+    this.apiKeySecret =
+      props.apiKeySecret ??
+      (new secretsmanager.Secret(this, 'OpenAIApiKey', {
+        description: `OpenAI API key for the openai-batch work "${settings.name}": replace the placeholder with the key`,
+        secretStringValue: SecretValue.unsafePlainText(API_KEY_PLACEHOLDER),
+      }) as secretsmanager.ISecret);
+    if (!props.apiKeySecret) {
+      Validations.of(this.apiKeySecret).acknowledge({
+        id: 'AwsSolutions-SMG4',
+        reason:
+          'OpenAI API keys are issued and rotated in the OpenAI dashboard; no Lambda can rotate them. The secret is updated by hand.',
+      });
+    }
+    this.topic =
+      props.topic ?? (props.notificationEmail ? this.createTopic(props.notificationEmail) : undefined);
+
+    const environment: Record<string, string> = {
+      BUCKET_NAME: this.bucket.bucketName,
+      TABLE_NAME: this.table.tableName,
+      OPENAI_SECRET_ID: this.apiKeySecret.secretArn,
+      EVENT_BUS_NAME: 'default',
+      MAX_TICKS_PER_EXECUTION: String(props.maxTicksPerExecution ?? 1500),
+      ...(this.topic ? { TOPIC_ARN: this.topic.topicArn } : {}),
+      ...(props.openaiBaseUrl ? { OPENAI_BASE_URL: props.openaiBaseUrl } : {}),
+    };
+    const functions = {} as Record<TaskName, BatchFunction>;
+    for (const name of TASKS) {
+      functions[name] = new BatchFunction(this, name, {
+        handler: HANDLERS[name],
+        workModule: props.workModule,
+        environment,
+        ...SIZING[name],
+        ...(props.logRetention ? { logRetention: props.logRetention } : {}),
+      });
+    }
+    this.functions = functions;
+    this.grant(stack);
+
+    const logGroup = new logs.LogGroup(this, 'RunLogs', {
+      retention: props.logRetention ?? logs.RetentionDays.ONE_MONTH,
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+    this.stateMachine = new sfn.StateMachine(this, 'Run', {
+      definitionBody: sfn.DefinitionBody.fromChainable(
+        runDefinition(
+          new Construct(this, 'States'),
+          Object.fromEntries(TASKS.map((n) => [n, functions[n].function])) as Record<
+            TaskName,
+            BatchFunction['function']
+          >,
+        ),
+      ),
+      tracingEnabled: true,
+      // Covers 1,500 ticks at the longest poll (15.6 days); under the 24.8 days a JS timer can count locally.
+      timeout: Duration.days(20),
+      logs: { destination: logGroup, level: sfn.LogLevel.ALL, includeExecutionData: false },
+    });
+    // A separate policy: the function's own default policy would make the state machine depend on itself.
+    new iam.Policy(this, 'ContinueRunPolicy', {
+      roles: [functions.ContinueRun.role],
+      statements: [
+        new iam.PolicyStatement({
+          actions: ['states:StartExecution'],
+          resources: [this.stateMachine.stateMachineArn],
+        }),
+      ],
+    });
+
+    if (props.autoStart) this.startOnUpload(settings.name);
+    this.alarms = this.createAlarms(props.stuckBatchAlarmAfter ?? Duration.hours(6), settings.name);
+    this.dashboard = this.createDashboard(settings.name);
+    this.acknowledgeFindings();
+
+    new CfnOutput(this, 'BucketName', {
+      value: this.bucket.bucketName,
+      description: 'Put datasets here, for example under inputs/',
+    });
+    new CfnOutput(this, 'StateMachineArn', {
+      value: this.stateMachine.stateMachineArn,
+      description: 'Start a run: {"dataset": "s3://<bucket>/<key>"}',
+    });
+    new CfnOutput(this, 'ApiKeySecretArn', {
+      value: this.apiKeySecret.secretArn,
+      description: 'Put the OpenAI API key in this secret',
+    });
+    new CfnOutput(this, 'TableName', { value: this.table.tableName });
+  }
+
+  private createBucket(props: OpenAIBatchWorkProps): s3.Bucket {
+    const bucket = new s3.Bucket(this, 'Data', {
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      enforceSSL: true,
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      eventBridgeEnabled: props.autoStart ?? false,
+      removalPolicy: RemovalPolicy.RETAIN,
+      ...(props.serverAccessLogsBucket
+        ? { serverAccessLogsBucket: props.serverAccessLogsBucket, serverAccessLogsPrefix: 'openai-batch/' }
+        : {}),
+      lifecycleRules: [
+        {
+          id: 'expire-intermediate-files',
+          tagFilters: { [INTERMEDIATE_TAG.key]: INTERMEDIATE_TAG.value },
+          expiration: Duration.days(14),
+        },
+        { id: 'abort-incomplete-uploads', abortIncompleteMultipartUploadAfter: Duration.days(2) },
+      ],
+    });
+    if (!props.serverAccessLogsBucket) {
+      Validations.of(bucket).acknowledge({
+        id: 'AwsSolutions-S1',
+        reason:
+          'Server access logs are optional: pass serverAccessLogsBucket where the account requires them. Access is private, TLS-only and IAM-scoped to this work.',
+      });
+    }
+    return bucket;
+  }
+
+  private createTable(): dynamodb.Table {
+    const table = new dynamodb.Table(this, 'Runs', {
+      partitionKey: { name: 'pk', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'sk', type: dynamodb.AttributeType.STRING },
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    table.addGlobalSecondaryIndex({
+      indexName: 'byWork',
+      partitionKey: { name: 'gsi1pk', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'gsi1sk', type: dynamodb.AttributeType.STRING },
+    });
+    return table;
+  }
+
+  private createTopic(email: string): sns.Topic {
+    const topic = new sns.Topic(this, 'Notifications', { enforceSSL: true });
+    topic.addSubscription(new subscriptions.EmailSubscription(email));
+    Validations.of(topic).acknowledge({
+      id: 'AwsSolutions-SNS2',
+      reason:
+        'Messages carry run ids, counts and S3 locations, never record contents or keys; SSE with a KMS key is not needed for them.',
+    });
+    return topic;
+  }
+
+  /** Each function gets the actions its step calls, by name, on this work's resources only. */
+  private grant(stack: Stack): void {
+    const f = this.functions;
+    const objects = this.bucket.arnForObjects('*');
+    const table = [this.table.tableArn, `${this.table.tableArn}/index/byWork`];
+    const secret = [this.apiKeySecret.secretArn];
+    const bus = [`arn:${stack.partition}:events:${stack.region}:${stack.account}:event-bus/default`];
+    const write = ['s3:PutObject', 's3:PutObjectTagging', 's3:AbortMultipartUpload'];
+
+    f.Register.allow(['s3:GetObject'], [objects]);
+    f.Register.allow(['s3:ListBucket'], [this.bucket.bucketArn]);
+    f.Register.allow(['dynamodb:GetItem', 'dynamodb:PutItem'], table);
+
+    f.Prepare.allow(['s3:GetObject', ...write], [objects]);
+    f.Prepare.allow(['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], table);
+
+    f.Tick.allow(['s3:GetObject', ...write], [objects]);
+    f.Tick.allow(['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], table);
+    f.Tick.allow(['secretsmanager:GetSecretValue'], secret);
+
+    f.Finalize.allow(write, [objects]);
+    f.Finalize.allow(
+      ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
+      table,
+    );
+
+    f.CleanUp.allow(['s3:DeleteObject'], [objects]);
+    f.CleanUp.allow(['s3:ListBucket'], [this.bucket.bucketArn]);
+    f.CleanUp.allow(['dynamodb:GetItem', 'dynamodb:Query'], table);
+    f.CleanUp.allow(['secretsmanager:GetSecretValue'], secret);
+
+    for (const announcer of [f.Notify, f.MarkFailed]) {
+      announcer.allow(['events:PutEvents'], bus);
+      if (this.topic) announcer.allow(['sns:Publish'], [this.topic.topicArn]);
+    }
+    f.Notify.allow(['dynamodb:GetItem'], table);
+    f.MarkFailed.allow(
+      ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
+      table,
+    );
+    f.MarkFailed.allow(['secretsmanager:GetSecretValue'], secret);
+  }
+
+  private startOnUpload(work: string): void {
+    new events.Rule(this, 'StartOnUpload', {
+      description: `Start an openai-batch run for each object created under inputs/${work}/`,
+      eventPattern: {
+        source: ['aws.s3'],
+        detailType: ['Object Created'],
+        detail: {
+          bucket: { name: [this.bucket.bucketName] },
+          object: { key: [{ prefix: `inputs/${work}/` }] },
+        },
+      },
+      targets: [
+        new targets.SfnStateMachine(this.stateMachine, {
+          input: events.RuleTargetInput.fromObject({
+            dataset: events.EventField.fromPath('$.detail.object.key'),
+          }),
+        }),
+      ],
+    });
+  }
+
+  private createAlarms(stuckAfter: Duration, work: string): cloudwatch.Alarm[] {
+    const alarm = (id: string, metric: cloudwatch.IMetric, description: string, threshold = 1) =>
+      new cloudwatch.Alarm(this, id, {
+        metric,
+        threshold,
+        evaluationPeriods: 1,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        alarmDescription: description,
+      });
+    const alarms = [
+      alarm(
+        'RunsFailed',
+        this.stateMachine.metricFailed({ period: Duration.minutes(5) }),
+        `A run of ${work} failed`,
+      ),
+      alarm(
+        'RunsTimedOut',
+        this.stateMachine.metricTimedOut({ period: Duration.minutes(5) }),
+        `A run of ${work} timed out`,
+      ),
+      alarm(
+        'FunctionErrors',
+        new cloudwatch.MathExpression({
+          expression: TASKS.map((_, i) => `e${i}`).join('+'),
+          usingMetrics: Object.fromEntries(
+            TASKS.map((n, i) => [
+              `e${i}`,
+              this.functions[n].function.metricErrors({ period: Duration.minutes(5) }),
+            ]),
+          ),
+          period: Duration.minutes(5),
+        }),
+        `A function of ${work} threw (a retry may have recovered)`,
+      ),
+      alarm(
+        'BatchStuck',
+        new cloudwatch.Metric({
+          namespace: 'OpenAIBatch',
+          metricName: 'MinutesWithoutProgress',
+          dimensionsMap: { Work: work },
+          statistic: 'Maximum',
+          period: Duration.minutes(15),
+        }),
+        `A batch of ${work} has made no progress for ${stuckAfter.toMinutes()} minutes (stuck validating or finalizing?)`,
+        stuckAfter.toMinutes(),
+      ),
+    ];
+    const topic = this.topic;
+    if (topic) for (const a of alarms) a.addAlarmAction(new actions.SnsAction(topic));
+    return alarms;
+  }
+
+  private createDashboard(work: string): cloudwatch.Dashboard {
+    const dashboard = new cloudwatch.Dashboard(this, 'Dashboard');
+    dashboard.addWidgets(
+      new cloudwatch.GraphWidget({
+        title: `${work}: runs`,
+        left: [
+          this.stateMachine.metricStarted(),
+          this.stateMachine.metricSucceeded(),
+          this.stateMachine.metricFailed(),
+        ],
+      }),
+      new cloudwatch.GraphWidget({
+        title: `${work}: function errors`,
+        left: TASKS.map((n) => this.functions[n].function.metricErrors({ label: n })),
+      }),
+      new cloudwatch.GraphWidget({
+        title: `${work}: function duration`,
+        left: TASKS.map((n) => this.functions[n].function.metricDuration({ label: n })),
+      }),
+      new cloudwatch.GraphWidget({
+        title: `${work}: longest time a batch made no progress (minutes)`,
+        left: [
+          new cloudwatch.Metric({
+            namespace: 'OpenAIBatch',
+            metricName: 'MinutesWithoutProgress',
+            dimensionsMap: { Work: work },
+            statistic: 'Maximum',
+          }),
+        ],
+      }),
+    );
+    return dashboard;
+  }
+
+  private acknowledgeFindings(): void {
+    const stack = Stack.of(this);
+    for (const name of TASKS) {
+      const fn = this.functions[name].function.node.defaultChild as lambda.CfnFunction;
+      Validations.of(this.stateMachine).acknowledge({
+        id: `AwsSolutions-IAM5[Resource::<${stack.getLogicalId(fn)}.Arn>:*]`,
+        reason:
+          "Step Functions may invoke any version of this work's own function; CDK grants <function ARN>:* for that.",
+      });
+    }
+    Validations.of(this.stateMachine).acknowledge({
+      id: 'AwsSolutions-IAM5[Resource::*]',
+      reason:
+        'X-Ray tracing and CloudWatch Logs delivery for Step Functions have no resource-level permissions; CDK grants them on *.',
+    });
+    for (const name of TASKS) {
+      Validations.of(this.functions[name]).acknowledge({
+        id: 'AwsSolutions-IAM5[Resource::*]',
+        reason:
+          'X-Ray tracing (xray:PutTraceSegments, xray:PutTelemetryRecords) has no resource-level permissions; CDK grants it on *.',
+      });
+    }
+    const ownBucket = this.bucket.node.defaultChild as s3.CfnBucket | undefined;
+    if (ownBucket) {
+      Validations.of(this).acknowledge({
+        id: `AwsSolutions-IAM5[Resource::<${Stack.of(this).getLogicalId(ownBucket)}.Arn>/*]`,
+        reason:
+          "Objects are named by run id at run time (runs/<runId>/...) and datasets by the user; access is limited to this work's own bucket.",
+      });
+    }
+  }
+}

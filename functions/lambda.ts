@@ -67,6 +67,7 @@ const handlers = createHandlers(
     now: () => Date.now(),
     budgetMs: env.STEP_BUDGET_MS,
     maxTicksPerExecution: env.MAX_TICKS_PER_EXECUTION,
+    lostCreateGraceMs: 2 * 60_000,
     log: (message, fields) => logger.info(message, fields ?? {}),
     metric: (name, value) => {
       // CloudWatch embedded metric format: the log line becomes the metric, no API call needed.

@@ -1,4 +1,4 @@
-import { CfnOutput, Duration, RemovalPolicy, SecretValue, Stack, Validations } from 'aws-cdk-lib';
+import { CfnOutput, Duration, RemovalPolicy, SecretValue, Stack, Token, Validations } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
@@ -13,12 +13,10 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
+import { API_KEY_PLACEHOLDER } from '../functions/adapters/secret';
 import type { WorkSettings } from '../functions/core/work';
 import { BatchFunction } from './batch-function';
 import { runDefinition, TASKS, type TaskName } from './state-machine';
-
-/** What a new secret holds until the user puts the OpenAI key in it; the functions refuse to use it. */
-export const API_KEY_PLACEHOLDER = 'put-your-openai-api-key-here';
 
 /** The tag on intermediate objects (request files, checkpoints) that the lifecycle rule expires. */
 export const INTERMEDIATE_TAG = { key: 'openai-batch-intermediate', value: 'true' } as const;
@@ -97,6 +95,8 @@ export class OpenAIBatchWork extends Construct {
   public readonly stateMachine: sfn.StateMachine;
   public readonly alarms: readonly cloudwatch.Alarm[];
   public readonly dashboard: cloudwatch.Dashboard;
+  /** Whether a run starts for each object created under `inputs/<work>/`. */
+  public readonly autoStart: boolean;
 
   constructor(scope: Construct, id: string, props: OpenAIBatchWorkProps) {
     super(scope, id);
@@ -180,7 +180,8 @@ export class OpenAIBatchWork extends Construct {
       ],
     });
 
-    if (props.autoStart) this.startOnUpload(settings.name);
+    this.autoStart = props.autoStart ?? false;
+    if (this.autoStart) this.startOnUpload(settings.name);
     this.alarms = this.createAlarms(props.stuckBatchAlarmAfter ?? Duration.hours(6), settings.name);
     this.dashboard = this.createDashboard(settings.name);
     this.acknowledgeFindings();
@@ -431,11 +432,24 @@ export class OpenAIBatchWork extends Construct {
       });
     }
     const ownBucket = this.bucket.node.defaultChild as s3.CfnBucket | undefined;
-    if (ownBucket) {
+    const objects = ownBucket
+      ? `<${stack.getLogicalId(ownBucket)}.Arn>/*`
+      : Token.isUnresolved(this.bucket.bucketName)
+        ? null // a bucket from another stack: acknowledge its ARN where it is known
+        : `arn:<AWS::Partition>:s3:::${this.bucket.bucketName}/*`;
+    if (objects) {
       Validations.of(this).acknowledge({
-        id: `AwsSolutions-IAM5[Resource::<${Stack.of(this).getLogicalId(ownBucket)}.Arn>/*]`,
+        id: `AwsSolutions-IAM5[Resource::${objects}]`,
         reason:
           "Objects are named by run id at run time (runs/<runId>/...) and datasets by the user; access is limited to this work's own bucket.",
+      });
+    }
+    if (this.autoStart) {
+      // CDK adds its bucket-notifications handler during synthesis, so it is acknowledged by the stack.
+      Validations.of(stack).acknowledge({
+        id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
+        reason:
+          "CDK's bucket-notifications custom resource (autoStart): it runs once at deploy time to turn on EventBridge for the bucket.",
       });
     }
   }

@@ -83,6 +83,8 @@ export interface LocalRunOptions {
   /** How long a step works before it checkpoints. @default 240000 */
   readonly budgetMs?: number;
   readonly maxTicksPerExecution?: number;
+  /** How long a lost create is looked for before its part is sent again. @default 120000 */
+  readonly lostCreateGraceMs?: number;
   readonly log?: Log;
   readonly onState?: (state: string) => void;
   /** Replace a port, to record or break calls in tests. */
@@ -114,6 +116,7 @@ export function localDeps<R>(
     now: () => Date.now(),
     budgetMs: options.budgetMs ?? 240_000,
     maxTicksPerExecution: options.maxTicksPerExecution ?? 1500,
+    lostCreateGraceMs: options.lostCreateGraceMs ?? 120_000,
     log: options.log ?? (() => {}),
     metric: () => {},
   };

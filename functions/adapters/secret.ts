@@ -1,6 +1,9 @@
 import { GetSecretValueCommand, type SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { ConfigError } from '../core/errors';
 
+/** What a secret the stack creates holds until the user puts the OpenAI key in it. */
+export const API_KEY_PLACEHOLDER = 'put-your-openai-api-key-here';
+
 /**
  * The OpenAI API key from Secrets Manager, fetched on first use and cached for `ttlMs` (so a rotated key
  * is picked up). The secret holds the key itself, or JSON with an `apiKey` field. The key is never
@@ -24,9 +27,9 @@ export function cachedApiKey(
         key = '';
       }
     }
-    if (!key) {
+    if (!key || key === API_KEY_PLACEHOLDER) {
       throw new ConfigError(
-        `The secret ${secretId} holds no OpenAI API key. Put the key in it (the key itself, or {"apiKey": "sk-..."}).`,
+        `The secret ${secretId} holds no OpenAI API key yet. Put the key in it (the key itself, or {"apiKey": "sk-..."}), for example: aws secretsmanager put-secret-value --secret-id ${secretId} --secret-string "sk-..."`,
       );
     }
     cached = { key, at: Date.now() };

@@ -24,6 +24,11 @@ export interface StepDeps<R = Record<string, unknown>> {
   readonly budgetMs: number;
   /** Ticks an execution runs before it hands the run to a new execution (the history limit). */
   readonly maxTicksPerExecution: number;
+  /**
+   * How long a create whose answer was lost is looked for, by metadata, before its part is sent again
+   * (a new attempt). Longer than OpenAI takes to list a new batch.
+   */
+  readonly lostCreateGraceMs: number;
   readonly log: Log;
   /** Records a metric (CloudWatch, through the log, in the cloud). */
   readonly metric: (name: 'MinutesWithoutProgress', value: number) => void;

@@ -29,9 +29,6 @@ export function refusedBeforeActing(caught: unknown): boolean {
   return typeof status === 'number' && status >= 400 && status < 500 && ![408, 409, 429].includes(status);
 }
 
-/** A create whose answer was lost is looked for this long before the part is sent again. */
-const LOST_CREATE_GRACE_MS = 2 * 60_000;
-
 /**
  * One pass of the reconciler over a run: recover creates whose answer was lost, poll batches in flight,
  * collect finished ones (resubmitting leftovers as new parts), submit pending parts within the limits,
@@ -70,7 +67,8 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
       for (const part of lost) {
         const own = findOwnBatch(run.runId, part, recent);
         if (own) await save(observe(part, own, deps.now()));
-        else if (started - (part.submittingSince ?? 0) > LOST_CREATE_GRACE_MS) {
+        else if (part.fileId === null || started - (part.submittingSince ?? 0) > deps.lostCreateGraceMs) {
+          // No file id: the create was never reached. Else the batch list had long enough to show it.
           await save({ ...part, status: 'pending', submittingSince: null });
         }
       }

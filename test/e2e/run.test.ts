@@ -264,6 +264,46 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
     }
   });
 
+  it('never creates a batch twice when the answer to an upload or a create is lost', async () => {
+    const flaky = await startEmulator({
+      validationMs: 10,
+      requestsPerSecond: 5000,
+      finalizingMs: 10,
+      tickMs: 10,
+    });
+    try {
+      const target = { ...env, emulator: flaky, openai: { baseURL: flaky.url, apiKey: 'sk-local' } };
+      flaky.faults.next('drop_after', { method: 'POST', path: /\/files$/ }); // stored, answer lost
+      flaky.faults.next('drop_after', { method: 'POST', path: /\/batches$/ }); // created, answer lost
+      flaky.faults.next('error_after', { method: 'POST', path: /\/batches$/ }); // created, answered 500
+      flaky.faults.next('drop_before', { method: 'POST', path: /\/batches$/ }); // never created
+      await putDataset(
+        'inputs/e2e-chat/flaky.jsonl',
+        Array.from({ length: 100 }, (_, i) => ({ id: `f${i}`, content: `q${i}` })),
+      );
+      const result = await run(
+        'chat',
+        'inputs/e2e-chat/flaky.jsonl',
+        'flaky-1',
+        { lostCreateGraceMs: 200 },
+        target,
+      );
+      expect(result.output).toMatchObject({
+        summary: { records: 100, outputs: 100, errors: 0, balanced: true },
+      });
+      const client = new OpenAI({ apiKey: 'sk-local', baseURL: flaky.url, maxRetries: 0 });
+      const made: string[] = [];
+      for await (const batch of client.batches.list())
+        made.push(`${batch.metadata?.part}/${batch.metadata?.attempt}`);
+      expect(made.length).toBe(flaky.engine.created);
+      expect(new Set(made).size).toBe(made.length); // one batch per part and attempt
+      expect(made.length).toBe(3); // three parts, the create that never happened not counted
+      expect(Object.values(flaky.faults.injected).reduce((a, b) => a + b, 0)).toBe(4);
+    } finally {
+      await flaky.stop();
+    }
+  });
+
   it('continues a long run in new executions before the history limit, and completes it', async () => {
     await putDataset(
       'inputs/e2e-chat/long.jsonl',

@@ -1,0 +1,226 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import type { Template } from 'aws-cdk-lib/assertions';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHandlers } from '../../functions/handlers';
+import { TASKS } from '../../infra/state-machine';
+import { loadWork } from '../../infra/works';
+import { type Definition, synthesizeDefinition } from '../../local/definition';
+import { executeLocally } from '../../local/execute';
+import {
+  type LocalEnvironment,
+  localDeps,
+  RecordingNotifier,
+  startLocalEnvironment,
+} from '../../local/runner';
+
+/**
+ * Every AWS API call the functions make, recorded while the synthesized state machine runs against the
+ * stand-ins, must be granted to the function of the state that made it, on the resource it needs, by
+ * an action named in full. Calls only Lambda makes (the key from Secrets Manager, EventBridge, SNS,
+ * StartExecution) are recorded at the ports that stand for them.
+ */
+
+/** The IAM action each SDK command needs, and on what. */
+const ACTIONS: Record<
+  string,
+  {
+    action: string;
+    on: 'objects' | 'bucket' | 'table' | 'index' | 'secret' | 'bus' | 'topic' | 'stateMachine';
+  }
+> = {
+  GetObjectCommand: { action: 's3:GetObject', on: 'objects' },
+  HeadObjectCommand: { action: 's3:GetObject', on: 'objects' },
+  PutObjectCommand: { action: 's3:PutObject', on: 'objects' },
+  CreateMultipartUploadCommand: { action: 's3:PutObject', on: 'objects' },
+  UploadPartCommand: { action: 's3:PutObject', on: 'objects' },
+  CompleteMultipartUploadCommand: { action: 's3:PutObject', on: 'objects' },
+  AbortMultipartUploadCommand: { action: 's3:AbortMultipartUpload', on: 'objects' },
+  ListObjectsV2Command: { action: 's3:ListBucket', on: 'bucket' },
+  DeleteObjectsCommand: { action: 's3:DeleteObject', on: 'objects' },
+  GetItemCommand: { action: 'dynamodb:GetItem', on: 'table' },
+  PutItemCommand: { action: 'dynamodb:PutItem', on: 'table' },
+  UpdateItemCommand: { action: 'dynamodb:UpdateItem', on: 'table' },
+  QueryCommand: { action: 'dynamodb:Query', on: 'table' },
+  TransactWriteItemsCommand: { action: 'dynamodb:PutItem', on: 'table' },
+  GetSecretValueCommand: { action: 'secretsmanager:GetSecretValue', on: 'secret' },
+  PutEventsCommand: { action: 'events:PutEvents', on: 'bus' },
+  PublishCommand: { action: 'sns:Publish', on: 'topic' },
+  StartExecutionCommand: { action: 'states:StartExecution', on: 'stateMachine' },
+};
+
+const step = new AsyncLocalStorage<string>();
+const calls = new Set<string>(); // `${state} ${command}`
+let env: LocalEnvironment;
+let dir: string;
+let template: Template;
+let definition: Definition;
+
+function record(command: string) {
+  const state = step.getStore();
+  if (state) calls.add(`${state} ${command}`);
+}
+
+function instrument(client: {
+  middlewareStack: { add: (mw: never, options: { step: 'initialize'; name: string }) => void };
+}) {
+  const middleware =
+    (next: (args: unknown) => Promise<unknown>, context: { commandName?: string }) =>
+    async (args: unknown) => {
+      if (context.commandName) record(context.commandName);
+      return next(args);
+    };
+  client.middlewareStack.add(middleware as never, { step: 'initialize', name: 'recordForIamTest' });
+}
+
+async function runRecorded(
+  dataset: string,
+  name: string,
+  options: { maxTicksPerExecution?: number; maxCostUsd?: number } = {},
+) {
+  const loaded = await loadWork(new URL('../fixtures/works/chat.ts', import.meta.url).pathname);
+  const work = options.maxCostUsd
+    ? { ...loaded.work, settings: { ...loaded.work.settings, maxCostUsd: options.maxCostUsd } }
+    : loaded.work;
+  const notifier = new RecordingNotifier();
+  const deps = localDeps(env, work, { maxTicksPerExecution: options.maxTicksPerExecution ?? 1500 }, notifier);
+  const handlers = createHandlers(
+    {
+      ...deps,
+      // In Lambda the first use of OpenAI fetches the key; notifying calls EventBridge (SNS only with a topic,
+      // which this work has not: the topic grant is checked in openai-batch-work.test.ts).
+      openai: async () => {
+        record('GetSecretValueCommand');
+        return deps.openai();
+      },
+      notifier: {
+        notify: async (type, detail) => {
+          record('PutEventsCommand');
+          return notifier.notify(type, detail);
+        },
+      },
+    },
+    async () => record('StartExecutionCommand'),
+  );
+  const wrapped = Object.fromEntries(
+    TASKS.map((t) => [t, (event: unknown) => step.run(t, () => handlers[t](event))]),
+  ) as typeof handlers;
+  return executeLocally(definition, wrapped, { dataset }, { executionName: name, waitMs: 20 }).catch(
+    (e: unknown) => e,
+  );
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'openai-batch-iam-'));
+  env = await startLocalEnvironment(dir, {
+    kind: 'emulator',
+    options: { validationMs: 20, requestsPerSecond: 5000, finalizingMs: 10, tickMs: 10 },
+  });
+  instrument(env.s3.client as never);
+  instrument(env.dynamo.client as never);
+  const loaded = await loadWork(new URL('../fixtures/works/chat.ts', import.meta.url).pathname);
+  ({ definition, template } = await synthesizeDefinition(loaded));
+  const put = (key: string, body: string) =>
+    env.s3.client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: key, Body: body }));
+  await put(
+    'inputs/iam/a.jsonl',
+    Array.from({ length: 50 }, (_, i) => JSON.stringify({ id: `a${i}`, content: 'q' })).join('\n'),
+  );
+  await put('inputs/iam/b.jsonl', '{"id":"b","content":"q"}');
+  await put('inputs/iam/c.jsonl', '{"id":"c","content":"q"}');
+  await runRecorded('inputs/iam/a.jsonl', 'iam-ok'); // the whole way, to Notify
+  await runRecorded('inputs/iam/b.jsonl', 'iam-continue', { maxTicksPerExecution: 1 }); // hands over to a new execution
+  await runRecorded('inputs/iam/c.jsonl', 'iam-costly', { maxCostUsd: 1e-9 }); // fails after Register: MarkFailed
+  await runRecorded('inputs/iam/missing.jsonl', 'iam-missing'); // fails in Register
+}, 120_000);
+
+afterAll(async () => {
+  await env?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** The policy statements of the role of the function behind each state. */
+function statementsOf(state: string): { Action: string | string[]; Resource: unknown }[] {
+  const functions = template.findResources('AWS::Lambda::Function');
+  const [fnId, fn] = Object.entries(functions).find(([id]) => id.startsWith(`Work${state}Function`)) ?? [];
+  if (!fnId || !fn) throw new Error(`no function for ${state}`);
+  const roleId = (fn.Properties.Role as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
+  const policies = Object.values(template.findResources('AWS::IAM::Policy')).filter((p) =>
+    (p.Properties.Roles as { Ref: string }[]).some((r) => r.Ref === roleId),
+  );
+  return policies.flatMap((p) => p.Properties.PolicyDocument.Statement);
+}
+
+const logicalId = (type: string) => Object.keys(template.findResources(type))[0] ?? '';
+
+function grants(state: string, command: string): boolean {
+  const need = ACTIONS[command];
+  if (!need) throw new Error(`no IAM mapping for ${command}: add it to ACTIONS`);
+  return statementsOf(state).some((s) => {
+    const actions = Array.isArray(s.Action) ? s.Action : [s.Action];
+    if (!actions.includes(need.action)) return false;
+    const resources = JSON.stringify(s.Resource);
+    switch (need.on) {
+      case 'objects':
+        return resources.includes(logicalId('AWS::S3::Bucket')) && resources.includes('/*');
+      case 'bucket':
+        return resources.includes(`{"Fn::GetAtt":["${logicalId('AWS::S3::Bucket')}","Arn"]}`);
+      case 'table':
+        return resources.includes(logicalId('AWS::DynamoDB::Table'));
+      case 'index':
+        return resources.includes('/index/byWork');
+      case 'secret':
+        return resources.includes(logicalId('AWS::SecretsManager::Secret'));
+      case 'bus':
+        return resources.includes('event-bus/default');
+      case 'topic':
+        return resources.includes(logicalId('AWS::SNS::Topic'));
+      case 'stateMachine':
+        return resources.includes(logicalId('AWS::StepFunctions::StateMachine'));
+      default:
+        return false;
+    }
+  });
+}
+
+describe('IAM least privilege', () => {
+  it('recorded the calls of every state', () => {
+    const states = new Set([...calls].map((c) => c.split(' ')[0]));
+    expect([...states].sort()).toEqual([...TASKS].sort());
+  });
+
+  it('grants every call a state made to the function of that state, on its resource', () => {
+    const missing = [...calls].filter((c) => {
+      const [state = '', command = ''] = c.split(' ');
+      return !grants(state, command);
+    });
+    expect(missing).toEqual([]);
+  });
+
+  it('names every action in full: no wildcard action in any function policy', () => {
+    for (const state of TASKS) {
+      for (const s of statementsOf(state)) {
+        const actions = Array.isArray(s.Action) ? s.Action : [s.Action];
+        expect(actions.filter((a) => a.includes('*') && !a.startsWith('xray:'))).toEqual([]);
+      }
+    }
+  });
+
+  it('knows the IAM action of every SDK command the functions send', () => {
+    const sent = new Set<string>();
+    const walk = (folder: string) => {
+      for (const entry of readdirSync(folder, { withFileTypes: true })) {
+        const path = join(folder, entry.name);
+        if (entry.isDirectory()) walk(path);
+        else if (entry.name.endsWith('.ts'))
+          for (const m of readFileSync(path, 'utf8').matchAll(/new (\w+Command)\(/g))
+            if (m[1]) sent.add(m[1]);
+      }
+    };
+    walk(new URL('../../functions', import.meta.url).pathname);
+    expect([...sent].filter((c) => !ACTIONS[c])).toEqual([]);
+  });
+});

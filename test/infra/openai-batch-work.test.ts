@@ -1,0 +1,185 @@
+import { spawnSync } from 'node:child_process';
+import { App, Stack, Validations } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { describe, expect, it } from 'vitest';
+import { defineWork } from '../../functions/core/work';
+import { OpenAIBatchWork, type OpenAIBatchWorkProps } from '../../infra/openai-batch-work';
+
+const work = defineWork({ name: 'unit', model: 'gpt-4o-mini' });
+const workModule = new URL('../fixtures/works/chat.ts', import.meta.url).pathname;
+
+function synth(
+  props: Partial<OpenAIBatchWorkProps> = {},
+  prepare?: (stack: Stack) => Partial<OpenAIBatchWorkProps>,
+) {
+  const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  const stack = new Stack(app, 'Test', { env: { account: '123456789012', region: 'eu-west-1' } });
+  const construct = new OpenAIBatchWork(stack, 'Work', { work, workModule, ...props, ...prepare?.(stack) });
+  return { template: Template.fromStack(stack), construct };
+}
+
+describe('OpenAIBatchWork', () => {
+  const { template } = synth();
+
+  it('keeps the bucket private, encrypted, TLS-only, expiring intermediate files', () => {
+    template.hasResourceProperties('AWS::S3::Bucket', {
+      PublicAccessBlockConfiguration: {
+        BlockPublicAcls: true,
+        BlockPublicPolicy: true,
+        IgnorePublicAcls: true,
+        RestrictPublicBuckets: true,
+      },
+      BucketEncryption: {
+        ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }],
+      },
+      LifecycleConfiguration: {
+        Rules: Match.arrayWith([
+          Match.objectLike({
+            TagFilters: [{ Key: 'openai-batch-intermediate', Value: 'true' }],
+            ExpirationInDays: 14,
+            Status: 'Enabled',
+          }),
+          Match.objectLike({ AbortIncompleteMultipartUpload: { DaysAfterInitiation: 2 } }),
+        ]),
+      },
+    });
+    template.hasResourceProperties('AWS::S3::BucketPolicy', {
+      PolicyDocument: {
+        Statement: Match.arrayWith([
+          Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } }),
+        ]),
+      },
+    });
+  });
+
+  it('makes the run table on demand, recoverable, encrypted, listable by work', () => {
+    template.hasResourceProperties('AWS::DynamoDB::Table', {
+      BillingMode: 'PAY_PER_REQUEST',
+      PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
+      SSESpecification: { SSEEnabled: true },
+      KeySchema: [
+        { AttributeName: 'pk', KeyType: 'HASH' },
+        { AttributeName: 'sk', KeyType: 'RANGE' },
+      ],
+      GlobalSecondaryIndexes: [Match.objectLike({ IndexName: 'byWork' })],
+    });
+  });
+
+  it('runs every function on Node.js 22 or later, arm64, traced, with JSON logs kept a month', () => {
+    const functions = Object.values(template.findResources('AWS::Lambda::Function'));
+    expect(functions).toHaveLength(8);
+    for (const fn of functions) {
+      expect(fn.Properties).toMatchObject({
+        Runtime: 'nodejs24.x',
+        Architectures: ['arm64'],
+        TracingConfig: { Mode: 'Active' },
+        LoggingConfig: { LogFormat: 'JSON' },
+      });
+      expect(Number(fn.Properties.Timeout)).toBeLessThanOrEqual(360);
+      expect(JSON.stringify(fn.Properties.Environment)).not.toMatch(/sk-|apiKey/);
+    }
+    template.allResourcesProperties('AWS::Logs::LogGroup', { RetentionInDays: 30 });
+  });
+
+  it('logs and traces the state machine, and gives it a timeout', () => {
+    template.hasResourceProperties('AWS::StepFunctions::StateMachine', {
+      TracingConfiguration: { Enabled: true },
+      LoggingConfiguration: { Level: 'ALL', IncludeExecutionData: false },
+    });
+    const definition = JSON.stringify(template.findResources('AWS::StepFunctions::StateMachine'));
+    expect(definition).toContain('TimeoutSeconds');
+    expect(definition).not.toMatch(/QueryLanguage\\":\\"JSONata|ItemReader|waitForTaskToken|\\"Assign\\"/);
+  });
+
+  it('holds a placeholder in a new secret, which the functions refuse', () => {
+    template.hasResourceProperties('AWS::SecretsManager::Secret', {
+      SecretString: 'put-your-openai-api-key-here',
+    });
+  });
+
+  it('alarms on failed and timed-out runs, function errors and a stuck batch, with a dashboard', () => {
+    template.resourceCountIs('AWS::CloudWatch::Alarm', 4);
+    template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'MinutesWithoutProgress',
+      Threshold: 360,
+    });
+    template.resourceCountIs('AWS::CloudWatch::Dashboard', 1);
+  });
+
+  it('starts a run for each object created under inputs/<work>/ when autoStart is set', () => {
+    const { template: auto } = synth({ autoStart: true });
+    auto.hasResourceProperties('Custom::S3BucketNotifications', {
+      NotificationConfiguration: { EventBridgeConfiguration: {} },
+    });
+    auto.hasResourceProperties('AWS::Events::Rule', {
+      EventPattern: {
+        source: ['aws.s3'],
+        'detail-type': ['Object Created'],
+        detail: Match.objectLike({ object: { key: [{ prefix: 'inputs/unit/' }] } }),
+      },
+      Targets: [
+        Match.objectLike({
+          InputTransformer: Match.objectLike({ InputTemplate: '{"dataset":<detail-object-key>}' }),
+        }),
+      ],
+    });
+  });
+
+  it('tells a topic when a run ends, and grants only Notify and MarkFailed to publish', () => {
+    const { template: mailed } = synth({ notificationEmail: 'team@example.com' });
+    mailed.hasResourceProperties('AWS::SNS::Subscription', {
+      Protocol: 'email',
+      Endpoint: 'team@example.com',
+    });
+    const publishers = Object.entries(mailed.findResources('AWS::IAM::Policy'))
+      .filter(([, p]) => JSON.stringify(p.Properties.PolicyDocument).includes('sns:Publish'))
+      .map(([id]) => id.replace(/Role.*$/, ''));
+    expect(publishers.sort()).toEqual(['WorkMarkFailed', 'WorkNotify']);
+  });
+
+  it('uses a bucket, table and secret the user brings instead of making them', () => {
+    const { template: brought } = synth({}, (stack) => ({
+      bucket: s3.Bucket.fromBucketName(stack, 'B', 'my-datasets'),
+      table: dynamodb.Table.fromTableName(stack, 'T', 'my-runs'),
+      apiKeySecret: secretsmanager.Secret.fromSecretNameV2(stack, 'S', 'openai/key'),
+    }));
+    brought.resourceCountIs('AWS::S3::Bucket', 0);
+    brought.resourceCountIs('AWS::DynamoDB::Table', 0);
+    brought.resourceCountIs('AWS::SecretsManager::Secret', 0);
+    expect(JSON.stringify(brought.findResources('AWS::IAM::Policy'))).toContain('my-datasets');
+  });
+
+  it('refuses props that conflict', () => {
+    expect(() =>
+      synth({ notificationEmail: 'a@b.c' }, (stack) => ({
+        topic: new (require('aws-cdk-lib/aws-sns').Topic)(stack, 'X'),
+      })),
+    ).toThrow(/either topic or notificationEmail/);
+  });
+});
+
+describe('cdk synth', () => {
+  it('synthesizes every work offline, bundled by the local esbuild, with cdk-nag clean', () => {
+    const result = spawnSync(
+      'npx',
+      [
+        'cdk',
+        'synth',
+        '--quiet',
+        '--output',
+        `${process.env.TMPDIR ?? '/tmp'}/openai-batch-cdk-out-${process.pid}`,
+      ],
+      {
+        encoding: 'utf8',
+        env: { ...process.env, CDK_DISABLE_VERSION_CHECK: '1' },
+      },
+    );
+    expect(result.stderr).not.toMatch(/ERROR|AwsSolutions-/);
+    expect(result.status).toBe(0);
+  }, 120_000);
+});

@@ -60,14 +60,22 @@ export interface OpenAIBatchWorkProps {
 /** Memory and timeout per state: Prepare and Tick stream files and upload parts of up to 200 MB. */
 const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }> = {
   Register: { memorySize: 512, timeout: Duration.minutes(5) },
-  Prepare: { memorySize: 1536, timeout: Duration.minutes(6) },
-  Tick: { memorySize: 1536, timeout: Duration.minutes(6) },
+  Prepare: { memorySize: 1024, timeout: Duration.minutes(6) }, // memory: partMemory(maxBytesPerBatch)
+  Tick: { memorySize: 1024, timeout: Duration.minutes(6) }, // memory: partMemory(maxBytesPerBatch)
   Finalize: { memorySize: 512, timeout: Duration.minutes(2) },
   CleanUp: { memorySize: 512, timeout: Duration.minutes(5) },
   Notify: { memorySize: 256, timeout: Duration.seconds(30) },
   MarkFailed: { memorySize: 512, timeout: Duration.minutes(2) },
   ContinueRun: { memorySize: 256, timeout: Duration.seconds(30) },
 };
+
+/**
+ * Memory (MB) for the functions that stream and upload parts: the OpenAI client holds much of an upload
+ * in memory (1.8 times the file, measured), so twice the largest part plus 512 MB for the runtime.
+ */
+export function partMemory(maxBytesPerBatch: number): number {
+  return Math.min(10_240, Math.ceil((2 * maxBytesPerBatch) / 1024 ** 2) + 512);
+}
 
 /** The exported handler of each state in functions/lambda.ts. */
 const HANDLERS: Record<TaskName, string> = {
@@ -144,6 +152,9 @@ export class OpenAIBatchWork extends Construct {
         workModule: props.workModule,
         environment,
         ...SIZING[name],
+        ...(name === 'Prepare' || name === 'Tick'
+          ? { memorySize: partMemory(settings.maxBytesPerBatch) }
+          : {}),
         ...(props.logRetention ? { logRetention: props.logRetention } : {}),
       });
     }

@@ -7,6 +7,11 @@ import { newPart, type PrepareCheckpoint, type Run, runKeys } from '../core/run'
 import type { StepDeps } from './deps';
 import { LazyJsonl, readAll, StoredParts, writeAll } from './storage';
 
+/** US dollars for a person: cents, or four significant digits below a cent. */
+export function usd(amount: number): string {
+  return amount >= 0.01 || amount === 0 ? `$${amount.toFixed(2)}` : `$${amount.toPrecision(4)}`;
+}
+
 /** Reads a run, or says it does not exist. */
 export async function runOf(deps: StepDeps<unknown>, runId: string): Promise<Run> {
   const run = await deps.runs.getRun(runId);
@@ -121,7 +126,7 @@ export async function prepare<R>(
     run = await deps.runs.putRun({ ...run, estimatedCostUsd: estimate, updatedAt: deps.now() });
     if (max !== undefined && estimate !== null && estimate > max) {
       throw new CostLimitError(
-        `The estimated cost of this run is $${estimate.toFixed(2)} (${run.estimatedTokens} input tokens and ${expected} output tokens a request at batch prices), above the work's maxCostUsd of $${max.toFixed(2)}. Nothing was sent to OpenAI.`,
+        `The estimated cost of this run is ${usd(estimate)} (${run.estimatedTokens} input tokens and ${expected} output tokens a request at batch prices), above the work's maxCostUsd of ${usd(max)}. Nothing was sent to OpenAI.`,
         estimate,
         max,
       );

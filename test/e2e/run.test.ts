@@ -304,6 +304,34 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
     }
   });
 
+  it('stops a run whose estimated cost is above maxCostUsd before anything reaches OpenAI, and releases its dataset', async () => {
+    const { loaded, definition } = await work('chat');
+    const capped = {
+      ...loaded,
+      work: { ...loaded.work, settings: { ...loaded.work.settings, maxCostUsd: 0.000001 } },
+    };
+    await putDataset(
+      'inputs/e2e-chat/costly.jsonl',
+      Array.from({ length: 20 }, (_, i) => ({ id: `m${i}`, content: 'word '.repeat(50) })),
+    );
+    const before = env.emulator?.engine.created ?? 0;
+    const failure = await runLocally(
+      env,
+      capped,
+      'inputs/e2e-chat/costly.jsonl',
+      'costly-1',
+      { waitMs: 20 },
+      { definition },
+    ).catch((e: unknown) => e);
+    expect(String(failure)).toMatch(
+      /estimated cost of this run is \$0\.001302 \(1360 input tokens and 200 output tokens a request at batch prices\), above the work's maxCostUsd of \$0\.000001000\. Nothing was sent to OpenAI\./,
+    );
+    expect(env.emulator?.engine.created).toBe(before);
+    // The failed run released its dataset: the same content runs under the normal work.
+    const again = await run('chat', 'inputs/e2e-chat/costly.jsonl', 'costly-2');
+    expect(again.output).toMatchObject({ summary: { outputs: 20, balanced: true } });
+  });
+
   it('continues a long run in new executions before the history limit, and completes it', async () => {
     await putDataset(
       'inputs/e2e-chat/long.jsonl',

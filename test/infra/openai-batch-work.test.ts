@@ -7,7 +7,7 @@ import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { describe, expect, it } from 'vitest';
 import { defineWork } from '../../functions/core/work';
-import { OpenAIBatchWork, type OpenAIBatchWorkProps } from '../../infra/openai-batch-work';
+import { OpenAIBatchWork, type OpenAIBatchWorkProps, partMemory } from '../../infra/openai-batch-work';
 
 const work = defineWork({ name: 'unit', model: 'gpt-4o-mini' });
 const workModule = new URL('../fixtures/works/chat.ts', import.meta.url).pathname;
@@ -84,6 +84,25 @@ describe('OpenAIBatchWork', () => {
       expect(JSON.stringify(fn.Properties.Environment)).not.toMatch(/sk-|apiKey/);
     }
     template.allResourcesProperties('AWS::Logs::LogGroup', { RetentionInDays: 30 });
+  });
+
+  it("sizes the memory of the part-handling functions to the work's largest part", () => {
+    expect(partMemory(190_000_000)).toBe(875);
+    const memory = (t: Template) =>
+      Object.entries(t.findResources('AWS::Lambda::Function')).map(([id, fn]) => [
+        id.replace(/Function.*$/, ''),
+        fn.Properties.MemorySize,
+      ]);
+    expect(memory(template)).toEqual(
+      expect.arrayContaining([
+        ['WorkPrepare', 875],
+        ['WorkTick', 875],
+        ['WorkRegister', 512],
+      ]),
+    );
+    const small = defineWork({ name: 'small', model: 'm', maxBytesPerBatch: 10_000_000 });
+    expect(memory(synth({ work: small }).template)).toEqual(expect.arrayContaining([['WorkTick', 532]]));
+    expect(partMemory(200_000_000)).toBe(894);
   });
 
   it('logs and traces the state machine, and gives it a timeout', () => {

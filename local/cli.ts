@@ -1,6 +1,16 @@
 import { Command, InvalidArgumentError } from 'commander';
+import { messageOf } from '../functions/core/errors';
+import { loadWork } from '../infra/works';
 import { FAULT_KINDS, type FaultKind } from './emulator/faults';
 import { startEmulator } from './emulator/server';
+import { estimate } from './estimate';
+import { localCommand } from './local-command';
+
+/** The example work and the dataset the demo runs it over. */
+const DEMO = {
+  work: new URL('../works/example.ts', import.meta.url).pathname,
+  dataset: new URL('../works/example.jsonl', import.meta.url).pathname,
+};
 
 const integer =
   (name: string, min = 0) =>
@@ -97,6 +107,96 @@ export function cli(): Command {
       };
       process.once('SIGINT', () => void stop('SIGINT'));
       process.once('SIGTERM', () => void stop('SIGTERM'));
+    });
+
+  program
+    .command('local')
+    .description(
+      'Run a work over a local dataset on this machine: the deployed state machine, with local S3, DynamoDB and OpenAI (the emulator, a base URL, or the real API when OPENAI_API_KEY is set).',
+    )
+    .argument('<work-file>', 'the work module, e.g. works/example.ts')
+    .argument('<dataset>', 'a JSONL file (gzip allowed) or a folder of them')
+    .option(
+      '--out <dir>',
+      'where outputs.jsonl, errors.jsonl and summary.json go (default openai-batch-out/<run id>)',
+    )
+    .option(
+      '--openai-base-url <url>',
+      'an OpenAI-compatible API instead of the emulator (key from OPENAI_API_KEY)',
+    )
+    .option(
+      '--max-requests-per-batch <n>',
+      "override the work's maxRequestsPerBatch",
+      integer('max-requests-per-batch', 1),
+    )
+    .option('--run-id <id>', 'name of the run (default <work>-<time>)')
+    .action(async (workFile: string, dataset: string, opts) => {
+      const result = await localCommand(workFile, dataset, {
+        ...(opts.out ? { out: opts.out } : {}),
+        ...(opts.openaiBaseUrl ? { openaiBaseUrl: opts.openaiBaseUrl } : {}),
+        ...(opts.maxRequestsPerBatch ? { maxRequestsPerBatch: opts.maxRequestsPerBatch } : {}),
+        ...(opts.runId ? { runId: opts.runId } : {}),
+        env: process.env,
+        print: (line) => (line.startsWith('error:') ? console.error(line) : console.log(line)),
+      });
+      process.exitCode = result.exitCode;
+    });
+
+  program
+    .command('demo')
+    .description(
+      'Run works/example.ts over works/example.jsonl on this machine against the emulator, end to end.',
+    )
+    .option('--out <dir>', 'where the results go (default openai-batch-out/<run id>, new for each run)')
+    .action(async (opts) => {
+      const result = await localCommand(DEMO.work, DEMO.dataset, {
+        ...(opts.out ? { out: opts.out } : {}),
+        runId: `demo-${Date.now().toString(36)}`,
+        env: {},
+        print: (line) => console.log(line),
+      });
+      process.exitCode = result.exitCode;
+    });
+
+  program
+    .command('estimate')
+    .description(
+      'Count the requests, batches and input tokens a run would send (real tokenizer), and its cost at batch prices, before spending anything.',
+    )
+    .argument('<work-file>', 'the work module')
+    .argument('<dataset>', 'a local JSONL file (gzip allowed)')
+    .option('--json', 'print the estimate as JSON')
+    .action(async (workFile: string, dataset: string, opts) => {
+      try {
+        const { work } = await loadWork(workFile);
+        const { datasetFiles } = await import('./local-command');
+        const [file] = datasetFiles(dataset);
+        const figures = await estimate(work, file ?? dataset);
+        if (opts.json) {
+          console.log(JSON.stringify(figures, null, 2));
+          return;
+        }
+        const dropped = [
+          figures.unreadable ? `${figures.unreadable} unreadable` : '',
+          figures.refused ? `${figures.refused} refused` : '',
+        ].filter(Boolean);
+        console.log(
+          `${figures.records} records -> ${figures.requests} requests in ${figures.parts} batch(es)${dropped.length ? ` (${dropped.join(', ')}: \`local\` lists them with their lines)` : ''}`,
+        );
+        for (const m of figures.byModel) {
+          console.log(
+            `  ${m.model}: ${m.requests} requests, ${m.inputTokens} input tokens (${m.tokenizer}), ~${m.outputTokens} output tokens${m.priced ? '' : ' (no price known for this model)'}`,
+          );
+        }
+        console.log(
+          figures.costUsd === null
+            ? 'cost: unknown (a model has no price in functions/core/prices.ts)'
+            : `cost at batch prices: about $${figures.costUsd.toFixed(4)} (input exact; output assumes expectedOutputTokens = ${work.settings.expectedOutputTokens} a request)`,
+        );
+      } catch (caught) {
+        console.error(`error: ${messageOf(caught)}`);
+        process.exitCode = 2;
+      }
     });
 
   return program;

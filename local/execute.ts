@@ -6,7 +6,7 @@ import type { Definition } from './definition';
 /** How a local execution runs. */
 export interface ExecuteOptions {
   readonly executionName: string;
-  /** Milliseconds each Wait between ticks lasts (the emulator needs little; the real OpenAI, real time). */
+  /** Milliseconds each Wait between ticks lasts; unset waits as long as Tick asked (the real OpenAI). */
   readonly waitMs?: number;
   /** Milliseconds before a state is retried. @default 10 */
   readonly retryMs?: number;
@@ -35,7 +35,7 @@ export async function executeLocally(
   const execution = machine.run(input as never, {
     overrides: {
       taskResourceLocalHandlers: local,
-      waitTimeOverrides: { [WAIT_STATE]: options.waitMs ?? 50 },
+      ...(options.waitMs === undefined ? {} : { waitTimeOverrides: { [WAIT_STATE]: options.waitMs } }),
       retryIntervalOverrides: retry,
     },
     context: {

@@ -78,8 +78,8 @@ export class RecordingNotifier implements Notifier {
 
 /** Options of a local run. */
 export interface LocalRunOptions {
-  /** Milliseconds each Wait lasts. @default 50 against the emulator */
-  readonly waitMs?: number;
+  /** Milliseconds each Wait lasts; null waits as long as Tick asked (against a real API). @default 50 */
+  readonly waitMs?: number | null;
   /** How long a step works before it checkpoints. @default 240000 */
   readonly budgetMs?: number;
   readonly maxTicksPerExecution?: number;
@@ -161,7 +161,7 @@ export async function runLocally(
     executions += 1;
     const output = (await executeLocally(definition, handlers, input, {
       executionName: name,
-      waitMs: options.waitMs ?? 50,
+      ...(options.waitMs === null ? {} : { waitMs: options.waitMs ?? 50 }),
       ...(options.onState ? { onState: options.onState } : {}),
     })) as Record<string, unknown>;
     const continued = next.shift();

@@ -51,7 +51,11 @@ export async function startS3(directory: string, bucket: string): Promise<LocalS
   const endpoint = `http://127.0.0.1:${port}`;
   const client = localS3Client(endpoint);
   await client.send(new CreateBucketCommand({ Bucket: bucket })).catch((caught: unknown) => {
-    if ((caught as { name?: string }).name !== 'BucketAlreadyOwnedByYou') throw caught;
+    // A bucket kept from an earlier run in the same folder.
+    if (
+      !['BucketAlreadyOwnedByYou', 'BucketAlreadyExists'].includes((caught as { name?: string }).name ?? '')
+    )
+      throw caught;
   });
   return { endpoint, client, bucket, stop: () => server.close() };
 }

@@ -41,5 +41,5 @@ export function costOf(
     if (!price) return null;
     total += (entry.inputTokens * price.input + entry.outputTokens * price.output) / 1e6;
   }
-  return Math.round(total * 1e6) / 1e6;
+  return Math.round(total * 1e9) / 1e9; // to a billionth of a dollar: exact enough, free of float noise
 }

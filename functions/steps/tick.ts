@@ -120,7 +120,7 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
   );
   const counts = { pending: 0, submitting: 0, active: 0, collecting: 0, done: 0 };
   for (const p of all) counts[p.status] += 1;
-  deps.log('tick', { runId: run.runId, ...counts, waitSeconds, done });
+  deps.log('tick', { runId: run.runId, ...counts, waitSeconds, runDone: done });
   return { done, waitSeconds, continueAsNew: !done && run.ticks >= deps.maxTicksPerExecution };
 }
 

@@ -42,6 +42,7 @@ export function createHandlers<R>(deps: StepDeps<R>, startExecution: StartExecut
         dataset,
         runId: resumeRunId ?? executionName,
         resume: resumeRunId !== undefined,
+        execution: executionName,
       });
     },
     Prepare: async (event: unknown) => prepare(deps, parse(RunEventSchema, event, 'Prepare event')),

@@ -1,6 +1,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { messageOf } from '../functions/core/errors';
 import { loadWork } from '../infra/works';
+import { type CloudOptions, cancelRun, downloadResults, showStatus, startRun } from './cloud-commands';
 import { FAULT_KINDS, type FaultKind } from './emulator/faults';
 import { startEmulator } from './emulator/server';
 import { estimate } from './estimate';
@@ -198,6 +199,102 @@ export function cli(): Command {
         process.exitCode = 2;
       }
     });
+
+  /** Options that say where a deployed work is; endpoint flags reach local stand-ins. */
+  const located = (command: Command) =>
+    command
+      .option('--work <name>', 'the work (its stack is OpenAIBatch-<name>)')
+      .option('--stack <name>', 'the stack, when not OpenAIBatch-<work>')
+      .option('--bucket <name>', "the work's bucket (skips reading the stack)")
+      .option('--table <name>', "the work's run table (skips reading the stack)")
+      .option('--state-machine-arn <arn>', "the work's state machine (skips reading the stack)")
+      .option('--region <region>', 'AWS region (default: AWS_REGION)')
+      .option('--endpoint-url <url>', 'one endpoint for every AWS service')
+      .option('--s3-endpoint <url>', 'S3 endpoint (for example a local stand-in)')
+      .option('--dynamodb-endpoint <url>', 'DynamoDB endpoint')
+      .option('--sfn-endpoint <url>', 'Step Functions endpoint');
+  const cloud = (opts: Record<string, string | undefined>): CloudOptions =>
+    Object.fromEntries(
+      Object.entries({
+        work: opts.work,
+        stack: opts.stack,
+        bucket: opts.bucket,
+        table: opts.table,
+        stateMachineArn: opts.stateMachineArn,
+        region: opts.region,
+        endpointUrl: opts.endpointUrl,
+        s3Endpoint: opts.s3Endpoint,
+        dynamodbEndpoint: opts.dynamodbEndpoint,
+        sfnEndpoint: opts.sfnEndpoint,
+      }).filter(([, v]) => v !== undefined),
+    ) as CloudOptions;
+  const guarded = (action: () => Promise<number | undefined>) => async () => {
+    try {
+      process.exitCode = (await action()) ?? 0;
+    } catch (caught) {
+      console.error(`error: ${messageOf(caught)}`);
+      process.exitCode = 2;
+    }
+  };
+
+  located(program.command('start'))
+    .description(
+      'Start a run of a deployed work: uploads a local dataset to its bucket, starts an execution, prints the run id and the console link.',
+    )
+    .argument('<work>', 'the work name')
+    .argument(
+      '<dataset>',
+      'a local file (uploaded to inputs/<work>/), or s3://bucket/key, or a key in the bucket',
+    )
+    .option('--run-id <id>', 'the execution name, which is the run id')
+    .action((work: string, dataset: string, opts) =>
+      guarded(async () => {
+        await startRun(work, dataset, { ...cloud(opts), ...(opts.runId ? { runId: opts.runId } : {}) }, (l) =>
+          console.log(l),
+        );
+        return 0;
+      })(),
+    );
+
+  located(program.command('status'))
+    .description(
+      "The runs of a work; or one run's batches, with progress bars (requests done and failed of total, elapsed, ETA).",
+    )
+    .argument('[run-id]', 'the run to show')
+    .option('--watch', 'redraw until the run ends')
+    .option('--interval <seconds>', 'seconds between two redraws', (v) => Number(v), 5)
+    .action((runId: string | undefined, opts) =>
+      guarded(() =>
+        showStatus(
+          runId,
+          { ...cloud(opts), watch: Boolean(opts.watch), intervalMs: opts.interval * 1000 },
+          { write: (t) => process.stdout.write(t), isTTY: Boolean(process.stdout.isTTY) },
+        ),
+      )(),
+    );
+
+  located(program.command('results'))
+    .description("Download a run's outputs, errors and summary.")
+    .argument('<run-id>')
+    .option('--out <dir>', 'where to put outputs.jsonl, errors.jsonl and summary.json (default ./<run-id>)')
+    .action((runId: string, opts) =>
+      guarded(async () => {
+        await downloadResults(runId, opts.out ?? runId, cloud(opts), (l) => console.log(l));
+        return 0;
+      })(),
+    );
+
+  located(program.command('cancel'))
+    .description(
+      'Cancel a run: its batches are cancelled on OpenAI, what finished is kept, the rest goes to errors, and the run ends cancelled.',
+    )
+    .argument('<run-id>')
+    .action((runId: string, opts) =>
+      guarded(async () => {
+        await cancelRun(runId, cloud(opts), (l) => console.log(l));
+        return 0;
+      })(),
+    );
 
   return program;
 }

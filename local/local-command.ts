@@ -1,11 +1,4 @@
-import {
-  createReadStream,
-  createWriteStream,
-  mkdirSync,
-  readdirSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
+import { createReadStream, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
 import { ConfigError, DatasetError, messageOf } from '../functions/core/errors';
@@ -14,6 +7,7 @@ import type { RunSummary } from '../functions/core/summary';
 import { type Work, WorkSettingsSchema } from '../functions/core/work';
 import { causeMessage } from '../functions/steps/finish';
 import { type LoadedWork, loadWork } from '../infra/works';
+import { download } from './cloud-commands';
 import { type OpenAITarget, runLocally, startLocalEnvironment } from './runner';
 
 /** Options of `openai-batch local`. */
@@ -97,22 +91,6 @@ function openaiTarget(options: LocalCommandOptions): { target: OpenAITarget; lab
     label: 'the local OpenAI emulator',
     real: false,
   };
-}
-
-/** Streams every object under a prefix into one local file; resolves with the lines written. */
-async function download(blobs: S3BlobStore, prefix: string, file: string): Promise<number> {
-  const out = createWriteStream(file);
-  let lines = 0;
-  for await (const object of blobs.list(prefix)) {
-    for await (const chunk of blobs.read(object.key)) {
-      for (const byte of chunk) if (byte === 10) lines += 1;
-      if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()));
-    }
-  }
-  await new Promise<void>((resolve, reject) =>
-    out.end((error?: Error | null) => (error ? reject(error) : resolve())),
-  );
-  return lines;
 }
 
 /**

@@ -152,6 +152,10 @@ export const RunSchema = z.object({
   /** The last wait the reconciler chose (s). */
   waitSeconds: z.number().int().nonnegative(),
   error: z.string().nullable(),
+  /** Set by `openai-batch cancel`: Tick cancels the batches, sends nothing more, and the run ends cancelled. */
+  cancelRequested: z.boolean(),
+  /** The name of the execution driving the run now (it changes when a run continues in a new one). */
+  execution: z.string(),
   version: z.number().int().nonnegative(),
 });
 

@@ -27,11 +27,13 @@ export async function finalize<R>(deps: StepDeps<R>, input: { runId: string }): 
       `run ${run.runId} cannot be finalized: ${run.prepared ? `parts ${unfinished.map((p) => p.part).join(', ')} are not done` : 'it is not prepared'}`,
     );
   }
-  run = await deps.runs.putRun({ ...run, status: 'completed', updatedAt: deps.now() });
+  const status = run.cancelRequested ? 'cancelled' : 'completed';
+  run = await deps.runs.putRun({ ...run, status, updatedAt: deps.now() });
   const summary: RunSummary = summarize(run, parts, deps.now());
   const summaryKey = runKeys(run.runId).summary;
   await writeAll(deps.blobs, summaryKey, `${JSON.stringify(summary, null, 2)}\n`);
-  await deps.runs.settleClaim(run.work, run.datasetHash, run.runId, 'completed');
+  // A completed run keeps its dataset; a cancelled one releases it for another run.
+  await deps.runs.settleClaim(run.work, run.datasetHash, run.runId, status);
   deps.log('run finalized', {
     runId: run.runId,
     ...summary.counts,

@@ -68,11 +68,11 @@ export async function datasetHash(deps: StepDeps<unknown>, objects: readonly Blo
  */
 export async function register(
   deps: StepDeps<unknown>,
-  input: { dataset: string; runId: string; resume: boolean },
+  input: { dataset: string; runId: string; resume: boolean; execution: string },
 ): Promise<Registered> {
   const existing = await deps.runs.getRun(input.runId);
   if (existing) {
-    if (input.resume) await deps.runs.putRun({ ...existing, ticks: 0 });
+    if (input.resume) await deps.runs.putRun({ ...existing, ticks: 0, execution: input.execution });
     return { runId: existing.runId, prepared: existing.prepared, objects: existing.objects.length };
   }
   if (input.resume) throw new DatasetError(`No run ${input.runId} to continue.`);
@@ -97,6 +97,8 @@ export async function register(
     ticks: 0,
     waitSeconds: 0,
     error: null,
+    cancelRequested: false,
+    execution: input.execution,
     version: 0,
   };
   const outcome = await deps.runs.createRun(run, !deps.work.settings.allowSameDataset);

@@ -74,6 +74,28 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
       }
     }
 
+    // A cancelled run: cancel what is on OpenAI (its partial results are collected below), and put every
+    // part not sent yet in errors, so that nothing of it is silently dropped.
+    if (run.cancelRequested) {
+      for (const part of [...parts.values()]) {
+        if (part.status === 'active' && part.batchId && part.batchStatus !== 'cancelling')
+          await api.cancelBatch(part.batchId);
+        if (part.status === 'pending') {
+          await save({
+            ...part,
+            status: 'collecting',
+            failure: [
+              {
+                code: 'run_cancelled',
+                message: 'The run was cancelled before this part was sent to OpenAI.',
+                line: null,
+              },
+            ],
+          });
+        }
+      }
+    }
+
     // 2. Batches in flight.
     for (const part of [...parts.values()].filter((p) => p.status === 'active' && p.batchId)) {
       const batch = await api.getBatch(part.batchId ?? '');
@@ -82,7 +104,7 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
 
     // 3. Finished batches: reserve resubmission part numbers first, so a collect run again reuses them.
     const collecting = [...parts.values()].filter((p) => p.status === 'collecting');
-    const canResubmit = (p: Part) => p.generation < deps.work.settings.maxResubmits;
+    const canResubmit = (p: Part) => !run.cancelRequested && p.generation < deps.work.settings.maxResubmits;
     const needChild = collecting.filter((p) => canResubmit(p) && p.childPart === null);
     if (needChild.length > 0) {
       let nextPart = run.checkpoint.nextPart;
@@ -103,7 +125,9 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
 
     // 4. Pending parts, within maxActiveBatches and the enqueued-token budget.
     worked = false;
-    for (const part of admit([...parts.values()], deps.work.settings, deps.now())) {
+    for (const part of run.cancelRequested
+      ? []
+      : admit([...parts.values()], deps.work.settings, deps.now())) {
       if (worked && outOfTime()) break;
       await submit(deps, api, run, part, save);
       worked = true;
@@ -188,7 +212,7 @@ async function collect<R>(
   const keys = runKeys(run.runId);
   const outputs = new LazyJsonl(deps.blobs, keys.outputs(part.part));
   const errors = new LazyJsonl(deps.blobs, keys.errors(part.part));
-  const child = part.childPart;
+  const child = run.cancelRequested ? null : part.childPart;
   const resent = child === null ? null : new StoredParts(deps.blobs, run.runId);
   const result = await collectPart({
     work: deps.work,

@@ -1,0 +1,284 @@
+import { createReadStream, createWriteStream, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
+import { CloudFormationClient, DescribeStacksCommand } from '@aws-sdk/client-cloudformation';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { S3Client } from '@aws-sdk/client-s3';
+import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { DynamoRunStore } from '../functions/adapters/dynamo-run-store';
+import { S3BlobStore } from '../functions/adapters/s3-blob-store';
+import { ConfigError } from '../functions/core/errors';
+import type { Part, Run } from '../functions/core/run';
+import { runCounts } from '../functions/core/summary';
+
+/** Where a deployed work is, and how to reach it. */
+export interface CloudOptions {
+  readonly work?: string;
+  /** @default OpenAIBatch-<work> */
+  readonly stack?: string;
+  readonly bucket?: string;
+  readonly table?: string;
+  readonly stateMachineArn?: string;
+  readonly region?: string;
+  /** One endpoint for every AWS service (LocalStack and the like). */
+  readonly endpointUrl?: string;
+  readonly s3Endpoint?: string;
+  readonly dynamodbEndpoint?: string;
+  readonly sfnEndpoint?: string;
+}
+
+/** A deployed work's resources. */
+export interface Deployed {
+  readonly bucket: string;
+  readonly table: string;
+  readonly stateMachineArn: string | null;
+  readonly region: string;
+  readonly blobs: S3BlobStore;
+  readonly runs: DynamoRunStore;
+  readonly sfn: SFNClient;
+}
+
+/**
+ * Finds a work's bucket, table and state machine: from flags when given, else from the outputs of its
+ * stack (`OpenAIBatch-<work>`), with the default AWS credential chain and region.
+ */
+export async function deployed(options: CloudOptions, needStateMachine: boolean): Promise<Deployed> {
+  const region = options.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
+  const endpoint = (specific?: string) => specific ?? options.endpointUrl;
+  let { bucket, table, stateMachineArn } = options;
+  if (!bucket || !table || (needStateMachine && !stateMachineArn)) {
+    const stack = options.stack ?? (options.work ? `OpenAIBatch-${options.work}` : undefined);
+    if (!stack)
+      throw new ConfigError(
+        'Name the work (--work NAME) or its stack (--stack NAME), or give --bucket and --table.',
+      );
+    const cfnEndpoint = endpoint();
+    const cfn = new CloudFormationClient({ region, ...(cfnEndpoint ? { endpoint: cfnEndpoint } : {}) });
+    const { Stacks } = await cfn
+      .send(new DescribeStacksCommand({ StackName: stack }))
+      .catch((caught: unknown) => {
+        throw new ConfigError(
+          `Cannot read the stack ${stack} in ${region}: ${(caught as Error).message}. Deploy it with \`npx cdk deploy ${stack}\`, or pass --bucket, --table and --state-machine-arn.`,
+        );
+      });
+    const outputs = Stacks?.[0]?.Outputs ?? [];
+    const find = (name: string) =>
+      outputs.find((o) => o.OutputKey?.replace(/[0-9A-F]{8}$/, '').endsWith(name))?.OutputValue;
+    bucket ??= find('BucketName');
+    table ??= find('TableName');
+    stateMachineArn ??= find('StateMachineArn');
+    if (!bucket || !table)
+      throw new ConfigError(
+        `The stack ${stack} has no BucketName and TableName outputs: is it an openai-batch stack?`,
+      );
+  }
+  const s3Endpoint = endpoint(options.s3Endpoint);
+  const dbEndpoint = endpoint(options.dynamodbEndpoint);
+  const sfnEndpoint = endpoint(options.sfnEndpoint);
+  const s3 = new S3Client({
+    region,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    ...(s3Endpoint ? { endpoint: s3Endpoint, forcePathStyle: true } : {}),
+  });
+  return {
+    bucket,
+    table,
+    stateMachineArn: stateMachineArn ?? null,
+    region,
+    blobs: new S3BlobStore(s3, bucket),
+    runs: new DynamoRunStore(
+      new DynamoDBClient({ region, ...(dbEndpoint ? { endpoint: dbEndpoint } : {}) }),
+      table,
+    ),
+    sfn: new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint } : {}) }),
+  };
+}
+
+/** Streams every object under a prefix into one local file; resolves with the lines written. */
+export async function download(blobs: S3BlobStore, prefix: string, file: string): Promise<number> {
+  const out = createWriteStream(file);
+  let lines = 0;
+  for await (const object of blobs.list(prefix)) {
+    for await (const chunk of blobs.read(object.key)) {
+      for (const byte of chunk) if (byte === 10) lines += 1;
+      if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()));
+    }
+  }
+  await new Promise<void>((resolve, reject) =>
+    out.end((error?: Error | null) => (error ? reject(error) : resolve())),
+  );
+  return lines;
+}
+
+/** `start`: uploads a local dataset when given a path, starts an execution, and says where to watch it. */
+export async function startRun(
+  work: string,
+  dataset: string,
+  options: CloudOptions & { runId?: string },
+  print: (line: string) => void,
+): Promise<string> {
+  const cloud = await deployed({ ...options, work }, true);
+  if (!cloud.stateMachineArn) throw new ConfigError('No state machine: pass --state-machine-arn.');
+  let location = dataset;
+  if (existsSync(dataset)) {
+    const key = `inputs/${work}/${basename(dataset)}`;
+    const bytes = await cloud.blobs.write(key, createReadStream(dataset));
+    location = `s3://${cloud.bucket}/${key}`;
+    print(`uploaded ${dataset} (${bytes} bytes) to ${location}`);
+  }
+  const runId =
+    options.runId ??
+    `${work}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '').replace('T', '-')}`;
+  const { executionArn } = await cloud.sfn.send(
+    new StartExecutionCommand({
+      stateMachineArn: cloud.stateMachineArn,
+      name: runId,
+      input: JSON.stringify({ dataset: location }),
+    }),
+  );
+  print(`run ${runId} started`);
+  print(`  execution: ${executionArn}`);
+  print(
+    `  console:   https://${cloud.region}.console.aws.amazon.com/states/home?region=${cloud.region}#/v2/executions/details/${executionArn}`,
+  );
+  print(`  watch it:  npx openai-batch status ${runId} --work ${work} --watch`);
+  return runId;
+}
+
+/** `results`: downloads a run's outputs, errors and summary into a folder. */
+export async function downloadResults(
+  runId: string,
+  out: string,
+  options: CloudOptions,
+  print: (line: string) => void,
+): Promise<void> {
+  const cloud = await deployed(options, false);
+  const run = await cloud.runs.getRun(runId);
+  if (!run) throw new ConfigError(`No run ${runId} in table ${cloud.table}.`);
+  const dir = resolve(out);
+  mkdirSync(dir, { recursive: true });
+  const outputs = await download(cloud.blobs, `runs/${runId}/outputs/`, join(dir, 'outputs.jsonl'));
+  const errors = await download(cloud.blobs, `runs/${runId}/errors/`, join(dir, 'errors.jsonl'));
+  const summary = (await cloud.blobs.head(`runs/${runId}/summary.json`))
+    ? await download(cloud.blobs, `runs/${runId}/summary.json`, join(dir, 'summary.json'))
+    : 0;
+  if (!summary)
+    writeFileSync(
+      join(dir, 'summary.json'),
+      `${JSON.stringify({ runId, status: run.status, note: 'the run has not finished: no summary yet' }, null, 2)}\n`,
+    );
+  print(`run ${runId} (${run.status}): ${outputs} outputs, ${errors} errors -> ${dir}`);
+}
+
+/** `cancel`: asks the run to stop. Its next tick cancels its batches, keeps what finished, and ends it cancelled. */
+export async function cancelRun(
+  runId: string,
+  options: CloudOptions,
+  print: (line: string) => void,
+): Promise<void> {
+  const cloud = await deployed(options, false);
+  const run = await cloud.runs.getRun(runId);
+  if (!run) throw new ConfigError(`No run ${runId} in table ${cloud.table}.`);
+  if (['completed', 'failed', 'cancelled'].includes(run.status)) {
+    print(`run ${runId} has already ended (${run.status}); nothing to cancel.`);
+    return;
+  }
+  await cloud.runs.putRun({ ...run, cancelRequested: true });
+  const active = (await cloud.runs.listParts(runId)).filter(
+    (p) => p.status === 'active' || p.status === 'submitting',
+  ).length;
+  print(
+    `cancel requested for run ${runId}: at its next tick it cancels its ${active} batch(es) on OpenAI, keeps every finished result, puts the rest in errors, and ends cancelled.`,
+  );
+}
+
+const BAR = 24;
+
+/** A progress bar of `done` out of `total`. */
+export function bar(done: number, total: number): string {
+  const share = total > 0 ? Math.min(1, done / total) : 1;
+  const filled = Math.round(share * BAR);
+  return `[${'#'.repeat(filled)}${'-'.repeat(BAR - filled)}] ${String(Math.floor(share * 100)).padStart(3)}%`;
+}
+
+function duration(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+/** The lines `status` shows for one run: a bar per batch, and the whole run's with elapsed time and ETA. */
+export function statusLines(run: Run, parts: readonly Part[], now: number): string[] {
+  const elapsed = now - run.createdAt;
+  const lines = [
+    `run ${run.runId} (${run.work}): ${run.status}${run.cancelRequested && run.status !== 'cancelled' ? ', cancelling' : ''}, ${duration(elapsed)} elapsed`,
+  ];
+  if (!run.prepared)
+    lines.push(`  preparing: ${run.counts.records} records read, ${parts.length} batch file(s) written`);
+  let done = 0;
+  let total = 0;
+  for (const part of [...parts].sort((a, b) => a.part - b.part)) {
+    const finished = part.status === 'done' ? part.requests : part.completed + part.failed;
+    done += finished;
+    total += part.requests;
+    const state = part.status === 'active' ? (part.batchStatus ?? 'active') : part.status;
+    const failed = part.status === 'done' ? part.errors : part.failed;
+    lines.push(
+      `  batch ${String(part.part).padStart(5, '0')} ${bar(finished, part.requests)} ${finished}/${part.requests} done, ${failed} failed  ${state}`,
+    );
+  }
+  const rate = elapsed > 0 ? done / elapsed : 0;
+  const eta = done > 0 && done < total && rate > 0 ? `, ETA ${duration((total - done) / rate)}` : '';
+  lines.push(`  all   ${bar(done, total)} ${done}/${total} requests${eta}`);
+  if (['completed', 'cancelled'].includes(run.status)) {
+    const counts = runCounts(run, parts);
+    lines.push(
+      `  ${counts.records} records -> ${counts.outputs} outputs, ${counts.errors} errors: npx openai-batch results ${run.runId}`,
+    );
+  }
+  if (run.status === 'failed' && run.error) lines.push(`  ${run.error}`);
+  return lines;
+}
+
+/**
+ * `status`: the runs of a work, or one run's batches with progress bars. With `watch`, redraws in place
+ * on a terminal (plain new lines when the output is not one) until the run ends.
+ */
+export async function showStatus(
+  runId: string | undefined,
+  options: CloudOptions & { watch?: boolean; intervalMs?: number },
+  out: { write: (text: string) => void; isTTY: boolean },
+): Promise<number> {
+  const cloud = await deployed(options, false);
+  if (!runId) {
+    if (!options.work) throw new ConfigError('Name the work (--work NAME) to list its runs.');
+    const runs = await cloud.runs.listRuns(options.work, 20);
+    if (runs.length === 0) out.write(`no runs of ${options.work} yet\n`);
+    for (const run of runs) {
+      out.write(
+        `${run.runId}  ${run.status.padEnd(10)} ${new Date(run.createdAt).toISOString()}  ${run.counts.records} records\n`,
+      );
+    }
+    return 0;
+  }
+  let drawn = 0;
+  let last = '';
+  for (;;) {
+    const run = await cloud.runs.getRun(runId);
+    if (!run) throw new ConfigError(`No run ${runId} in table ${cloud.table}.`);
+    const lines = statusLines(run, await cloud.runs.listParts(runId), Date.now());
+    const frame = lines.join('\n');
+    if (out.isTTY) {
+      // Move up over the last frame and clear it, then draw the new one.
+      out.write(`${drawn > 0 ? `\x1b[${drawn}F\x1b[J` : ''}${frame}\n`);
+      drawn = lines.length;
+    } else if (frame !== last) {
+      out.write(`${frame}\n`);
+    }
+    last = frame;
+    const ended = ['completed', 'failed', 'cancelled'].includes(run.status);
+    if (!options.watch || ended) return run.status === 'failed' ? 1 : 0;
+    await new Promise((r) => setTimeout(r, options.intervalMs ?? 5000));
+  }
+}

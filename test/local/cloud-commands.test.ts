@@ -1,0 +1,238 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadWork } from '../../infra/works';
+import { synthesizeDefinition } from '../../local/definition';
+import { startEmulator } from '../../local/emulator/server';
+import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+
+/** The escape sequence status --watch redraws with: cursor up N lines, clear to the end. */
+const REDRAW = new RegExp(`${String.fromCharCode(27)}\\[\\d+F${String.fromCharCode(27)}\\[J`);
+
+let env: LocalEnvironment;
+let dir: string;
+let args: string[];
+const credentials = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1' };
+
+/** Runs `openai-batch ARGS`; with `tty`, inside a pseudo-terminal made by `script`. */
+function cli(
+  cliArgs: string[],
+  tty = false,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const command = tty
+    ? spawn(
+        'script',
+        [
+          '-qec',
+          [process.execPath, 'bin/openai-batch.js', ...cliArgs].map((a) => `'${a}'`).join(' '),
+          '/dev/null',
+        ],
+        {
+          env: { ...process.env, ...credentials, TERM: 'xterm' },
+        },
+      )
+    : spawn(process.execPath, ['bin/openai-batch.js', ...cliArgs], {
+        env: { ...process.env, ...credentials },
+      });
+  let stdout = '';
+  let stderr = '';
+  command.stdout?.on('data', (c: Buffer) => {
+    stdout += c.toString();
+  });
+  command.stderr?.on('data', (c: Buffer) => {
+    stderr += c.toString();
+  });
+  return new Promise((resolve) => command.on('exit', (code) => resolve({ code, stdout, stderr })));
+}
+
+async function startRun(runId: string, records: number, target: LocalEnvironment = env) {
+  const loaded = await loadWork(new URL('../fixtures/works/chat.ts', import.meta.url).pathname);
+  const { definition } = await synthesizeDefinition(loaded);
+  const body = Array.from({ length: records }, (_, i) =>
+    JSON.stringify({ id: `${runId}-${i}`, content: `question ${i}` }),
+  ).join('\n');
+  await env.s3.client.send(
+    new PutObjectCommand({ Bucket: env.s3.bucket, Key: `inputs/${runId}.jsonl`, Body: body }),
+  );
+  return runLocally(target, loaded, `inputs/${runId}.jsonl`, runId, { waitMs: 50 }, { definition });
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'openai-batch-cloud-cli-'));
+  env = await startLocalEnvironment(dir, {
+    kind: 'emulator',
+    options: { validationMs: 100, requestsPerSecond: 40, finalizingMs: 50, cancellingMs: 200, tickMs: 20 },
+  });
+  args = [
+    '--work',
+    'e2e-chat',
+    '--bucket',
+    env.s3.bucket,
+    '--table',
+    env.dynamo.table,
+    '--s3-endpoint',
+    env.s3.endpoint,
+    '--dynamodb-endpoint',
+    env.dynamo.endpoint,
+  ];
+});
+
+afterAll(async () => {
+  await env?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('status, results and cancel against the stand-ins', () => {
+  it('status --watch draws progress bars in place on a terminal and finishes them', async () => {
+    const running = startRun('watched', 80);
+    await new Promise((r) => setTimeout(r, 500));
+    const { code, stdout } = await cli(['status', 'watched', '--watch', '--interval', '0.2', ...args], true);
+    await running;
+    expect(code).toBe(0);
+    expect(stdout).toMatch(REDRAW); // moved up over the last frame and cleared it
+    const frames = stdout.split(REDRAW);
+    expect(frames.length).toBeGreaterThan(2);
+    const last = frames.at(-1) ?? '';
+    expect(last).toMatch(/run watched \(e2e-chat\): completed/);
+    expect(last).toMatch(/batch 00000 \[#{24}\] 100% 40\/40 done, 0 failed {2}done/);
+    expect(last).toMatch(/all {3}\[#{24}\] 100% 80\/80 requests/);
+    expect(last).toMatch(/80 records -> 80 outputs, 0 errors: npx openai-batch results watched/);
+    expect(stdout).toMatch(/\[#*-+\] +\d+% \d+\/40 done/); // a frame drawn while batches were under way
+  });
+
+  it("status prints plain lines when the output is not a terminal, and lists a work's runs", async () => {
+    const one = await cli(['status', 'watched', ...args]);
+    expect(one.code).toBe(0);
+    expect(one.stdout).not.toContain('\x1b[');
+    expect(one.stdout).toMatch(/all {3}\[#{24}\] 100% 80\/80 requests/);
+    const list = await cli(['status', ...args]);
+    expect(list.stdout).toMatch(/^watched {2}completed {2}\d{4}-\d\d-\d\dT[\d:.]+Z {2}80 records$/m);
+  });
+
+  it('results downloads outputs, errors and the summary of a run', async () => {
+    const out = join(dir, 'results');
+    const { code, stdout } = await cli(['results', 'watched', '--out', out, ...args]);
+    expect(code).toBe(0);
+    expect(stdout).toContain(`run watched (completed): 80 outputs, 0 errors -> ${out}`);
+    expect(readFileSync(join(out, 'outputs.jsonl'), 'utf8').trim().split('\n')).toHaveLength(80);
+    expect(JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'))).toMatchObject({
+      runId: 'watched',
+      counts: { outputs: 80 },
+    });
+  });
+
+  it('cancel stops a run: batches cancelled on OpenAI, finished results kept, the rest in errors, run cancelled', async () => {
+    // A slow OpenAI (2 requests a second a batch), so that the run is still going when the command lands.
+    const slow = await startEmulator({
+      validationMs: 50,
+      requestsPerSecond: 2,
+      finalizingMs: 20,
+      cancellingMs: 200,
+      tickMs: 20,
+    });
+    const target = { ...env, emulator: slow, openai: { baseURL: slow.url, apiKey: 'sk-local' } };
+    const running = startRun('stopped', 120, target).finally(() => slow.stop());
+    for (;;) {
+      const status = await cli(['status', 'stopped', ...args]);
+      if (/\] +\d+% [1-9]\d*\/40 done/.test(status.stdout)) break; // a batch has progressed
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const cancelled = await cli(['cancel', 'stopped', ...args]);
+    expect(cancelled.stdout).toMatch(
+      /cancel requested for run stopped: at its next tick it cancels its \d batch\(es\) on OpenAI/,
+    );
+    await running;
+    const { stdout } = await cli(['status', 'stopped', ...args]);
+    expect(stdout).toMatch(/run stopped \(e2e-chat\): cancelled/);
+    const out = join(dir, 'stopped');
+    await cli(['results', 'stopped', '--out', out, ...args]);
+    const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
+    expect(summary).toMatchObject({ status: 'cancelled', reconciliation: { balanced: true } });
+    expect(summary.counts.outputs).toBeGreaterThan(0);
+    expect(summary.counts.outputs).toBeLessThan(120);
+    const codes = new Set(
+      readFileSync(join(out, 'errors.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l).code),
+    );
+    expect([...codes].every((c) => c === 'batch_cancelled' || c === 'run_cancelled')).toBe(true);
+    const again = await cli(['cancel', 'stopped', ...args]);
+    expect(again.stdout).toContain('run stopped has already ended (cancelled); nothing to cancel.');
+  });
+
+  it('says so when a run does not exist, with exit 2', async () => {
+    const { code, stderr } = await cli(['status', 'no-such-run', ...args]);
+    expect(code).toBe(2);
+    expect(stderr).toContain('error: No run no-such-run in table openai-batch-runs.');
+  });
+});
+
+describe('start', () => {
+  it("uploads a local dataset to the work's bucket and starts an execution named by the run id", async () => {
+    // No Step Functions server stand-in exists (aws-local-stepfunctions is a library): this fake endpoint
+    // only records the StartExecution call the command makes and answers as Step Functions does.
+    const received: { target: string; body: Record<string, unknown> }[] = [];
+    const fake = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c) => {
+        body += c;
+      });
+      req.on('end', () => {
+        received.push({ target: String(req.headers['x-amz-target']), body: JSON.parse(body) });
+        res.writeHead(200, { 'content-type': 'application/x-amz-json-1.0' });
+        res.end(
+          JSON.stringify({
+            executionArn: 'arn:aws:states:us-east-1:123456789012:execution:run:first',
+            startDate: 1795570000,
+          }),
+        );
+      });
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    try {
+      const dataset = join(dir, 'to-upload.jsonl');
+      writeFileSync(dataset, '{"id":"1","content":"hi"}\n');
+      const arn = 'arn:aws:states:us-east-1:123456789012:stateMachine:run';
+      const port = (fake.address() as AddressInfo).port;
+      const { code, stdout, stderr } = await cli([
+        'start',
+        'e2e-chat',
+        dataset,
+        '--run-id',
+        'first',
+        '--state-machine-arn',
+        arn,
+        '--sfn-endpoint',
+        `http://127.0.0.1:${port}`,
+        ...args.slice(2),
+      ]);
+      expect(stderr).toBe('');
+      expect(code).toBe(0);
+      expect(stdout).toContain(
+        `uploaded ${dataset} (26 bytes) to s3://openai-batch-local/inputs/e2e-chat/to-upload.jsonl`,
+      );
+      expect(stdout).toContain('run first started');
+      expect(stdout).toContain(
+        'console:   https://us-east-1.console.aws.amazon.com/states/home?region=us-east-1#/v2/executions/details/arn:aws:states:us-east-1:123456789012:execution:run:first',
+      );
+      expect(received).toEqual([
+        {
+          target: 'AWSStepFunctions.StartExecution',
+          body: {
+            stateMachineArn: arn,
+            name: 'first',
+            input: '{"dataset":"s3://openai-batch-local/inputs/e2e-chat/to-upload.jsonl"}',
+          },
+        },
+      ]);
+    } finally {
+      fake.close();
+    }
+  });
+});

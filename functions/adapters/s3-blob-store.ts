@@ -4,7 +4,7 @@ import {
   GetObjectCommand,
   type GetObjectCommandOutput,
   HeadObjectCommand,
-  paginateListObjectsV2,
+  ListObjectsCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -73,14 +73,26 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
+  /**
+   * Lists with ListObjects (v1), paging by the last key: v2's continuation tokens fail on s3rver under
+   * OpenSSL 3, and v1 needs the same permission (s3:ListBucket) on S3.
+   */
   async *list(prefix: string): AsyncGenerator<BlobInfo> {
-    for await (const page of paginateListObjectsV2(
-      { client: this.s3 },
-      { Bucket: this.bucket, Prefix: prefix },
-    )) {
+    let marker: string | undefined;
+    for (;;) {
+      const page = await this.s3.send(
+        new ListObjectsCommand({
+          Bucket: this.bucket,
+          Prefix: prefix,
+          ...(marker ? { Marker: marker } : {}),
+        }),
+      );
       for (const object of page.Contents ?? []) {
         if (object.Key) yield { key: object.Key, size: object.Size ?? 0, etag: object.ETag ?? '' };
       }
+      const last = page.Contents?.at(-1)?.Key;
+      if (!page.IsTruncated || !last) return;
+      marker = last;
     }
   }
 

@@ -23,6 +23,9 @@ export class DuplicateDatasetError extends Error {
 /** Datasets up to this size are identified by the SHA-256 of their bytes; larger ones by their S3 ETags. */
 const HASH_CONTENT_UP_TO = 1024 ** 3;
 
+/** Objects a dataset prefix may hold: the run record keeps their list (DynamoDB items hold 400 KB). */
+export const MAX_OBJECTS = 1000;
+
 /** What Register answers: small, for the state. */
 export interface Registered {
   readonly runId: string;
@@ -35,8 +38,15 @@ export async function datasetObjects(deps: StepDeps<unknown>, key: string): Prom
   const single = key.endsWith('/') ? null : await deps.blobs.head(key);
   if (single) return [single];
   const objects: BlobInfo[] = [];
-  for await (const object of deps.blobs.list(key))
-    if (object.size > 0 && !object.key.endsWith('/')) objects.push(object);
+  for await (const object of deps.blobs.list(key)) {
+    if (object.size === 0 || object.key.endsWith('/')) continue;
+    objects.push(object);
+    if (objects.length > MAX_OBJECTS) {
+      throw new DatasetError(
+        `The prefix s3://${deps.bucket}/${key} holds more than ${MAX_OBJECTS} objects; a run reads at most ${MAX_OBJECTS}. Combine them into fewer, larger files.`,
+      );
+    }
+  }
   if (objects.length === 0) {
     throw new DatasetError(
       `No dataset at s3://${deps.bucket}/${key}: no such object, and no objects under it as a prefix.`,

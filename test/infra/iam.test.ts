@@ -39,7 +39,7 @@ const ACTIONS: Record<
   UploadPartCommand: { action: 's3:PutObject', on: 'objects' },
   CompleteMultipartUploadCommand: { action: 's3:PutObject', on: 'objects' },
   AbortMultipartUploadCommand: { action: 's3:AbortMultipartUpload', on: 'objects' },
-  ListObjectsV2Command: { action: 's3:ListBucket', on: 'bucket' },
+  ListObjectsCommand: { action: 's3:ListBucket', on: 'bucket' },
   DeleteObjectsCommand: { action: 's3:DeleteObject', on: 'objects' },
   GetItemCommand: { action: 'dynamodb:GetItem', on: 'table' },
   PutItemCommand: { action: 'dynamodb:PutItem', on: 'table' },

@@ -1,0 +1,77 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
+import { DatasetError } from '../../functions/core/errors';
+import { defineWork } from '../../functions/core/work';
+import type { StepDeps } from '../../functions/steps/deps';
+import { datasetHash, datasetObjects, MAX_OBJECTS } from '../../functions/steps/register';
+import { type LocalS3, startS3 } from '../../local/stand-ins';
+
+let s3: LocalS3;
+let dir: string;
+let deps: StepDeps<unknown>;
+const put = (key: string, body: string) =>
+  s3.client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: key, Body: body }));
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'openai-batch-register-'));
+  s3 = await startS3(dir, 'register-test');
+  // Only the blob store is used by these functions; the rest of the dependencies are never called.
+  deps = {
+    blobs: new S3BlobStore(s3.client, s3.bucket),
+    bucket: s3.bucket,
+    work: defineWork({ name: 'r' }),
+  } as unknown as StepDeps<unknown>;
+});
+
+afterAll(async () => {
+  await s3?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('the dataset a run reads', () => {
+  it('is the object at the key, or the non-empty objects under it as a prefix, in key order', async () => {
+    await put('in/one.jsonl', '{"id":1}\n');
+    await put('in/many/b.jsonl', '{"id":2}\n');
+    await put('in/many/a.jsonl', '{"id":1}\n');
+    await put('in/many/empty.jsonl', '');
+    expect((await datasetObjects(deps, 'in/one.jsonl')).map((o) => o.key)).toEqual(['in/one.jsonl']);
+    expect((await datasetObjects(deps, 'in/many/')).map((o) => o.key)).toEqual([
+      'in/many/a.jsonl',
+      'in/many/b.jsonl',
+    ]);
+  });
+
+  it('is refused, naming the location, when nothing is there', async () => {
+    await expect(datasetObjects(deps, 'in/nothing.jsonl')).rejects.toThrow(
+      new DatasetError(
+        'No dataset at s3://register-test/in/nothing.jsonl: no such object, and no objects under it as a prefix.',
+      ),
+    );
+  });
+
+  it(`is refused when a prefix holds more than ${MAX_OBJECTS} objects`, async () => {
+    const keys = Array.from(
+      { length: MAX_OBJECTS + 1 },
+      (_, i) => `wide/${String(i).padStart(5, '0')}.jsonl`,
+    );
+    for (let i = 0; i < keys.length; i += 100)
+      await Promise.all(keys.slice(i, i + 100).map((k) => put(k, '{}\n')));
+    await expect(datasetObjects(deps, 'wide/')).rejects.toThrow(
+      /holds more than 1000 objects; a run reads at most 1000\. Combine them/,
+    );
+  });
+
+  it('is identified by its content, whatever its key', async () => {
+    await put('x/copy-1.jsonl', '{"id":"same"}\n');
+    await put('x/copy-2.jsonl', '{"id":"same"}\n');
+    await put('x/other.jsonl', '{"id":"other"}\n');
+    const hash = async (key: string) => datasetHash(deps, await datasetObjects(deps, key));
+    expect(await hash('x/copy-1.jsonl')).toBe(await hash('x/copy-2.jsonl'));
+    expect(await hash('x/copy-1.jsonl')).not.toBe(await hash('x/other.jsonl'));
+    expect(await hash('x/copy-1.jsonl')).toMatch(/^sha256:[0-9a-f]{64}$/);
+  });
+});

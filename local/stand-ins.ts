@@ -94,11 +94,7 @@ export function hasJava(): boolean {
  * in memory or storing under `directory`, and creates the run table with the keys the stack gives it.
  */
 export async function startDynamo(table: string, directory?: string): Promise<LocalDynamo> {
-  if (!hasJava()) {
-    throw new Error(
-      'DynamoDB Local needs Java 17: install it (on Debian: apt-get install -y openjdk-17-jre-headless).',
-    );
-  }
+  if (!hasJava()) return startDynalite(table, directory);
   const home = dynamoDbLocalHome();
   const port = await freePort();
   const storage = directory ? ['-dbPath', directory] : ['-inMemory'];
@@ -145,6 +141,37 @@ export async function startDynamo(table: string, directory?: string): Promise<Lo
       if (child.exitCode !== null) return;
       child.kill('SIGTERM');
       await new Promise((resolve) => child.once('exit', resolve));
+    },
+  };
+}
+
+/**
+ * The fallback where Java is missing: dynalite (LevelDB, pure npm). It has no transactions, so dataset
+ * claims fall back to two conditional writes (see DynamoRunStore.createRun).
+ */
+export async function startDynalite(table: string, directory?: string): Promise<LocalDynamo> {
+  const require = createRequire(import.meta.url);
+  const dynalite = require('dynalite') as (options: Record<string, unknown>) => import('node:http').Server;
+  if (directory) mkdirSync(directory, { recursive: true });
+  const server = dynalite({
+    createTableMs: 0,
+    deleteTableMs: 0,
+    updateTableMs: 0,
+    ...(directory ? { path: directory } : {}),
+  });
+  const port = await freePort();
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', () => resolve()));
+  const endpoint = `http://127.0.0.1:${port}`;
+  const client = localDynamoClient(endpoint);
+  await createRunTable(client, table);
+  return {
+    endpoint,
+    client,
+    table,
+    kind: 'dynalite',
+    stop: async () => {
+      client.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
 }

@@ -3,6 +3,7 @@ import {
   type DynamoDBClient,
   GetItemCommand,
   PutItemCommand,
+  type PutItemCommandInput,
   paginateQuery,
   QueryCommand,
   TransactionCanceledException,
@@ -72,6 +73,9 @@ export class DynamoRunStore implements RunStore {
       );
       return { created: true };
     } catch (caught) {
+      if ((caught as { name?: string }).name === 'UnknownOperationException') {
+        return this.createRunWithoutTransactions(putRun.Put, putClaim.Put, claimDataset, run);
+      }
       if (!(caught instanceof TransactionCanceledException)) throw caught;
       const claimReason = caught.CancellationReasons?.[1];
       if (claimReason?.Code === 'ConditionalCheckFailed') {
@@ -94,6 +98,40 @@ export class DynamoRunStore implements RunStore {
       if (caught.CancellationReasons?.[0]?.Code === 'ConditionalCheckFailed') return { created: true }; // registered already
       throw caught;
     }
+  }
+
+  /**
+   * For a DynamoDB without transactions (dynalite, the local fallback where Java is missing): the claim
+   * first, then the run, each a conditional write. A crash between the two leaves a claim without its run.
+   */
+  private async createRunWithoutTransactions(
+    putRun: PutItemCommandInput,
+    putClaim: PutItemCommandInput,
+    claimDataset: boolean,
+    run: Run,
+  ): Promise<{ created: true } | { created: false; holder: DatasetClaim }> {
+    if (claimDataset) {
+      try {
+        const { ReturnValuesOnConditionCheckFailure: _, ...claim } = putClaim;
+        await this.db.send(new PutItemCommand(claim));
+      } catch (caught) {
+        if (!(caught instanceof ConditionalCheckFailedException)) throw caught;
+        const key = claimKey(run.work, run.datasetHash);
+        const { Item } = await this.db.send(
+          new GetItemCommand({ TableName: this.table, Key: key, ConsistentRead: true }),
+        );
+        return {
+          created: false,
+          holder: { runId: Item?.runId?.S ?? 'unknown', status: Item?.status?.S ?? 'unknown' },
+        };
+      }
+    }
+    try {
+      await this.db.send(new PutItemCommand(putRun));
+    } catch (caught) {
+      if (!(caught instanceof ConditionalCheckFailedException)) throw caught; // registered already
+    }
+    return { created: true };
   }
 
   async getRun(runId: string): Promise<Run | null> {

@@ -1,0 +1,93 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import { zeroCounts } from '../../functions/core/accounting';
+import { ConflictError } from '../../functions/core/ports';
+import { newPart, type Run } from '../../functions/core/run';
+import { type LocalDynamo, startDynalite, startDynamo } from '../../local/stand-ins';
+
+const run = (runId: string, datasetHash = `hash-${runId}`, createdAt = Date.now()): Run => ({
+  runId,
+  work: 'w',
+  bucket: 'b',
+  objects: [{ key: 'k', size: 1, etag: 'e' }],
+  datasetHash,
+  status: 'preparing',
+  createdAt,
+  updatedAt: createdAt,
+  prepared: false,
+  checkpoint: { object: 0, line: 1, offset: 0, gzip: false, nextPart: 0 },
+  counts: zeroCounts(),
+  estimatedTokens: 0,
+  estimatedCostUsd: null,
+  ticks: 0,
+  waitSeconds: 0,
+  error: null,
+  cancelRequested: false,
+  execution: runId,
+  version: 0,
+});
+
+describe.each([
+  ['DynamoDB Local', (table: string, dir: string) => startDynamo(table, dir)],
+  ['dynalite (where Java is missing)', (table: string, dir: string) => startDynalite(table, dir)],
+])('DynamoRunStore on %s', (_, start) => {
+  let dynamo: LocalDynamo;
+  let store: DynamoRunStore;
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'openai-batch-store-'));
+    dynamo = await start('runs', join(dir, 'db'));
+    store = new DynamoRunStore(dynamo.client, dynamo.table);
+  });
+  afterAll(async () => {
+    await dynamo?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('claims a dataset for one run, names the holder to the next, and lets it go once released', async () => {
+    expect(await store.createRun(run('a', 'same'), true)).toEqual({ created: true });
+    expect(await store.createRun(run('b', 'same'), true)).toEqual({
+      created: false,
+      holder: { runId: 'a', status: 'running' },
+    });
+    expect(await store.createRun(run('a', 'same'), true)).toEqual({
+      created: false,
+      holder: { runId: 'a', status: 'running' },
+    });
+    await store.settleClaim('w', 'same', 'a', 'failed');
+    expect(await store.createRun(run('c', 'same'), true)).toEqual({ created: true });
+    expect(await store.createRun(run('d', 'same'), false)).toEqual({ created: true }); // allowSameDataset
+    expect((await store.getRun('c'))?.runId).toBe('c');
+  });
+
+  it('refuses a write from a stale version', async () => {
+    await store.createRun(run('v'), false);
+    const first = (await store.getRun('v')) as Run;
+    const saved = await store.putRun({ ...first, ticks: 1 });
+    expect(saved.version).toBe(1);
+    await expect(store.putRun({ ...first, ticks: 2 })).rejects.toBeInstanceOf(ConflictError);
+    expect((await store.getRun('v'))?.ticks).toBe(1);
+  });
+
+  it('adds parts once, keeps one already under way, and guards each part by version', async () => {
+    const part = newPart({ part: 0, generation: 0, model: 'm', requests: 3, bytes: 10, estimatedTokens: 5 });
+    await store.addParts('p', [part, { ...part, part: 1 }]);
+    const taken = await store.putPart('p', { ...part, status: 'submitting' });
+    expect(taken?.version).toBe(1);
+    expect(await store.putPart('p', { ...part, status: 'active' })).toBeNull(); // lost the race
+    await store.addParts('p', [part]); // a prepare step run again
+    expect((await store.listParts('p')).map((p) => [p.part, p.status])).toEqual([
+      [0, 'submitting'],
+      [1, 'pending'],
+    ]);
+  });
+
+  it('lists runs of a work newest first', async () => {
+    await store.createRun({ ...run('old', 'h-old', 1000), work: 'listed' }, false);
+    await store.createRun({ ...run('new', 'h-new', 2000), work: 'listed' }, false);
+    expect((await store.listRuns('listed', 10)).map((r) => r.runId)).toEqual(['new', 'old']);
+  });
+});

@@ -110,6 +110,13 @@ export async function download(blobs: S3BlobStore, prefix: string, file: string)
   return lines;
 }
 
+/** A run of the deployed work, or an error that says it is not in the table. */
+async function runOf(cloud: Deployed, runId: string): Promise<Run> {
+  const run = await cloud.runs.getRun(runId);
+  if (!run) throw new ConfigError(`No run ${runId} in table ${cloud.table}.`);
+  return run;
+}
+
 /** `start`: uploads a local dataset when given a path, starts an execution, and says where to watch it. */
 export async function startRun(
   work: string,
@@ -153,8 +160,7 @@ export async function downloadResults(
   print: (line: string) => void,
 ): Promise<void> {
   const cloud = await deployed(options, false);
-  const run = await cloud.runs.getRun(runId);
-  if (!run) throw new ConfigError(`No run ${runId} in table ${cloud.table}.`);
+  const run = await runOf(cloud, runId);
   const dir = resolve(out);
   mkdirSync(dir, { recursive: true });
   const outputs = await download(cloud.blobs, `runs/${runId}/outputs/`, join(dir, 'outputs.jsonl'));
@@ -177,8 +183,7 @@ export async function cancelRun(
   print: (line: string) => void,
 ): Promise<void> {
   const cloud = await deployed(options, false);
-  const run = await cloud.runs.getRun(runId);
-  if (!run) throw new ConfigError(`No run ${runId} in table ${cloud.table}.`);
+  const run = await runOf(cloud, runId);
   if (['completed', 'failed', 'cancelled'].includes(run.status)) {
     print(`run ${runId} has already ended (${run.status}); nothing to cancel.`);
     return;
@@ -265,8 +270,7 @@ export async function showStatus(
   let drawn = 0;
   let last = '';
   for (;;) {
-    const run = await cloud.runs.getRun(runId);
-    if (!run) throw new ConfigError(`No run ${runId} in table ${cloud.table}.`);
+    const run = await runOf(cloud, runId);
     const lines = statusLines(run, await cloud.runs.listParts(runId), Date.now());
     const frame = lines.join('\n');
     if (out.isTTY) {

@@ -41,6 +41,16 @@ export class DynamoRunStore implements RunStore {
     };
   }
 
+  private partItem(runId: string, part: Part) {
+    return {
+      pk: S(`RUN#${runId}`),
+      sk: S(partSk(part.part)),
+      status: S(part.status),
+      version: N(part.version),
+      doc: S(JSON.stringify(part)),
+    };
+  }
+
   async createRun(
     run: Run,
     claimDataset: boolean,
@@ -200,13 +210,7 @@ export class DynamoRunStore implements RunStore {
           await this.db.send(
             new PutItemCommand({
               TableName: this.table,
-              Item: {
-                pk: S(`RUN#${runId}`),
-                sk: S(partSk(part.part)),
-                status: S(part.status),
-                version: N(part.version),
-                doc: S(JSON.stringify(part)),
-              },
+              Item: this.partItem(runId, part),
               ConditionExpression: 'attribute_not_exists(pk) OR (#status = :pending AND version = :zero)',
               ExpressionAttributeNames: { '#status': 'status' },
               ExpressionAttributeValues: { ':pending': S('pending'), ':zero': N(0) },
@@ -225,13 +229,7 @@ export class DynamoRunStore implements RunStore {
       await this.db.send(
         new PutItemCommand({
           TableName: this.table,
-          Item: {
-            pk: S(`RUN#${runId}`),
-            sk: S(partSk(part.part)),
-            status: S(next.status),
-            version: N(next.version),
-            doc: S(JSON.stringify(next)),
-          },
+          Item: this.partItem(runId, next),
           ConditionExpression: 'version = :version',
           ExpressionAttributeValues: { ':version': N(part.version) },
         }),

@@ -83,6 +83,11 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
     await input.errors.write(await errorRecord(work, item));
     errors += 1;
   };
+  /** An error for one of the part's requests, as OpenAI's outcome for it. */
+  const requestFailed = (request: { customId: string; line: number }, code: string, message: string) =>
+    writeError(
+      errorItem({ stage: 'openai', id: request.customId, line: request.line, batchId, code, message }),
+    );
   const resend = async (json: string, line: number) => {
     await input.resubmit?.write(json, line);
     resubmitted += 1;
@@ -102,15 +107,10 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
         continue;
       }
       const reason = failure ?? part.failure[0];
-      await writeError(
-        errorItem({
-          stage: 'openai',
-          id: request.customId,
-          line: request.line,
-          batchId,
-          code: reason?.code ?? 'batch_failed',
-          message: `OpenAI failed batch ${batchId ?? ''} (part ${part.part}): ${reason?.message ?? 'no reason given'}`,
-        }),
+      await requestFailed(
+        request,
+        reason?.code ?? 'batch_failed',
+        `OpenAI failed batch ${batchId ?? ''} (part ${part.part}): ${reason?.message ?? 'no reason given'}`,
       );
     }
     return { outputs, errors, skippedOutputs, resubmitted, malformed, ignored, usage };
@@ -179,15 +179,10 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
         await resend(request.json, request.line);
         continue;
       }
-      await writeError(
-        errorItem({
-          stage: 'openai',
-          id: request.customId,
-          line: request.line,
-          batchId,
-          code: 'missing_result',
-          message: `OpenAI returned no result for this request in batch ${batchId ?? ''} (part ${part.part}) and resubmits are used up`,
-        }),
+      await requestFailed(
+        request,
+        'missing_result',
+        `OpenAI returned no result for this request in batch ${batchId ?? ''} (part ${part.part}) and resubmits are used up`,
       );
     }
   }

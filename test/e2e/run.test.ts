@@ -15,6 +15,7 @@ import {
   runLocally,
   startLocalEnvironment,
 } from '../../local/runner';
+import { withEmulator } from '../support/targets';
 
 const fixture = (name: string) => new URL(`../fixtures/works/${name}.ts`, import.meta.url).pathname;
 
@@ -162,11 +163,7 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
       models: ['gpt-4o-mini'],
     });
     try {
-      const target = {
-        ...env,
-        emulator: restricted,
-        openai: { baseURL: restricted.url, apiKey: 'sk-local' },
-      };
+      const target = withEmulator(env, restricted);
       await putDataset(
         'inputs/unknown/records.jsonl',
         Array.from({ length: 12 }, (_, i) => ({ id: i, content: `x${i}` })),
@@ -199,7 +196,7 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
       completionWindowMs: 1000,
     });
     try {
-      const target = { ...env, emulator: slow, openai: { baseURL: slow.url, apiKey: 'sk-local' } };
+      const target = withEmulator(env, slow);
       await putDataset(
         'inputs/e2e-chat/expiring.jsonl',
         Array.from({ length: 30 }, (_, i) => ({ id: `x${i}`, content: `q${i}` })),
@@ -227,7 +224,7 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
       tickMs: 10,
     });
     try {
-      const target = { ...env, emulator: slow, openai: { baseURL: slow.url, apiKey: 'sk-local' } };
+      const target = withEmulator(env, slow);
       await putDataset(
         'inputs/e2e-chat/cancel.jsonl',
         Array.from({ length: 30 }, (_, i) => ({ id: `k${i}`, content: `q${i}` })),
@@ -272,7 +269,7 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
       tickMs: 10,
     });
     try {
-      const target = { ...env, emulator: flaky, openai: { baseURL: flaky.url, apiKey: 'sk-local' } };
+      const target = withEmulator(env, flaky);
       flaky.faults.next('drop_after', { method: 'POST', path: /\/files$/ }); // stored, answer lost
       flaky.faults.next('drop_after', { method: 'POST', path: /\/batches$/ }); // created, answer lost
       flaky.faults.next('error_after', { method: 'POST', path: /\/batches$/ }); // created, answered 500

@@ -10,6 +10,7 @@ import { loadWork } from '../../infra/works';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { withEmulator } from '../support/targets';
 
 /** The escape sequence status --watch redraws with: cursor up N lines, clear to the end. */
 const REDRAW = new RegExp(`${String.fromCharCode(27)}\\[\\d+F${String.fromCharCode(27)}\\[J`);
@@ -135,7 +136,7 @@ describe('status, results and cancel against the stand-ins', () => {
       cancellingMs: 200,
       tickMs: 20,
     });
-    const target = { ...env, emulator: slow, openai: { baseURL: slow.url, apiKey: 'sk-local' } };
+    const target = withEmulator(env, slow);
     const running = startRun('stopped', 120, target).finally(() => slow.stop());
     for (;;) {
       const status = await cli(['status', 'stopped', ...args]);

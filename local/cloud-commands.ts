@@ -9,6 +9,7 @@ import { S3BlobStore } from '../functions/adapters/s3-blob-store';
 import { ConfigError } from '../functions/core/errors';
 import type { Part, Run } from '../functions/core/run';
 import { runCounts } from '../functions/core/summary';
+import { updateRun } from '../functions/steps/runs';
 
 /** Where a deployed work is, and how to reach it. */
 export interface CloudOptions {
@@ -188,7 +189,7 @@ export async function cancelRun(
     print(`run ${runId} has already ended (${run.status}); nothing to cancel.`);
     return;
   }
-  await cloud.runs.putRun({ ...run, cancelRequested: true });
+  await updateRun(cloud.runs, runId, (r) => ({ ...r, cancelRequested: true }));
   const active = (await cloud.runs.listParts(runId)).filter(
     (p) => p.status === 'active' || p.status === 'submitting',
   ).length;

@@ -13,6 +13,7 @@ import {
 import { newPart, type Part, type Run, runKeys } from '../core/run';
 import type { StepDeps } from './deps';
 import { runOf } from './prepare';
+import { updateRun } from './runs';
 import { LazyJsonl, StoredParts } from './storage';
 
 /** What Tick answers: small, for the state. */
@@ -107,11 +108,11 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
     const canResubmit = (p: Part) => !run.cancelRequested && p.generation < deps.work.settings.maxResubmits;
     const needChild = collecting.filter((p) => canResubmit(p) && p.childPart === null);
     if (needChild.length > 0) {
-      let nextPart = run.checkpoint.nextPart;
-      run = await deps.runs.putRun({
-        ...run,
-        checkpoint: { ...run.checkpoint, nextPart: nextPart + needChild.length },
-      });
+      run = await updateRun(deps.runs, run.runId, (r) => ({
+        ...r,
+        checkpoint: { ...r.checkpoint, nextPart: r.checkpoint.nextPart + needChild.length },
+      }));
+      let nextPart = run.checkpoint.nextPart - needChild.length;
       for (const part of needChild) await save({ ...part, childPart: nextPart++ });
     }
     // Each loop does at least one piece of work before it looks at the clock, so every tick progresses.
@@ -137,7 +138,12 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
   const all = [...parts.values()];
   const done = run.prepared && allDone(all);
   const waitSeconds = done ? 0 : nextWait(all, moved, run.waitSeconds, deps.work.settings, deps.now());
-  run = await deps.runs.putRun({ ...run, ticks: run.ticks + 1, waitSeconds, updatedAt: deps.now() });
+  run = await updateRun(deps.runs, run.runId, (r) => ({
+    ...r,
+    ticks: r.ticks + 1,
+    waitSeconds,
+    updatedAt: deps.now(),
+  }));
   deps.metric(
     'MinutesWithoutProgress',
     Math.floor(Math.max(0, ...all.map((p) => stalledFor(p, deps.now()))) / 60_000),

@@ -1,0 +1,24 @@
+import { InvariantError } from '../core/errors';
+import { ConflictError, type RunStore } from '../core/ports';
+import type { Run } from '../core/run';
+
+/**
+ * Applies a change to the run as it stands, reading it again and re-applying the change when another
+ * writer (a tick, a cancel) got there first. The change must be a function of the run it is given.
+ */
+export async function updateRun(
+  runs: RunStore,
+  runId: string,
+  change: (run: Run) => Run,
+  attempts = 8,
+): Promise<Run> {
+  for (let attempt = 1; ; attempt++) {
+    const run = await runs.getRun(runId);
+    if (!run) throw new InvariantError(`run ${runId} does not exist`);
+    try {
+      return await runs.putRun(change(run));
+    } catch (caught) {
+      if (!(caught instanceof ConflictError) || attempt >= attempts) throw caught;
+    }
+  }
+}

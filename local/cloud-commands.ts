@@ -270,7 +270,15 @@ export async function showStatus(
   }
   let drawn = 0;
   let last = '';
+  // A watcher started right after `start` may look before the run is registered: it waits a minute for it.
+  const registeredBy = Date.now() + 60_000;
   for (;;) {
+    if (options.watch && Date.now() < registeredBy && !(await cloud.runs.getRun(runId))) {
+      if (drawn === 0 && last === '') out.write(`waiting for run ${runId} to start...\n`);
+      last = 'waiting';
+      await new Promise((r) => setTimeout(r, options.intervalMs ?? 5000));
+      continue;
+    }
     const run = await runOf(cloud, runId);
     const lines = statusLines(run, await cloud.runs.listParts(runId), Date.now());
     const frame = lines.join('\n');

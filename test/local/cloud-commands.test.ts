@@ -90,8 +90,14 @@ afterAll(async () => {
 
 describe('status, results and cancel against the stand-ins', () => {
   it('status --watch draws progress bars in place on a terminal and finishes them', async () => {
-    const running = startRun('watched', 80);
-    await new Promise((r) => setTimeout(r, 500));
+    // 8 requests a second a batch: the run lasts about 5 s, so the watcher sees it under way.
+    const slow = await startEmulator({
+      validationMs: 50,
+      requestsPerSecond: 8,
+      finalizingMs: 20,
+      tickMs: 20,
+    });
+    const running = startRun('watched', 80, withEmulator(env, slow)).finally(() => slow.stop());
     const { code, stdout } = await cli(['status', 'watched', '--watch', '--interval', '0.2', ...args], true);
     await running;
     expect(code).toBe(0);

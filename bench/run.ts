@@ -59,3 +59,28 @@ console.log(
   '\nemulator: one 50,000-request chat batch, streamed upload and download with the official client:',
 );
 console.table(emulatorFigures);
+
+const cost = JSON.parse(
+  execFileSync(process.execPath, ['--import', 'tsx', 'bench/orchestration-cost.ts'], { encoding: 'utf8' })
+    .trim()
+    .split('\n')
+    .at(-1) ?? '{}',
+) as {
+  usdPer1MRequests: number;
+  naiveUsdPer1MRequests: number;
+  ticks: number;
+  transitions: number;
+  simulatedHours: number;
+};
+console.log(
+  '\norchestration cost (AWS side) of a million requests: 20 batches OpenAI takes 20 hours to finish:',
+);
+console.table({
+  reconciler: {
+    'USD per 1M requests': cost.usdPer1MRequests,
+    ticks: cost.ticks,
+    'state transitions': cost.transitions,
+  },
+  'naive (Map branch per batch, 1-minute polls)': { 'USD per 1M requests': cost.naiveUsdPer1MRequests },
+});
+console.log(`goal: at most $0.05 per million requests (simulated ${cost.simulatedHours} h)`);

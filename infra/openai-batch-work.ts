@@ -58,7 +58,7 @@ export interface OpenAIBatchWorkProps {
 }
 
 /** Memory and timeout per state: Prepare and Tick stream files and upload parts of up to 200 MB. */
-const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }> = {
+export const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }> = {
   Register: { memorySize: 512, timeout: Duration.minutes(5) },
   Prepare: { memorySize: 1024, timeout: Duration.minutes(6) }, // memory: partMemory(maxBytesPerBatch)
   Tick: { memorySize: 1024, timeout: Duration.minutes(6) }, // memory: partMemory(maxBytesPerBatch)

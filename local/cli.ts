@@ -1,11 +1,16 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { messageOf } from '../functions/core/errors';
-import { loadWork } from '../infra/works';
-import { type CloudOptions, cancelRun, downloadResults, showStatus, startRun } from './cloud-commands';
+import type { CloudOptions } from './cloud-commands';
 import { FAULT_KINDS, type FaultKind } from './emulator/faults';
-import { startEmulator } from './emulator/server';
-import { estimate } from './estimate';
-import { localCommand } from './local-command';
+
+// Each command loads its own modules when it runs: the emulator alone should not load the CDK.
+const commands = {
+  cloud: () => import('./cloud-commands'),
+  emulator: () => import('./emulator/server'),
+  estimate: () => import('./estimate'),
+  local: () => import('./local-command'),
+  works: () => import('../infra/works'),
+};
 
 /** The example work and the dataset the demo runs it over. */
 const DEMO = {
@@ -81,6 +86,7 @@ export function cli(): Command {
       if (Boolean(opts.webhookUrl) !== Boolean(opts.webhookSecret)) {
         program.error('--webhook-url and --webhook-secret go together');
       }
+      const { startEmulator } = await commands.emulator();
       const emulator = await startEmulator({
         port: opts.port,
         ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
@@ -132,6 +138,7 @@ export function cli(): Command {
     )
     .option('--run-id <id>', 'name of the run (default <work>-<time>)')
     .action(async (workFile: string, dataset: string, opts) => {
+      const { localCommand } = await commands.local();
       const result = await localCommand(workFile, dataset, {
         ...(opts.out ? { out: opts.out } : {}),
         ...(opts.openaiBaseUrl ? { openaiBaseUrl: opts.openaiBaseUrl } : {}),
@@ -150,6 +157,7 @@ export function cli(): Command {
     )
     .option('--out <dir>', 'where the results go (default openai-batch-out/<run id>, new for each run)')
     .action(async (opts) => {
+      const { localCommand } = await commands.local();
       const result = await localCommand(DEMO.work, DEMO.dataset, {
         ...(opts.out ? { out: opts.out } : {}),
         runId: `demo-${Date.now().toString(36)}`,
@@ -169,10 +177,10 @@ export function cli(): Command {
     .option('--json', 'print the estimate as JSON')
     .action(async (workFile: string, dataset: string, opts) => {
       try {
-        const { work } = await loadWork(workFile);
-        const { datasetFiles } = await import('./local-command');
+        const { work } = await (await commands.works()).loadWork(workFile);
+        const { datasetFiles } = await commands.local();
         const [file] = datasetFiles(dataset);
-        const figures = await estimate(work, file ?? dataset);
+        const figures = await (await commands.estimate()).estimate(work, file ?? dataset);
         if (opts.json) {
           console.log(JSON.stringify(figures, null, 2));
           return;
@@ -249,8 +257,11 @@ export function cli(): Command {
     .option('--run-id <id>', 'the execution name, which is the run id')
     .action((work: string, dataset: string, opts) =>
       guarded(async () => {
-        await startRun(work, dataset, { ...cloud(opts), ...(opts.runId ? { runId: opts.runId } : {}) }, (l) =>
-          console.log(l),
+        await (await commands.cloud()).startRun(
+          work,
+          dataset,
+          { ...cloud(opts), ...(opts.runId ? { runId: opts.runId } : {}) },
+          (l) => console.log(l),
         );
         return 0;
       })(),
@@ -264,8 +275,8 @@ export function cli(): Command {
     .option('--watch', 'redraw until the run ends')
     .option('--interval <seconds>', 'seconds between two redraws', (v) => Number(v), 5)
     .action((runId: string | undefined, opts) =>
-      guarded(() =>
-        showStatus(
+      guarded(async () =>
+        (await commands.cloud()).showStatus(
           runId,
           { ...cloud(opts), watch: Boolean(opts.watch), intervalMs: opts.interval * 1000 },
           { write: (t) => process.stdout.write(t), isTTY: Boolean(process.stdout.isTTY) },
@@ -279,7 +290,9 @@ export function cli(): Command {
     .option('--out <dir>', 'where to put outputs.jsonl, errors.jsonl and summary.json (default ./<run-id>)')
     .action((runId: string, opts) =>
       guarded(async () => {
-        await downloadResults(runId, opts.out ?? runId, cloud(opts), (l) => console.log(l));
+        await (await commands.cloud()).downloadResults(runId, opts.out ?? runId, cloud(opts), (l) =>
+          console.log(l),
+        );
         return 0;
       })(),
     );
@@ -291,7 +304,7 @@ export function cli(): Command {
     .argument('<run-id>')
     .action((runId: string, opts) =>
       guarded(async () => {
-        await cancelRun(runId, cloud(opts), (l) => console.log(l));
+        await (await commands.cloud()).cancelRun(runId, cloud(opts), (l) => console.log(l));
         return 0;
       })(),
     );

@@ -50,12 +50,8 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
     const saved = await deps.runs.putPart(run.runId, part);
     if (!saved) return null;
     parts.set(saved.part, saved);
-    const progressed =
-      !before ||
-      ['status', 'batchStatus', 'completed', 'failed'].some(
-        (k) => before[k as keyof Part] !== saved[k as keyof Part],
-      );
-    if (progressed) moved = true;
+    // Only a change of state resets the wait to the shortest: counts creeping up do not.
+    if (!before || before.status !== saved.status || before.batchStatus !== saved.batchStatus) moved = true;
     return saved;
   };
 
@@ -100,7 +96,8 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
     // 2. Batches in flight.
     for (const part of [...parts.values()].filter((p) => p.status === 'active' && p.batchId)) {
       const batch = await api.getBatch(part.batchId ?? '');
-      await save(observe(part, batch, deps.now()));
+      const seen = observe(part, batch, deps.now());
+      if (worthWriting(part, seen, deps.now(), deps.work.settings.minPollSeconds * 1000)) await save(seen);
     }
 
     // 3. Finished batches: reserve resubmission part numbers first, so a collect run again reuses them.
@@ -152,6 +149,16 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
   for (const p of all) counts[p.status] += 1;
   deps.log('tick', { runId: run.runId, ...counts, waitSeconds, runDone: done });
   return { done, waitSeconds, continueAsNew: !done && run.ticks >= deps.maxTicksPerExecution };
+}
+
+/**
+ * Whether a polled part is worth a write: a change of state always is; counts that moved once the last
+ * write is at least the shortest poll old (fresh progress bars, at most a write a batch a poll).
+ */
+export function worthWriting(before: Part, after: Part, now: number, minIntervalMs: number): boolean {
+  if (before.status !== after.status || before.batchStatus !== after.batchStatus) return true;
+  if (before.completed === after.completed && before.failed === after.failed) return false;
+  return now - (before.lastProgressAt ?? 0) >= minIntervalMs;
 }
 
 /** Sends a pending part: intent first, then the file (once), then the batch, recording each answer. */

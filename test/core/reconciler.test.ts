@@ -180,3 +180,15 @@ describe('finding a lost batch', () => {
     expect(allDone([part({ status: 'done' }), part({ status: 'collecting' })])).toBe(false);
   });
 });
+
+describe('worthWriting', () => {
+  it('writes a change of state at once, and moving counts at most once a shortest poll', async () => {
+    const { worthWriting } = await import('../../functions/steps/tick');
+    const before = part({ batchStatus: 'in_progress', completed: 3, lastProgressAt: 1000 });
+    expect(worthWriting(before, { ...before, batchStatus: 'finalizing' }, 1001, 30_000)).toBe(true);
+    expect(worthWriting(before, { ...before, status: 'collecting' }, 1001, 30_000)).toBe(true);
+    expect(worthWriting(before, { ...before }, 999_999, 30_000)).toBe(false);
+    expect(worthWriting(before, { ...before, completed: 9 }, 30_999, 30_000)).toBe(false);
+    expect(worthWriting(before, { ...before, completed: 9 }, 31_000, 30_000)).toBe(true);
+  });
+});

@@ -1,0 +1,185 @@
+/**
+ * What the AWS side of a run costs, from counts measured while the real state machine runs locally over
+ * a simulated batch lifetime: 20 batches (a million requests at 50,000 a batch) that OpenAI takes 20
+ * hours to finish. The emulator and the steps share a manual clock that jumps by the wait each Tick
+ * chose, so a day passes in seconds while every Task, state transition and DynamoDB request is real.
+ * Prints one JSON line. Compared with the naive design: one Map branch per batch, polling every minute.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { defineWork } from '../functions/core/work';
+import { createHandlers } from '../functions/handlers';
+import { partMemory, SIZING } from '../infra/openai-batch-work';
+import { TASKS, type TaskName } from '../infra/state-machine';
+import { synthesizeDefinition } from '../local/definition';
+import { ManualClock } from '../local/emulator/clock';
+import { executeLocally } from '../local/execute';
+import { localDeps, RecordingNotifier, startLocalEnvironment } from '../local/runner';
+import { AWS_PRICES, S3_PUT_CLASS } from './aws-prices';
+
+const BATCHES = 20;
+const REQUESTS_PER_BATCH = 200; // stands for 50,000: the orchestration does not depend on a batch's size
+const HOURS_ON_OPENAI = 20;
+const withWebhooks = process.argv.includes('--webhooks');
+
+const dir = mkdtempSync(join(tmpdir(), 'openai-batch-cost-'));
+const clock = new ManualClock(Date.UTC(2026, 0, 1));
+const env = await startLocalEnvironment(dir, {
+  kind: 'emulator',
+  options: {
+    clock,
+    tickMs: 0,
+    validationMs: 10 * 60_000,
+    finalizingMs: 5 * 60_000,
+    requestsPerSecond: REQUESTS_PER_BATCH / (HOURS_ON_OPENAI * 3600),
+    seed: 1,
+  },
+});
+
+const s3Calls = new Map<string, number>();
+const dynamo = { read: 0, write: 0 };
+env.s3.client.middlewareStack.add(
+  (next, context) => async (args) => {
+    const name = (context as { commandName?: string }).commandName ?? 'unknown';
+    s3Calls.set(name, (s3Calls.get(name) ?? 0) + 1);
+    return next(args);
+  },
+  { step: 'initialize', name: 'countS3' },
+);
+const READS = new Set([
+  'GetItemCommand',
+  'QueryCommand',
+  'BatchGetItemCommand',
+  'ScanCommand',
+  'TransactGetItemsCommand',
+]);
+env.dynamo.client.middlewareStack.add(
+  (next, context) => async (args) => {
+    const input = args.input as Record<string, unknown>;
+    input.ReturnConsumedCapacity = 'TOTAL';
+    const result = await next(args);
+    const consumed = (result.output as { ConsumedCapacity?: unknown }).ConsumedCapacity;
+    const units = (
+      (Array.isArray(consumed) ? consumed : [consumed]) as ({ CapacityUnits?: number } | undefined)[]
+    ).reduce((n, c) => n + (c?.CapacityUnits ?? 0), 0);
+    if (READS.has((context as { commandName?: string }).commandName ?? '')) dynamo.read += units;
+    else dynamo.write += units;
+    return result;
+  },
+  { step: 'initialize', name: 'countDynamo' },
+);
+
+const work = defineWork({
+  name: 'cost',
+  model: 'gpt-4o-mini',
+  maxRequestsPerBatch: REQUESTS_PER_BATCH,
+  maxActiveBatches: BATCHES,
+  minPollSeconds: 30,
+  maxPollSeconds: 900,
+});
+const loaded = { work, module: new URL('../works/example.ts', import.meta.url).pathname };
+const { definition } = await synthesizeDefinition(loaded);
+const records = Array.from({ length: BATCHES * REQUESTS_PER_BATCH }, (_, i) =>
+  JSON.stringify({ id: `r${i}`, messages: [{ role: 'user', content: `question ${i}` }] }),
+);
+await env.s3.client.send(
+  new PutObjectCommand({ Bucket: env.s3.bucket, Key: 'inputs/cost.jsonl', Body: records.join('\n') }),
+);
+
+const deps = { ...localDeps(env, work, {}, new RecordingNotifier()), now: () => clock.now() };
+const handlers = createHandlers(deps, async () => {});
+const invocations = Object.fromEntries(TASKS.map((t) => [t, { count: 0, ms: 0 }])) as Record<
+  TaskName,
+  { count: number; ms: number }
+>;
+let lastWait = 0;
+const timed = Object.fromEntries(
+  TASKS.map((name) => [
+    name,
+    async (event: unknown) => {
+      if (name === 'Tick') {
+        clock.advance(lastWait * 1000); // the Wait before this Tick, in simulated time
+        await env.emulator?.settle();
+      }
+      const started = performance.now();
+      const result = await handlers[name](event);
+      invocations[name].count += 1;
+      invocations[name].ms += Math.max(1, Math.ceil(performance.now() - started));
+      if (name === 'Tick') lastWait = (result as { waitSeconds: number }).waitSeconds;
+      return result;
+    },
+  ]),
+) as typeof handlers;
+
+let transitions = 0;
+const wallStarted = performance.now();
+const simulatedStart = clock.now();
+await executeLocally(
+  definition,
+  timed,
+  { dataset: 'inputs/cost.jsonl' },
+  { executionName: 'cost', waitMs: 0, onState: () => (transitions += 1) },
+);
+await new Promise((r) => setTimeout(r, 50)); // let the event log drain
+const simulatedHours = (clock.now() - simulatedStart) / 3_600_000;
+
+let lambdaUsd = 0;
+let lambdaGbSeconds = 0;
+for (const name of TASKS) {
+  const { count, ms } = invocations[name];
+  const memoryMb =
+    name === 'Prepare' || name === 'Tick'
+      ? partMemory(work.settings.maxBytesPerBatch)
+      : SIZING[name].memorySize;
+  const gbSeconds = (memoryMb / 1024) * (ms / 1000);
+  lambdaGbSeconds += gbSeconds;
+  lambdaUsd += gbSeconds * AWS_PRICES.lambdaGbSecondArm + count * AWS_PRICES.lambdaRequest;
+}
+let s3Usd = 0;
+for (const [name, count] of s3Calls)
+  s3Usd += count * (S3_PUT_CLASS.has(name) ? AWS_PRICES.s3Put : AWS_PRICES.s3Get);
+// At real size a 50,000-request part is ~50 MB: its request, output and error files go up in 5 MiB pieces.
+const multipartAtScale = BATCHES * 3 * 10 * AWS_PRICES.s3Put;
+const transitionsUsd = transitions * AWS_PRICES.stateTransition;
+const dynamoUsd = dynamo.read * AWS_PRICES.dynamoReadUnit + dynamo.write * AWS_PRICES.dynamoWriteUnit;
+const total = transitionsUsd + lambdaUsd + s3Usd + multipartAtScale + dynamoUsd;
+
+// The naive design: a Map branch per batch, each polling once a minute for the batch's lifetime (Wait,
+// Task, Choice a poll), with a 128 MB Lambda as long as our average Tick.
+const ticks = invocations.Tick;
+const pollMs = ticks.count > 0 ? ticks.ms / ticks.count : 100;
+const polls = BATCHES * HOURS_ON_OPENAI * 60;
+const naive =
+  polls *
+  (3 * AWS_PRICES.stateTransition +
+    AWS_PRICES.lambdaRequest +
+    (128 / 1024) * (pollMs / 1000) * AWS_PRICES.lambdaGbSecondArm);
+
+await env.stop();
+rmSync(dir, { recursive: true, force: true });
+const round = (usd: number) => Number(usd.toFixed(5));
+console.log(
+  JSON.stringify({
+    batches: BATCHES,
+    simulatedHours: Number(simulatedHours.toFixed(1)),
+    wallSeconds: Number(((performance.now() - wallStarted) / 1000).toFixed(1)),
+    webhooks: withWebhooks,
+    ticks: ticks.count,
+    transitions,
+    lambdaInvocations: Object.values(invocations).reduce((n, i) => n + i.count, 0),
+    lambdaGbSeconds: Number(lambdaGbSeconds.toFixed(2)),
+    dynamoReadUnits: Math.round(dynamo.read),
+    dynamoWriteUnits: Math.round(dynamo.write),
+    s3Requests: [...s3Calls.values()].reduce((a, b) => a + b, 0),
+    usd: {
+      stepFunctions: round(transitionsUsd),
+      lambda: round(lambdaUsd),
+      dynamodb: round(dynamoUsd),
+      s3: round(s3Usd + multipartAtScale),
+    },
+    usdPer1MRequests: round(total),
+    naiveUsdPer1MRequests: round(naive),
+  }),
+);

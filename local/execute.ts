@@ -12,6 +12,8 @@ export interface ExecuteOptions {
   readonly retryMs?: number;
   /** Called with each state entered, for progress. */
   readonly onState?: (state: string) => void;
+  /** Called with each state's output as it exits (to check what the state carries). */
+  readonly onOutput?: (state: string, output: unknown) => void;
 }
 
 /** The local ARN of the state machine, as the definition sees it in `$$.StateMachine.Id`. */
@@ -49,10 +51,11 @@ export async function executeLocally(
       StateMachine: { Id: LOCAL_STATE_MACHINE_ARN, Name: 'local' },
     } as never,
   });
-  if (options.onState) {
+  if (options.onState || options.onOutput) {
     void (async () => {
       for await (const event of execution.eventLogs) {
         if (event.type === 'StateEntered') options.onState?.(event.state.name);
+        if (event.type === 'StateExited') options.onOutput?.(event.state.name, event.state.output);
       }
     })();
   }

@@ -87,6 +87,7 @@ export interface LocalRunOptions {
   readonly lostCreateGraceMs?: number;
   readonly log?: Log;
   readonly onState?: (state: string) => void;
+  readonly onOutput?: (state: string, output: unknown) => void;
   /** Replace a port, to record or break calls in tests. */
   readonly wrap?: {
     readonly blobs?: (store: BlobStore) => BlobStore;
@@ -163,6 +164,7 @@ export async function runLocally(
       executionName: name,
       ...(options.waitMs === null ? {} : { waitMs: options.waitMs ?? 50 }),
       ...(options.onState ? { onState: options.onState } : {}),
+      ...(options.onOutput ? { onOutput: options.onOutput } : {}),
     })) as Record<string, unknown>;
     const continued = next.shift();
     if (!continued) return { runId, output, executions, notifier };

@@ -339,6 +339,33 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
     expect((await summaryOf('long-1')).counts).toMatchObject({ records: 80, outputs: 80 });
   });
 
+  it('carries ids and counts in the state, never records: its size does not grow with the dataset', async () => {
+    const largest = async (records: number, runId: string) => {
+      await putDataset(
+        `inputs/e2e-chat/${runId}.jsonl`,
+        Array.from({ length: records }, (_, i) => ({
+          id: `${runId}-${i}`,
+          content: `a question of some length, number ${i}`,
+        })),
+      );
+      let max = 0;
+      let states = 0;
+      await run('chat', `inputs/e2e-chat/${runId}.jsonl`, runId, {
+        onOutput: (_, output) => {
+          states += 1;
+          max = Math.max(max, Buffer.byteLength(JSON.stringify(output)));
+        },
+      });
+      await new Promise((r) => setTimeout(r, 50)); // the event log drains after the result
+      expect(states).toBeGreaterThan(5);
+      return max;
+    };
+    const small = await largest(5, 'payload-small');
+    const large = await largest(300, 'payload-large');
+    expect(large).toBeLessThan(2048); // far below Step Functions' 256 KiB
+    expect(Math.abs(large - small)).toBeLessThan(64); // only longer ids and counts
+  });
+
   it('prepares a dataset over several steps when the time budget runs out, losing nothing', async () => {
     await putDataset(
       'inputs/e2e-chat/steps.jsonl',

@@ -53,6 +53,12 @@ export interface OpenAIBatchWorkProps {
   readonly stuckBatchAlarmAfter?: Duration;
   /** Ticks one execution runs before the run continues in a new one (the 25,000-event history). @default 1500 */
   readonly maxTicksPerExecution?: number;
+  /**
+   * Memory of the Prepare function in MB. Prepare holds a custom_id registry of about 18 bytes a record
+   * at its peak: the default suits runs of up to about 20 million records; give more for larger ones
+   * (10,240 at most: about 500 million). @default partMemory(maxBytesPerBatch), 875 for the default parts
+   */
+  readonly prepareMemoryMb?: number;
   /** Log retention of the functions and the state machine. @default logs.RetentionDays.ONE_MONTH */
   readonly logRetention?: logs.RetentionDays;
 }
@@ -110,6 +116,14 @@ export class OpenAIBatchWork extends Construct {
     super(scope, id);
     if (props.topic && props.notificationEmail)
       throw new Error('OpenAIBatchWork: give either topic or notificationEmail, not both');
+    if (
+      props.prepareMemoryMb !== undefined &&
+      !(props.prepareMemoryMb >= 128 && props.prepareMemoryMb <= 10_240)
+    ) {
+      throw new Error(
+        `OpenAIBatchWork: prepareMemoryMb must be between 128 and 10240 (got ${props.prepareMemoryMb})`,
+      );
+    }
     if (props.bucket && props.serverAccessLogsBucket)
       throw new Error(
         'OpenAIBatchWork: serverAccessLogsBucket applies only to a bucket this construct creates',
@@ -155,6 +169,7 @@ export class OpenAIBatchWork extends Construct {
         ...(name === 'Prepare' || name === 'Tick'
           ? { memorySize: partMemory(settings.maxBytesPerBatch) }
           : {}),
+        ...(name === 'Prepare' && props.prepareMemoryMb ? { memorySize: props.prepareMemoryMb } : {}),
         ...(props.logRetention ? { logRetention: props.logRetention } : {}),
       });
     }

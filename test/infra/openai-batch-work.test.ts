@@ -103,6 +103,15 @@ describe('OpenAIBatchWork', () => {
     const small = defineWork({ name: 'small', model: 'm', maxBytesPerBatch: 10_000_000 });
     expect(memory(synth({ work: small }).template)).toEqual(expect.arrayContaining([['WorkTick', 532]]));
     expect(partMemory(200_000_000)).toBe(894);
+    expect(memory(synth({ prepareMemoryMb: 4096 }).template)).toEqual(
+      expect.arrayContaining([
+        ['WorkPrepare', 4096],
+        ['WorkTick', 875],
+      ]),
+    );
+    expect(() => synth({ prepareMemoryMb: 20_000 })).toThrow(
+      /prepareMemoryMb must be between 128 and 10240 \(got 20000\)/,
+    );
   });
 
   it('logs and traces the state machine, and gives it a timeout', () => {

@@ -84,3 +84,34 @@ console.table({
   'naive (Map branch per batch, 1-minute polls)': { 'USD per 1M requests': cost.naiveUsdPer1MRequests },
 });
 console.log(`goal: at most $0.05 per million requests (simulated ${cost.simulatedHours} h)`);
+
+const paths = ['prepare', 'collect'].map(
+  (mode) =>
+    JSON.parse(
+      execFileSync(process.execPath, ['--import', 'tsx', 'bench/paths.ts', mode, String(100e6)], {
+        encoding: 'utf8',
+      })
+        .trim()
+        .split('\n')
+        .at(-1) ?? '{}',
+    ) as {
+      mode: string;
+      records: number;
+      recordsPerSecond: number;
+      baselineRatio: number;
+      peakRssMiB: number;
+    },
+);
+console.log(
+  '\nprepare and collect through S3 (s3rver in the same process), 100 MB, beside a raw read of the same objects:',
+);
+console.table(
+  paths.map((p) => ({
+    path: p.mode,
+    records: p.records,
+    'records/s': p.recordsPerSecond,
+    'ratio to raw read': p.baselineRatio,
+    'peak RSS MiB': p.peakRssMiB,
+  })),
+);
+console.log('goal: a ratio of at least 0.5 (see BENCHMARKS.md for what bounds it)');

@@ -13,13 +13,11 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
+import { INTERMEDIATE_TAG } from '../functions/adapters/s3-blob-store';
 import { API_KEY_PLACEHOLDER } from '../functions/adapters/secret';
 import type { WorkSettings } from '../functions/core/work';
 import { BatchFunction } from './batch-function';
 import { runDefinition, TASKS, type TaskName } from './state-machine';
-
-/** The tag on intermediate objects (request files, checkpoints) that the lifecycle rule expires. */
-export const INTERMEDIATE_TAG = { key: 'openai-batch-intermediate', value: 'true' } as const;
 
 /** Props of {@link OpenAIBatchWork}. */
 export interface OpenAIBatchWorkProps {
@@ -304,7 +302,7 @@ export class OpenAIBatchWork extends Construct {
     f.Tick.allow(['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], table);
     f.Tick.allow(['secretsmanager:GetSecretValue'], secret);
 
-    f.Finalize.allow(write, [objects]);
+    f.Finalize.allow(['s3:PutObject', 's3:AbortMultipartUpload'], [objects]); // the summary: never intermediate
     f.Finalize.allow(
       ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
       table,

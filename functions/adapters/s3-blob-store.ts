@@ -9,6 +9,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import type { BlobInfo, BlobStore } from '../core/ports';
+import { isIntermediateKey } from '../core/run';
 
 /** True for S3's "no such key" in its several shapes. */
 function isMissing(caught: unknown): boolean {
@@ -17,6 +18,9 @@ function isMissing(caught: unknown): boolean {
     error?.name === 'NoSuchKey' || error?.name === 'NotFound' || error?.$metadata?.httpStatusCode === 404
   );
 }
+
+/** The tag on intermediate objects (request files, checkpoints) that the bucket's lifecycle rule expires. */
+export const INTERMEDIATE_TAG = { key: 'openai-batch-intermediate', value: 'true' } as const;
 
 /**
  * A {@link BlobStore} on one S3 bucket: streamed reads (from a byte offset), streamed multipart writes
@@ -58,6 +62,10 @@ export class S3BlobStore implements BlobStore {
       params: { Bucket: this.bucket, Key: key, Body: Readable.from(counted()) },
       partSize: 5 * 1024 * 1024,
       queueSize: 1,
+      // Tagged after the upload (PutObjectTagging), so that the lifecycle rule expires what CleanUp left.
+      ...(isIntermediateKey(key)
+        ? { tags: [{ Key: INTERMEDIATE_TAG.key, Value: INTERMEDIATE_TAG.value }] }
+        : {}),
     });
     await upload.done();
     return bytes;

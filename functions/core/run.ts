@@ -162,6 +162,11 @@ export const RunSchema = z.object({
 /** The run record. */
 export type Run = z.infer<typeof RunSchema>;
 
+/** True for a run's intermediate objects (request files, checkpoints), which a lifecycle rule may expire. */
+export function isIntermediateKey(key: string): boolean {
+  return /^runs\/[^/]+\/(requests|state)\//.test(key);
+}
+
 /** The S3 keys of a run. */
 export const runKeys = (runId: string) => ({
   prefix: `runs/${runId}/`,

@@ -35,6 +35,7 @@ const ACTIONS: Record<
   GetObjectCommand: { action: 's3:GetObject', on: 'objects' },
   HeadObjectCommand: { action: 's3:GetObject', on: 'objects' },
   PutObjectCommand: { action: 's3:PutObject', on: 'objects' },
+  PutObjectTaggingCommand: { action: 's3:PutObjectTagging', on: 'objects' },
   CreateMultipartUploadCommand: { action: 's3:PutObject', on: 'objects' },
   UploadPartCommand: { action: 's3:PutObject', on: 'objects' },
   CompleteMultipartUploadCommand: { action: 's3:PutObject', on: 'objects' },

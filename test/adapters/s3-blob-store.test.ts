@@ -1,0 +1,50 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GetObjectTaggingCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
+import { runKeys } from '../../functions/core/run';
+import { writeAll } from '../../functions/steps/storage';
+import { type LocalS3, startS3 } from '../../local/stand-ins';
+import { chunksOf, collect } from '../support/streams';
+
+let s3: LocalS3;
+let dir: string;
+let blobs: S3BlobStore;
+const tags = async (key: string) =>
+  (await s3.client.send(new GetObjectTaggingCommand({ Bucket: s3.bucket, Key: key }))).TagSet ?? [];
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'openai-batch-blobs-'));
+  s3 = await startS3(dir, 'blobs');
+  blobs = new S3BlobStore(s3.client, s3.bucket);
+});
+
+afterAll(async () => {
+  await s3?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('S3BlobStore', () => {
+  it('tags request files and checkpoints for the lifecycle rule, and leaves results and datasets untagged', async () => {
+    const keys = runKeys('run-1');
+    const intermediate = 'openai-batch-intermediate';
+    await blobs.write(keys.requests(0), chunksOf('{"custom_id":"a"}\n'));
+    await writeAll(blobs, keys.ids(0, 1), new Uint8Array(16));
+    await blobs.write(keys.outputs(0), chunksOf('{"id":"a"}\n'));
+    await writeAll(blobs, keys.summary, '{}');
+    await blobs.write('inputs/w/data.jsonl', chunksOf('{}\n'));
+    expect(await tags(keys.requests(0))).toEqual([{ Key: intermediate, Value: 'true' }]);
+    expect(await tags(keys.ids(0, 1))).toEqual([{ Key: intermediate, Value: 'true' }]);
+    expect(await tags(keys.outputs(0))).toEqual([]);
+    expect(await tags(keys.summary)).toEqual([]);
+    expect(await tags('inputs/w/data.jsonl')).toEqual([]);
+  });
+
+  it('reads from a byte offset, and nothing from the very end', async () => {
+    await blobs.write('ranged.txt', chunksOf('0123456789'));
+    expect(Buffer.concat(await collect(blobs.read('ranged.txt', 4))).toString()).toBe('456789');
+    expect(await collect(blobs.read('ranged.txt', 10))).toEqual([]);
+  });
+});

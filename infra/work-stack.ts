@@ -23,6 +23,3 @@ export class WorkStack extends Stack {
     this.batch = new OpenAIBatchWork(this, 'Work', { work, workModule: module, ...props.options });
   }
 }
-
-/** The stack's name for a work. */
-export const stackName = (work: string) => `OpenAIBatch-${work}`;

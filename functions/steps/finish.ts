@@ -2,7 +2,7 @@ import { InvariantError, messageOf } from '../core/errors';
 import { runKeys } from '../core/run';
 import { type RunSummary, summarize } from '../core/summary';
 import type { StepDeps } from './deps';
-import { runOf } from './prepare';
+import { runOf } from './runs';
 import { writeAll } from './storage';
 
 /** What Finalize answers: the summary's key and the counts a user watches. */
@@ -19,7 +19,7 @@ export interface Finalized {
  * the run completed; a completed run keeps its dataset claim.
  */
 export async function finalize<R>(deps: StepDeps<R>, input: { runId: string }): Promise<Finalized> {
-  let run = await runOf(deps as StepDeps<unknown>, input.runId);
+  let run = await runOf(deps.runs, input.runId);
   const parts = await deps.runs.listParts(run.runId);
   const unfinished = parts.filter((p) => p.status !== 'done');
   if (!run.prepared || unfinished.length > 0) {
@@ -58,7 +58,7 @@ export async function cleanUp<R>(
   input: { runId: string },
 ): Promise<{ openaiFiles: number; objects: number }> {
   if (!deps.work.settings.cleanUp) return { openaiFiles: 0, objects: 0 };
-  const run = await runOf(deps as StepDeps<unknown>, input.runId);
+  const run = await runOf(deps.runs, input.runId);
   const parts = await deps.runs.listParts(run.runId);
   const fileIds = new Set<string>();
   for (const part of parts)
@@ -95,7 +95,7 @@ export async function notifyRun<R>(
   deps: StepDeps<R>,
   input: { runId: string },
 ): Promise<{ notified: boolean }> {
-  const run = await runOf(deps as StepDeps<unknown>, input.runId);
+  const run = await runOf(deps.runs, input.runId);
   const failed = run.status === 'failed';
   await deps.notifier.notify(failed ? 'Run Failed' : 'Run Completed', {
     runId: run.runId,

@@ -3,20 +3,14 @@ import { CostLimitError, DatasetError, InvariantError } from '../core/errors';
 import { IdRegistry } from '../core/ids';
 import { type PrepareStart, prepareDataset } from '../core/prepare';
 import { costOf } from '../core/prices';
-import { newPart, type PrepareCheckpoint, type Run, runKeys } from '../core/run';
+import { newPart, type PrepareCheckpoint, runKeys } from '../core/run';
 import type { StepDeps } from './deps';
+import { runOf } from './runs';
 import { LazyJsonl, readAll, StoredParts, writeAll } from './storage';
 
 /** US dollars for a person: cents, or four significant digits below a cent. */
 export function usd(amount: number): string {
   return amount >= 0.01 || amount === 0 ? `$${amount.toFixed(2)}` : `$${amount.toPrecision(4)}`;
-}
-
-/** Reads a run, or says it does not exist. */
-export async function runOf(deps: StepDeps<unknown>, runId: string): Promise<Run> {
-  const run = await deps.runs.getRun(runId);
-  if (!run) throw new InvariantError(`run ${runId} does not exist`);
-  return run;
 }
 
 /**
@@ -39,7 +33,7 @@ export async function prepare<R>(
     progressed = true;
     return pause;
   };
-  let run = await runOf(deps as StepDeps<unknown>, input.runId);
+  let run = await runOf(deps.runs, input.runId);
   const keys = runKeys(run.runId);
   while (!run.prepared && run.checkpoint.object < run.objects.length) {
     if (progressed && outOfTime()) return { prepared: false };

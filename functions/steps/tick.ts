@@ -12,8 +12,7 @@ import {
 } from '../core/reconciler';
 import { newPart, type Part, type Run, runKeys } from '../core/run';
 import type { StepDeps } from './deps';
-import { runOf } from './prepare';
-import { updateRun } from './runs';
+import { runOf, updateRun } from './runs';
 import { LazyJsonl, StoredParts } from './storage';
 
 /** What Tick answers: small, for the state. */
@@ -39,7 +38,7 @@ export function refusedBeforeActing(caught: unknown): boolean {
 export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Promise<Ticked> {
   const started = deps.now();
   const outOfTime = () => deps.now() - started > deps.budgetMs;
-  let run = await runOf(deps as StepDeps<unknown>, input.runId);
+  let run = await runOf(deps.runs, input.runId);
   const parts = new Map((await deps.runs.listParts(run.runId)).map((p) => [p.part, p]));
   const api = parts.size > 0 ? await deps.openai() : null;
   let moved = false;

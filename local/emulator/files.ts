@@ -24,14 +24,6 @@ export interface FileObject {
   status_details: null;
 }
 
-/** Size limits of the Files API. */
-export interface FileLimits {
-  /** Any upload. @default 512 MB */
-  readonly maxFileBytes: number;
-  /** An upload with purpose `batch`. @default 200 MB */
-  readonly maxBatchFileBytes: number;
-}
-
 const DEFAULT_EXPIRY_SECONDS = 30 * 24 * 3600;
 
 /**

@@ -1,10 +1,12 @@
 /**
- * The prepare or the collect path over S3 (s3rver, in this process), beside a raw baseline in the same
- * process and run: read the same objects and split them into lines, nothing else. Prints one JSON line
- * with records a second, the ratio to the baseline, and this process's peak RSS.
+ * The prepare or the collect path over S3 beside a raw baseline in the same process and run: read the
+ * same objects and split them into lines, nothing else. s3rver runs in a process of its own, and the
+ * objects are written by another, so that this process's peak RSS is the path's (and the baseline's).
+ * Prints one JSON line with records a second, the ratio to the baseline, and the peak RSS.
  *
- *   tsx bench/paths.ts prepare|collect BYTES
+ *   tsx bench/paths.ts prepare|collect BYTES [chat|embed]
  */
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,49 +17,36 @@ import { linesOf } from '../functions/core/lines';
 import { prepareDataset } from '../functions/core/prepare';
 import { newPart, runKeys } from '../functions/core/run';
 import { LazyJsonl, StoredParts } from '../functions/steps/storage';
-import { startS3 } from '../local/stand-ins';
-import example from '../works/example';
+import { localS3Client } from '../local/stand-ins';
 import { chatDataset } from './generate';
+import { startS3Process } from './processes';
+import { type BenchKind, benchWork } from './works';
 
-const mode = process.argv[2] === 'collect' ? 'collect' : 'prepare';
-const bytes = Number(process.argv[3] ?? 100e6);
-const dir = mkdtempSync(join(tmpdir(), 'openai-batch-paths-'));
-const s3 = await startS3(dir, 'bench');
-const blobs = new S3BlobStore(s3.client, 'bench');
+const PER_PART = 50_000;
+const BUCKET = 'bench';
+const INPUT = 'inputs/bench.jsonl';
 const keys = runKeys('bench');
 
-/** The baseline: read objects and split them into lines. */
-async function rawRead(objectKeys: string[]): Promise<{ lines: number; seconds: number }> {
-  const started = performance.now();
-  let lines = 0;
-  for (const key of objectKeys) for await (const _ of linesOf(blobs.read(key), 256 * 1024 * 1024)) lines += 1;
-  return { lines, seconds: (performance.now() - started) / 1000 };
+/** The parts of a collect benchmark over BYTES of output: 50,000 records a part, ids r0, r1, ... */
+function collectPlan(bytes: number): { part: number; first: number; count: number }[] {
+  const total = Math.ceil(bytes / 1000);
+  const plan = [];
+  for (let part = 0; part * PER_PART < total; part++)
+    plan.push({ part, first: part * PER_PART, count: Math.min(PER_PART, total - part * PER_PART) });
+  return plan;
 }
 
-/** OpenAI's output lines for a part of chat requests, generated in chunks. */
-async function* outputFile(ids: string[]): AsyncGenerator<Uint8Array> {
+const idsOf = (first: number, count: number): string[] =>
+  Array.from({ length: count }, (_, i) => `r${first + i}`);
+
+/** OpenAI's output lines for a part, generated in chunks: about 1 KB a chat line. */
+async function* outputFile(ids: string[], kind: BenchKind): AsyncGenerator<Uint8Array> {
   for (let i = 0; i < ids.length; i += 500) {
     const lines = ids.slice(i, i + 500).map((id) =>
       JSON.stringify({
         id: `batch_req_${id}`,
         custom_id: id,
-        response: {
-          status_code: 200,
-          request_id: `req_${id}`,
-          body: {
-            id: `chatcmpl-${id}`,
-            object: 'chat.completion',
-            model: 'gpt-4o-mini',
-            choices: [
-              {
-                index: 0,
-                message: { role: 'assistant', content: 'lorem ipsum dolor sit amet '.repeat(20) },
-                finish_reason: 'stop',
-              },
-            ],
-            usage: { prompt_tokens: 250, completion_tokens: 140, total_tokens: 390 },
-          },
-        },
+        response: { status_code: 200, request_id: `req_${id}`, body: responseBody(id, kind) },
         error: null,
       }),
     );
@@ -65,64 +54,84 @@ async function* outputFile(ids: string[]): AsyncGenerator<Uint8Array> {
   }
 }
 
-let records = 0;
-let seconds = 0;
-let baseline: { lines: number; seconds: number };
-if (mode === 'prepare') {
-  await blobs.write('inputs/bench.jsonl', chatDataset(bytes));
-  baseline = await rawRead(['inputs/bench.jsonl']);
+function responseBody(id: string, kind: BenchKind): unknown {
+  if (kind === 'embed')
+    return {
+      object: 'list',
+      model: 'text-embedding-3-small',
+      data: [{ object: 'embedding', index: 0, embedding: Array.from({ length: 64 }, (_, i) => (i % 7) / 7) }],
+      usage: { prompt_tokens: 250, total_tokens: 250 },
+    };
+  return {
+    id: `chatcmpl-${id}`,
+    object: 'chat.completion',
+    model: 'gpt-4o-mini',
+    choices: [
+      {
+        index: 0,
+        message: { role: 'assistant', content: 'lorem ipsum dolor sit amet '.repeat(20) },
+        finish_reason: 'stop',
+      },
+    ],
+    usage: { prompt_tokens: 250, completion_tokens: 140, total_tokens: 390 },
+  };
+}
+
+/** Writes the objects a benchmark reads (run in a child process, so that its memory is not counted). */
+async function seed(mode: string, bytes: number, kind: BenchKind, endpoint: string): Promise<void> {
+  const blobs = new S3BlobStore(localS3Client(endpoint), BUCKET);
+  if (mode === 'prepare') {
+    await blobs.write(INPUT, chatDataset(bytes));
+    return;
+  }
+  for (const { part, first, count } of collectPlan(bytes)) {
+    const ids = idsOf(first, count);
+    const requests = new StoredParts(blobs, 'bench');
+    for (const [i, id] of ids.entries())
+      await requests.writeRaw(
+        part,
+        JSON.stringify({ custom_id: id, method: 'POST', url: '/v1/x', body: {} }),
+        i + 1,
+      );
+    await requests.close({ part });
+    await blobs.write(`openai/output-${part}.jsonl`, outputFile(ids, kind));
+  }
+}
+
+/** The baseline: read objects and split them into lines. */
+async function rawRead(
+  blobs: S3BlobStore,
+  objectKeys: string[],
+): Promise<{ lines: number; seconds: number }> {
   const started = performance.now();
+  let lines = 0;
+  for (const key of objectKeys) for await (const _ of linesOf(blobs.read(key), 256 * 1024 * 1024)) lines += 1;
+  return { lines, seconds: (performance.now() - started) / 1000 };
+}
+
+async function preparePath(blobs: S3BlobStore, kind: BenchKind): Promise<number> {
   const parts = new StoredParts(blobs, 'bench');
   const errors = new LazyJsonl(blobs, keys.prepareErrors(0, 1));
   const result = await prepareDataset({
-    source: blobs.read('inputs/bench.jsonl'),
-    work: example,
+    source: blobs.read(INPUT),
+    work: benchWork(kind),
     ids: new IdRegistry(),
     parts,
     errors,
   });
   await errors.close();
-  seconds = (performance.now() - started) / 1000;
-  records = result.counts.records;
-} else {
-  // Parts of 50,000 requests whose output files (about 1 KB a line) add up to BYTES.
-  const perPart = 50_000;
-  const total = Math.ceil(bytes / 1000);
-  const partKeys: string[] = [];
-  const plan: { part: number; ids: string[] }[] = [];
-  for (let part = 0; part * perPart < total; part++) {
-    const ids = Array.from(
-      { length: Math.min(perPart, total - part * perPart) },
-      (_, i) => `r${part * perPart + i}`,
-    );
-    const requests = new StoredParts(blobs, 'bench');
-    for (const [i, id] of ids.entries())
-      await requests.writeRaw(
-        part,
-        JSON.stringify({ custom_id: id, method: 'POST', url: '/v1/chat/completions', body: {} }),
-        i + 1,
-      );
-    await requests.close({ part });
-    await blobs.write(`openai/output-${part}.jsonl`, outputFile(ids));
-    partKeys.push(`openai/output-${part}.jsonl`);
-    plan.push({ part, ids });
-  }
-  baseline = await rawRead(partKeys);
-  const started = performance.now();
-  for (const { part, ids } of plan) {
+  return result.counts.records;
+}
+
+async function collectPath(blobs: S3BlobStore, bytes: number, kind: BenchKind): Promise<number> {
+  let records = 0;
+  for (const { part, count } of collectPlan(bytes)) {
     const outputs = new LazyJsonl(blobs, keys.outputs(part));
     const errors = new LazyJsonl(blobs, keys.errors(part));
     const result = await collectPart({
-      work: example,
+      work: benchWork(kind),
       part: {
-        ...newPart({
-          part,
-          generation: 0,
-          model: 'gpt-4o-mini',
-          requests: ids.length,
-          bytes: 0,
-          estimatedTokens: 0,
-        }),
+        ...newPart({ part, generation: 0, model: 'm', requests: count, bytes: 0, estimatedTokens: 0 }),
         batchId: `batch_${part}`,
       },
       requests: () => blobs.read(keys.requests(part)),
@@ -136,20 +145,51 @@ if (mode === 'prepare') {
     await Promise.all([outputs.close(), errors.close()]);
     records += result.outputs;
   }
-  seconds = (performance.now() - started) / 1000;
+  return records;
 }
 
-await s3.stop();
-rmSync(dir, { recursive: true, force: true });
-console.log(
-  JSON.stringify({
-    mode,
-    bytes,
-    records,
-    seconds: Number(seconds.toFixed(2)),
-    recordsPerSecond: Math.round(records / seconds),
-    baselineLinesPerSecond: Math.round(baseline.lines / baseline.seconds),
-    baselineRatio: Number((baseline.seconds / seconds).toFixed(3)),
-    peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
-  }),
-);
+const [first, ...rest] = process.argv.slice(2);
+if (first === '--seed') {
+  const [mode = 'prepare', bytes = '0', kind = 'chat', endpoint = ''] = rest;
+  await seed(mode, Number(bytes), kind as BenchKind, endpoint);
+} else {
+  const mode = first === 'collect' ? 'collect' : 'prepare';
+  const bytes = Number(rest[0] ?? 100e6);
+  const kind: BenchKind = rest[1] === 'embed' ? 'embed' : 'chat';
+  const dir = mkdtempSync(join(tmpdir(), 'openai-batch-paths-'));
+  const s3 = await startS3Process(dir, BUCKET);
+  try {
+    const seeded = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', 'bench/paths.ts', '--seed', mode, String(bytes), kind, s3.endpoint],
+      { stdio: 'inherit' },
+    );
+    if (seeded.status !== 0) throw new Error('seeding the benchmark objects failed');
+    const blobs = new S3BlobStore(s3.client, BUCKET);
+    const objectKeys =
+      mode === 'prepare' ? [INPUT] : collectPlan(bytes).map(({ part }) => `openai/output-${part}.jsonl`);
+    const baseline = await rawRead(blobs, objectKeys);
+    const started = performance.now();
+    const records =
+      mode === 'prepare' ? await preparePath(blobs, kind) : await collectPath(blobs, bytes, kind);
+    const seconds = (performance.now() - started) / 1000;
+    const peakRssMiB = Math.round(process.resourceUsage().maxRSS / 1024);
+    const s3PeakRssMiB = await s3.stop();
+    console.log(
+      JSON.stringify({
+        mode,
+        kind,
+        bytes,
+        records,
+        seconds: Number(seconds.toFixed(2)),
+        recordsPerSecond: Math.round(records / seconds),
+        baselineLinesPerSecond: Math.round(baseline.lines / baseline.seconds),
+        baselineRatio: Number((baseline.seconds / seconds).toFixed(3)),
+        peakRssMiB,
+        s3PeakRssMiB,
+      }),
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

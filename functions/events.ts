@@ -15,6 +15,9 @@ export const RegisterEventSchema = z.object({ input: z.unknown(), executionName:
 /** What Prepare, Tick, Finalize, CleanUp and Notify receive. */
 export const RunEventSchema = z.object({ runId: z.string().min(1) });
 
+/** What Tick receives: the run, and the execution it runs in (to end an execution that was replaced). */
+export const TickEventSchema = RunEventSchema.extend({ executionName: z.string().min(1).optional() });
+
 /** What MarkFailed receives: the whole state when a step failed, with the caught error. */
 export const MarkFailedEventSchema = z.object({
   state: z.object({

@@ -7,6 +7,7 @@ import {
   MarkFailedEventSchema,
   RegisterEventSchema,
   RunEventSchema,
+  TickEventSchema,
 } from './events';
 import type { StepDeps } from './steps/deps';
 import { cleanUp, finalize, markFailed, notifyRun } from './steps/finish';
@@ -46,7 +47,7 @@ export function createHandlers<R>(deps: StepDeps<R>, startExecution: StartExecut
       });
     },
     Prepare: async (event: unknown) => prepare(deps, parse(RunEventSchema, event, 'Prepare event')),
-    Tick: async (event: unknown) => tick(deps, parse(RunEventSchema, event, 'Tick event')),
+    Tick: async (event: unknown) => tick(deps, parse(TickEventSchema, event, 'Tick event')),
     Finalize: async (event: unknown) => finalize(deps, parse(RunEventSchema, event, 'Finalize event')),
     CleanUp: async (event: unknown) => cleanUp(deps, parse(RunEventSchema, event, 'CleanUp event')),
     Notify: async (event: unknown) => notifyRun(deps, parse(RunEventSchema, event, 'Notify event')),

@@ -7,7 +7,7 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { S3Client } from '@aws-sdk/client-s3';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { SFNClient, StartExecutionCommand, StopExecutionCommand } from '@aws-sdk/client-sfn';
 import { SNSClient } from '@aws-sdk/client-sns';
 import work from '@work';
 import OpenAI from 'openai';
@@ -16,10 +16,12 @@ import { DynamoRunStore } from './adapters/dynamo-run-store';
 import { AwsNotifier } from './adapters/notifier';
 import { OpenAIBatchApi } from './adapters/openai-batch-api';
 import { S3BlobStore } from './adapters/s3-blob-store';
-import { cachedApiKey } from './adapters/secret';
+import { cachedApiKey, cachedWebhookSecret } from './adapters/secret';
+import { openaiWebhookVerifier } from './adapters/webhook-verifier';
 import { ConfigError } from './core/errors';
 import { describeIssues } from './core/issues';
 import { createHandlers } from './handlers';
+import { receiveWebhook } from './steps/webhook';
 
 /** The environment the stack gives every function. */
 export const LambdaEnvSchema = z.object({
@@ -30,6 +32,9 @@ export const LambdaEnvSchema = z.object({
   TOPIC_ARN: z.string().min(1).optional(),
   OPENAI_BASE_URL: z.url().optional(),
   STEP_BUDGET_MS: z.coerce.number().int().positive().default(240_000),
+  /** The webhook receiver only: its signing secret and the state machine it restarts runs of. */
+  WEBHOOK_SECRET_ID: z.string().min(1).optional(),
+  STATE_MACHINE_ARN: z.string().min(1).optional(),
   MAX_TICKS_PER_EXECUTION: z.coerce.number().int().positive().default(1500),
 });
 
@@ -44,13 +49,14 @@ const s3 = new S3Client({
 });
 const apiKey = cachedApiKey(new SecretsManagerClient({}), env.OPENAI_SECRET_ID);
 const sfn = new SFNClient({});
+const dynamo = new DynamoDBClient({});
 
 const handlers = createHandlers(
   {
     work,
     bucket: env.BUCKET_NAME,
     blobs: new S3BlobStore(s3, env.BUCKET_NAME),
-    runs: new DynamoRunStore(new DynamoDBClient({}), env.TABLE_NAME),
+    runs: new DynamoRunStore(dynamo, env.TABLE_NAME),
     openai: async () =>
       new OpenAIBatchApi(
         new OpenAI({
@@ -95,3 +101,46 @@ export const cleanUp = handlers.CleanUp;
 export const notify = handlers.Notify;
 export const markFailed = handlers.MarkFailed;
 export const continueRun = handlers.ContinueRun;
+
+/** What a Lambda Function URL hands over (payload format 2.0): only what the receiver reads. */
+const FunctionUrlEventSchema = z.object({
+  headers: z.record(z.string(), z.string()).default({}),
+  body: z.string().default(''),
+  isBase64Encoded: z.boolean().default(false),
+});
+
+const webhookSecret = env.WEBHOOK_SECRET_ID
+  ? cachedWebhookSecret(new SecretsManagerClient({}), env.WEBHOOK_SECRET_ID)
+  : null;
+
+/** The webhook receiver behind the Function URL (see steps/webhook.ts). */
+export const webhook = async (event: unknown) => {
+  const parsed = FunctionUrlEventSchema.safeParse(event);
+  const stateMachineArn = env.STATE_MACHINE_ARN;
+  if (!parsed.success || !webhookSecret || !stateMachineArn) return { statusCode: 400, body: '{}' };
+  const { headers, body, isBase64Encoded } = parsed.data;
+  const executionArn = (name: string) =>
+    `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
+  return receiveWebhook(
+    {
+      runs: new DynamoRunStore(dynamo, env.TABLE_NAME),
+      verify: openaiWebhookVerifier(webhookSecret),
+      control: {
+        start: async (name, input) => {
+          await sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(input) }));
+        },
+        stop: async (name) => {
+          await sfn.send(
+            new StopExecutionCommand({
+              executionArn: executionArn(name),
+              cause: 'A webhook resumed the run in a new execution',
+            }),
+          );
+        },
+      },
+      now: () => Date.now(),
+      log: (message, fields) => logger.info(message, fields ?? {}),
+    },
+    { headers, body: isBase64Encoded ? Buffer.from(body, 'base64').toString('utf8') : body },
+  );
+};

@@ -5,7 +5,7 @@ import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
-import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
@@ -14,7 +14,7 @@ import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { INTERMEDIATE_TAG } from '../functions/adapters/s3-blob-store';
-import { API_KEY_PLACEHOLDER } from '../functions/adapters/secret';
+import { API_KEY_PLACEHOLDER, WEBHOOK_SECRET_PLACEHOLDER } from '../functions/adapters/secret';
 import type { WorkSettings } from '../functions/core/work';
 import { BatchFunction } from './batch-function';
 import { runDefinition, TASKS, type TaskName } from './state-machine';
@@ -31,7 +31,7 @@ export interface OpenAIBatchWorkProps {
   readonly serverAccessLogsBucket?: s3.IBucket;
   /**
    * Table for runs, parts and dataset claims: string keys `pk` and `sk`, and a global index `byWork` on
-   * string keys `gsi1pk` and `gsi1sk`. @default a new on-demand table with point-in-time recovery
+   * string keys `gsi1pk` and `gsi1sk` (with webhooks, also time to live on `expiresAt`). @default a new on-demand table with point-in-time recovery
    */
   readonly table?: dynamodb.ITable;
   /**
@@ -59,7 +59,23 @@ export interface OpenAIBatchWorkProps {
   readonly prepareMemoryMb?: number;
   /** Log retention of the functions and the state machine. @default logs.RetentionDays.ONE_MONTH */
   readonly logRetention?: logs.RetentionDays;
+  /**
+   * A webhook endpoint (a Lambda Function URL) for OpenAI to call when a batch ends, so that the run goes
+   * on within seconds; polling stays as the safety net. @default the work's `webhooks` setting
+   */
+  readonly webhooks?: boolean;
+  /**
+   * The secret that holds OpenAI's webhook signing secret (`whsec_...`, or JSON with `webhookSecret`).
+   * @default with webhooks, a new secret holding a placeholder: put the signing secret in it
+   */
+  readonly webhookSecret?: secretsmanager.ISecret;
 }
+
+/** A stack's region or account as cdk-nag prints it: the value, or the pseudo parameter when unknown. */
+const known = (value: string, pseudo: string) => (Token.isUnresolved(value) ? pseudo : value);
+
+/** The webhook receiver's function: small and quick, it only records and restarts. */
+export const WEBHOOK_SIZING = { memorySize: 256, timeout: Duration.seconds(30) };
 
 /** Memory and timeout per state: Prepare and Tick stream files and upload parts of up to 200 MB. */
 export const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }> = {
@@ -109,6 +125,14 @@ export class OpenAIBatchWork extends Construct {
   public readonly dashboard: cloudwatch.Dashboard;
   /** Whether a run starts for each object created under `inputs/<work>/`. */
   public readonly autoStart: boolean;
+  /** The webhook receiver, its public URL and its signing secret, when webhooks are on. */
+  public readonly webhook:
+    | {
+        readonly function: BatchFunction;
+        readonly url: lambda.FunctionUrl;
+        readonly secret: secretsmanager.ISecret;
+      }
+    | undefined;
 
   constructor(scope: Construct, id: string, props: OpenAIBatchWorkProps) {
     super(scope, id);
@@ -204,6 +228,9 @@ export class OpenAIBatchWork extends Construct {
       ],
     });
 
+    this.webhook =
+      (props.webhooks ?? settings.webhooks) ? this.createWebhook(props, environment, stack) : undefined;
+
     this.autoStart = props.autoStart ?? false;
     if (this.autoStart) this.startOnUpload(settings.name);
     this.alarms = this.createAlarms(props.stuckBatchAlarmAfter ?? Duration.hours(6), settings.name);
@@ -262,6 +289,7 @@ export class OpenAIBatchWork extends Construct {
       pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
       encryption: dynamodb.TableEncryption.AWS_MANAGED,
       removalPolicy: RemovalPolicy.RETAIN,
+      timeToLiveAttribute: 'expiresAt', // webhook event ids, kept a week against replays
     });
     table.addGlobalSecondaryIndex({
       indexName: 'byWork',
@@ -323,6 +351,70 @@ export class OpenAIBatchWork extends Construct {
       table,
     );
     f.MarkFailed.allow(['secretsmanager:GetSecretValue'], secret);
+  }
+
+  /**
+   * The webhook receiver: a public Function URL (OpenAI cannot sign AWS requests) whose every delivery is
+   * checked against OpenAI's signing secret before anything else is read.
+   */
+  private createWebhook(
+    props: OpenAIBatchWorkProps,
+    environment: Record<string, string>,
+    stack: Stack,
+  ): NonNullable<OpenAIBatchWork['webhook']> {
+    const secret =
+      props.webhookSecret ??
+      (new secretsmanager.Secret(this, 'WebhookSigningSecret', {
+        description: `OpenAI webhook signing secret for the openai-batch work "${props.work.settings.name}": replace the placeholder with the whsec_... secret`,
+        secretStringValue: SecretValue.unsafePlainText(WEBHOOK_SECRET_PLACEHOLDER),
+      }) as secretsmanager.ISecret);
+    if (!props.webhookSecret) {
+      Validations.of(secret).acknowledge({
+        id: 'AwsSolutions-SMG4',
+        reason:
+          'Webhook signing secrets are issued and rotated in the OpenAI dashboard; no Lambda can rotate them. The secret is updated by hand.',
+      });
+    }
+    const fn = new BatchFunction(this, 'Webhook', {
+      handler: 'webhook',
+      workModule: props.workModule,
+      environment: {
+        ...environment,
+        WEBHOOK_SECRET_ID: secret.secretArn,
+        STATE_MACHINE_ARN: this.stateMachine.stateMachineArn,
+      },
+      ...WEBHOOK_SIZING,
+      ...(props.logRetention ? { logRetention: props.logRetention } : {}),
+    });
+    fn.allow(['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:DeleteItem'], [this.table.tableArn]);
+    fn.allow(['secretsmanager:GetSecretValue'], [secret.secretArn]);
+    fn.allow(['states:StartExecution'], [this.stateMachine.stateMachineArn]);
+    fn.allow(
+      ['states:StopExecution'],
+      [
+        `arn:${stack.partition}:states:${stack.region}:${stack.account}:execution:${this.stateMachine.stateMachineName}:*`,
+      ],
+    );
+    Validations.of(fn).acknowledge({
+      id: 'AwsSolutions-IAM5[Resource::*]',
+      reason:
+        'X-Ray tracing (xray:PutTraceSegments, xray:PutTelemetryRecords) has no resource-level permissions; CDK grants it on *.',
+    });
+    Validations.of(fn).acknowledge({
+      id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:${known(stack.region, '<AWS::Region>')}:${known(stack.account, '<AWS::AccountId>')}:execution:<${stack.getLogicalId(this.stateMachine.node.defaultChild as sfn.CfnStateMachine)}.Name>:*]`,
+      reason:
+        "The receiver stops the waiting execution of a run: any execution of this work's own state machine.",
+    });
+    const url = fn.function.addFunctionUrl({ authType: lambda.FunctionUrlAuthType.NONE });
+    new CfnOutput(this, 'WebhookUrl', {
+      value: url.url,
+      description: 'Add this endpoint in the OpenAI dashboard (Settings > Webhooks) for batch events',
+    });
+    new CfnOutput(this, 'WebhookSecretArn', {
+      value: secret.secretArn,
+      description: "Put the endpoint's signing secret (whsec_...) in this secret",
+    });
+    return { function: fn, url, secret };
   }
 
   private startOnUpload(work: string): void {

@@ -90,7 +90,7 @@ export function runDefinition(
     3,
   );
   const prepare = guard(task('Prepare', runId, '$.prepare'), 4);
-  const tick = guard(task('Tick', runId, '$.tick'), 6);
+  const tick = guard(task('Tick', { ...runId, 'executionName.$': '$$.Execution.Name' }, '$.tick'), 6);
   const finalize = guard(task('Finalize', runId, '$.summary'), 3);
   const cleanUp = guard(task('CleanUp', runId, '$.cleanUp'), 3);
   const notify = guard(task('Notify', runId, '$.notify'), 3);
@@ -113,6 +113,8 @@ export function runDefinition(
   const loop = tick.next(
     new sfn.Choice(scope, 'Run done?')
       .when(sfn.Condition.booleanEquals('$.tick.done', true), finish)
+      // A webhook started a new execution for the run (see steps/webhook.ts): this one ends here.
+      .when(sfn.Condition.booleanEquals('$.tick.superseded', true), new sfn.Succeed(scope, 'Superseded'))
       .when(
         sfn.Condition.booleanEquals('$.tick.continueAsNew', true),
         continueRun.next(new sfn.Succeed(scope, 'Continued')),

@@ -14,6 +14,8 @@ export interface ExecuteOptions {
   readonly onState?: (state: string) => void;
   /** Called with each state's output as it exits (to check what the state carries). */
   readonly onOutput?: (state: string, output: unknown) => void;
+  /** Stops the execution (the local StopExecution); it then resolves with null. */
+  readonly signal?: AbortSignal;
 }
 
 /** The local ARN of the state machine, as the definition sees it in `$$.StateMachine.Id`. */
@@ -21,7 +23,8 @@ export const LOCAL_STATE_MACHINE_ARN = 'arn:aws:states:us-east-1:123456789012:st
 
 /**
  * Runs the synthesized definition with aws-local-stepfunctions, every Task state bound to its handler.
- * Resolves with the execution's output; rejects with the error of a failed execution.
+ * Resolves with the execution's output, or null when stopped through `signal`; rejects with the error
+ * of a failed execution.
  */
 export async function executeLocally(
   definition: Definition,
@@ -40,6 +43,7 @@ export async function executeLocally(
       ...(options.waitMs === undefined ? {} : { waitTimeOverrides: { [WAIT_STATE]: options.waitMs } }),
       retryIntervalOverrides: retry,
     },
+    noThrowOnAbort: true,
     context: {
       Execution: {
         Id: `arn:aws:states:us-east-1:123456789012:execution:local:${options.executionName}`,
@@ -59,5 +63,6 @@ export async function executeLocally(
       }
     })();
   }
+  options.signal?.addEventListener('abort', () => execution.abort(), { once: true });
   return execution.result;
 }

@@ -123,7 +123,10 @@ export async function localCommand(
   mkdirSync(out, { recursive: true });
   const { target, label, real } = openaiTarget(options);
   print(`run ${runId}: work "${name}", ${files.length} dataset file(s), OpenAI: ${label}`);
-  const env = await startLocalEnvironment(join(out, '.state'), target, true);
+    const env = await startLocalEnvironment(join(out, '.state'), target, true, {
+    webhooks: loaded.work.settings.webhooks,
+  });
+  if (env.webhooks) print(`webhooks: the emulator signs and sends them to ${env.webhooks.url}`);
   try {
     const blobs = new S3BlobStore(env.s3.client, env.s3.bucket);
     const prefix = `inputs/${name}/${runId}/`;

@@ -4,15 +4,18 @@ import OpenAI from 'openai';
 import { DynamoRunStore } from '../functions/adapters/dynamo-run-store';
 import { OpenAIBatchApi } from '../functions/adapters/openai-batch-api';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
+import { openaiWebhookVerifier } from '../functions/adapters/webhook-verifier';
 import type { BatchApi, BlobStore, RunStore } from '../functions/core/ports';
 import { createHandlers, type Handlers } from '../functions/handlers';
 import type { Log, Notifier, StepDeps } from '../functions/steps/deps';
+import { receiveWebhook } from '../functions/steps/webhook';
 import type { LoadedWork } from '../infra/works';
 import { type Definition, synthesizeDefinition } from './definition';
 import type { EmulatorOptions } from './emulator/server';
 import { type Emulator, startEmulator } from './emulator/server';
 import { executeLocally } from './execute';
 import { type LocalDynamo, type LocalS3, startDynamo, startS3 } from './stand-ins';
+import { startWebhookReceiver, type WebhookReceiver } from './webhook-receiver';
 
 /** The bucket and table names the local stand-ins use. */
 export const LOCAL_BUCKET = 'openai-batch-local';
@@ -30,6 +33,8 @@ export interface LocalEnvironment {
   readonly dynamo: LocalDynamo;
   readonly emulator: Emulator | null;
   readonly openai: { readonly baseURL: string; readonly apiKey: string };
+  /** Where the emulator sends its signed webhooks, when asked for (see `startLocalEnvironment`). */
+  readonly webhooks: WebhookReceiver | null;
   stop(): Promise<void>;
 }
 
@@ -41,6 +46,7 @@ export async function startLocalEnvironment(
   dir: string,
   target: OpenAITarget = { kind: 'emulator' },
   persist = false,
+  options: { readonly webhooks?: boolean } = {},
 ): Promise<LocalEnvironment> {
   mkdirSync(dir, { recursive: true });
   const s3 = await startS3(join(dir, 's3'), LOCAL_BUCKET);
@@ -50,7 +56,16 @@ export async function startLocalEnvironment(
       throw caught;
     },
   );
-  const emulator = target.kind === 'emulator' ? await startEmulator(target.options ?? {}) : null;
+  // Webhooks locally: the emulator signs and sends them to a receiver on loopback (the real OpenAI cannot
+  // reach this machine, so a run against it polls).
+  const webhooks = options.webhooks && target.kind === 'emulator' ? await startWebhookReceiver() : null;
+  const emulator =
+    target.kind === 'emulator'
+      ? await startEmulator({
+          ...target.options,
+          ...(webhooks ? { webhook: { url: webhooks.url, secret: webhooks.secret } } : {}),
+        })
+      : null;
   const openai = emulator
     ? { baseURL: emulator.url, apiKey: 'sk-local-emulator' }
     : { baseURL: (target as { baseURL: string }).baseURL, apiKey: (target as { apiKey: string }).apiKey };
@@ -60,8 +75,10 @@ export async function startLocalEnvironment(
     dynamo,
     emulator,
     openai,
+    webhooks,
     async stop() {
       await emulator?.stop();
+      await webhooks?.stop();
       await dynamo.stop();
       await s3.stop();
     },
@@ -149,26 +166,56 @@ export async function runLocally(
   const definition = prepared?.definition ?? (await synthesizeDefinition(loaded)).definition;
   const notifier = new RecordingNotifier();
   const next: { name: string; input: Record<string, unknown> }[] = [];
-  const handlers: Handlers = createHandlers(
-    localDeps(env, loaded.work, options, notifier),
-    async (_arn, name, input) => {
-      next.push({ name, input });
-    },
-  );
+  const deps = localDeps(env, loaded.work, options, notifier);
+  const handlers: Handlers = createHandlers(deps, async (_arn, name, input) => {
+    next.push({ name, input });
+  });
   let input: Record<string, unknown> = { dataset };
   let name = runId;
   let executions = 0;
-  for (;;) {
-    executions += 1;
-    const output = (await executeLocally(definition, handlers, input, {
-      executionName: name,
-      ...(options.waitMs === null ? {} : { waitMs: options.waitMs ?? 50 }),
-      ...(options.onState ? { onState: options.onState } : {}),
-      ...(options.onOutput ? { onOutput: options.onOutput } : {}),
-    })) as Record<string, unknown>;
-    const continued = next.shift();
-    if (!continued) return { runId, output, executions, notifier };
-    name = continued.name;
-    input = continued.input;
+  let current: { name: string; stop: AbortController } | null = null;
+  if (env.webhooks && loaded.work.settings.webhooks) {
+    const secret = env.webhooks.secret;
+    env.webhooks.handle = (request) =>
+      receiveWebhook(
+        {
+          runs: deps.runs,
+          verify: openaiWebhookVerifier(async () => secret),
+          control: {
+            start: async (started, resumed) => {
+              next.push({ name: started, input: resumed });
+            },
+            // The local counterpart of StopExecution: abort the execution if it is the one running.
+            stop: async (stopped) => {
+              if (current?.name === stopped) current.stop.abort();
+            },
+          },
+          now: deps.now,
+          log: deps.log,
+        },
+        request,
+      );
+  }
+  try {
+    for (;;) {
+      executions += 1;
+      current = { name, stop: new AbortController() };
+      const output = (await executeLocally(definition, handlers, input, {
+        executionName: name,
+        signal: current.stop.signal,
+        ...(options.waitMs === null ? {} : { waitMs: options.waitMs ?? 50 }),
+        ...(options.onState ? { onState: options.onState } : {}),
+        ...(options.onOutput ? { onOutput: options.onOutput } : {}),
+      })) as Record<string, unknown> | null;
+      const continued = next.shift();
+      if (!continued) {
+        if (!output) throw new Error(`execution ${name} was stopped and no execution took the run over`);
+        return { runId, output, executions, notifier };
+      }
+      name = continued.name;
+      input = continued.input;
+    }
+  } finally {
+    if (env.webhooks) env.webhooks.handle = null;
   }
 }

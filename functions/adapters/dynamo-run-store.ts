@@ -1,5 +1,6 @@
 import {
   ConditionalCheckFailedException,
+  DeleteItemCommand,
   type DynamoDBClient,
   GetItemCommand,
   PutItemCommand,
@@ -21,7 +22,8 @@ const claimKey = (work: string, hash: string) => ({ pk: S(`DATASET#${work}#${has
 
 /**
  * A {@link RunStore} on one DynamoDB table (`pk`, `sk`, and index `byWork` on `gsi1pk`, `gsi1sk`): the run
- * (`RUN#id`/`META`), its parts (`RUN#id`/`PART#n`) and dataset claims (`DATASET#work#hash`/`CLAIM`). Records
+ * (`RUN#id`/`META`), its parts (`RUN#id`/`PART#n`), dataset claims (`DATASET#work#hash`/`CLAIM`), the run
+ * of each batch (`BATCH#id`/`RUN`) and webhook events seen (`EVENT#id`/`EVENT`, expired by TTL). Records
  * are stored as a JSON document checked with zod when read; every write is conditional on `version`.
  */
 export class DynamoRunStore implements RunStore {
@@ -253,5 +255,48 @@ export class DynamoRunStore implements RunStore {
       }),
     );
     return (Items ?? []).map((item) => RunSchema.parse(JSON.parse(item.doc?.S ?? '{}')));
+  }
+
+  async recordBatch(batchId: string, runId: string, part: number): Promise<void> {
+    await this.db.send(
+      new PutItemCommand({
+        TableName: this.table,
+        Item: { pk: S(`BATCH#${batchId}`), sk: S('RUN'), runId: S(runId), part: N(part) },
+      }),
+    );
+  }
+
+  async findBatch(batchId: string): Promise<{ runId: string; part: number } | null> {
+    const { Item } = await this.db.send(
+      new GetItemCommand({
+        TableName: this.table,
+        Key: { pk: S(`BATCH#${batchId}`), sk: S('RUN') },
+        ConsistentRead: true,
+      }),
+    );
+    if (!Item?.runId?.S || Item.part?.N === undefined) return null;
+    return { runId: Item.runId.S, part: Number(Item.part.N) };
+  }
+
+  async recordEvent(eventId: string, expiresAtSeconds: number): Promise<boolean> {
+    try {
+      await this.db.send(
+        new PutItemCommand({
+          TableName: this.table,
+          Item: { pk: S(`EVENT#${eventId}`), sk: S('EVENT'), expiresAt: N(expiresAtSeconds) },
+          ConditionExpression: 'attribute_not_exists(pk)',
+        }),
+      );
+      return true;
+    } catch (caught) {
+      if (caught instanceof ConditionalCheckFailedException) return false;
+      throw caught;
+    }
+  }
+
+  async forgetEvent(eventId: string): Promise<void> {
+    await this.db.send(
+      new DeleteItemCommand({ TableName: this.table, Key: { pk: S(`EVENT#${eventId}`), sk: S('EVENT') } }),
+    );
   }
 }

@@ -75,6 +75,17 @@ export interface RunStore {
   putPart(runId: string, part: Part): Promise<Part | null>;
   /** Runs of a work, newest first. */
   listRuns(work: string, limit: number): Promise<Run[]>;
+  /** Remembers which run and part a batch belongs to: a webhook carries only the batch id. */
+  recordBatch(batchId: string, runId: string, part: number): Promise<void>;
+  /** The run and part of a batch this project created, or null. */
+  findBatch(batchId: string): Promise<{ runId: string; part: number } | null>;
+  /**
+   * Records a webhook event id, kept until `expiresAtSeconds` (epoch seconds); false when it was
+   * recorded before: the delivery is a replay or a retry of one already handled.
+   */
+  recordEvent(eventId: string, expiresAtSeconds: number): Promise<boolean>;
+  /** Forgets an event recorded by a delivery that then failed, so that OpenAI's retry is handled. */
+  forgetEvent(eventId: string): Promise<void>;
 }
 
 /** Thrown by a store when a conditional write lost to a concurrent writer. */

@@ -156,6 +156,13 @@ export const RunSchema = z.object({
   cancelRequested: z.boolean(),
   /** The name of the execution driving the run now (it changes when a run continues in a new one). */
   execution: z.string(),
+  /**
+   * The execution now in its Wait state, set by Tick as it ends and cleared as the next one starts: a
+   * webhook may replace that execution with a new one, so that the run's next Tick happens now.
+   */
+  waiting: z.string().nullable().default(null),
+  /** A webhook arrived while a Tick ran: that Tick waits the shortest time instead of its own. */
+  wakePending: z.boolean().default(false),
   version: z.number().int().nonnegative(),
 });
 

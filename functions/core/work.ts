@@ -84,6 +84,11 @@ export const WorkSettingsSchema = z
       .min(1, 'must be at least 1 second')
       .max(86_400, 'must be at most 86400 seconds (a day)')
       .default(900),
+    /**
+     * Deploy a webhook endpoint that OpenAI calls when a batch ends, so that the run goes on within
+     * seconds; polling stays on as the safety net and can be rare. @default false
+     */
+    webhooks: z.boolean({ error: 'must be true or false' }).default(false),
     /** How many times a request that expired or failed transiently is sent again. @default 2 */
     maxResubmits: int('maxResubmits').min(0, 'must be 0 or more').max(10, 'must be at most 10').default(2),
     /** The longest dataset line read; a longer line is an error record. @default 10485760 (10 MiB) */

@@ -109,6 +109,8 @@ export async function register(
     error: null,
     cancelRequested: false,
     execution: input.execution,
+    waiting: null,
+    wakePending: false,
     version: 0,
   };
   const outcome = await deps.runs.createRun(run, !deps.work.settings.allowSameDataset);

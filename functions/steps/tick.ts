@@ -1,6 +1,6 @@
 import { collectPart } from '../core/collect';
 import { messageOf } from '../core/errors';
-import type { BatchApi } from '../core/ports';
+import { type BatchApi, ConflictError } from '../core/ports';
 import {
   admit,
   allDone,
@@ -21,6 +21,29 @@ export interface Ticked {
   readonly waitSeconds: number;
   /** The execution has run enough ticks: the run continues in a new execution (history limit). */
   readonly continueAsNew: boolean;
+  /** Another execution drives the run now (a webhook woke it, or it continued): this one ends. */
+  readonly superseded: boolean;
+}
+
+/**
+ * The start of a Tick: the run, unless another execution drives it now. Clears `waiting`, so that a
+ * webhook from here on asks this Tick to wait the shortest time instead of replacing the execution.
+ */
+async function takeRun(
+  deps: StepDeps<unknown>,
+  runId: string,
+  execution: string | undefined,
+): Promise<Run | null> {
+  for (let attempt = 1; ; attempt++) {
+    const run = await runOf(deps.runs, runId);
+    if (execution !== undefined && run.execution !== execution) return null;
+    if (run.waiting === null) return run;
+    try {
+      return await deps.runs.putRun({ ...run, waiting: null });
+    } catch (caught) {
+      if (!(caught instanceof ConflictError) || attempt >= 8) throw caught;
+    }
+  }
 }
 
 /** An OpenAI error that says the request was refused before anything was created (4xx but 408/409/429). */
@@ -35,10 +58,18 @@ export function refusedBeforeActing(caught: unknown): boolean {
  * and choose the next wait. Every part update is conditional on its version, so a pass that races with
  * another (a retried Lambda) loses its write instead of doubling work. Bounded by the time budget.
  */
-export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Promise<Ticked> {
+export async function tick<R>(
+  deps: StepDeps<R>,
+  input: { runId: string; executionName?: string | undefined },
+): Promise<Ticked> {
   const started = deps.now();
   const outOfTime = () => deps.now() - started > deps.budgetMs;
-  let run = await runOf(deps.runs, input.runId);
+  const taken = await takeRun(deps as StepDeps<unknown>, input.runId, input.executionName);
+  if (!taken) {
+    deps.log('tick superseded: another execution drives the run', { runId: input.runId });
+    return { done: false, waitSeconds: 0, continueAsNew: false, superseded: true };
+  }
+  let run = taken;
   const parts = new Map((await deps.runs.listParts(run.runId)).map((p) => [p.part, p]));
   const api = parts.size > 0 ? await deps.openai() : null;
   let moved = false;
@@ -62,8 +93,10 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
       const recent = await api.recentBatches(since);
       for (const part of lost) {
         const own = findOwnBatch(run.runId, part, recent);
-        if (own) await save(observe(part, own, deps.now()));
-        else if (part.fileId === null || started - (part.submittingSince ?? 0) > deps.lostCreateGraceMs) {
+        if (own) {
+          await deps.runs.recordBatch(own.id, run.runId, part.part);
+          await save(observe(part, own, deps.now()));
+        } else if (part.fileId === null || started - (part.submittingSince ?? 0) > deps.lostCreateGraceMs) {
           // No file id: the create was never reached. Else the batch list had long enough to show it.
           await save({ ...part, status: 'pending', submittingSince: null });
         }
@@ -133,13 +166,17 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
 
   const all = [...parts.values()];
   const done = run.prepared && allDone(all);
-  const waitSeconds = done ? 0 : nextWait(all, moved, run.waitSeconds, deps.work.settings, deps.now());
+  const chosen = done ? 0 : nextWait(all, moved, run.waitSeconds, deps.work.settings, deps.now());
+  // A webhook that came while this Tick ran: the next Tick comes after the shortest wait instead.
   run = await updateRun(deps.runs, run.runId, (r) => ({
     ...r,
     ticks: r.ticks + 1,
-    waitSeconds,
+    waitSeconds: r.wakePending && !done ? Math.min(chosen, deps.work.settings.minPollSeconds) : chosen,
+    wakePending: false,
+    waiting: done ? null : (input.executionName ?? null),
     updatedAt: deps.now(),
   }));
+  const { waitSeconds } = run;
   deps.metric(
     'MinutesWithoutProgress',
     Math.floor(Math.max(0, ...all.map((p) => stalledFor(p, deps.now()))) / 60_000),
@@ -147,7 +184,12 @@ export async function tick<R>(deps: StepDeps<R>, input: { runId: string }): Prom
   const counts = { pending: 0, submitting: 0, active: 0, collecting: 0, done: 0 };
   for (const p of all) counts[p.status] += 1;
   deps.log('tick', { runId: run.runId, ...counts, waitSeconds, runDone: done });
-  return { done, waitSeconds, continueAsNew: !done && run.ticks >= deps.maxTicksPerExecution };
+  return {
+    done,
+    waitSeconds,
+    continueAsNew: !done && run.ticks >= deps.maxTicksPerExecution,
+    superseded: false,
+  };
 }
 
 /**
@@ -190,6 +232,7 @@ async function submit<R>(
       endpoint: deps.work.settings.endpoint,
       metadata: batchMetadata(run.runId, run.work, part),
     });
+    await deps.runs.recordBatch(batch.id, run.runId, part.part);
     await save(observe(part, batch, deps.now()));
   } catch (caught) {
     if (part && refusedBeforeActing(caught)) {

@@ -3,32 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
-import { zeroCounts } from '../../functions/core/accounting';
 import { ConflictError } from '../../functions/core/ports';
 import { newPart, type Run } from '../../functions/core/run';
 import { type LocalDynamo, startDynalite, startDynamo } from '../../local/stand-ins';
-
-const run = (runId: string, datasetHash = `hash-${runId}`, createdAt = Date.now()): Run => ({
-  runId,
-  work: 'w',
-  bucket: 'b',
-  objects: [{ key: 'k', size: 1, etag: 'e' }],
-  datasetHash,
-  status: 'preparing',
-  createdAt,
-  updatedAt: createdAt,
-  prepared: false,
-  checkpoint: { object: 0, line: 1, offset: 0, gzip: false, nextPart: 0 },
-  counts: zeroCounts(),
-  estimatedTokens: 0,
-  estimatedCostUsd: null,
-  ticks: 0,
-  waitSeconds: 0,
-  error: null,
-  cancelRequested: false,
-  execution: runId,
-  version: 0,
-});
+import { runFixture as run } from '../support/runs';
 
 describe.each([
   ['DynamoDB Local', (table: string, dir: string) => startDynamo(table, dir)],
@@ -89,5 +67,15 @@ describe.each([
     await store.createRun({ ...run('old', 'h-old', 1000), work: 'listed' }, false);
     await store.createRun({ ...run('new', 'h-new', 2000), work: 'listed' }, false);
     expect((await store.listRuns('listed', 10)).map((r) => r.runId)).toEqual(['new', 'old']);
+  });
+
+  it('finds the run of a batch, and records a webhook event once until it is forgotten', async () => {
+    expect(await store.findBatch('batch_x')).toBeNull();
+    await store.recordBatch('batch_x', 'run-b', 3);
+    expect(await store.findBatch('batch_x')).toEqual({ runId: 'run-b', part: 3 });
+    expect(await store.recordEvent('evt_1', 2_000_000_000)).toBe(true);
+    expect(await store.recordEvent('evt_1', 2_000_000_000)).toBe(false); // a replay
+    await store.forgetEvent('evt_1'); // its handling failed: OpenAI's retry must get through
+    expect(await store.recordEvent('evt_1', 2_000_000_000)).toBe(true);
   });
 });

@@ -5,10 +5,14 @@ import { join } from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import type { Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import { openaiWebhookVerifier } from '../../functions/adapters/webhook-verifier';
 import { createHandlers } from '../../functions/handlers';
+import { receiveWebhook } from '../../functions/steps/webhook';
 import { TASKS } from '../../infra/state-machine';
 import { loadWork } from '../../infra/works';
 import { type Definition, synthesizeDefinition } from '../../local/definition';
+import { signWebhook } from '../../local/emulator/webhooks';
 import { executeLocally } from '../../local/execute';
 import {
   type LocalEnvironment,
@@ -16,6 +20,7 @@ import {
   RecordingNotifier,
   startLocalEnvironment,
 } from '../../local/runner';
+import { runFixture } from '../support/runs';
 
 /**
  * Every AWS API call the functions make, recorded while the synthesized state machine runs against the
@@ -29,7 +34,7 @@ const ACTIONS: Record<
   string,
   {
     action: string;
-    on: 'objects' | 'bucket' | 'table' | 'index' | 'secret' | 'bus' | 'topic' | 'stateMachine';
+    on: 'objects' | 'bucket' | 'table' | 'index' | 'secret' | 'bus' | 'topic' | 'stateMachine' | 'executions';
   }
 > = {
   GetObjectCommand: { action: 's3:GetObject', on: 'objects' },
@@ -51,6 +56,8 @@ const ACTIONS: Record<
   PutEventsCommand: { action: 'events:PutEvents', on: 'bus' },
   PublishCommand: { action: 'sns:Publish', on: 'topic' },
   StartExecutionCommand: { action: 'states:StartExecution', on: 'stateMachine' },
+  StopExecutionCommand: { action: 'states:StopExecution', on: 'executions' },
+  DeleteItemCommand: { action: 'dynamodb:DeleteItem', on: 'table' },
 };
 
 const step = new AsyncLocalStorage<string>();
@@ -59,6 +66,8 @@ let env: LocalEnvironment;
 let dir: string;
 let template: Template;
 let definition: Definition;
+/** The template of a work with webhooks on: the one with the receiver's function. */
+let webhookTemplate: Template;
 
 function record(command: string) {
   const state = step.getStore();
@@ -136,7 +145,58 @@ beforeAll(async () => {
   await runRecorded('inputs/iam/b.jsonl', 'iam-continue', { maxTicksPerExecution: 1 }); // hands over to a new execution
   await runRecorded('inputs/iam/c.jsonl', 'iam-costly', { maxCostUsd: 1e-9 }); // fails after Register: MarkFailed
   await runRecorded('inputs/iam/missing.jsonl', 'iam-missing'); // fails in Register
+  await deliverRecorded();
 }, 120_000);
+
+/**
+ * The webhook receiver's calls: a delivery whose restart fails (the event is forgotten, for OpenAI's
+ * retry), then the retry, which restarts the run and stops its waiting execution. Step Functions calls
+ * are recorded at the receiver's control, which stands in for the SFN client here.
+ */
+async function deliverRecorded(): Promise<void> {
+  webhookTemplate = (
+    await synthesizeDefinition(
+      await loadWork(new URL('../fixtures/works/webhooks.ts', import.meta.url).pathname),
+    )
+  ).template;
+  const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
+  await runs.createRun({ ...runFixture('iam-hooked'), status: 'running', waiting: 'iam-hooked' }, false);
+  await runs.recordBatch('batch_iam', 'iam-hooked', 0);
+  const secret = 'whsec_aWFtLXRlc3Qtc2lnbmluZy1zZWNyZXQ=';
+  const body = JSON.stringify({
+    id: 'evt_iam',
+    type: 'batch.completed',
+    created_at: 1,
+    data: { id: 'batch_iam' },
+  });
+  let failStart = true;
+  for (let delivery = 0; delivery < 2; delivery++) {
+    await step.run('Webhook', () =>
+      receiveWebhook(
+        {
+          runs,
+          verify: openaiWebhookVerifier(async () => {
+            record('GetSecretValueCommand');
+            return secret;
+          }),
+          control: {
+            start: async () => {
+              record('StartExecutionCommand');
+              if (failStart) {
+                failStart = false;
+                throw new Error('throttled');
+              }
+            },
+            stop: async () => record('StopExecutionCommand'),
+          },
+          now: Date.now,
+          log: () => {},
+        },
+        { body, headers: signWebhook(secret, 'evt_iam', Math.floor(Date.now() / 1000), body) },
+      ),
+    );
+  }
+}
 
 afterAll(async () => {
   await env?.stop();
@@ -144,12 +204,15 @@ afterAll(async () => {
 });
 
 /** The policy statements of the role of the function behind each state. */
-function statementsOf(state: string): { Action: string | string[]; Resource: unknown }[] {
-  const functions = template.findResources('AWS::Lambda::Function');
+function statementsOf(
+  state: string,
+  from: Template = state === 'Webhook' ? webhookTemplate : template,
+): { Action: string | string[]; Resource: unknown }[] {
+  const functions = from.findResources('AWS::Lambda::Function');
   const [fnId, fn] = Object.entries(functions).find(([id]) => id.startsWith(`Work${state}Function`)) ?? [];
   if (!fnId || !fn) throw new Error(`no function for ${state}`);
   const roleId = (fn.Properties.Role as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
-  const policies = Object.values(template.findResources('AWS::IAM::Policy')).filter((p) =>
+  const policies = Object.values(from.findResources('AWS::IAM::Policy')).filter((p) =>
     (p.Properties.Roles as { Ref: string }[]).some((r) => r.Ref === roleId),
   );
   return policies.flatMap((p) => p.Properties.PolicyDocument.Statement);
@@ -173,14 +236,26 @@ function grants(state: string, command: string): boolean {
         return resources.includes(logicalId('AWS::DynamoDB::Table'));
       case 'index':
         return resources.includes('/index/byWork');
-      case 'secret':
-        return resources.includes(logicalId('AWS::SecretsManager::Secret'));
+      case 'secret': {
+        // The receiver reads the webhook signing secret; every other function the API key's.
+        const own = state === 'Webhook' ? 'WorkWebhookSigningSecret' : 'WorkOpenAIApiKey';
+        const secrets = Object.keys(
+          (state === 'Webhook' ? webhookTemplate : template).findResources('AWS::SecretsManager::Secret'),
+        );
+        const id = secrets.find((s) => s.startsWith(own));
+        return id !== undefined && resources.includes(id);
+      }
       case 'bus':
         return resources.includes('event-bus/default');
       case 'topic':
         return resources.includes(logicalId('AWS::SNS::Topic'));
       case 'stateMachine':
         return resources.includes(logicalId('AWS::StepFunctions::StateMachine'));
+      case 'executions':
+        return (
+          resources.includes(':execution:') &&
+          resources.includes(logicalId('AWS::StepFunctions::StateMachine'))
+        );
       default:
         return false;
     }
@@ -190,7 +265,9 @@ function grants(state: string, command: string): boolean {
 describe('IAM least privilege', () => {
   it('recorded the calls of every state', () => {
     const states = new Set([...calls].map((c) => c.split(' ')[0]));
-    expect([...states].sort()).toEqual([...TASKS].sort());
+    expect([...states].sort()).toEqual([...TASKS, 'Webhook'].sort());
+    for (const call of ['DeleteItemCommand', 'StartExecutionCommand', 'StopExecutionCommand'])
+      expect(calls).toContain(`Webhook ${call}`);
   });
 
   it('grants every call a state made to the function of that state, on its resource', () => {
@@ -202,7 +279,7 @@ describe('IAM least privilege', () => {
   });
 
   it('names every action in full: no wildcard action in any function policy', () => {
-    for (const state of TASKS) {
+    for (const state of [...TASKS, 'Webhook']) {
       for (const s of statementsOf(state)) {
         const actions = Array.isArray(s.Action) ? s.Action : [s.Action];
         expect(actions.filter((a) => a.includes('*') && !a.startsWith('xray:'))).toEqual([]);

@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { App, Stack, Validations } from 'aws-cdk-lib';
-import { Match, Template } from 'aws-cdk-lib/assertions';
+import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
@@ -20,7 +20,7 @@ function synth(
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
   const stack = new Stack(app, 'Test', { env: { account: '123456789012', region: 'eu-west-1' } });
   const construct = new OpenAIBatchWork(stack, 'Work', { work, workModule, ...props, ...prepare?.(stack) });
-  return { template: Template.fromStack(stack), construct };
+  return { template: Template.fromStack(stack), construct, stack };
 }
 
 describe('OpenAIBatchWork', () => {
@@ -180,6 +180,43 @@ describe('OpenAIBatchWork', () => {
     brought.resourceCountIs('AWS::DynamoDB::Table', 0);
     brought.resourceCountIs('AWS::SecretsManager::Secret', 0);
     expect(JSON.stringify(brought.findResources('AWS::IAM::Policy'))).toContain('my-datasets');
+  });
+
+  it('with webhooks: a public URL whose function checks signatures, restarts runs, and touches no data', () => {
+    expect(synth().construct.webhook).toBeUndefined();
+    const { template: hooked, stack } = synth({ webhooks: true });
+    hooked.hasResourceProperties('AWS::Lambda::Url', { AuthType: 'NONE' });
+    // Since October 2025 a public URL needs both permissions, or every delivery gets a 403.
+    for (const action of ['lambda:InvokeFunctionUrl', 'lambda:InvokeFunction'])
+      hooked.hasResourceProperties('AWS::Lambda::Permission', { Action: action, Principal: '*' });
+    hooked.hasOutput('*', { Description: Match.stringLikeRegexp('OpenAI dashboard') });
+    hooked.hasResourceProperties('AWS::SecretsManager::Secret', {
+      SecretString: 'put-your-openai-webhook-signing-secret-here',
+    });
+    hooked.hasResourceProperties('AWS::Lambda::Function', {
+      Handler: 'index.webhook',
+      Environment: {
+        Variables: Match.objectLike({
+          WEBHOOK_SECRET_ID: Match.anyValue(),
+          STATE_MACHINE_ARN: Match.anyValue(),
+        }),
+      },
+    });
+    const [, policy] =
+      Object.entries(hooked.findResources('AWS::IAM::Policy')).find(([id]) => id.startsWith('WorkWebhook')) ??
+      [];
+    const statements = JSON.stringify(policy?.Properties.PolicyDocument);
+    expect(statements).toContain('states:StopExecution');
+    expect(statements).toContain(':execution:');
+    expect(statements).not.toMatch(/"s3:|OpenAIApiKey/); // never the data, never the API key
+    // Webhook events are remembered for a week, then expire.
+    hooked.hasResourceProperties('AWS::DynamoDB::Table', {
+      TimeToLiveSpecification: { AttributeName: 'expiresAt', Enabled: true },
+    });
+    expect(Annotations.fromStack(stack).findError('*', Match.stringLikeRegexp('AwsSolutions-'))).toEqual([]);
+    expect(Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('AwsSolutions-'))).toEqual(
+      [],
+    );
   });
 
   it('refuses props that conflict', () => {

@@ -1,0 +1,44 @@
+/** Helpers for benchmarks that run their pieces in processes of their own. */
+import { execFileSync, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { localS3Client } from '../local/stand-ins';
+
+/** Runs `tsx bench/<script> args...` in its own process and returns the JSON of its last line. */
+export function runScript<T>(script: string, args: readonly string[]): T {
+  const out = execFileSync(process.execPath, ['--import', 'tsx', `bench/${script}`, ...args], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  const last = out.trim().split('\n').at(-1);
+  if (!last) throw new Error(`bench/${script} printed nothing`);
+  return JSON.parse(last) as T;
+}
+
+/** s3rver in a child process (bench/s3-server.ts), with a client for it. */
+export interface S3Process {
+  readonly endpoint: string;
+  readonly client: S3Client;
+  /** Stops the server; resolves to its peak RSS in MiB. */
+  stop(): Promise<number>;
+}
+
+export async function startS3Process(directory: string, bucket: string): Promise<S3Process> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/s3-server.ts', directory, bucket], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const first = await lines.next();
+  if (first.done) throw new Error('bench/s3-server.ts exited before listening');
+  const { endpoint } = JSON.parse(first.value) as { endpoint: string };
+  return {
+    endpoint,
+    client: localS3Client(endpoint),
+    async stop() {
+      child.stdin.end();
+      const last = await lines.next();
+      return last.done ? 0 : (JSON.parse(last.value) as { peakRssMiB: number }).peakRssMiB;
+    },
+  };
+}

@@ -1,0 +1,104 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import OpenAI, { toFile } from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newPart } from '../../functions/core/run';
+import { defineWork } from '../../functions/core/work';
+import type { StepDeps } from '../../functions/steps/deps';
+import { tick } from '../../functions/steps/tick';
+import {
+  type LocalEnvironment,
+  localDeps,
+  RecordingNotifier,
+  startLocalEnvironment,
+} from '../../local/runner';
+import { runFixture } from '../support/runs';
+
+const work = defineWork({ name: 'tick', model: 'gpt-4o-mini', minPollSeconds: 10, maxPollSeconds: 900 });
+let env: LocalEnvironment;
+let dir: string;
+let deps: StepDeps<unknown>;
+
+/** A run whose one part is a batch the emulator keeps validating: every Tick polls it, nothing moves. */
+async function runWithBatch(runId: string): Promise<void> {
+  const client = new OpenAI({ apiKey: env.openai.apiKey, baseURL: env.openai.baseURL });
+  const line = JSON.stringify({
+    custom_id: 'a',
+    method: 'POST',
+    url: '/v1/chat/completions',
+    body: { model: 'gpt-4o-mini', messages: [] },
+  });
+  const file = await client.files.create({
+    file: await toFile(Buffer.from(`${line}\n`), 'a.jsonl'),
+    purpose: 'batch',
+  });
+  const batch = await client.batches.create({
+    input_file_id: file.id,
+    endpoint: '/v1/chat/completions',
+    completion_window: '24h',
+  });
+  await deps.runs.createRun(
+    { ...runFixture(runId), status: 'running', prepared: true, execution: 'first' },
+    false,
+  );
+  const part = newPart({
+    part: 0,
+    generation: 0,
+    model: 'gpt-4o-mini',
+    requests: 1,
+    bytes: 1,
+    estimatedTokens: 1,
+  });
+  await deps.runs.addParts(runId, [
+    { ...part, status: 'active', batchId: batch.id, fileId: file.id, batchStatus: 'validating' },
+  ]);
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'openai-batch-tick-'));
+  env = await startLocalEnvironment(dir, {
+    kind: 'emulator',
+    options: { validationMs: 3_600_000, tickMs: 0 },
+  });
+  deps = localDeps(env, work, {}, new RecordingNotifier()) as StepDeps<unknown>;
+});
+
+afterAll(async () => {
+  await env?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('Tick and the execution that runs it', () => {
+  it('says it is waiting as it ends, so that a webhook may replace its execution', async () => {
+    await runWithBatch('w1');
+    const ticked = await tick(deps, { runId: 'w1', executionName: 'first' });
+    expect(ticked).toMatchObject({ done: false, superseded: false });
+    expect((await deps.runs.getRun('w1'))?.waiting).toBe('first');
+  });
+
+  it('waits the shortest time when a webhook came while it ran, and its own backoff otherwise', async () => {
+    await runWithBatch('w2');
+    const long = async (wakePending: boolean) => {
+      const run = await deps.runs.getRun('w2');
+      if (!run) throw new Error('no run');
+      await deps.runs.putRun({ ...run, waitSeconds: 400, wakePending });
+      return tick(deps, { runId: 'w2', executionName: 'first' });
+    };
+    expect((await long(false)).waitSeconds).toBe(800); // nothing moved: the backoff doubles
+    expect((await long(true)).waitSeconds).toBe(10); // the webhook's news: back after minPollSeconds
+    expect((await deps.runs.getRun('w2'))?.wakePending).toBe(false);
+  });
+
+  it('ends an execution that another one replaced, touching nothing', async () => {
+    await runWithBatch('w3');
+    const run = await deps.runs.getRun('w3');
+    if (!run) throw new Error('no run');
+    await deps.runs.putRun({ ...run, execution: 'second', waiting: 'second' });
+    const before = await deps.runs.getRun('w3');
+    expect(await tick(deps, { runId: 'w3', executionName: 'first' })).toMatchObject({ superseded: true });
+    expect(await deps.runs.getRun('w3')).toEqual(before);
+    // The execution that drives the run ticks as usual, and clears `waiting` as it starts.
+    expect(await tick(deps, { runId: 'w3', executionName: 'second' })).toMatchObject({ superseded: false });
+  });
+});

@@ -1,0 +1,27 @@
+import { zeroCounts } from '../../functions/core/accounting';
+import type { Run } from '../../functions/core/run';
+
+/** A run record as Register writes it, for store and step tests. */
+export const runFixture = (runId: string, datasetHash = `hash-${runId}`, createdAt = Date.now()): Run => ({
+  runId,
+  work: 'w',
+  bucket: 'b',
+  objects: [{ key: 'k', size: 1, etag: 'e' }],
+  datasetHash,
+  status: 'preparing',
+  createdAt,
+  updatedAt: createdAt,
+  prepared: false,
+  checkpoint: { object: 0, line: 1, offset: 0, gzip: false, nextPart: 0 },
+  counts: zeroCounts(),
+  estimatedTokens: 0,
+  estimatedCostUsd: null,
+  ticks: 0,
+  waitSeconds: 0,
+  error: null,
+  cancelRequested: false,
+  execution: runId,
+  waiting: null,
+  wakePending: false,
+  version: 0,
+});

@@ -9,9 +9,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { openaiWebhookVerifier } from '../functions/adapters/webhook-verifier';
 import { defineWork } from '../functions/core/work';
 import { createHandlers } from '../functions/handlers';
-import { partMemory, SIZING } from '../infra/openai-batch-work';
+import { receiveWebhook } from '../functions/steps/webhook';
+import { partMemory, SIZING, WEBHOOK_SIZING } from '../infra/openai-batch-work';
 import { TASKS, type TaskName } from '../infra/state-machine';
 import { synthesizeDefinition } from '../local/definition';
 import { ManualClock } from '../local/emulator/clock';
@@ -26,17 +28,22 @@ const withWebhooks = process.argv.includes('--webhooks');
 
 const dir = mkdtempSync(join(tmpdir(), 'openai-batch-cost-'));
 const clock = new ManualClock(Date.UTC(2026, 0, 1));
-const env = await startLocalEnvironment(dir, {
-  kind: 'emulator',
-  options: {
-    clock,
-    tickMs: 0,
-    validationMs: 10 * 60_000,
-    finalizingMs: 5 * 60_000,
-    requestsPerSecond: REQUESTS_PER_BATCH / (HOURS_ON_OPENAI * 3600),
-    seed: 1,
+const env = await startLocalEnvironment(
+  dir,
+  {
+    kind: 'emulator',
+    options: {
+      clock,
+      tickMs: 0,
+      validationMs: 10 * 60_000,
+      finalizingMs: 5 * 60_000,
+      requestsPerSecond: REQUESTS_PER_BATCH / (HOURS_ON_OPENAI * 3600),
+      seed: 1,
+    },
   },
-});
+  false,
+  { webhooks: withWebhooks },
+);
 
 const s3Calls = new Map<string, number>();
 const dynamo = { read: 0, write: 0 };
@@ -76,8 +83,10 @@ const work = defineWork({
   model: 'gpt-4o-mini',
   maxRequestsPerBatch: REQUESTS_PER_BATCH,
   maxActiveBatches: BATCHES,
-  minPollSeconds: 30,
-  maxPollSeconds: 900,
+  // With webhooks polls are the safety net only: an hour apart.
+  minPollSeconds: withWebhooks ? 3600 : 30,
+  maxPollSeconds: withWebhooks ? 3600 : 900,
+  webhooks: withWebhooks,
 });
 const loaded = { work, module: new URL('../works/example.ts', import.meta.url).pathname };
 const { definition } = await synthesizeDefinition(loaded);
@@ -95,12 +104,57 @@ const invocations = Object.fromEntries(TASKS.map((t) => [t, { count: 0, ms: 0 }]
   { count: number; ms: number }
 >;
 let lastWait = 0;
+
+// Webhooks: the emulator's signed events reach the real receiving code (its DynamoDB calls counted).
+// Waking a run means, on AWS, StopExecution and a new execution (Register, then a Choice) before the
+// Tick: the bench's one execution goes straight on to its Tick, and each wake is charged those extras.
+const wakes = { count: 0, receiverMs: 0, deliveries: 0 };
+let woken = false;
+if (env.webhooks) {
+  const { secret } = env.webhooks;
+  env.webhooks.handle = async (request) => {
+    const started = performance.now();
+    const answer = await receiveWebhook(
+      {
+        runs: deps.runs,
+        verify: openaiWebhookVerifier(async () => secret),
+        control: {
+          start: async () => {
+            wakes.count += 1;
+            woken = true;
+          },
+          stop: async () => {},
+        },
+        now: () => clock.now(),
+        log: () => {},
+      },
+      request,
+    );
+    wakes.deliveries += 1;
+    wakes.receiverMs += Math.max(1, Math.ceil(performance.now() - started));
+    return answer;
+  };
+}
+
+/** The Wait before a Tick, in simulated time: all of it, or until a webhook wakes the run. */
+async function wait(seconds: number): Promise<void> {
+  if (!env.webhooks) {
+    clock.advance(seconds * 1000);
+    return;
+  }
+  woken = false;
+  for (let waited = 0; waited < seconds && !woken; waited += 60) {
+    clock.advance(Math.min(60, seconds - waited) * 1000);
+    await env.emulator?.settle();
+    await env.emulator?.webhooks?.idle();
+  }
+}
 const timed = Object.fromEntries(
   TASKS.map((name) => [
     name,
     async (event: unknown) => {
       if (name === 'Tick') {
-        clock.advance(lastWait * 1000); // the Wait before this Tick, in simulated time
+        await wait(lastWait); // the Wait before this Tick, in simulated time
         await env.emulator?.settle();
       }
       const started = performance.now();
@@ -125,14 +179,28 @@ await executeLocally(
 await new Promise((r) => setTimeout(r, 50)); // let the event log drain
 const simulatedHours = (clock.now() - simulatedStart) / 3_600_000;
 
+// Each wake on AWS: a new execution's Register and Choice (2 transitions), a Register invocation as long
+// as the measured average, and Register's read and rewrite of the run (1 read, 2 write units).
+const register = invocations.Register;
+transitions += 2 * wakes.count;
+dynamo.read += wakes.count;
+dynamo.write += 2 * wakes.count;
+const lambdaLoad: { memoryMb: number; count: number; ms: number }[] = [
+  ...TASKS.map((name) => ({
+    memoryMb:
+      name === 'Prepare' || name === 'Tick'
+        ? partMemory(work.settings.maxBytesPerBatch)
+        : SIZING[name].memorySize,
+    count: invocations[name].count + (name === 'Register' ? wakes.count : 0),
+    ms:
+      invocations[name].ms +
+      (name === 'Register' ? (wakes.count * register.ms) / Math.max(1, register.count) : 0),
+  })),
+  { memoryMb: WEBHOOK_SIZING.memorySize, count: wakes.deliveries, ms: wakes.receiverMs },
+];
 let lambdaUsd = 0;
 let lambdaGbSeconds = 0;
-for (const name of TASKS) {
-  const { count, ms } = invocations[name];
-  const memoryMb =
-    name === 'Prepare' || name === 'Tick'
-      ? partMemory(work.settings.maxBytesPerBatch)
-      : SIZING[name].memorySize;
+for (const { memoryMb, count, ms } of lambdaLoad) {
   const gbSeconds = (memoryMb / 1024) * (ms / 1000);
   lambdaGbSeconds += gbSeconds;
   lambdaUsd += gbSeconds * AWS_PRICES.lambdaGbSecondArm + count * AWS_PRICES.lambdaRequest;
@@ -166,9 +234,11 @@ console.log(
     simulatedHours: Number(simulatedHours.toFixed(1)),
     wallSeconds: Number(((performance.now() - wallStarted) / 1000).toFixed(1)),
     webhooks: withWebhooks,
+    webhookDeliveries: wakes.deliveries,
+    wakes: wakes.count,
     ticks: ticks.count,
     transitions,
-    lambdaInvocations: Object.values(invocations).reduce((n, i) => n + i.count, 0),
+    lambdaInvocations: lambdaLoad.reduce((n, l) => n + l.count, 0),
     lambdaGbSeconds: Number(lambdaGbSeconds.toFixed(2)),
     dynamoReadUnits: Math.round(dynamo.read),
     dynamoWriteUnits: Math.round(dynamo.write),

@@ -105,17 +105,27 @@ interface CostFigure {
   ticks: number;
   transitions: number;
   simulatedHours: number;
+  webhookDeliveries: number;
+  wakes: number;
   usd: Record<string, number>;
 }
 const cost = runScript<CostFigure>('orchestration-cost.ts', []);
+const hooked = runScript<CostFigure>('orchestration-cost.ts', ['--webhooks']);
 console.log(
   '\norchestration cost (AWS side) of a million requests: 20 batches OpenAI takes 20 hours to finish:',
 );
 console.table({
-  'reconciler, polling': {
+  'reconciler, polling (30 s to 15 min)': {
     'USD per 1M requests': cost.usdPer1MRequests,
     ticks: cost.ticks,
     'state transitions': cost.transitions,
+  },
+  'reconciler, webhooks (polls an hour apart)': {
+    'USD per 1M requests': hooked.usdPer1MRequests,
+    ticks: hooked.ticks,
+    'state transitions': hooked.transitions,
+    'webhook deliveries': hooked.webhookDeliveries,
+    wakes: hooked.wakes,
   },
   'naive (Map branch per batch, 1-minute polls)': { 'USD per 1M requests': cost.naiveUsdPer1MRequests },
 });

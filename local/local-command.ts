@@ -123,7 +123,7 @@ export async function localCommand(
   mkdirSync(out, { recursive: true });
   const { target, label, real } = openaiTarget(options);
   print(`run ${runId}: work "${name}", ${files.length} dataset file(s), OpenAI: ${label}`);
-    const env = await startLocalEnvironment(join(out, '.state'), target, true, {
+  const env = await startLocalEnvironment(join(out, '.state'), target, true, {
     webhooks: loaded.work.settings.webhooks,
   });
   if (env.webhooks) print(`webhooks: the emulator signs and sends them to ${env.webhooks.url}`);

@@ -3,7 +3,16 @@ import type { BatchApi, BlobStore, RunStore } from '../../functions/core/ports';
 /** The calls that change something outside the handler: where a crash can leave work half done. */
 const SIDE_EFFECTS = {
   blobs: ['write', 'delete'],
-  runs: ['createRun', 'putRun', 'settleClaim', 'addParts', 'putPart', 'recordBatch', 'recordEvent', 'forgetEvent'],
+  runs: [
+    'createRun',
+    'putRun',
+    'settleClaim',
+    'addParts',
+    'putPart',
+    'recordBatch',
+    'recordEvent',
+    'forgetEvent',
+  ],
   openai: ['uploadFile', 'createBatch', 'cancelBatch', 'deleteFile'],
 } as const;
 

@@ -1,0 +1,104 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadWork } from '../../infra/works';
+import { type Definition, synthesizeDefinition } from '../../local/definition';
+import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { outputIds, partsPaidTwice } from '../support/run-checks';
+import { injectSdkFaults, type SdkFaultCounts } from '../support/sdk-faults';
+
+/**
+ * Faults from outside: OpenAI (the emulator's random faults on every endpoint: 429s, 500s, 503s, slow
+ * answers, connections dropped before and after it acted), S3 and DynamoDB (throttling, 500s and
+ * conditional-check races injected in the SDK clients). A run under all of them ends as one without.
+ */
+
+const RECORDS = 90;
+let env: LocalEnvironment;
+let dir: string;
+let loaded: Awaited<ReturnType<typeof loadWork>>;
+let definition: Definition;
+let s3Faults: SdkFaultCounts;
+let dynamoFaults: SdkFaultCounts;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'openai-batch-faults-'));
+  env = await startLocalEnvironment(dir, {
+    kind: 'emulator',
+    options: {
+      validationMs: 20,
+      requestsPerSecond: 20_000,
+      finalizingMs: 10,
+      tickMs: 10,
+      faults: { rate: 0.2, seed: 5, slowMs: 100 },
+      seed: 11,
+    },
+  });
+  loaded = await loadWork(new URL('../fixtures/works/chat.ts', import.meta.url).pathname);
+  definition = (await synthesizeDefinition(loaded)).definition;
+  const ids = Array.from({ length: RECORDS }, (_, i) => `f${i}`);
+  await env.s3.client.send(
+    new PutObjectCommand({
+      Bucket: env.s3.bucket,
+      Key: 'inputs/faults.jsonl',
+      Body: ids.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
+    }),
+  );
+  s3Faults = injectSdkFaults(env.s3.client as never, {
+    throttlingName: 'SlowDown',
+    throttleRate: 0.08,
+    serverErrorRate: 0.05,
+    seed: 3,
+  });
+  dynamoFaults = injectSdkFaults(env.dynamo.client as never, {
+    throttlingName: 'ThrottlingException',
+    throttleRate: 0.08,
+    serverErrorRate: 0.05,
+    raceRate: 0.15,
+    seed: 4,
+  });
+}, 60_000);
+
+afterAll(async () => {
+  await env?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('faults from outside', () => {
+  it('completes a run under OpenAI, S3 and DynamoDB faults with every record, once', async () => {
+    const result = await runLocally(
+      env,
+      loaded,
+      'inputs/faults.jsonl',
+      'faulty',
+      {
+        waitMs: 20,
+        lostCreateGraceMs: 1_000,
+        log: (m, f) =>
+          console.log(new Date().toISOString().slice(14, 23), m, JSON.stringify(f ?? {}).slice(0, 200)),
+      },
+      { definition },
+    );
+    expect(result.output).toMatchObject({
+      summary: { records: RECORDS, outputs: RECORDS, errors: 0, balanced: true },
+    });
+    const ids = await outputIds(env, 'faulty');
+    const client = new OpenAI({ apiKey: env.openai.apiKey, baseURL: env.openai.baseURL });
+    expect(await partsPaidTwice(client, 'faulty')).toBe(0);
+    expect(ids).toEqual(Array.from({ length: RECORDS }, (_, i) => `f${i}`).sort());
+    mkdirSync('.local/reliability', { recursive: true });
+    writeFileSync(
+      '.local/reliability/faults.json',
+      `${JSON.stringify({ records: RECORDS, outputs: ids.length, s3: s3Faults, dynamodb: dynamoFaults, openai: env.emulator?.faults.injected }, null, 2)}\n`,
+    );
+    // The faults did happen, on every side.
+    const injected = Object.values(env.emulator?.faults.injected ?? {}).reduce((a, b) => a + b, 0);
+    expect(injected).toBeGreaterThan(3);
+    expect(s3Faults.throttled + s3Faults.serverErrors).toBeGreaterThan(3);
+    expect(dynamoFaults.throttled + dynamoFaults.serverErrors).toBeGreaterThan(3);
+    expect(dynamoFaults.races).toBeGreaterThan(1);
+  }, 180_000);
+});

@@ -8,6 +8,7 @@ import { loadWork } from '../../infra/works';
 import { type Definition, synthesizeDefinition } from '../../local/definition';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
 import { CrashPlan } from '../support/crash';
+import { type CrashRow, RELIABILITY_DIR } from '../support/reliability';
 import { outputIds, partsPaidTwice } from '../support/run-checks';
 
 /**
@@ -36,17 +37,6 @@ let dir: string;
 let loaded: Awaited<ReturnType<typeof loadWork>>;
 let definition: Definition;
 let client: OpenAI;
-
-/** One row of the reliability table. */
-export interface CrashRow {
-  crashPoint: number;
-  after: string;
-  completed: boolean;
-  outputs: number;
-  missing: number;
-  duplicated: number;
-  partsPaidTwice: number;
-}
 
 /** A run over its own dataset (dedup would refuse the same content twice), crashing after effect n. */
 async function crashRun(n: number | null): Promise<{ row: CrashRow; plan: CrashPlan }> {
@@ -137,8 +127,8 @@ describe('crash points: a handler that dies between two side effects loses nothi
       const group = Array.from({ length: Math.min(PARALLEL, points - first + 1) }, (_, i) => first + i);
       rows.push(...(await Promise.all(group.map(async (n) => (await crashRun(n)).row))));
     }
-    mkdirSync('.local/reliability', { recursive: true });
-    writeFileSync('.local/reliability/crash-points.json', `${JSON.stringify(rows, null, 2)}\n`);
+    mkdirSync(RELIABILITY_DIR, { recursive: true });
+    writeFileSync(join(RELIABILITY_DIR, 'crash-points.json'), `${JSON.stringify(rows, null, 2)}\n`);
 
     expect(rows.filter((r) => r.after === '(no crash)')).toEqual([]); // each crash point was reached
     expect(

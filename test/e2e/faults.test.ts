@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadWork } from '../../infra/works';
 import { type Definition, synthesizeDefinition } from '../../local/definition';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { type FaultsRecord, RELIABILITY_DIR } from '../support/reliability';
 import { outputIds, partsPaidTwice } from '../support/run-checks';
 import { injectSdkFaults, type SdkFaultCounts } from '../support/sdk-faults';
 
@@ -87,13 +88,19 @@ describe('faults from outside', () => {
     });
     const ids = await outputIds(env, 'faulty');
     const client = new OpenAI({ apiKey: env.openai.apiKey, baseURL: env.openai.baseURL });
-    expect(await partsPaidTwice(client, 'faulty')).toBe(0);
+    const paidTwice = await partsPaidTwice(client, 'faulty');
+    expect(paidTwice).toBe(0);
     expect(ids).toEqual(Array.from({ length: RECORDS }, (_, i) => `f${i}`).sort());
-    mkdirSync('.local/reliability', { recursive: true });
-    writeFileSync(
-      '.local/reliability/faults.json',
-      `${JSON.stringify({ records: RECORDS, outputs: ids.length, s3: s3Faults, dynamodb: dynamoFaults, openai: env.emulator?.faults.injected }, null, 2)}\n`,
-    );
+    mkdirSync(RELIABILITY_DIR, { recursive: true });
+    const record: FaultsRecord = {
+      records: RECORDS,
+      outputs: ids.length,
+      partsPaidTwice: paidTwice,
+      s3: { ...s3Faults },
+      dynamodb: { ...dynamoFaults },
+      openai: { ...env.emulator?.faults.injected },
+    };
+    writeFileSync(join(RELIABILITY_DIR, 'faults.json'), `${JSON.stringify(record, null, 2)}\n`);
     // The faults did happen, on every side.
     const injected = Object.values(env.emulator?.faults.injected ?? {}).reduce((a, b) => a + b, 0);
     expect(injected).toBeGreaterThan(3);

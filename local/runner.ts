@@ -67,7 +67,10 @@ export async function startLocalEnvironment(
         })
       : null;
   const openai = emulator
-    ? { baseURL: emulator.url, apiKey: 'sk-local-emulator' }
+    ? {
+        baseURL: emulator.url,
+        apiKey: target.kind === 'emulator' ? (target.options?.apiKey ?? 'sk-local-emulator') : '',
+      }
     : { baseURL: (target as { baseURL: string }).baseURL, apiKey: (target as { apiKey: string }).apiKey };
   return {
     dir,

@@ -36,6 +36,8 @@ export interface Registered {
 /** The objects a dataset names: the object at the key, or every non-empty object under it as a prefix. */
 export async function datasetObjects(deps: StepDeps<unknown>, key: string): Promise<BlobInfo[]> {
   const single = key.endsWith('/') ? null : await deps.blobs.head(key);
+  if (single && single.size === 0)
+    throw new DatasetError(`The dataset s3://${deps.bucket}/${key} is empty: there is nothing to run.`);
   if (single) return [single];
   const objects: BlobInfo[] = [];
   for await (const object of deps.blobs.list(key)) {

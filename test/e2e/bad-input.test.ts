@@ -143,4 +143,28 @@ describe('bad input, and what a run leaves behind', () => {
       places.filter(([where, text]) => !mayHoldContents(where) && text.includes(SENTINEL)).map(([w]) => w),
     ).toEqual([]);
   });
+
+  const nothing = (key: string) =>
+    `No dataset at s3://openai-batch-local/${key}: no such object, and no objects under it as a prefix.`;
+  it.each([
+    ['a missing object', 'inputs/picky/missing.jsonl', nothing('inputs/picky/missing.jsonl')],
+    ['a prefix with no objects', 'inputs/nothing-here/', nothing('inputs/nothing-here/')],
+    [
+      'an empty dataset',
+      'inputs/picky/empty.jsonl',
+      'The dataset s3://openai-batch-local/inputs/picky/empty.jsonl is empty: there is nothing to run.',
+    ],
+  ])(
+    'fails a run on %s at Register, naming the location, before anything is sent',
+    async (_, key, message) => {
+      await env.s3.client.send(
+        new PutObjectCommand({ Bucket: env.s3.bucket, Key: 'inputs/picky/empty.jsonl', Body: '' }),
+      );
+      const runId = `picky-${key.replace(/\W/g, '-')}`;
+      await expect(runLocally(env, loaded, key, runId, { waitMs: 20 }, { definition })).rejects.toThrow(
+        message,
+      );
+      expect(await allKeys()).not.toContainEqual(expect.stringContaining(`runs/${runId}/`));
+    },
+  );
 });

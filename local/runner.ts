@@ -105,6 +105,8 @@ export interface LocalRunOptions {
   readonly maxTicksPerExecution?: number;
   /** How long a lost create is looked for before its part is sent again. @default 120000 */
   readonly lostCreateGraceMs?: number;
+  /** The steps' clock (tests move it on to pass backoffs of minutes at once). @default Date.now */
+  readonly now?: () => number;
   readonly log?: Log;
   readonly onState?: (state: string) => void;
   readonly onOutput?: (state: string, output: unknown) => void;
@@ -134,7 +136,7 @@ export function localDeps<R>(
     runs: options.wrap?.runs?.(runs) ?? runs,
     openai: async () => options.wrap?.openai?.(api) ?? api,
     notifier,
-    now: () => Date.now(),
+    now: options.now ?? (() => Date.now()),
     budgetMs: options.budgetMs ?? 240_000,
     maxTicksPerExecution: options.maxTicksPerExecution ?? 1500,
     lostCreateGraceMs: options.lostCreateGraceMs ?? 120_000,

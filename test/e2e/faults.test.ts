@@ -109,3 +109,57 @@ describe('faults from outside', () => {
     expect(dynamoFaults.races).toBeGreaterThan(1);
   }, 180_000);
 });
+
+describe("OpenAI's enqueued token limit", () => {
+  it('throttles parts refused with token_limit_exceeded and sends them again until all are admitted', async () => {
+    const limited = await startLocalEnvironment(join(dir, 'limited'), {
+      kind: 'emulator',
+      options: {
+        validationMs: 20,
+        requestsPerSecond: 200,
+        finalizingMs: 10,
+        tickMs: 10,
+        enqueuedTokenLimit: 700,
+        seed: 2,
+      },
+    });
+    try {
+      const ids = Array.from({ length: 160 }, (_, i) => `t${i}`);
+      await limited.s3.client.send(
+        new PutObjectCommand({
+          Bucket: limited.s3.bucket,
+          Key: 'inputs/limited.jsonl',
+          Body: ids.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
+        }),
+      );
+      // Each throttled part waits a minute, doubling: the steps' clock moves on a minute at each Tick.
+      let skew = 0;
+      const result = await runLocally(
+        limited,
+        loaded,
+        'inputs/limited.jsonl',
+        'limited',
+        {
+          waitMs: 20,
+          now: () => Date.now() + skew,
+          onState: (state) => {
+            if (state === 'Tick') skew += 60_000;
+          },
+        },
+        { definition },
+      );
+      expect(result.output).toMatchObject({
+        summary: { records: 160, outputs: 160, errors: 0, balanced: true },
+      });
+      expect(await outputIds(limited, 'limited')).toEqual([...ids].sort());
+      const client = new OpenAI({ apiKey: limited.openai.apiKey, baseURL: limited.openai.baseURL });
+      const refused = [];
+      for await (const batch of client.batches.list({ limit: 100 }))
+        if (batch.errors?.data?.some((e) => e.code === 'token_limit_exceeded')) refused.push(batch.id);
+      expect(refused.length).toBeGreaterThan(0);
+      expect(await partsPaidTwice(client, 'limited')).toBe(0);
+    } finally {
+      await limited.stop();
+    }
+  }, 120_000);
+});

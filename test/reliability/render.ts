@@ -24,7 +24,10 @@ const Report = z.object({
 /** The test files whose tests are the page's evidence, and what each covers. */
 const SECTIONS: [file: string, heading: string][] = [
   ['test/e2e/run.test.ts', 'Runs end to end: batch fates, lost answers, dedup, limits'],
-    ['test/e2e/bad-input.test.ts', 'Bad input through a whole run, and where the key and record contents end up'],
+  [
+    'test/e2e/bad-input.test.ts',
+    'Bad input through a whole run, and where the key and record contents end up',
+  ],
   ['test/e2e/webhooks.test.ts', 'Webhooks: signatures, replays, polling as the safety net'],
   ['test/local/commands.test.ts', 'Bad input at the command line'],
   ['test/core/dataset.test.ts', 'Bad dataset lines'],

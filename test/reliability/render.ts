@@ -29,7 +29,10 @@ const SECTIONS: [file: string, heading: string][] = [
     'Bad input through a whole run, and where the key and record contents end up',
   ],
   ['test/e2e/webhooks.test.ts', 'Webhooks: signatures, replays, polling as the safety net'],
-    ['test/core/lifecycle.test.ts', 'The part lifecycle as a property (300 random runs of fates, faults and crashes)'],
+  [
+    'test/core/lifecycle.test.ts',
+    'The part lifecycle as a property (300 random runs of fates, faults and crashes)',
+  ],
   ['test/e2e/faults.test.ts', 'Faults and throttling, end to end'],
   ['test/local/commands.test.ts', 'Bad input at the command line'],
   ['test/core/dataset.test.ts', 'Bad dataset lines'],

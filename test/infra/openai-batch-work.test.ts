@@ -124,6 +124,18 @@ describe('OpenAIBatchWork', () => {
     expect(definition).not.toMatch(/QueryLanguage\\":\\"JSONata|ItemReader|waitForTaskToken|\\"Assign\\"/);
   });
 
+  it('gives the functions where the secrets are, never a key or a secret in their environment', () => {
+    const { template: hooked } = synth({ webhooks: true });
+    const environments = Object.values(hooked.findResources('AWS::Lambda::Function')).map((f) =>
+      JSON.stringify(f.Properties.Environment ?? {}),
+    );
+    expect(environments.length).toBe(9);
+    for (const environment of environments) {
+      expect(environment).toContain('OPENAI_SECRET_ID');
+      expect(environment).not.toMatch(/sk-|whsec_|put-your-openai|OPENAI_API_KEY/);
+    }
+  });
+
   it('holds a placeholder in a new secret, which the functions refuse', () => {
     template.hasResourceProperties('AWS::SecretsManager::Secret', {
       SecretString: 'put-your-openai-api-key-here',

@@ -39,7 +39,7 @@ const SECTIONS: [file: string, heading: string][] = [
   ['test/core/requests.test.ts', 'Bad requests from the upload hook'],
   ['test/core/results.test.ts', 'Bad output files'],
   ['test/adapters/secret.test.ts', 'The API key'],
-    ['test/infra/iam.test.ts', 'Least privilege'],
+  ['test/infra/iam.test.ts', 'Least privilege'],
   ['test/infra/openai-batch-work.test.ts', 'The stack: secrets, the webhook URL, cdk-nag'],
   ['test/local/loopback.test.ts', 'Local stand-ins on loopback'],
 ];

@@ -161,7 +161,7 @@ export const RunSchema = z.object({
    * webhook may replace that execution with a new one, so that the run's next Tick happens now.
    */
   waiting: z.string().nullable().default(null),
-  /** A webhook arrived while a Tick ran: that Tick waits the shortest time instead of its own. */
+  /** A webhook arrived while a Tick ran: the next Tick comes a second later instead of after its wait. */
   wakePending: z.boolean().default(false),
   version: z.number().int().nonnegative(),
 });

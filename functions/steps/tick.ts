@@ -27,7 +27,7 @@ export interface Ticked {
 
 /**
  * The start of a Tick: the run, unless another execution drives it now. Clears `waiting`, so that a
- * webhook from here on asks this Tick to wait the shortest time instead of replacing the execution.
+ * webhook from here on asks this Tick to come back at once instead of replacing the execution.
  */
 async function takeRun(
   deps: StepDeps<unknown>,
@@ -167,16 +167,21 @@ export async function tick<R>(
   const all = [...parts.values()];
   const done = run.prepared && allDone(all);
   const chosen = done ? 0 : nextWait(all, moved, run.waitSeconds, deps.work.settings, deps.now());
-  // A webhook that came while this Tick ran: the next Tick comes after the shortest wait instead.
-  run = await updateRun(deps.runs, run.runId, (r) => ({
-    ...r,
-    ticks: r.ticks + 1,
-    waitSeconds: r.wakePending && !done ? Math.min(chosen, deps.work.settings.minPollSeconds) : chosen,
-    wakePending: false,
-    waiting: done ? null : (input.executionName ?? null),
-    updatedAt: deps.now(),
-  }));
-  const { waitSeconds } = run;
+  // A webhook that came while this Tick ran: the next Tick comes a second later, whatever the poll
+  // interval (with webhooks it may be an hour: the news must not wait for it).
+  // A Tick whose execution was replaced while it ran (a webhook) leaves the wake fields to the new one.
+  let waitSeconds = chosen;
+  run = await updateRun(deps.runs, run.runId, (r) => {
+    const driving = input.executionName === undefined || r.execution === input.executionName;
+    waitSeconds = driving && r.wakePending && !done ? 1 : chosen;
+    return {
+      ...r,
+      ticks: driving ? r.ticks + 1 : r.ticks,
+      waitSeconds,
+      updatedAt: deps.now(),
+      ...(driving ? { wakePending: false, waiting: done ? null : (input.executionName ?? null) } : {}),
+    };
+  });
   deps.metric(
     'MinutesWithoutProgress',
     Math.floor(Math.max(0, ...all.map((p) => stalledFor(p, deps.now()))) / 60_000),

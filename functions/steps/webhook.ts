@@ -108,7 +108,7 @@ export async function receiveWebhook(deps: WebhookDeps, request: WebhookRequest)
     });
     const old: string | null = replaced;
     if (old === null) {
-      deps.log('webhook: the running tick will wait the shortest time', {
+      deps.log('webhook: the running tick will come back at once', {
         runId: run.runId,
         eventId: event.id,
       });

@@ -153,7 +153,7 @@ describe('webhooks: a run goes on seconds after OpenAI finishes, polling stays t
       expect(started).toHaveLength(1);
     });
 
-    it('asks a running tick to wait the shortest time, and ignores batches of no run', async () => {
+    it('asks a running tick to come back at once, and ignores batches of no run', async () => {
       const body = event('evt_second');
       expect(JSON.parse((await deliver(body, signWebhook(secret, 'evt_second', now(), body))).body)).toEqual({
         outcome: 'tick running',

@@ -77,7 +77,7 @@ describe('Tick and the execution that runs it', () => {
     expect((await deps.runs.getRun('w1'))?.waiting).toBe('first');
   });
 
-  it('waits the shortest time when a webhook came while it ran, and its own backoff otherwise', async () => {
+  it('comes back after a second when a webhook came while it ran, and after its own backoff otherwise', async () => {
     await runWithBatch('w2');
     const long = async (wakePending: boolean) => {
       const run = await deps.runs.getRun('w2');
@@ -86,7 +86,7 @@ describe('Tick and the execution that runs it', () => {
       return tick(deps, { runId: 'w2', executionName: 'first' });
     };
     expect((await long(false)).waitSeconds).toBe(800); // nothing moved: the backoff doubles
-    expect((await long(true)).waitSeconds).toBe(10); // the webhook's news: back after minPollSeconds
+    expect((await long(true)).waitSeconds).toBe(1); // the webhook's news: back at once, whatever minPollSeconds
     expect((await deps.runs.getRun('w2'))?.wakePending).toBe(false);
   });
 
@@ -100,5 +100,29 @@ describe('Tick and the execution that runs it', () => {
     expect(await deps.runs.getRun('w3')).toEqual(before);
     // The execution that drives the run ticks as usual, and clears `waiting` as it starts.
     expect(await tick(deps, { runId: 'w3', executionName: 'second' })).toMatchObject({ superseded: false });
+  });
+
+  it('leaves the wake to the execution that replaced it while it ran', async () => {
+    await runWithBatch('w4');
+    // While this Tick runs, a webhook starts a new execution and, finding it busy, marks a wake for it.
+    const racing: StepDeps<unknown> = {
+      ...deps,
+      runs: new Proxy(deps.runs, {
+        get: (store, property, receiver) => {
+          if (property !== 'listParts') return Reflect.get(store, property, receiver);
+          return async (runId: string) => {
+            const run = await store.getRun(runId);
+            if (run) await store.putRun({ ...run, execution: 'second', wakePending: true });
+            return store.listParts(runId);
+          };
+        },
+      }),
+    };
+    await tick(racing, { runId: 'w4', executionName: 'first' });
+    expect(await deps.runs.getRun('w4')).toMatchObject({
+      execution: 'second',
+      wakePending: true,
+      waiting: null,
+    });
   });
 });

@@ -12,7 +12,7 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { openaiWebhookVerifier } from '../functions/adapters/webhook-verifier';
 import { defineWork } from '../functions/core/work';
 import { createHandlers } from '../functions/handlers';
-import { receiveWebhook } from '../functions/steps/webhook';
+import { receiveWebhook, type WebhookDeps } from '../functions/steps/webhook';
 import { partMemory, SIZING, WEBHOOK_SIZING } from '../infra/openai-batch-work';
 import { TASKS, type TaskName } from '../infra/state-machine';
 import { synthesizeDefinition } from '../local/definition';
@@ -112,24 +112,22 @@ const wakes = { count: 0, receiverMs: 0, deliveries: 0 };
 let woken = false;
 if (env.webhooks) {
   const { secret } = env.webhooks;
+  const receiver: WebhookDeps = {
+    runs: deps.runs,
+    verify: openaiWebhookVerifier(async () => secret),
+    control: {
+      start: async () => {
+        wakes.count += 1;
+        woken = true;
+      },
+      stop: async () => {},
+    },
+    now: () => clock.now(),
+    log: () => {},
+  };
   env.webhooks.handle = async (request) => {
     const started = performance.now();
-    const answer = await receiveWebhook(
-      {
-        runs: deps.runs,
-        verify: openaiWebhookVerifier(async () => secret),
-        control: {
-          start: async () => {
-            wakes.count += 1;
-            woken = true;
-          },
-          stop: async () => {},
-        },
-        now: () => clock.now(),
-        log: () => {},
-      },
-      request,
-    );
+    const answer = await receiveWebhook(receiver, request);
     wakes.deliveries += 1;
     wakes.receiverMs += Math.max(1, Math.ceil(performance.now() - started));
     return answer;

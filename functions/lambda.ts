@@ -21,7 +21,7 @@ import { openaiWebhookVerifier } from './adapters/webhook-verifier';
 import { ConfigError } from './core/errors';
 import { describeIssues } from './core/issues';
 import { createHandlers } from './handlers';
-import { receiveWebhook } from './steps/webhook';
+import { receiveWebhook, type WebhookDeps } from './steps/webhook';
 
 /** The environment the stack gives every function. */
 export const LambdaEnvSchema = z.object({
@@ -109,38 +109,41 @@ const FunctionUrlEventSchema = z.object({
   isBase64Encoded: z.boolean().default(false),
 });
 
-const webhookSecret = env.WEBHOOK_SECRET_ID
-  ? cachedWebhookSecret(new SecretsManagerClient({}), env.WEBHOOK_SECRET_ID)
-  : null;
+/** What the webhook receiver needs, made once when the module loads (only in the receiver's function). */
+function receiverDeps(): WebhookDeps | null {
+  const stateMachineArn = env.STATE_MACHINE_ARN;
+  if (!env.WEBHOOK_SECRET_ID || !stateMachineArn) return null;
+  const executionArn = (name: string) =>
+    `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
+  return {
+    runs: new DynamoRunStore(dynamo, env.TABLE_NAME),
+    verify: openaiWebhookVerifier(cachedWebhookSecret(new SecretsManagerClient({}), env.WEBHOOK_SECRET_ID)),
+    control: {
+      start: async (name, input) => {
+        await sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(input) }));
+      },
+      stop: async (name) => {
+        await sfn.send(
+          new StopExecutionCommand({
+            executionArn: executionArn(name),
+            cause: 'A webhook resumed the run in a new execution',
+          }),
+        );
+      },
+    },
+    now: () => Date.now(),
+    log: (message, fields) => logger.info(message, fields ?? {}),
+  };
+}
+const receiver = receiverDeps();
 
 /** The webhook receiver behind the Function URL (see steps/webhook.ts). */
 export const webhook = async (event: unknown) => {
   const parsed = FunctionUrlEventSchema.safeParse(event);
-  const stateMachineArn = env.STATE_MACHINE_ARN;
-  if (!parsed.success || !webhookSecret || !stateMachineArn) return { statusCode: 400, body: '{}' };
+  if (!parsed.success || !receiver) return { statusCode: 400, body: '{}' };
   const { headers, body, isBase64Encoded } = parsed.data;
-  const executionArn = (name: string) =>
-    `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
-  return receiveWebhook(
-    {
-      runs: new DynamoRunStore(dynamo, env.TABLE_NAME),
-      verify: openaiWebhookVerifier(webhookSecret),
-      control: {
-        start: async (name, input) => {
-          await sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(input) }));
-        },
-        stop: async (name) => {
-          await sfn.send(
-            new StopExecutionCommand({
-              executionArn: executionArn(name),
-              cause: 'A webhook resumed the run in a new execution',
-            }),
-          );
-        },
-      },
-      now: () => Date.now(),
-      log: (message, fields) => logger.info(message, fields ?? {}),
-    },
-    { headers, body: isBase64Encoded ? Buffer.from(body, 'base64').toString('utf8') : body },
-  );
+  return receiveWebhook(receiver, {
+    headers,
+    body: isBase64Encoded ? Buffer.from(body, 'base64').toString('utf8') : body,
+  });
 };

@@ -8,7 +8,7 @@ import { openaiWebhookVerifier } from '../functions/adapters/webhook-verifier';
 import type { BatchApi, BlobStore, RunStore } from '../functions/core/ports';
 import { createHandlers, type Handlers } from '../functions/handlers';
 import type { Log, Notifier, StepDeps } from '../functions/steps/deps';
-import { receiveWebhook } from '../functions/steps/webhook';
+import { receiveWebhook, type WebhookDeps } from '../functions/steps/webhook';
 import type { LoadedWork } from '../infra/works';
 import { type Definition, synthesizeDefinition } from './definition';
 import type { EmulatorOptions } from './emulator/server';
@@ -181,25 +181,22 @@ export async function runLocally(
   let current: { name: string; stop: AbortController } | null = null;
   if (env.webhooks && loaded.work.settings.webhooks) {
     const secret = env.webhooks.secret;
-    env.webhooks.handle = (request) =>
-      receiveWebhook(
-        {
-          runs: deps.runs,
-          verify: openaiWebhookVerifier(async () => secret),
-          control: {
-            start: async (started, resumed) => {
-              next.push({ name: started, input: resumed });
-            },
-            // The local counterpart of StopExecution: abort the execution if it is the one running.
-            stop: async (stopped) => {
-              if (current?.name === stopped) current.stop.abort();
-            },
-          },
-          now: deps.now,
-          log: deps.log,
+    const receiver: WebhookDeps = {
+      runs: deps.runs,
+      verify: openaiWebhookVerifier(async () => secret),
+      control: {
+        start: async (started, resumed) => {
+          next.push({ name: started, input: resumed });
         },
-        request,
-      );
+        // The local counterpart of StopExecution: abort the execution if it is the one running.
+        stop: async (stopped) => {
+          if (current?.name === stopped) current.stop.abort();
+        },
+      },
+      now: deps.now,
+      log: deps.log,
+    };
+    env.webhooks.handle = (request) => receiveWebhook(receiver, request);
   }
   try {
     for (;;) {

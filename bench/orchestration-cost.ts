@@ -233,6 +233,12 @@ console.log(
     wallSeconds: Number(((performance.now() - wallStarted) / 1000).toFixed(1)),
     webhooks: withWebhooks,
     webhookDeliveries: wakes.deliveries,
+    webhookOutcomes: Object.fromEntries(
+      [...new Set(env.webhooks?.received.map((r) => `${r.statusCode} ${r.outcome}`))].map((k) => [
+        k,
+        env.webhooks?.received.filter((r) => `${r.statusCode} ${r.outcome}` === k).length,
+      ]),
+    ),
     wakes: wakes.count,
     ticks: ticks.count,
     transitions,

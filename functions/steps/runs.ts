@@ -11,7 +11,8 @@ export async function runOf(runs: RunStore, runId: string): Promise<Run> {
 
 /**
  * Applies a change to the run as it stands, reading it again and re-applying the change when another
- * writer (a tick, a cancel) got there first. The change must be a function of the run it is given.
+ * writer (a tick, a cancel) got there first. The change must be a function of the run it is given; a
+ * change that returns the run itself writes nothing.
  */
 export async function updateRun(
   runs: RunStore,
@@ -21,8 +22,10 @@ export async function updateRun(
 ): Promise<Run> {
   for (let attempt = 1; ; attempt++) {
     const run = await runOf(runs, runId);
+    const changed = change(run);
+    if (changed === run) return run; // nothing to change: nothing written
     try {
-      return await runs.putRun(change(run));
+      return await runs.putRun(changed);
     } catch (caught) {
       if (!(caught instanceof ConflictError) || attempt >= attempts) throw caught;
     }

@@ -104,7 +104,7 @@ export async function receiveWebhook(deps: WebhookDeps, request: WebhookRequest)
         replaced = r.execution;
         return { ...r, waiting: null };
       }
-      return { ...r, wakePending: true };
+      return r.wakePending ? r : { ...r, wakePending: true }; // a burst of events: one write
     });
     const old: string | null = replaced;
     if (old === null) {

@@ -38,6 +38,13 @@ describe('updateRun', () => {
   });
 
   it('gives up after its attempts, with the conflict', async () => {
-    await expect(updateRun(racingStore(100), 'r', (run) => run, 3)).rejects.toBeInstanceOf(ConflictError);
+    await expect(updateRun(racingStore(100), 'r', (run) => ({ ...run }), 3)).rejects.toBeInstanceOf(
+      ConflictError,
+    );
+  });
+
+  it('writes nothing when the change returns the run itself', async () => {
+    const store = racingStore(100); // every write would lose
+    expect(await updateRun(store, 'r', (run) => run)).toMatchObject({ version: 0 });
   });
 });

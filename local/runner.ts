@@ -66,12 +66,10 @@ export async function startLocalEnvironment(
           ...(webhooks ? { webhook: { url: webhooks.url, secret: webhooks.secret } } : {}),
         })
       : null;
-  const openai = emulator
-    ? {
-        baseURL: emulator.url,
-        apiKey: target.kind === 'emulator' ? (target.options?.apiKey ?? 'sk-local-emulator') : '',
-      }
-    : { baseURL: (target as { baseURL: string }).baseURL, apiKey: (target as { apiKey: string }).apiKey };
+  const openai =
+    target.kind === 'url'
+      ? { baseURL: target.baseURL, apiKey: target.apiKey }
+      : { baseURL: emulator?.url ?? '', apiKey: target.options?.apiKey ?? 'sk-local-emulator' };
   return {
     dir,
     s3,

@@ -110,6 +110,12 @@ export const RUN_STATUSES = [
   'cancelled',
 ] as const;
 
+/** Why a run waits for OpenAI: a transient outage, or a refusal of the account that a person must fix. */
+export const BLOCKED_REASONS = ['openai_unavailable', 'key_refused', 'quota_exhausted'] as const;
+
+/** Why a run waits for OpenAI. */
+export type BlockedReason = (typeof BLOCKED_REASONS)[number];
+
 /** Where prepare resumes in a dataset of several objects. */
 export const PrepareCheckpointSchema = z.object({
   /** Index into the dataset's object list. */
@@ -163,6 +169,19 @@ export const RunSchema = z.object({
   waiting: z.string().nullable().default(null),
   /** A webhook arrived while a Tick ran: the next Tick comes a second later instead of after its wait. */
   wakePending: z.boolean().default(false),
+  /**
+   * Why the run cannot reach OpenAI now (an outage, a refused key, an exhausted quota), since when: the run
+   * waits and goes on by itself once OpenAI answers. Null while OpenAI answers.
+   */
+  blocked: z
+    .object({
+      reason: z.enum(BLOCKED_REASONS),
+      message: z.string(),
+      /** When the condition was first seen (ms). */
+      since: z.number(),
+    })
+    .nullable()
+    .default(null),
   version: z.number().int().nonnegative(),
 });
 

@@ -113,6 +113,7 @@ export async function register(
     execution: input.execution,
     waiting: null,
     wakePending: false,
+    blocked: null,
     version: 0,
   };
   const outcome = await deps.runs.createRun(run, !deps.work.settings.allowSameDataset);

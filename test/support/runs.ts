@@ -23,5 +23,6 @@ export const runFixture = (runId: string, datasetHash = `hash-${runId}`, created
   execution: runId,
   waiting: null,
   wakePending: false,
+  blocked: null,
   version: 0,
 });

@@ -110,31 +110,53 @@ export function admit(
 
 /**
  * Seconds until the next tick: the shortest poll while anything moved; doubling up to the longest while
- * nothing did; never later than the moment a throttled part may be sent again.
+ * nothing did; at once when a tick left work it could have done (a part to collect, a part there is room
+ * to send). A pending part waiting for room waits with the batches in flight: their end makes the room.
+ * Never later than the moment a throttled part may be sent again, when there will be room for it then.
  */
 export function nextWait(
   parts: readonly Part[],
   moved: boolean,
   previousSeconds: number,
-  settings: Pick<WorkSettings, 'minPollSeconds' | 'maxPollSeconds'>,
+  settings: Pick<
+    WorkSettings,
+    'minPollSeconds' | 'maxPollSeconds' | 'maxActiveBatches' | 'maxEnqueuedTokens'
+  >,
   now: number,
 ): number {
   let seconds = moved
     ? settings.minPollSeconds
     : Math.min(settings.maxPollSeconds, Math.max(settings.minPollSeconds, previousSeconds * 2));
   const anyInFlight = parts.some(isInFlight);
+  const hasRoomFor = roomLeft(parts, settings);
   for (const part of parts) {
-    if (part.status === 'pending' && part.notBefore > now) {
+    if (part.status === 'pending' && part.notBefore > now && hasRoomFor(part)) {
       const until = Math.ceil((part.notBefore - now) / 1000);
       seconds = anyInFlight
         ? Math.min(seconds, Math.max(settings.minPollSeconds, until))
         : Math.max(1, until);
     }
   }
-  if (parts.some((p) => p.status === 'collecting' || (p.status === 'pending' && p.notBefore <= now))) {
+  if (parts.some((p) => p.status === 'collecting') || admit(parts, settings, now).length > 0) {
     seconds = Math.min(seconds, 1); // work this tick could not finish: come back at once
   }
   return Math.max(1, Math.min(seconds, settings.maxPollSeconds));
+}
+
+/**
+ * Whether the batches in flight leave room to send a part: a place below `maxActiveBatches` and its
+ * tokens within `maxEnqueuedTokens` (or nothing in flight, as `admit` allows).
+ */
+function roomLeft(
+  parts: readonly Part[],
+  settings: Pick<WorkSettings, 'maxActiveBatches' | 'maxEnqueuedTokens'>,
+): (part: Part) => boolean {
+  const inFlight = parts.filter(isInFlight);
+  const enqueued = inFlight.reduce((sum, p) => sum + p.estimatedTokens, 0);
+  const budget = settings.maxEnqueuedTokens ?? Number.POSITIVE_INFINITY;
+  return (part) =>
+    inFlight.length < settings.maxActiveBatches &&
+    (enqueued === 0 || enqueued + part.estimatedTokens <= budget);
 }
 
 /** True when every part is done. */

@@ -160,6 +160,54 @@ describe('nextWait', () => {
     expect(nextWait([throttled], false, 600, settings, 0)).toBe(120);
     expect(nextWait([throttled, part({ part: 1 })], false, 600, settings, 0)).toBe(120);
   });
+
+  // With the defaults (20 batches in flight) every dataset over a million requests has parts waiting for
+  // room: they must not bring a tick every second while the batches in flight take hours.
+  it('lets a part waiting for a place among the batches in flight wait with them', () => {
+    const full = [part({ part: 0 }), part({ part: 1 }), part({ part: 2, status: 'pending', batchId: null })];
+    expect(nextWait(full, false, 30, settings, 0)).toBe(60);
+    expect(nextWait(full, false, 600, settings, 0)).toBe(900);
+    expect(nextWait(full, true, 600, settings, 0)).toBe(30);
+    const submitting = part({ part: 1, status: 'submitting', batchId: null, submittingSince: 0 });
+    expect(nextWait([full[0] as Part, submitting, full[2] as Part], false, 600, settings, 0)).toBe(900);
+  });
+
+  it('lets a part waiting for room in the enqueued-token budget wait with the batches in flight', () => {
+    const budget = { ...settings, maxActiveBatches: 10, maxEnqueuedTokens: 1000 };
+    const parts = [
+      part({ part: 0, estimatedTokens: 900 }),
+      part({ part: 1, status: 'pending', batchId: null, estimatedTokens: 200 }),
+    ];
+    expect(nextWait(parts, false, 600, budget, 0)).toBe(900);
+  });
+
+  it('comes back at once for a part there is room to send (the tick ran out of time)', () => {
+    const waiting = part({ part: 2, status: 'pending', batchId: null });
+    expect(nextWait([part({ part: 0 }), waiting], false, 600, settings, 0)).toBe(1);
+    expect(nextWait([waiting], false, 600, settings, 0)).toBe(1);
+    const budget = { ...settings, maxActiveBatches: 10, maxEnqueuedTokens: 1000 };
+    expect(
+      nextWait([part({ estimatedTokens: 500 }), { ...waiting, estimatedTokens: 500 }], false, 600, budget, 0),
+    ).toBe(1);
+    // A part larger than the whole budget goes when nothing is in flight, so it does not wait either.
+    expect(nextWait([{ ...waiting, estimatedTokens: 5000 }], false, 600, budget, 0)).toBe(1);
+  });
+
+  it('comes back at once to collect even when there is no room to send', () => {
+    const parts = [
+      part({ part: 0 }),
+      part({ part: 1, status: 'collecting' }),
+      part({ part: 2 }),
+      part({ part: 3, status: 'pending', batchId: null }),
+    ];
+    expect(nextWait(parts, false, 600, settings, 0)).toBe(1);
+  });
+
+  it('does not wake for a throttled part when there will be no room for it', () => {
+    const throttled = part({ part: 2, status: 'pending', batchId: null, notBefore: 120_000 });
+    expect(nextWait([part({ part: 0 }), part({ part: 1 }), throttled], false, 600, settings, 0)).toBe(900);
+    expect(nextWait([throttled], false, 600, settings, 0)).toBe(120);
+  });
 });
 
 describe('finding a lost batch', () => {

@@ -1,7 +1,7 @@
 import { messageOf } from './errors';
-import { type BatchErrorItem, errorItem } from './items';
+import { type BatchErrorItem, errorItem, jsonLineOf } from './items';
 import { linesOf } from './lines';
-import { errorRecord, type RecordSink } from './prepare';
+import { errorLine, type RecordSink } from './prepare';
 import { isRetryable, readResults } from './results';
 import type { BatchFailure, Part, TokenTotals } from './run';
 import type { Work } from './work';
@@ -80,7 +80,7 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
   const usage: TokenTotals = { inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
 
   const writeError = async (item: BatchErrorItem) => {
-    await input.errors.write(await errorRecord(work, item));
+    await input.errors.write(await errorLine(work, item));
     errors += 1;
   };
   /** An error for one of the part's requests, as OpenAI's outcome for it. */
@@ -148,27 +148,35 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
         usage.outputTokens += item.usage.outputTokens;
         usage.cachedTokens += item.usage.cachedTokens;
       }
+      const hookFailed = (message: string) =>
+        writeError(
+          errorItem({
+            stage: 'download',
+            id,
+            line: datasetLine.get(id) ?? null,
+            batchId,
+            code: 'download_hook_failed',
+            message,
+          }),
+        );
       let record: unknown;
       try {
         record = await work.download(item);
       } catch (caught) {
-        await writeError(
-          errorItem({
-            stage: 'download',
-            id,
-            line: item.id ? (datasetLine.get(id) ?? null) : null,
-            batchId,
-            code: 'download_hook_failed',
-            message: `the download hook threw: ${messageOf(caught)}`,
-          }),
-        );
+        await hookFailed(`the download hook threw: ${messageOf(caught)}`);
         continue;
       }
-      if (record === null || record === undefined) skippedOutputs += 1;
-      else {
-        await input.outputs.write(record);
-        outputs += 1;
+      if (record === null || record === undefined) {
+        skippedOutputs += 1;
+        continue;
       }
+      const json = jsonLineOf(record);
+      if ('problem' in json) {
+        await hookFailed(`the download hook returned a value JSON cannot hold: ${json.problem}`);
+        continue;
+      }
+      await input.outputs.write(json.line);
+      outputs += 1;
     }
   }
 

@@ -1,4 +1,6 @@
 import { z } from 'zod';
+import { messageOf } from './errors';
+import { showValue } from './issues';
 
 /** The OpenAI endpoints a batch can target. */
 export const ENDPOINTS = [
@@ -110,4 +112,15 @@ export function errorItem(
     ...fields,
     status: 'failed',
   };
+}
+
+/** A value as one JSON line, or why JSON cannot hold it (a BigInt, a cycle, a function, a throwing toJSON). */
+export function jsonLineOf(value: unknown): { readonly line: string } | { readonly problem: string } {
+  try {
+    const line = JSON.stringify(value);
+    if (line === undefined) return { problem: `${showValue(value)} is not a JSON value` };
+    return { line };
+  } catch (caught) {
+    return { problem: messageOf(caught) };
+  }
 }

@@ -3,7 +3,7 @@ import { type PartSummary, partsOf } from './chunker';
 import { type DatasetLine, readDataset } from './dataset';
 import { messageOf } from './errors';
 import type { IdRegistry } from './ids';
-import type { BatchErrorItem } from './items';
+import { type BatchErrorItem, jsonLineOf } from './items';
 import type { LinePosition } from './lines';
 import { buildRequests, type PreparedRequest } from './requests';
 import type { Work } from './work';
@@ -16,9 +16,13 @@ export interface PartSink {
   close(summary: PartSummary): Promise<void>;
 }
 
-/** Where records go that end in errors/ (after the work's `downloadError` hook). */
+/**
+ * Where records go that end in outputs/ or errors/, as JSON lines (without their newline). A hook's value
+ * is turned into its line where the hook is guarded, so that a value JSON cannot hold fails one record,
+ * not the run.
+ */
 export interface RecordSink {
-  write(record: unknown): Promise<void>;
+  write(line: string): Promise<void>;
 }
 
 /** A prepare step's starting point: the beginning, or where an earlier step stopped. */
@@ -107,7 +111,7 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
           counts.requests += 1;
           counts.refusedRequests += 1;
         }
-        await input.errors.write(await errorRecord(work, event.error));
+        await input.errors.write(await errorLine(work, event.error));
         counts.errors += 1;
       }
     }
@@ -127,14 +131,25 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
 }
 
 /**
- * What the work's `downloadError` hook makes of an error. A hook that throws does not lose the error:
- * the item itself is written, with the hook's failure noted in its message.
+ * The errors/ line the work's `downloadError` hook makes of an error. An error is never lost: when the
+ * hook throws, or returns a value JSON cannot hold, the item itself is written, with why in its message.
  */
-export async function errorRecord<R>(work: Work<R>, item: BatchErrorItem): Promise<unknown> {
+export async function errorLine<R>(work: Work<R>, item: BatchErrorItem): Promise<string> {
+  let mapped: unknown;
   try {
-    const mapped = await work.downloadError(item);
-    return mapped ?? item;
+    mapped = (await work.downloadError(item)) ?? item;
   } catch (caught) {
-    return { ...item, message: `${item.message} (the downloadError hook threw: ${messageOf(caught)})` };
+    return plainErrorLine(item, `the downloadError hook threw: ${messageOf(caught)}`);
   }
+  const json = jsonLineOf(mapped);
+  if ('line' in json) return json.line;
+  return plainErrorLine(item, `the downloadError hook returned a value JSON cannot hold: ${json.problem}`);
+}
+
+/** The error item itself as a line, its message noting why the hook's value was not used. */
+function plainErrorLine(item: BatchErrorItem, why: string): string {
+  const noted = { ...item, message: `${item.message} (${why})` };
+  const json = jsonLineOf(noted);
+  // The item is JSON read from OpenAI or built here; only a response body could fail, so it is dropped then.
+  return 'line' in json ? json.line : JSON.stringify({ ...noted, response: null });
 }

@@ -8,6 +8,7 @@ import {
   BatchInputItemSchema,
   type Endpoint,
   errorItem,
+  jsonLineOf,
 } from './items';
 import { estimateInputTokens } from './tokens';
 import { isEmbeddings, type Work } from './work';
@@ -167,7 +168,18 @@ function buildOne<R>(
       first,
     );
   }
-  const json = JSON.stringify({ custom_id: item.id, method: 'POST', url: endpoint, body });
+  // The item is the hook's value: JSON may not hold it (a BigInt, a cycle), which fails this request only.
+  const serialized = jsonLineOf({ custom_id: item.id, method: 'POST', url: endpoint, body });
+  if ('problem' in serialized) {
+    return requestError(
+      item.id,
+      line,
+      'upload_hook_failed',
+      `line ${line}: the upload hook returned a value JSON cannot hold: ${serialized.problem}`,
+      first,
+    );
+  }
+  const json = serialized.line;
   const bytes = Buffer.byteLength(json) + 1;
   if (bytes > work.settings.maxBytesPerBatch) {
     return requestError(
@@ -178,7 +190,7 @@ function buildOne<R>(
       first,
     );
   }
-  const inputs = isEmbeddings(endpoint) && Array.isArray(body.input) ? Math.max(1, body.input.length) : 1;
+  const inputs = isEmbeddings(endpoint) ? embeddingInputs(body.input) : 1;
   if (inputs > work.settings.maxEmbeddingInputsPerBatch) {
     return requestError(
       item.id,
@@ -198,12 +210,33 @@ function buildOne<R>(
       first,
     );
   }
-  const estimatedTokens = estimateInputTokens(body[MAIN_FIELD[endpoint]]);
+  const main = body[MAIN_FIELD[endpoint]];
+  const estimatedTokens = (isEmbeddings(endpoint) && tokenCount(main)) || estimateInputTokens(main);
   return {
     kind: 'request',
     first,
     request: { customId: item.id, model, line, json, bytes, inputs, estimatedTokens },
   };
+}
+
+const isTokens = (value: unknown): value is number[] =>
+  Array.isArray(value) && value.length > 0 && value.every((token) => typeof token === 'number');
+
+/**
+ * The inputs an embeddings request carries: a string or one array of token integers is one input; an
+ * array of strings or of token arrays is one input per element.
+ */
+export function embeddingInputs(input: unknown): number {
+  if (!Array.isArray(input) || isTokens(input)) return 1;
+  return Math.max(1, input.length);
+}
+
+/** The tokens of an input given as token integers (one array, or an array of arrays), else 0. */
+function tokenCount(input: unknown): number {
+  if (isTokens(input)) return input.length;
+  if (Array.isArray(input) && input.length > 0 && input.every(isTokens))
+    return input.reduce((sum: number, tokens: number[]) => sum + tokens.length, 0);
+  return 0;
 }
 
 /** The request body for an item, or a sentence saying what is wrong with it. */

@@ -19,12 +19,8 @@ export class LazyJsonl implements RecordSink {
     return this.writer?.lines ?? 0;
   }
 
-  async write(record: unknown): Promise<void> {
-    await this.writeLine(JSON.stringify(record));
-  }
-
   /** Appends a line that is already JSON. */
-  async writeLine(line: string): Promise<void> {
+  async write(line: string): Promise<void> {
     this.writer ??= new LineWriter((body) => this.blobs.write(this.key, body));
     await this.writer.write(line);
   }
@@ -58,15 +54,15 @@ export class StoredParts implements PartSink {
 
   async write(part: number, request: PreparedRequest): Promise<void> {
     const files = this.files(part);
-    await files.requests.writeLine(request.json);
-    await files.lines.writeLine(String(request.line));
+    await files.requests.write(request.json);
+    await files.lines.write(String(request.line));
   }
 
   /** Appends a request that is sent again (a resubmission part). */
   async writeRaw(part: number, json: string, line: number): Promise<void> {
     const files = this.files(part);
-    await files.requests.writeLine(json);
-    await files.lines.writeLine(String(line));
+    await files.requests.write(json);
+    await files.lines.write(String(line));
   }
 
   async close(summary: Pick<PartSummary, 'part'>): Promise<void> {

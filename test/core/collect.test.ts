@@ -92,8 +92,8 @@ async function collect(
     lines: () => chunksOf(ids.map((_, i) => String(100 + i)).join('\n'), 3),
     outputFile: () => chunksOf(outputLines.join('\n'), 70),
     errorFile: errorLines.length > 0 ? () => chunksOf(errorLines.join('\n'), 70) : null,
-    outputs: { write: async (r) => void sinks.outputs.push(r) },
-    errors: { write: async (r) => void sinks.errors.push(r as BatchErrorItem) },
+    outputs: { write: async (line) => void sinks.outputs.push(JSON.parse(line)) },
+    errors: { write: async (line) => void sinks.errors.push(JSON.parse(line) as BatchErrorItem) },
     resubmit:
       options.resubmit === false
         ? null
@@ -197,5 +197,54 @@ describe('collectPart', () => {
     });
     expect(whole.errors.map((e) => e.code)).toEqual(['too_many_tasks', 'too_many_tasks']);
     expect(whole.errors[0]?.message).toBe('OpenAI failed batch batch_x (part 3): Too many.');
+  });
+
+  it('turns a download value JSON cannot hold (a BigInt, a cycle, a function) into an error for that request, and goes on', async () => {
+    const { outputs, errors, result } = await collect(['ok', 'ok', 'ok', 'ok'], {
+      work: {
+        download: (item) => {
+          if (item.id === 'id0') return { id: item.id, big: 10n };
+          if (item.id === 'id1') {
+            const cyclic: Record<string, unknown> = { id: item.id };
+            cyclic.self = cyclic;
+            return cyclic;
+          }
+          if (item.id === 'id2') return () => item.id;
+          return { id: item.id };
+        },
+      },
+    });
+    expect(outputs).toEqual([{ id: 'id3' }]);
+    expect(result).toMatchObject({ outputs: 1, errors: 3 });
+    const byId = Object.fromEntries(errors.map((e) => [e.id, e]));
+    expect(byId.id0).toMatchObject({
+      stage: 'download',
+      code: 'download_hook_failed',
+      line: 100,
+      message: 'the download hook returned a value JSON cannot hold: Do not know how to serialize a BigInt',
+    });
+    expect(byId.id1?.message).toMatch(
+      /^the download hook returned a value JSON cannot hold: Converting circular/,
+    );
+    expect(byId.id2?.message).toBe(
+      'the download hook returned a value JSON cannot hold: a function is not a JSON value',
+    );
+  });
+
+  it('writes the plain error when the downloadError hook returns a value JSON cannot hold: no error is dropped', async () => {
+    const { errors, result } = await collect(['fail', 'fail'], {
+      resubmit: false,
+      work: {
+        downloadError: (item) => (item.id === 'id0' ? { id: item.id, big: 1n } : { mapped: item.id }),
+      },
+    });
+    expect(result.errors).toBe(2);
+    const lines = errors as unknown as Record<string, unknown>[];
+    expect(lines).toContainEqual({ mapped: 'id1' });
+    const plain = lines.find((e) => e.id === 'id0');
+    expect(plain).toMatchObject({ code: 'invalid_value', line: 100, status: 'failed' });
+    expect(plain?.message).toBe(
+      'bad (the downloadError hook returned a value JSON cannot hold: Do not know how to serialize a BigInt)',
+    );
   });
 });

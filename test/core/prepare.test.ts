@@ -21,13 +21,13 @@ class MemorySinks implements PartSink, RecordSink {
   readonly parts = new Map<number, string[]>();
   readonly closed: PartSummary[] = [];
   readonly records: unknown[] = [];
-  async write(partOrRecord: number | unknown, request?: PreparedRequest): Promise<void> {
-    if (typeof partOrRecord === 'number' && request !== undefined) {
-      const lines = this.parts.get(partOrRecord) ?? [];
+  async write(partOrLine: number | string, request?: PreparedRequest): Promise<void> {
+    if (typeof partOrLine === 'number' && request !== undefined) {
+      const lines = this.parts.get(partOrLine) ?? [];
       lines.push(request.json);
-      this.parts.set(partOrRecord, lines);
+      this.parts.set(partOrLine, lines);
     } else {
-      this.records.push(partOrRecord);
+      this.records.push(JSON.parse(String(partOrLine)));
     }
   }
   async close(summary: PartSummary): Promise<void> {
@@ -148,6 +148,37 @@ describe('prepareDataset', () => {
         line: 2,
         code: 'not_an_object',
         message: 'line 2 is an array, not a JSON object (the downloadError hook threw: mapper broke)',
+      }),
+    ]);
+  });
+
+  it('writes the plain error when the downloadError hook returns a value JSON cannot hold', async () => {
+    const work = defineWork({
+      name: 'err',
+      model: 'm',
+      downloadError: (item) => {
+        if (item.line === 1) return { line: item.line, big: 2n };
+        const cyclic: Record<string, unknown> = { line: item.line };
+        cyclic.self = cyclic;
+        return cyclic;
+      },
+    });
+    const { sinks, result } = await prepare('{oops\n[]\n', work);
+    expect(result.counts.errors).toBe(2);
+    expect(sinks.records).toEqual([
+      expect.objectContaining({
+        line: 1,
+        code: 'invalid_json',
+        message: expect.stringMatching(
+          /\(the downloadError hook returned a value JSON cannot hold: Do not know how to serialize a BigInt\)$/,
+        ),
+      }),
+      expect.objectContaining({
+        line: 2,
+        code: 'not_an_object',
+        message: expect.stringMatching(
+          /\(the downloadError hook returned a value JSON cannot hold: Converting circular/,
+        ),
       }),
     ]);
   });

@@ -148,6 +148,75 @@ describe('buildRequests', () => {
     expect(events[0]?.kind === 'error' && events[0].error.code).toBe('too_many_inputs');
   });
 
+  it('counts embedding inputs: a string or one token array is one input, an array of strings or of token arrays one each', async () => {
+    const events = await build(
+      { endpoint: '/v1/embeddings', model: 'text-embedding-3-small', maxEmbeddingInputsPerBatch: 2 },
+      records(
+        { id: 'text', input: 'hello' },
+        { id: 'tokens', input: [1, 2, 3, 4, 5] },
+        { id: 'two-token-arrays', input: [[1, 2], [3]] },
+        { id: 'two-texts', input: ['a', 'b'] },
+        { id: 'three-token-arrays', input: [[1], [2], [3]] },
+      ),
+    );
+    expect(
+      events.map((e) =>
+        e.kind === 'request'
+          ? [e.request.customId, e.request.inputs, e.request.estimatedTokens]
+          : e.kind === 'error'
+            ? e.error.code
+            : e.kind,
+      ),
+    ).toEqual([
+      ['text', 1, 2],
+      ['tokens', 1, 5],
+      ['two-token-arrays', 2, 3],
+      ['two-texts', 2, 1],
+      'too_many_inputs',
+    ]);
+  });
+
+  it('turns an item JSON cannot hold (a BigInt, a cycle) into an error for that request only', async () => {
+    const events = await build(
+      {
+        upload: (record: Record<string, unknown>) => {
+          const item: Record<string, unknown> = {
+            id: String(record.id),
+            messages: [{ role: 'user', content: 'q' }],
+          };
+          if (record.id === 'big') item.seed = 12n;
+          if (record.id === 'cycle') item.metadata = item;
+          return item as { id: string };
+        },
+      },
+      records({ id: 'a' }, { id: 'big' }, { id: 'cycle' }, { id: 'd' }),
+    );
+    expect(
+      events.map((e) =>
+        e.kind === 'error' ? [e.error.id, e.error.line, e.error.code, e.error.message, e.record] : e.kind,
+      ),
+    ).toEqual([
+      'request',
+      [
+        'big',
+        2,
+        'upload_hook_failed',
+        'line 2: the upload hook returned a value JSON cannot hold: Do not know how to serialize a BigInt',
+        true,
+      ],
+      [
+        'cycle',
+        3,
+        'upload_hook_failed',
+        expect.stringMatching(
+          /^line 3: the upload hook returned a value JSON cannot hold: Converting circular/,
+        ),
+        true,
+      ],
+      'request',
+    ]);
+  });
+
   it('turns a hook that throws into an error for that record only', async () => {
     const events = await build(
       {

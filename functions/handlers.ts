@@ -1,5 +1,6 @@
 import type { z } from 'zod';
 import { ConfigError } from './core/errors';
+import { executionName } from './core/execution-names';
 import { describeIssues } from './core/issues';
 import {
   ContinueEventSchema,
@@ -60,12 +61,8 @@ export function createHandlers<R>(deps: StepDeps<R>, startExecution: StartExecut
       });
     },
     ContinueRun: async (event: unknown) => {
-      const { runId, dataset, stateMachineArn, executionName } = parse(
-        ContinueEventSchema,
-        event,
-        'ContinueRun event',
-      );
-      const next = `${runId}-${executionName.length}-${Date.now().toString(36)}`.slice(0, 80);
+      const { runId, dataset, stateMachineArn } = parse(ContinueEventSchema, event, 'ContinueRun event');
+      const next = executionName(runId, 'next', deps.now());
       await startExecution(stateMachineArn, next, { dataset, resumeRunId: runId });
       deps.log('run continues in a new execution', { runId, execution: next });
       return { continuedAs: next };

@@ -1,5 +1,6 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { messageOf } from '../functions/core/errors';
+import { runIdProblem } from '../functions/core/execution-names';
 import type { CloudOptions } from './cloud-commands';
 import { FAULT_KINDS, type FaultKind } from './emulator/faults';
 
@@ -30,6 +31,12 @@ const rate = (value: string) => {
   const n = Number(value);
   if (!(n >= 0 && n <= 1)) throw new InvalidArgumentError('must be between 0 and 1');
   return n;
+};
+/** A run id: the name of the run's first execution (1-80 characters Step Functions allows). */
+const runIdArgument = (value: string) => {
+  const problem = runIdProblem(value);
+  if (problem) throw new InvalidArgumentError(problem);
+  return value;
 };
 const kinds = (value: string): FaultKind[] => {
   const list = value.split(',').map((k) => k.trim());
@@ -136,7 +143,7 @@ export function cli(): Command {
       "override the work's maxRequestsPerBatch",
       integer('max-requests-per-batch', 1),
     )
-    .option('--run-id <id>', 'name of the run (default <work>-<time>)')
+    .option('--run-id <id>', 'name of the run, 1-80 characters (default <work>-<time>)', runIdArgument)
     .action(async (workFile: string, dataset: string, opts) => {
       const { localCommand } = await commands.local();
       const result = await localCommand(workFile, dataset, {
@@ -254,7 +261,7 @@ export function cli(): Command {
       '<dataset>',
       'a local file (uploaded to inputs/<work>/), or s3://bucket/key, or a key in the bucket',
     )
-    .option('--run-id <id>', 'the execution name, which is the run id')
+    .option('--run-id <id>', 'the execution name, which is the run id (1-80 characters)', runIdArgument)
     .action((work: string, dataset: string, opts) =>
       guarded(async () => {
         await (await commands.cloud()).startRun(

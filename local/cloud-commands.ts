@@ -7,6 +7,7 @@ import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { DynamoRunStore } from '../functions/adapters/dynamo-run-store';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
 import { ConfigError } from '../functions/core/errors';
+import { checkRunId } from '../functions/core/execution-names';
 import type { Part, Run } from '../functions/core/run';
 import { runCounts } from '../functions/core/summary';
 import { updateRun } from '../functions/steps/runs';
@@ -125,6 +126,7 @@ export async function startRun(
   options: CloudOptions & { runId?: string },
   print: (line: string) => void,
 ): Promise<string> {
+  if (options.runId !== undefined) checkRunId(options.runId);
   const cloud = await deployed({ ...options, work }, true);
   if (!cloud.stateMachineArn) throw new ConfigError('No state machine: pass --state-machine-arn.');
   let location = dataset;

@@ -2,6 +2,7 @@ import { createReadStream, mkdirSync, readdirSync, statSync, writeFileSync } fro
 import { basename, join, resolve } from 'node:path';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
 import { ConfigError, DatasetError, messageOf } from '../functions/core/errors';
+import { checkRunId } from '../functions/core/execution-names';
 import { describeIssues } from '../functions/core/issues';
 import type { RunSummary } from '../functions/core/summary';
 import { type Work, WorkSettingsSchema } from '../functions/core/work';
@@ -111,6 +112,7 @@ export async function localCommand(
     loaded = await loadWork(workFile);
     loaded = { ...loaded, work: withMaxRequests(loaded.work, options.maxRequestsPerBatch) };
     files = datasetFiles(dataset);
+    if (options.runId !== undefined) checkRunId(options.runId);
   } catch (caught) {
     print(`error: ${messageOf(caught)}`);
     return { exitCode: 2 };

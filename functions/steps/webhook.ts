@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { messageOf } from '../core/errors';
+import { executionName } from '../core/execution-names';
 import { describeIssues } from '../core/issues';
 import type { RunStore } from '../core/ports';
 import type { Run } from '../core/run';
@@ -114,7 +115,7 @@ export async function receiveWebhook(deps: WebhookDeps, request: WebhookRequest)
       });
       return answer(200, FINISHED.includes(run.status) ? 'run finished' : 'tick running');
     }
-    const next = `${run.runId.slice(0, 60)}-wake-${deps.now().toString(36)}`;
+    const next = executionName(run.runId, 'wake', deps.now());
     try {
       await deps.control.start(next, { dataset: datasetOf(run), resumeRunId: run.runId });
     } catch (caught) {

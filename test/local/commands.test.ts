@@ -134,6 +134,22 @@ describe('openai-batch local', () => {
     expect(stderr.trim()).toMatch(message);
   });
 
+  it.each([
+    ['local', 'works/example.ts', 'works/example.jsonl', '--out', 'openai-batch-out/never'],
+    ['start', 'example', 'works/example.jsonl'],
+  ])('%s refuses a run id that cannot name an execution, before doing anything', async (...command) => {
+    for (const [runId, message] of [
+      ['r'.repeat(81), /a run id has at most 80 characters .* has 81/],
+      ['my/run', /a run id is the name of an execution, which must not contain "\/"/],
+    ] as const) {
+      const { code, stdout, stderr } = await cli([...command, '--run-id', runId]);
+      expect(code, runId).not.toBe(0);
+      expect(stderr).toMatch(/option '--run-id <id>' argument '.*' is invalid/);
+      expect(stderr).toMatch(message);
+      expect(stdout).toBe('');
+    }
+  });
+
   it('ends a run that fails with exit 1 and the reason', async () => {
     const dataset = file('only-blank.jsonl', '\n\n   \n');
     const { code, stderr } = await cli(['local', chatWork, dataset, '--out', join(dir, 'blank')]);

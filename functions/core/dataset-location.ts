@@ -1,20 +1,26 @@
 import { DatasetError } from './errors';
 
-/** A dataset's place: a bucket and a key (an object, or a prefix of objects). */
+/** A dataset's place: a bucket and a key (an object, or, ending in `/`, a prefix of objects). */
 export interface DatasetLocation {
   readonly bucket: string;
   readonly key: string;
 }
 
 /**
- * Reads what a user types as the dataset: `s3://bucket/key`, or a key relative to the work's bucket.
+ * Reads what a user types as the dataset: `s3://bucket/key`, or a key relative to the work's bucket. The
+ * key is taken as typed: an object's key, or a prefix when it ends in `/` (Register reads it exactly).
  * A dataset in another bucket is refused: the work's functions may read only their own bucket.
  */
 export function datasetLocation(dataset: string, workBucket: string): DatasetLocation {
   const text = dataset.trim();
   if (text.length === 0)
     throw new DatasetError('The dataset is empty: give "s3://bucket/key" or a key in the work\'s bucket.');
-  if (!text.startsWith('s3://')) return { bucket: workBucket, key: text.replace(/^\/+/, '') };
+  if (!text.startsWith('s3://')) {
+    const key = text.replace(/^\/+/, '');
+    if (key.length === 0)
+      throw new DatasetError(`The dataset "${text}" names no key: give a key, or a prefix ending in "/".`);
+    return { bucket: workBucket, key };
+  }
   const rest = text.slice('s3://'.length);
   const slash = rest.indexOf('/');
   const bucket = slash === -1 ? rest : rest.slice(0, slash);

@@ -33,28 +33,52 @@ export interface Registered {
   readonly objects: number;
 }
 
-/** The objects a dataset names: the object at the key, or every non-empty object under it as a prefix. */
+/** Keys a "No dataset" message names as what the user may have meant. */
+const SUGGESTED_KEYS = 3;
+
+/**
+ * The objects a dataset names, exactly: the object at the key; or, for a key ending in `/`, every
+ * non-empty object under that prefix, in key order. A key that is neither is refused, with the prefix
+ * form suggested when objects are under it (`inputs/data` never takes `inputs/data-old.jsonl`).
+ */
 export async function datasetObjects(deps: StepDeps<unknown>, key: string): Promise<BlobInfo[]> {
-  const single = key.endsWith('/') ? null : await deps.blobs.head(key);
-  if (single && single.size === 0)
-    throw new DatasetError(`The dataset s3://${deps.bucket}/${key} is empty: there is nothing to run.`);
-  if (single) return [single];
+  const where = `s3://${deps.bucket}/${key}`;
+  if (!key.endsWith('/')) {
+    const single = await deps.blobs.head(key);
+    if (single && single.size === 0)
+      throw new DatasetError(`The dataset ${where} is empty: there is nothing to run.`);
+    if (single) return [single];
+    throw new DatasetError(await noObjectMessage(deps, key));
+  }
   const objects: BlobInfo[] = [];
   for await (const object of deps.blobs.list(key)) {
     if (object.size === 0 || object.key.endsWith('/')) continue;
     objects.push(object);
     if (objects.length > MAX_OBJECTS) {
       throw new DatasetError(
-        `The prefix s3://${deps.bucket}/${key} holds more than ${MAX_OBJECTS} objects; a run reads at most ${MAX_OBJECTS}. Combine them into fewer, larger files.`,
+        `The prefix ${where} holds more than ${MAX_OBJECTS} objects; a run reads at most ${MAX_OBJECTS}. Combine them into fewer, larger files.`,
       );
     }
   }
-  if (objects.length === 0) {
-    throw new DatasetError(
-      `No dataset at s3://${deps.bucket}/${key}: no such object, and no objects under it as a prefix.`,
-    );
-  }
+  if (objects.length === 0)
+    throw new DatasetError(`No dataset at ${where}: no such object, and no objects under it as a prefix.`);
   return objects;
+}
+
+/** Why a key names no object, with what the user may have meant: the prefix form, or keys like it. */
+async function noObjectMessage(deps: StepDeps<unknown>, key: string): Promise<string> {
+  const where = `s3://${deps.bucket}/${key}`;
+  for await (const _ of deps.blobs.list(`${key}/`)) {
+    return `No dataset at ${where}: no such object. Objects are under it as a prefix: give "${where}/" (with the trailing /) to read every object under it.`;
+  }
+  const like: string[] = [];
+  for await (const object of deps.blobs.list(key)) {
+    like.push(object.key);
+    if (like.length === SUGGESTED_KEYS) break;
+  }
+  if (like.length > 0)
+    return `No dataset at ${where}: no such object (keys that start with it: ${like.join(', ')}${like.length === SUGGESTED_KEYS ? ', ...' : ''}). Give a whole key, or a prefix ending in "/".`;
+  return `No dataset at ${where}: no such object, and no objects under it as a prefix.`;
 }
 
 /**
@@ -114,6 +138,7 @@ export async function register(
     waiting: null,
     wakePending: false,
     blocked: null,
+    executionSince: null,
     version: 0,
   };
   const outcome = await deps.runs.createRun(run, !deps.work.settings.allowSameDataset);

@@ -33,7 +33,7 @@ afterAll(async () => {
 });
 
 describe('the dataset a run reads', () => {
-  it('is the object at the key, or the non-empty objects under it as a prefix, in key order', async () => {
+  it('is the object at the key, or the non-empty objects under a prefix ending in /, in key order', async () => {
     await put('in/one.jsonl', '{"id":1}\n');
     await put('in/many/b.jsonl', '{"id":2}\n');
     await put('in/many/a.jsonl', '{"id":1}\n');
@@ -51,6 +51,32 @@ describe('the dataset a run reads', () => {
         'No dataset at s3://register-test/in/nothing.jsonl: no such object, and no objects under it as a prefix.',
       ),
     );
+  });
+
+  it('is exactly the key given: an object is that object, never others that share its beginning', async () => {
+    await put('exact/data', '{"id":"now"}\n');
+    await put('exact/data-old.jsonl', '{"id":"old"}\n');
+    await put('exact/data/inside.jsonl', '{"id":"inside"}\n');
+    expect((await datasetObjects(deps, 'exact/data')).map((o) => o.key)).toEqual(['exact/data']);
+    expect((await datasetObjects(deps, 'exact/data/')).map((o) => o.key)).toEqual([
+      'exact/data/inside.jsonl',
+    ]);
+  });
+
+  it('is not a prefix unless asked for with a trailing /, and the refusal suggests the / form', async () => {
+    await put('loose/data-old.jsonl', '{"id":"old"}\n');
+    await put('loose/set/a.jsonl', '{"id":"a"}\n');
+    await expect(datasetObjects(deps, 'loose/data')).rejects.toThrow(
+      new DatasetError(
+        'No dataset at s3://register-test/loose/data: no such object (keys that start with it: loose/data-old.jsonl). Give a whole key, or a prefix ending in "/".',
+      ),
+    );
+    await expect(datasetObjects(deps, 'loose/set')).rejects.toThrow(
+      new DatasetError(
+        'No dataset at s3://register-test/loose/set: no such object. Objects are under it as a prefix: give "s3://register-test/loose/set/" (with the trailing /) to read every object under it.',
+      ),
+    );
+    expect((await datasetObjects(deps, 'loose/set/')).map((o) => o.key)).toEqual(['loose/set/a.jsonl']);
   });
 
   it(`is refused when a prefix holds more than ${MAX_OBJECTS} objects`, async () => {

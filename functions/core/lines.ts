@@ -1,5 +1,6 @@
-import { Readable } from 'node:stream';
+import { pipeline, Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
+import { DatasetError } from './errors';
 
 /** One line of a byte stream, without its line ending. */
 export interface RawLine {
@@ -46,11 +47,37 @@ export async function decompressed(
   if (first.done) return { gzip: false, chunks: emptyChunks() };
   const head = first.value;
   async function* rest(): AsyncGenerator<Uint8Array> {
-    yield head;
-    for (let next = await iterator.next(); !next.done; next = await iterator.next()) yield next.value;
+    try {
+      yield head;
+      for (let next = await iterator.next(); !next.done; next = await iterator.next()) yield next.value;
+    } finally {
+      await iterator.return?.(); // a reader that stops early closes the source (an S3 body)
+    }
   }
   if (!isGzip(head)) return { gzip: false, chunks: rest() };
-  return { gzip: true, chunks: Readable.from(rest()).pipe(createGunzip()) };
+  return { gzip: true, chunks: gunzipped(rest()) };
+}
+
+/**
+ * Gunzips a byte stream. Through `pipeline`, a failure of the source or of the gzip data rejects the
+ * iteration (never an unhandled 'error' event); gzip data that is not gzip is a {@link DatasetError}.
+ */
+async function* gunzipped(source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  // pipeline destroys the gunzip stream with the first error, so iterating it rejects with that error.
+  const gunzip = pipeline(Readable.from(source), createGunzip(), () => {});
+  try {
+    for await (const chunk of gunzip) yield chunk as Uint8Array;
+  } catch (caught) {
+    if (isZlibError(caught)) throw new DatasetError(`The dataset is not valid gzip: ${caught.message}.`);
+    throw caught;
+  } finally {
+    gunzip.destroy();
+  }
+}
+
+function isZlibError(caught: unknown): caught is Error {
+  const code = (caught as { code?: unknown } | null)?.code;
+  return caught instanceof Error && typeof code === 'string' && code.startsWith('Z_');
 }
 
 async function* emptyChunks(): AsyncGenerator<Uint8Array> {}

@@ -91,4 +91,52 @@ describe('decompressed', () => {
     expect(gzip).toBe(false);
     expect(await collect(chunks)).toEqual([]);
   });
+
+  it('rejects the iteration when the source of a gzip stream fails midway, and the process lives on', async () => {
+    const gz = gzipSync(Buffer.from('{"id":1}\n'.repeat(10_000)));
+    async function* failing(): AsyncGenerator<Uint8Array> {
+      yield gz.subarray(0, 100);
+      yield gz.subarray(100, 200);
+      throw new Error('connection reset by peer');
+    }
+    const unhandled: unknown[] = [];
+    const onError = (error: unknown) => unhandled.push(error);
+    process.on('uncaughtException', onError);
+    process.on('unhandledRejection', onError);
+    try {
+      const { gzip, chunks } = await decompressed(failing());
+      expect(gzip).toBe(true);
+      await expect(collect(linesOf(chunks, 1024))).rejects.toThrow('connection reset by peer');
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('uncaughtException', onError);
+      process.off('unhandledRejection', onError);
+    }
+  }, 10_000); // only a failure waits: an error that escapes leaves the iteration hanging
+
+  it('rejects a corrupt gzip stream with a DatasetError', async () => {
+    const gz = gzipSync(Buffer.from('{"id":1}\n'.repeat(100)));
+    const corrupt = Buffer.concat([gz.subarray(0, 12), Buffer.alloc(40, 0xff), gz.subarray(52)]);
+    const { chunks } = await decompressed(chunksOf(corrupt, 16));
+    const read = collect(chunks);
+    await expect(read).rejects.toThrow(/^The dataset is not valid gzip: /);
+    await expect(read).rejects.toMatchObject({ name: 'DatasetError' });
+  });
+
+  it('closes the source when the reader stops early', async () => {
+    let closed = false;
+    async function* source(): AsyncGenerator<Uint8Array> {
+      try {
+        for (;;) yield gzipSync(Buffer.from('{"id":1}\n'));
+      } finally {
+        closed = true;
+      }
+    }
+    const { chunks } = await decompressed(source());
+    for await (const _ of linesOf(chunks, 1024)) break;
+    // The gunzip stream is destroyed at once; the source is closed once its pending read settles.
+    for (let turn = 0; turn < 100 && !closed; turn++) await new Promise((resolve) => setImmediate(resolve));
+    expect(closed).toBe(true);
+  });
 });

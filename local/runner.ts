@@ -113,6 +113,11 @@ export interface LocalRunOptions {
     readonly blobs?: (store: BlobStore) => BlobStore;
     readonly runs?: (store: RunStore) => RunStore;
     readonly openai?: (api: BatchApi) => BatchApi;
+    /**
+     * Replace the state machine's task handlers: each call is awaited by the execution, so a test can act
+     * between two states (move a manual clock at Tick's Wait, see test/support/manual-time.ts).
+     */
+    readonly handlers?: (handlers: Handlers) => Handlers;
   };
 }
 
@@ -170,9 +175,10 @@ export async function runLocally(
   const notifier = new RecordingNotifier();
   const next: { name: string; input: Record<string, unknown> }[] = [];
   const deps = localDeps(env, loaded.work, options, notifier);
-  const handlers: Handlers = createHandlers(deps, async (_arn, name, input) => {
+  const created: Handlers = createHandlers(deps, async (_arn, name, input) => {
     next.push({ name, input });
   });
+  const handlers = options.wrap?.handlers?.(created) ?? created;
   let input: Record<string, unknown> = { dataset };
   let name = runId;
   let executions = 0;

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadWork } from '../../infra/works';
 import { type Definition, synthesizeDefinition } from '../../local/definition';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { ManualTime } from '../support/manual-time';
 import { type FaultsRecord, RELIABILITY_DIR } from '../support/reliability';
 import { outputIds, partsPaidTwice } from '../support/run-checks';
 import { injectSdkFaults, type SdkFaultCounts } from '../support/sdk-faults';
@@ -112,17 +113,22 @@ describe('faults from outside', () => {
 
 describe("OpenAI's enqueued token limit", () => {
   it('throttles parts refused with token_limit_exceeded and sends them again until all are admitted', async () => {
-    const limited = await startLocalEnvironment(join(dir, 'limited'), {
-      kind: 'emulator',
-      options: {
+    // On manual time (test/support/manual-time.ts): the four parts are created at the same moment and
+    // validated together, so one is admitted and the others are refused, whatever the machine's load. On
+    // wall time a slow machine could space the creates so far apart that each batch had finished before
+    // the next was validated, and no batch was refused. Each throttled part waits a minute, doubling: the
+    // clock moves by what Tick asks, so those minutes pass at once.
+    const time = new ManualTime();
+    const limited = await startLocalEnvironment(
+      join(dir, 'limited'),
+      time.emulator({
         validationMs: 20,
         requestsPerSecond: 200,
         finalizingMs: 10,
-        tickMs: 10,
         enqueuedTokenLimit: 700,
         seed: 2,
-      },
-    });
+      }),
+    );
     try {
       const ids = Array.from({ length: 160 }, (_, i) => `t${i}`);
       await limited.s3.client.send(
@@ -132,20 +138,12 @@ describe("OpenAI's enqueued token limit", () => {
           Body: ids.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
         }),
       );
-      // Each throttled part waits a minute, doubling: the steps' clock moves on a minute at each Tick.
-      let skew = 0;
       const result = await runLocally(
         limited,
         loaded,
         'inputs/limited.jsonl',
         'limited',
-        {
-          waitMs: 20,
-          now: () => Date.now() + skew,
-          onState: (state) => {
-            if (state === 'Tick') skew += 60_000;
-          },
-        },
+        time.runOptions(limited),
         { definition },
       );
       expect(result.output).toMatchObject({

@@ -15,6 +15,7 @@ import {
   runLocally,
   startLocalEnvironment,
 } from '../../local/runner';
+import { ManualTime } from '../support/manual-time';
 import { withEmulator } from '../support/targets';
 
 const fixture = (name: string) => new URL(`../fixtures/works/${name}.ts`, import.meta.url).pathname;
@@ -330,13 +331,32 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
   });
 
   it('continues a long run in new executions before the history limit, and completes it', async () => {
-    await putDataset(
-      'inputs/e2e-chat/long.jsonl',
-      Array.from({ length: 80 }, (_, i) => ({ id: `l${i}`, content: `q${i}` })),
+    // On wall time this run raced the emulator: when the first Ticks were slow (a cold start, a loaded
+    // machine) both batches had finished by the second Tick and the run ended in one execution. On manual
+    // time it takes the same Ticks every time: submit, see the batches in progress, collect, ...
+    const time = new ManualTime();
+    const emulator = await startEmulator(
+      time.emulatorOptions({ validationMs: 1000, requestsPerSecond: 20, finalizingMs: 1000, seed: 42 }),
     );
-    const result = await run('chat', 'inputs/e2e-chat/long.jsonl', 'long-1', { maxTicksPerExecution: 2 });
-    expect(result.executions).toBeGreaterThan(1);
-    expect((await summaryOf('long-1')).counts).toMatchObject({ records: 80, outputs: 80 });
+    try {
+      const target = withEmulator(env, emulator);
+      await putDataset(
+        'inputs/e2e-chat/long.jsonl',
+        Array.from({ length: 80 }, (_, i) => ({ id: `l${i}`, content: `q${i}` })),
+      );
+      const result = await run(
+        'chat',
+        'inputs/e2e-chat/long.jsonl',
+        'long-1',
+        time.runOptions(target, { maxTicksPerExecution: 2 }),
+        target,
+      );
+      expect(time.ticks).toBeGreaterThan(2); // the run is longer than one execution's ticks
+      expect(result.executions).toBeGreaterThan(1);
+      expect((await summaryOf('long-1')).counts).toMatchObject({ records: 80, outputs: 80 });
+    } finally {
+      await emulator.stop();
+    }
   });
 
   it('carries ids and counts in the state, never records: its size does not grow with the dataset', async () => {

@@ -153,6 +153,80 @@ export class DynamoRunStore implements RunStore {
     return Item?.doc?.S ? RunSchema.parse(JSON.parse(Item.doc.S)) : null;
   }
 
+  async reviveRun(
+    run: Run,
+    claimDataset: boolean,
+  ): Promise<{ revived: Run } | { revived: null; holder: DatasetClaim }> {
+    const next = { ...run, version: run.version + 1 };
+    const putRun = {
+      TableName: this.table,
+      Item: this.runItem(next),
+      ConditionExpression: 'version = :version',
+      ExpressionAttributeValues: { ':version': N(run.version) },
+    };
+    const putClaim = {
+      TableName: this.table,
+      Item: {
+        ...claimKey(run.work, run.datasetHash),
+        runId: S(run.runId),
+        status: S('running'),
+        at: N(run.updatedAt),
+      },
+      ConditionExpression: 'attribute_not_exists(pk) OR #status IN (:failed, :cancelled) OR runId = :runId',
+      ExpressionAttributeNames: { '#status': 'status' },
+      ExpressionAttributeValues: {
+        ':failed': S('failed'),
+        ':cancelled': S('cancelled'),
+        ':runId': S(run.runId),
+      },
+    };
+    if (!claimDataset) return { revived: await this.putRun(run) };
+    try {
+      await this.db.send(
+        new TransactWriteItemsCommand({
+          TransactItems: [
+            { Put: putRun },
+            { Put: { ...putClaim, ReturnValuesOnConditionCheckFailure: 'ALL_OLD' as const } },
+          ],
+        }),
+      );
+      return { revived: next };
+    } catch (caught) {
+      if ((caught as { name?: string }).name === 'UnknownOperationException') {
+        // No transactions (dynalite): the claim first, then the run, each a conditional write.
+        try {
+          await this.db.send(new PutItemCommand(putClaim));
+        } catch (claimFailed) {
+          if (!(claimFailed instanceof ConditionalCheckFailedException)) throw claimFailed;
+          return { revived: null, holder: await this.claimHolder(run.work, run.datasetHash) };
+        }
+        return { revived: await this.putRun(run) };
+      }
+      if (!(caught instanceof TransactionCanceledException)) throw caught;
+      const [runReason, claimReason] = caught.CancellationReasons ?? [];
+      if (runReason?.Code === 'ConditionalCheckFailed')
+        throw new ConflictError(`run ${run.runId} was changed by another writer`);
+      if (claimReason?.Code === 'ConditionalCheckFailed') {
+        const holder = claimReason.Item;
+        return {
+          revived: null,
+          holder: holder
+            ? { runId: holder.runId?.S ?? 'unknown', status: holder.status?.S ?? 'unknown' }
+            : await this.claimHolder(run.work, run.datasetHash),
+        };
+      }
+      throw caught;
+    }
+  }
+
+  /** Who holds a dataset claim now (read consistently). */
+  private async claimHolder(work: string, datasetHash: string): Promise<DatasetClaim> {
+    const { Item } = await this.db.send(
+      new GetItemCommand({ TableName: this.table, Key: claimKey(work, datasetHash), ConsistentRead: true }),
+    );
+    return { runId: Item?.runId?.S ?? 'unknown', status: Item?.status?.S ?? 'unknown' };
+  }
+
   async putRun(run: Run): Promise<Run> {
     const next = { ...run, version: run.version + 1 };
     try {

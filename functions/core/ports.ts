@@ -64,6 +64,16 @@ export interface RunStore {
     claimDataset: boolean,
   ): Promise<{ created: true } | { created: false; holder: DatasetClaim }>;
   getRun(runId: string): Promise<Run | null>;
+  /**
+   * Writes back a run that is resumed (`run`, already revived) when its version is still `run.version`,
+   * and, when `claimDataset`, claims its dataset again in the same transaction: the claim may be free,
+   * released (failed or cancelled) or this run's own. Resolves with the claim that stands in the way when
+   * another run holds the dataset now; throws {@link ConflictError} when the run changed meanwhile.
+   */
+  reviveRun(
+    run: Run,
+    claimDataset: boolean,
+  ): Promise<{ revived: Run } | { revived: null; holder: DatasetClaim }>;
   /** Replaces the run when its version is still `run.version`; the stored one gets version + 1. */
   putRun(run: Run): Promise<Run>;
   /** Marks the dataset claim with the run's final status (a failed or cancelled run releases it). */

@@ -63,6 +63,42 @@ describe.each([
     ]);
   });
 
+  it('revives a failed run and claims its dataset again in one write, unless another run took it', async () => {
+    const holderOf = async (hash: string) => {
+      const probe = await store.createRun(run(`probe-${hash}`, hash), true);
+      return probe.created ? 'free' : probe.holder;
+    };
+    const failed = async (runId: string, hash: string, claim = true) => {
+      await store.createRun(run(runId, hash), claim);
+      await store.settleClaim('w', hash, runId, 'failed');
+      const stored = (await store.getRun(runId)) as Run;
+      return store.putRun({ ...stored, status: 'failed', error: 'Boom: it broke' });
+    };
+    // Released by its failure: the claim is this run's again, and the run is written back.
+    const a = await failed('rev-a', 'h-rev');
+    const revived = await store.reviveRun({ ...a, status: 'running', error: null }, true);
+    expect(revived).toEqual({ revived: { ...a, status: 'running', error: null, version: a.version + 1 } });
+    expect(await store.getRun('rev-a')).toMatchObject({ status: 'running', version: a.version + 1 });
+    expect(await holderOf('h-rev')).toEqual({ runId: 'rev-a', status: 'running' });
+    // A stale version: another writer resumed it first.
+    await expect(store.reviveRun({ ...a, status: 'running' }, true)).rejects.toBeInstanceOf(ConflictError);
+    // Taken by another run since it failed: refused, naming the holder, and the run stays failed.
+    const b = await failed('rev-b', 'h-taken');
+    await store.createRun(run('taker', 'h-taken'), true);
+    expect(await store.reviveRun({ ...b, status: 'running' }, true)).toEqual({
+      revived: null,
+      holder: { runId: 'taker', status: 'running' },
+    });
+    expect(await store.getRun('rev-b')).toMatchObject({ status: 'failed', version: b.version });
+    // Its own claim never released (a MarkFailed that stopped early), or no claim at all (allowSameDataset).
+    await store.createRun(run('rev-c', 'h-own'), true);
+    const c = await store.putRun({ ...((await store.getRun('rev-c')) as Run), status: 'failed' });
+    expect((await store.reviveRun({ ...c, status: 'running' }, true)).revived?.status).toBe('running');
+    const d = await failed('rev-d', 'h-taken', false);
+    expect((await store.reviveRun({ ...d, status: 'running' }, false)).revived?.status).toBe('running');
+    expect(await holderOf('h-taken')).toEqual({ runId: 'taker', status: 'running' });
+  });
+
   it('lists runs of a work newest first', async () => {
     await store.createRun({ ...run('old', 'h-old', 1000), work: 'listed' }, false);
     await store.createRun({ ...run('new', 'h-new', 2000), work: 'listed' }, false);

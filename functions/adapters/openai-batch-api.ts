@@ -1,4 +1,5 @@
 import OpenAI, { toStreamingFile } from 'openai';
+import { blockedMessage, messageOf, OpenAIUnavailableError, openaiBlockReason } from '../core/errors';
 import type { BatchApi, CreateBatchInput } from '../core/ports';
 import type { BatchView } from '../core/reconciler';
 
@@ -22,69 +23,126 @@ export function viewOf(batch: OpenAI.Batch): BatchView {
   };
 }
 
+/**
+ * How long one call may wait for OpenAI's answer (ms). A create that has not answered by then is looked
+ * for by its metadata (the lost-create grace, 2 minutes, is longer), and every call ends well inside the
+ * Tick function's 6 minutes; an upload of up to 200 MB gets longer.
+ */
+export const OPENAI_TIMEOUTS = { call: 60_000, upload: 180_000 } as const;
+
+/**
+ * The error to throw for an error of the official client: an outage, a refused key or an exhausted quota
+ * becomes an {@link OpenAIUnavailableError} (the run waits), anything else stays as it is (the request's).
+ */
+export function asBatchApiError(caught: unknown): unknown {
+  const reason = openaiBlockReason(caught);
+  if (reason === null || caught instanceof OpenAIUnavailableError) return caught;
+  const status = (caught as { status?: unknown }).status;
+  return new OpenAIUnavailableError(
+    blockedMessage(reason, messageOf(caught)),
+    reason,
+    typeof status === 'number' ? status : undefined,
+  );
+}
+
+async function guarded<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (caught) {
+    throw asBatchApiError(caught);
+  }
+}
+
 /** A {@link BatchApi} on the official client (OpenAI, the emulator, or any compatible base URL). */
 export class OpenAIBatchApi implements BatchApi {
   constructor(private readonly client: OpenAI) {}
 
-  async uploadFile(filename: string, body: AsyncIterable<Uint8Array>): Promise<string> {
-    const file = await this.client.files.create({ file: toStreamingFile(body, filename), purpose: 'batch' });
-    return file.id;
+  uploadFile(filename: string, body: AsyncIterable<Uint8Array>): Promise<string> {
+    return guarded(async () => {
+      const file = await this.client.files.create(
+        { file: toStreamingFile(body, filename), purpose: 'batch' },
+        { timeout: OPENAI_TIMEOUTS.upload },
+      );
+      return file.id;
+    });
   }
 
-  async createBatch(input: CreateBatchInput): Promise<BatchView> {
+  createBatch(input: CreateBatchInput): Promise<BatchView> {
     // Never retried by the client: an answer lost after OpenAI acted would create the batch twice.
-    const batch = await this.client.batches.create(
-      {
-        input_file_id: input.fileId,
-        endpoint: input.endpoint as OpenAI.BatchCreateParams['endpoint'],
-        completion_window: '24h',
-        metadata: input.metadata,
-      },
-      { maxRetries: 0 },
+    return guarded(async () =>
+      viewOf(
+        await this.client.batches.create(
+          {
+            input_file_id: input.fileId,
+            endpoint: input.endpoint as OpenAI.BatchCreateParams['endpoint'],
+            completion_window: '24h',
+            metadata: input.metadata,
+          },
+          { maxRetries: 0, timeout: OPENAI_TIMEOUTS.call },
+        ),
+      ),
     );
-    return viewOf(batch);
   }
 
-  async getBatch(batchId: string): Promise<BatchView> {
-    return viewOf(await this.client.batches.retrieve(batchId));
+  getBatch(batchId: string): Promise<BatchView> {
+    return guarded(async () =>
+      viewOf(await this.client.batches.retrieve(batchId, { timeout: OPENAI_TIMEOUTS.call })),
+    );
   }
 
-  async recentBatches(since: number): Promise<BatchView[]> {
-    const found: BatchView[] = [];
-    for await (const batch of this.client.batches.list({ limit: 100 })) {
-      if (batch.created_at < since) break; // newest first: the rest are older
-      found.push(viewOf(batch));
-    }
-    return found;
+  recentBatches(since: number): Promise<BatchView[]> {
+    return guarded(async () => {
+      const found: BatchView[] = [];
+      for await (const batch of this.client.batches.list({ limit: 100 }, { timeout: OPENAI_TIMEOUTS.call })) {
+        if (batch.created_at < since) break; // newest first: the rest are older
+        found.push(viewOf(batch));
+      }
+      return found;
+    });
   }
 
-  async cancelBatch(batchId: string): Promise<BatchView> {
-    try {
-      return viewOf(await this.client.batches.cancel(batchId, { maxRetries: 0 }));
-    } catch (caught) {
-      if (caught instanceof OpenAI.ConflictError) return this.getBatch(batchId); // already finished
-      throw caught;
-    }
+  cancelBatch(batchId: string): Promise<BatchView> {
+    return guarded(async () => {
+      try {
+        return viewOf(
+          await this.client.batches.cancel(batchId, { maxRetries: 0, timeout: OPENAI_TIMEOUTS.call }),
+        );
+      } catch (caught) {
+        if (caught instanceof OpenAI.ConflictError) return this.getBatch(batchId); // already finished
+        throw caught;
+      }
+    });
   }
 
   async *fileContent(fileId: string): AsyncGenerator<Uint8Array> {
-    const response = await this.client.files.content(fileId);
-    if (!response.body) return;
-    for await (const chunk of response.body) yield chunk as Uint8Array;
-  }
-
-  async deleteFile(fileId: string): Promise<void> {
     try {
-      await this.client.files.delete(fileId);
+      const response = await this.client.files.content(fileId, { timeout: OPENAI_TIMEOUTS.call });
+      if (!response.body) return;
+      for await (const chunk of response.body) yield chunk as Uint8Array;
     } catch (caught) {
-      if (!(caught instanceof OpenAI.NotFoundError)) throw caught;
+      throw asBatchApiError(caught);
     }
   }
 
-  async filesNamed(prefix: string): Promise<string[]> {
-    const ids: string[] = [];
-    for await (const file of this.client.files.list({ purpose: 'batch' }))
-      if (file.filename.startsWith(prefix)) ids.push(file.id);
-    return ids;
+  deleteFile(fileId: string): Promise<void> {
+    return guarded(async () => {
+      try {
+        await this.client.files.delete(fileId, { timeout: OPENAI_TIMEOUTS.call });
+      } catch (caught) {
+        if (!(caught instanceof OpenAI.NotFoundError)) throw caught;
+      }
+    });
+  }
+
+  filesNamed(prefix: string): Promise<string[]> {
+    return guarded(async () => {
+      const ids: string[] = [];
+      for await (const file of this.client.files.list(
+        { purpose: 'batch' },
+        { timeout: OPENAI_TIMEOUTS.call },
+      ))
+        if (file.filename.startsWith(prefix)) ids.push(file.id);
+      return ids;
+    });
   }
 }

@@ -25,6 +25,28 @@ export const BatchFailureSchema = z.object({
 export type BatchFailure = z.infer<typeof BatchFailureSchema>;
 
 /**
+ * Where collecting a part stopped when its time budget ran out: the next call replays what was handled
+ * (no hook, no write) and goes on from there, writing its lines to a file of its own (`chunk`).
+ */
+export const CollectCursorSchema = z.object({
+  /** The number of the output and error files the next call writes. */
+  chunk: z.number().int().positive(),
+  /** Result lines handled, over the output file, then the error file. */
+  results: z.number().int().nonnegative(),
+  /** Requests handled in the pass over the request file (a failed batch, or results that never came). */
+  requests: z.number().int().nonnegative(),
+  /** Whether leftovers are sent again: fixed when collecting starts, so that every call agrees. */
+  resubmit: z.boolean(),
+  /** What the calls so far wrote. */
+  outputs: z.number().int().nonnegative(),
+  errors: z.number().int().nonnegative(),
+  skippedOutputs: z.number().int().nonnegative(),
+});
+
+/** Where collecting a part stopped. */
+export type CollectCursor = z.infer<typeof CollectCursorSchema>;
+
+/**
  * One part of a run: one OpenAI batch input file and the batch made from it. Its record in DynamoDB is
  * the truth the reconciler works from; `version` guards every update against a concurrent writer.
  */
@@ -64,6 +86,8 @@ export const PartSchema = z.object({
   /** The part number reserved for this part's resubmission, before collecting it (so a re-collect reuses it). */
   childPart: z.number().int().nonnegative().nullable(),
   usage: TokenTotalsSchema,
+  /** Where collecting stopped, while a collect longer than one step goes on; null otherwise. */
+  collected: CollectCursorSchema.nullable().default(null),
   version: z.number().int().nonnegative(),
 });
 
@@ -96,6 +120,7 @@ export function newPart(
     resubmitted: 0,
     childPart: null,
     usage: { inputTokens: 0, outputTokens: 0, cachedTokens: 0 },
+    collected: null,
     version: 0,
   };
 }
@@ -169,6 +194,8 @@ export const RunSchema = z.object({
   waiting: z.string().nullable().default(null),
   /** A webhook arrived while a Tick ran: the next Tick comes a second later instead of after its wait. */
   wakePending: z.boolean().default(false),
+  /** The execution driving the run and when its first Tick ran (ms), to hand over long before its timeout. */
+  executionSince: z.object({ name: z.string(), at: z.number() }).nullable().default(null),
   /**
    * Why the run cannot reach OpenAI now (an outage, a refused key, an exhausted quota), since when: the run
    * waits and goes on by itself once OpenAI answers. Null while OpenAI answers.
@@ -193,13 +220,18 @@ export function isIntermediateKey(key: string): boolean {
   return /^runs\/[^/]+\/(requests|state)\//.test(key);
 }
 
+const partFile = (part: number, chunk: number) =>
+  `part-${String(part).padStart(5, '0')}${chunk === 0 ? '' : `-${String(chunk).padStart(4, '0')}`}.jsonl`;
+
 /** The S3 keys of a run. */
 export const runKeys = (runId: string) => ({
   prefix: `runs/${runId}/`,
   requests: (part: number) => `runs/${runId}/requests/part-${String(part).padStart(5, '0')}.jsonl`,
   lines: (part: number) => `runs/${runId}/requests/part-${String(part).padStart(5, '0')}.lines`,
-  outputs: (part: number) => `runs/${runId}/outputs/part-${String(part).padStart(5, '0')}.jsonl`,
-  errors: (part: number) => `runs/${runId}/errors/part-${String(part).padStart(5, '0')}.jsonl`,
+  /** A part's outputs; a collect that took several steps writes one file a step (`chunk` 1, 2, ...). */
+  outputs: (part: number, chunk = 0) => `runs/${runId}/outputs/${partFile(part, chunk)}`,
+  /** A part's errors, one file a collect step like its outputs. */
+  errors: (part: number, chunk = 0) => `runs/${runId}/errors/${partFile(part, chunk)}`,
   /**
    * Errors found by the prepare step that started at this object and line (bad lines, refused requests):
    * named by where the step started, so a step run again overwrites its own file.

@@ -30,6 +30,9 @@ export interface StepDeps<R = Record<string, unknown>> {
    */
   readonly lostCreateGraceMs: number;
   readonly log: Log;
-  /** Records a metric (CloudWatch, through the log, in the cloud). */
-  readonly metric: (name: 'MinutesWithoutProgress', value: number) => void;
+  /**
+   * Records a metric (CloudWatch, through the log, in the cloud): the longest a batch or the run has not
+   * moved, and 1 while OpenAI refuses the run's key or quota (a person must act).
+   */
+  readonly metric: (name: 'MinutesWithoutProgress' | 'OpenAIAccessRefused', value: number) => void;
 }

@@ -1,4 +1,4 @@
-import { messageOf } from '../core/errors';
+import { messageOf, OpenAIUnavailableError } from '../core/errors';
 import { type BatchApi, ConflictError } from '../core/ports';
 import {
   admit,
@@ -45,10 +45,119 @@ async function takeRun(
   }
 }
 
-/** An OpenAI error that says the request was refused before anything was created (4xx but 408/409/429). */
+/**
+ * An OpenAI error that says the request was refused before anything was created (4xx but 408/409/429):
+ * the part's problem. A refused key or an exhausted quota is the run's (see {@link blockedBy}).
+ */
 export function refusedBeforeActing(caught: unknown): boolean {
+  if (blockedBy(caught)) return false;
   const status = (caught as { status?: unknown } | null)?.status;
   return typeof status === 'number' && status >= 400 && status < 500 && ![408, 409, 429].includes(status);
+}
+
+/**
+ * How long (ms) an execution drives a run before it hands it to a new one: half of the state machine's
+ * 20-day timeout, which no Catch can see (a timed-out execution would leave its run `running`).
+ */
+export const EXECUTION_HAND_OVER_MS = 10 * 24 * 3600_000;
+
+/** What one pass over a run's parts works with. */
+export interface Pass<R> {
+  readonly deps: StepDeps<R>;
+  readonly api: BatchApi;
+  /** The run as last written by this pass. */
+  run: Run;
+  readonly parts: Map<number, Part>;
+  readonly started: number;
+  readonly outOfTime: () => boolean;
+  /** Writes a part if nobody else changed it meanwhile. */
+  readonly save: (part: Part) => Promise<Part | null>;
+}
+
+/** The OpenAI condition an error carries (anywhere in its cause chain), or null when it is another error. */
+export function blockedBy(caught: unknown): OpenAIUnavailableError | null {
+  for (let error = caught, depth = 0; error instanceof Error && depth < 5; error = error.cause, depth++)
+    if (error instanceof OpenAIUnavailableError) return error;
+  return null;
+}
+
+/** The run's `blocked` after a pass: kept with its first time while the same condition lasts. */
+export function blockedAfter(
+  previous: Run['blocked'],
+  now: OpenAIUnavailableError | null,
+  at: number,
+): Run['blocked'] {
+  if (!now) return null;
+  return {
+    reason: now.reason,
+    message: now.message,
+    since: previous?.reason === now.reason ? previous.since : at,
+  };
+}
+
+/**
+ * Creates whose answer was lost: the batch is found by its metadata, or, once it had long enough to show
+ * in the list (or no file was uploaded, so the create was never reached), the part is sent again.
+ */
+export async function recoverLostCreates<R>(pass: Pass<R>): Promise<void> {
+  const { deps, api, run, parts, save, started } = pass;
+  const lost = [...parts.values()].filter((p) => p.status === 'submitting');
+  if (lost.length === 0) return;
+  const since = Math.floor(Math.min(...lost.map((p) => p.submittingSince ?? started)) / 1000) - 60;
+  const recent = await api.recentBatches(since);
+  for (const part of lost) {
+    const own = findOwnBatch(run.runId, part, recent);
+    if (own) {
+      await deps.runs.recordBatch(own.id, run.runId, part.part);
+      await save(observe(part, own, deps.now()));
+    } else if (part.fileId === null || started - (part.submittingSince ?? 0) > deps.lostCreateGraceMs) {
+      await save({ ...part, status: 'pending', submittingSince: null });
+    }
+  }
+}
+
+/** Asks OpenAI to cancel every batch of the run in flight; their partial results are collected later. */
+export async function cancelActive<R>(pass: Pass<R>): Promise<void> {
+  for (const part of [...pass.parts.values()]) {
+    if (part.status !== 'active' || !part.batchId || part.batchStatus === 'cancelling') continue;
+    const seen = observe(part, await pass.api.cancelBatch(part.batchId), pass.deps.now());
+    await pass.save(seen);
+  }
+}
+
+/** Polls the batches in flight, writing what changed. */
+export async function pollActive<R>(pass: Pass<R>): Promise<void> {
+  const { deps, api, parts, save } = pass;
+  for (const part of [...parts.values()].filter((p) => p.status === 'active' && p.batchId)) {
+    const seen = observe(part, await api.getBatch(part.batchId ?? ''), deps.now());
+    if (worthWriting(part, seen, deps.now(), deps.work.settings.minPollSeconds * 1000)) await save(seen);
+  }
+}
+
+/**
+ * Collects finished parts, within the time budget (at least one each pass). Resubmission part numbers
+ * are reserved first, so that a collect run again reuses them; `canResubmit` says which parts' leftovers
+ * are sent again (else they end in errors).
+ */
+export async function collectFinished<R>(pass: Pass<R>, canResubmit: (part: Part) => boolean): Promise<void> {
+  const { deps, parts, save } = pass;
+  const collecting = [...parts.values()].filter((p) => p.status === 'collecting');
+  const needChild = collecting.filter((p) => canResubmit(p) && p.childPart === null);
+  if (needChild.length > 0) {
+    pass.run = await updateRun(deps.runs, pass.run.runId, (r) => ({
+      ...r,
+      checkpoint: { ...r.checkpoint, nextPart: r.checkpoint.nextPart + needChild.length },
+    }));
+    let nextPart = pass.run.checkpoint.nextPart - needChild.length;
+    for (const part of needChild) await save({ ...part, childPart: nextPart++ });
+  }
+  let worked = false;
+  for (const part of [...parts.values()].filter((p) => p.status === 'collecting')) {
+    if (worked && pass.outOfTime()) break;
+    const child = await collect(deps, pass.api, pass.run, part, save);
+    if (child) parts.set(child.part, child);
+    worked = true;
+  }
 }
 
 /**
@@ -56,6 +165,10 @@ export function refusedBeforeActing(caught: unknown): boolean {
  * collect finished ones (resubmitting leftovers as new parts), submit pending parts within the limits,
  * and choose the next wait. Every part update is conditional on its version, so a pass that races with
  * another (a retried Lambda) loses its write instead of doubling work. Bounded by the time budget.
+ *
+ * OpenAI unavailable, a refused key or an exhausted quota stops the pass where it is (every write so far
+ * stands) and the run waits, backing off, with `blocked` saying why: it goes on by itself once OpenAI
+ * answers, and no record ends in errors because of it.
  */
 export async function tick<R>(
   deps: StepDeps<R>,
@@ -70,8 +183,8 @@ export async function tick<R>(
   }
   let run = taken;
   const parts = new Map((await deps.runs.listParts(run.runId)).map((p) => [p.part, p]));
-  const api = parts.size > 0 ? await deps.openai() : null;
   let moved = false;
+  let blocked: OpenAIUnavailableError | null = null;
 
   /** Writes a part if nobody else changed it meanwhile; notes whether the run moved. */
   const save = async (part: Part): Promise<Part | null> => {
@@ -84,31 +197,15 @@ export async function tick<R>(
     return saved;
   };
 
-  if (api) {
-    // 1. Creates whose answer was lost: find the batch by its metadata, or send the part again.
-    const lost = [...parts.values()].filter((p) => p.status === 'submitting');
-    if (lost.length > 0) {
-      const since = Math.floor(Math.min(...lost.map((p) => p.submittingSince ?? started)) / 1000) - 60;
-      const recent = await api.recentBatches(since);
-      for (const part of lost) {
-        const own = findOwnBatch(run.runId, part, recent);
-        if (own) {
-          await deps.runs.recordBatch(own.id, run.runId, part.part);
-          await save(observe(part, own, deps.now()));
-        } else if (part.fileId === null || started - (part.submittingSince ?? 0) > deps.lostCreateGraceMs) {
-          // No file id: the create was never reached. Else the batch list had long enough to show it.
-          await save({ ...part, status: 'pending', submittingSince: null });
-        }
-      }
-    }
-
-    // A cancelled run: cancel what is on OpenAI (its partial results are collected below), and put every
-    // part not sent yet in errors, so that nothing of it is silently dropped.
-    if (run.cancelRequested) {
-      for (const part of [...parts.values()]) {
-        if (part.status === 'active' && part.batchId && part.batchStatus !== 'cancelling')
-          await api.cancelBatch(part.batchId);
-        if (part.status === 'pending') {
+  if (parts.size > 0) {
+    try {
+      const pass: Pass<R> = { deps, api: await deps.openai(), run, parts, started, outOfTime, save };
+      await recoverLostCreates(pass);
+      // A cancelled run: cancel what is on OpenAI (its partial results are collected below), and put every
+      // part not sent yet in errors, so that nothing of it is silently dropped.
+      if (run.cancelRequested) {
+        await cancelActive(pass);
+        for (const part of [...parts.values()].filter((p) => p.status === 'pending')) {
           await save({
             ...part,
             status: 'collecting',
@@ -122,76 +219,85 @@ export async function tick<R>(
           });
         }
       }
-    }
-
-    // 2. Batches in flight.
-    for (const part of [...parts.values()].filter((p) => p.status === 'active' && p.batchId)) {
-      const batch = await api.getBatch(part.batchId ?? '');
-      const seen = observe(part, batch, deps.now());
-      if (worthWriting(part, seen, deps.now(), deps.work.settings.minPollSeconds * 1000)) await save(seen);
-    }
-
-    // 3. Finished batches: reserve resubmission part numbers first, so a collect run again reuses them.
-    const collecting = [...parts.values()].filter((p) => p.status === 'collecting');
-    const canResubmit = (p: Part) => !run.cancelRequested && p.generation < deps.work.settings.maxResubmits;
-    const needChild = collecting.filter((p) => canResubmit(p) && p.childPart === null);
-    if (needChild.length > 0) {
-      run = await updateRun(deps.runs, run.runId, (r) => ({
-        ...r,
-        checkpoint: { ...r.checkpoint, nextPart: r.checkpoint.nextPart + needChild.length },
-      }));
-      let nextPart = run.checkpoint.nextPart - needChild.length;
-      for (const part of needChild) await save({ ...part, childPart: nextPart++ });
-    }
-    // Each loop does at least one piece of work before it looks at the clock, so every tick progresses.
-    let worked = false;
-    for (const part of [...parts.values()].filter((p) => p.status === 'collecting')) {
-      if (worked && outOfTime()) break;
-      const child = await collect(deps, api, run, part, save);
-      if (child) parts.set(child.part, child);
-      worked = true;
-    }
-
-    // 4. Pending parts, within maxActiveBatches and the enqueued-token budget.
-    worked = false;
-    for (const part of run.cancelRequested
-      ? []
-      : admit([...parts.values()], deps.work.settings, deps.now())) {
-      if (worked && outOfTime()) break;
-      await submit(deps, api, run, part, save);
-      worked = true;
+      await pollActive(pass);
+      await collectFinished(
+        pass,
+        (p) => !run.cancelRequested && p.generation < deps.work.settings.maxResubmits,
+      );
+      run = pass.run;
+      // Pending parts, within maxActiveBatches and the enqueued-token budget.
+      let worked = false;
+      for (const part of run.cancelRequested
+        ? []
+        : admit([...parts.values()], deps.work.settings, deps.now())) {
+        if (worked && outOfTime()) break;
+        await submit(deps, pass.api, run, part, save);
+        worked = true;
+      }
+    } catch (caught) {
+      blocked = blockedBy(caught);
+      if (!blocked) throw caught;
+      deps.log('OpenAI cannot be used now; the run waits', {
+        runId: run.runId,
+        reason: blocked.reason,
+        status: blocked.status,
+        error: blocked.message,
+      });
     }
   }
 
   const all = [...parts.values()];
   const done = run.prepared && allDone(all);
-  const chosen = done ? 0 : nextWait(all, moved, run.waitSeconds, deps.work.settings, deps.now());
+  const settings = deps.work.settings;
+  // While OpenAI is blocked, back off from the shortest poll to the longest, whatever is ready to go.
+  const chosen = done
+    ? 0
+    : blocked
+      ? Math.min(settings.maxPollSeconds, Math.max(settings.minPollSeconds, run.waitSeconds * 2))
+      : nextWait(all, moved, run.waitSeconds, settings, deps.now());
   // A webhook that came while this Tick ran: the next Tick comes a second later, whatever the poll
   // interval (with webhooks it may be an hour: the news must not wait for it).
   // A Tick whose execution was replaced while it ran (a webhook) leaves the wake fields to the new one.
   let waitSeconds = chosen;
+  const now = deps.now();
   run = await updateRun(deps.runs, run.runId, (r) => {
     const driving = input.executionName === undefined || r.execution === input.executionName;
-    waitSeconds = driving && r.wakePending && !done ? 1 : chosen;
+    waitSeconds = driving && r.wakePending && !done && !blocked ? 1 : chosen;
+    const execution = input.executionName ?? r.execution;
     return {
       ...r,
       ticks: driving ? r.ticks + 1 : r.ticks,
       waitSeconds,
-      updatedAt: deps.now(),
+      updatedAt: now,
+      blocked: parts.size > 0 ? blockedAfter(r.blocked, blocked, now) : r.blocked,
+      executionSince:
+        driving && r.executionSince?.name !== execution ? { name: execution, at: started } : r.executionSince,
       ...(driving ? { wakePending: false, waiting: done ? null : (input.executionName ?? null) } : {}),
     };
   });
-  deps.metric(
-    'MinutesWithoutProgress',
-    Math.floor(Math.max(0, ...all.map((p) => stalledFor(p, deps.now()))) / 60_000),
+  const stalledMs = Math.max(
+    0,
+    ...all.map((p) => stalledFor(p, now)),
+    run.blocked ? now - run.blocked.since : 0,
   );
+  deps.metric('MinutesWithoutProgress', Math.floor(stalledMs / 60_000));
+  deps.metric('OpenAIAccessRefused', run.blocked && run.blocked.reason !== 'openai_unavailable' ? 1 : 0);
   const counts = { pending: 0, submitting: 0, active: 0, collecting: 0, done: 0 };
   for (const p of all) counts[p.status] += 1;
-  deps.log('tick', { runId: run.runId, ...counts, waitSeconds, runDone: done });
+  deps.log('tick', {
+    runId: run.runId,
+    ...counts,
+    waitSeconds,
+    runDone: done,
+    ...(run.blocked ? { blocked: run.blocked.reason } : {}),
+  });
+  const executionAge = run.executionSince ? now - run.executionSince.at : 0;
   return {
     done,
     waitSeconds,
-    continueAsNew: !done && run.ticks >= deps.maxTicksPerExecution,
+    continueAsNew:
+      !done &&
+      (run.ticks >= deps.maxTicksPerExecution || executionAge + waitSeconds * 1000 >= EXECUTION_HAND_OVER_MS),
     superseded: false,
   };
 }
@@ -239,6 +345,11 @@ async function submit<R>(
     await deps.runs.recordBatch(batch.id, run.runId, part.part);
     await save(observe(part, batch, deps.now()));
   } catch (caught) {
+    if (blockedBy(caught)) {
+      // The run waits for OpenAI; the part stays submitting and the next pass looks for its batch.
+      deps.log('submit stopped: OpenAI cannot be used now', { runId: run.runId, part: pending.part });
+      throw caught;
+    }
     if (part && refusedBeforeActing(caught)) {
       // OpenAI refused the file or the batch outright: every request of the part ends in errors with why.
       const failure = [

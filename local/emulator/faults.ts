@@ -32,6 +32,33 @@ export interface FaultOptions {
   readonly seed?: number;
 }
 
+/** What OpenAI answers to every request during an outage window. */
+export const OUTAGE_KINDS = [
+  /** 503, the engine overloaded. */
+  'unavailable',
+  /** 401 invalid_api_key: the key was revoked or rotated. */
+  'unauthorized',
+  /** 429 insufficient_quota: the account's quota or billing limit is used up. */
+  'quota',
+] as const;
+
+/** One kind of outage. */
+export type OutageKind = (typeof OUTAGE_KINDS)[number];
+
+/** Which requests a forced fault or an outage's trigger matches (all when neither is given). */
+export interface RequestMatch {
+  readonly method?: string;
+  readonly path?: RegExp;
+}
+
+interface Outage {
+  readonly kind: OutageKind;
+  readonly forMs: number;
+  readonly after: RequestMatch | null;
+  /** When the window opened (emulator clock, ms); null until its trigger passed. */
+  from: number | null;
+}
+
 interface Forced {
   kind: FaultKind;
   method: string | undefined;
@@ -42,6 +69,7 @@ interface Forced {
 export class FaultPlan {
   private readonly random: Random;
   private readonly forced: Forced[] = [];
+  private readonly outages: Outage[] = [];
   /** Faults injected so far, by kind. */
   readonly injected: Record<FaultKind, number> = Object.fromEntries(FAULT_KINDS.map((k) => [k, 0])) as Record<
     FaultKind,
@@ -62,11 +90,33 @@ export class FaultPlan {
     this.forced.push({ kind, method: match.method, path: match.path });
   }
 
+  /**
+   * Answers every request with `kind` for `forMs` of the emulator's clock: from the next request, or,
+   * with `after`, from the first request after one that matches it (which itself is served).
+   */
+  outage(kind: OutageKind, forMs: number, after?: RequestMatch): void {
+    this.outages.push({ kind, forMs, after: after ?? null, from: null });
+  }
+
+  /** The outage this request falls in at `now`, if any; opens the windows whose trigger it is. */
+  outageAt(method: string, path: string, now: number): OutageKind | null {
+    let current: OutageKind | null = null;
+    for (const outage of this.outages) {
+      if (outage.from === null) {
+        if (outage.after === null) outage.from = now;
+        else if (matches(outage.after, method, path)) {
+          outage.from = now;
+          continue; // the trigger itself is served
+        }
+      }
+      if (current === null && outage.from !== null && now < outage.from + outage.forMs) current = outage.kind;
+    }
+    return current;
+  }
+
   /** The fault for this request, if any. */
   draw(method: string, path: string): FaultKind | null {
-    const index = this.forced.findIndex(
-      (f) => (!f.method || f.method === method) && (!f.path || f.path.test(path)),
-    );
+    const index = this.forced.findIndex((f) => matches(f, method, path));
     let kind: FaultKind | null = null;
     if (index !== -1) {
       kind = this.forced[index]?.kind ?? null;
@@ -77,4 +127,12 @@ export class FaultPlan {
     if (kind) this.injected[kind] += 1;
     return kind;
   }
+}
+
+function matches(
+  match: { method?: string | undefined; path?: RegExp | undefined },
+  method: string,
+  path: string,
+) {
+  return (!match.method || match.method === method) && (!match.path || match.path.test(path));
 }

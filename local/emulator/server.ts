@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { ApiError, missingParameter } from './api-error';
 import { BATCH_ENDPOINTS, BatchEngine, type BatchObject, type EngineOptions } from './batches';
 import { type Clock, systemClock, unixSeconds } from './clock';
-import { type FaultKind, type FaultOptions, FaultPlan } from './faults';
+import { type FaultKind, type FaultOptions, FaultPlan, type OutageKind } from './faults';
 import { type FileObject, FileStore, UPLOAD_PURPOSES } from './files';
 import { Ids, Random } from './random';
 import { type WebhookOptions, WebhookSender } from './webhooks';
@@ -77,6 +77,28 @@ export interface Emulator {
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 const UNAUTHENTICATED =
   "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username. You can obtain an API key from https://platform.openai.com/account/api-keys.";
+
+/** What OpenAI answers to every request during an outage of this kind (messages as OpenAI words them). */
+function outageError(kind: OutageKind): ApiError {
+  switch (kind) {
+    case 'unavailable':
+      return new ApiError(503, 'The engine is currently overloaded, please try again later.', 'server_error');
+    case 'unauthorized':
+      return new ApiError(
+        401,
+        'Incorrect API key provided: sk-*****. You can find your API key at https://platform.openai.com/account/api-keys.',
+        'invalid_request_error',
+        'invalid_api_key',
+      );
+    case 'quota':
+      return new ApiError(
+        429,
+        'You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.',
+        'insufficient_quota',
+        'insufficient_quota',
+      );
+  }
+}
 
 /** A create-batch body is a JSON object; each field is then checked with OpenAI's own error codes. */
 const CreateBatchBody = z.record(z.string(), z.unknown());
@@ -316,6 +338,8 @@ export async function startEmulator(options: EmulatorOptions = {}): Promise<Emul
       request.resume();
       send(error.status, error.body(), error.headers);
     };
+    const outage = faults.outageAt(method, url.pathname, clock.now());
+    if (outage) return sendError(outageError(outage));
     if (fault === 'drop_before') {
       request.socket.destroy();
       return;

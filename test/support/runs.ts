@@ -24,5 +24,6 @@ export const runFixture = (runId: string, datasetHash = `hash-${runId}`, created
   waiting: null,
   wakePending: false,
   blocked: null,
+  executionSince: null,
   version: 0,
 });

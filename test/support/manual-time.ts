@@ -53,7 +53,11 @@ export class ManualTime {
    * The options of a local run on this clock, over `options` (whose own `wrap` functions still apply,
    * inside these: a crash plan sees the settled emulator). `env.emulator` must run on this clock.
    */
-  runOptions(env: LocalEnvironment, options: LocalRunOptions = {}): LocalRunOptions {
+  runOptions(
+    env: LocalEnvironment,
+    options: LocalRunOptions = {},
+    hooks: ManualRunHooks = {},
+  ): LocalRunOptions {
     const emulator = env.emulator;
     if (!emulator) throw new Error('manual time needs the emulator: the real OpenAI has its own clock');
     const settle = async () => {
@@ -82,7 +86,7 @@ export class ManualTime {
                 });
               }
               const ticked = await handlers.Tick(event);
-              await this.options.afterTick?.(ticked, this.ticks);
+              await hooks.afterTick?.(ticked, this.ticks);
               if (!ticked.done && !ticked.superseded && !ticked.continueAsNew) {
                 // The Wait that follows: the clock moves by what Tick asked, batches move with it, and
                 // webhooks of batches that finished meanwhile are delivered (a wake stops this execution).
@@ -107,9 +111,14 @@ export interface ManualTimeOptions {
   readonly start?: number;
   /** Ticks after which a run is failed as one that never ends (a fatal InvariantError). @default 1000 */
   readonly maxTicks?: number;
+}
+
+/** What a test does at moments of a run on manual time. */
+export interface ManualRunHooks {
   /**
-   * Called, and awaited, after each Tick returns and before its Wait: a test acts between two ticks
-   * here (requests a cancel, breaks something) at a moment that does not depend on timing.
+   * Called, and awaited, after each Tick returns and before its Wait (`tick` counts every Tick of this
+   * ManualTime): a test acts between two ticks here (requests a cancel, breaks something) at a moment
+   * that does not depend on timing.
    */
   readonly afterTick?: (ticked: Ticked, tick: number) => Promise<void> | void;
 }

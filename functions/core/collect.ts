@@ -3,7 +3,7 @@ import { type BatchErrorItem, errorItem, jsonLineOf } from './items';
 import { linesOf } from './lines';
 import { errorLine, type RecordSink } from './prepare';
 import { isRetryable, readResults } from './results';
-import type { BatchFailure, Part, TokenTotals } from './run';
+import type { BatchFailure, CollectCursor, Part, TokenTotals } from './run';
 import type { Work } from './work';
 
 /** Where requests that are sent again go (a new part), with the dataset line each came from. */
@@ -21,13 +21,26 @@ export interface CollectInput<R> {
   readonly lines: () => AsyncIterable<Uint8Array>;
   readonly outputFile: (() => AsyncIterable<Uint8Array>) | null;
   readonly errorFile: (() => AsyncIterable<Uint8Array>) | null;
+  /** Where this call's outputs go (a file of its own when collecting takes several calls). */
   readonly outputs: RecordSink;
   readonly errors: RecordSink;
   /** Null when the work's resubmits are used up: what would be resent goes to errors instead. */
   readonly resubmit: ResubmitSink | null;
+  /**
+   * Send requests OpenAI did not run because their batch was cancelled (`batch_cancelled`) again too: a
+   * run that failed cancelled them, not the user, so a resume sends them. @default false
+   */
+  readonly resendCancelled?: boolean;
+  /** Where an earlier call stopped; absent or null to start from the beginning. */
+  readonly from?: CollectCursor | null;
+  /**
+   * Asked before each result or request that may call a hook, once this call has handled one: true
+   * stops the call there, and it returns where the next one resumes.
+   */
+  readonly shouldPause?: () => boolean;
 }
 
-/** What collecting a part found. */
+/** What collecting a part found (over every call so far, when it took several). */
 export interface CollectResult {
   readonly outputs: number;
   readonly errors: number;
@@ -38,6 +51,8 @@ export interface CollectResult {
   /** Result lines for a request already answered, or for no request of the part: ignored. */
   readonly ignored: number;
   readonly usage: TokenTotals;
+  /** Where the next call resumes when this one was asked to pause; null when the part is collected. */
+  readonly paused: CollectCursor | null;
 }
 
 const MAX_LINE = 256 * 1024 * 1024;
@@ -48,15 +63,19 @@ async function* requestsOf<R>(
 ): AsyncGenerator<{ customId: string; json: string; line: number; index: number }> {
   const numbers = linesOf(input.lines(), 64)[Symbol.asyncIterator]();
   let index = 0;
-  for await (const raw of linesOf(input.requests(), MAX_LINE)) {
-    if (raw.bytes === null || raw.bytes.length === 0) continue;
-    const json = Buffer.from(raw.bytes).toString('utf8');
-    const number = await numbers.next();
-    const line =
-      number.done || number.value.bytes === null ? 0 : Number(Buffer.from(number.value.bytes).toString());
-    const customId = (JSON.parse(json) as { custom_id: string }).custom_id;
-    index += 1;
-    yield { customId, json, line, index };
+  try {
+    for await (const raw of linesOf(input.requests(), MAX_LINE)) {
+      if (raw.bytes === null || raw.bytes.length === 0) continue;
+      const json = Buffer.from(raw.bytes).toString('utf8');
+      const number = await numbers.next();
+      const line =
+        number.done || number.value.bytes === null ? 0 : Number(Buffer.from(number.value.bytes).toString());
+      const customId = (JSON.parse(json) as { custom_id: string }).custom_id;
+      index += 1;
+      yield { customId, json, line, index };
+    }
+  } finally {
+    await numbers.return?.(undefined);
   }
 }
 
@@ -67,17 +86,49 @@ async function* requestsOf<R>(
  * again or reported as `missing_result`. A batch OpenAI failed whole puts each request in errors with the
  * reason for its line; requests its failure does not name are sent again. Memory holds one entry per
  * request of the part (at most 50,000), never the files.
+ *
+ * Hooks may be slow, so a call stops when `shouldPause` says so and returns a cursor; the next call, given
+ * it as `from`, replays the results before it without calling a hook or writing, and goes on. Requests
+ * are sent again only by the last call, in one go, since a part's request file is written whole.
  */
 export async function collectPart<R>(input: CollectInput<R>): Promise<CollectResult> {
   const { work, part } = input;
+  const from = input.from ?? null;
   const batchId = part.batchId;
-  let outputs = 0;
-  let errors = 0;
-  let skippedOutputs = 0;
+  let outputs = from?.outputs ?? 0;
+  let errors = from?.errors ?? 0;
+  let skippedOutputs = from?.skippedOutputs ?? 0;
   let resubmitted = 0;
   let malformed = 0;
   let ignored = 0;
   const usage: TokenTotals = { inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
+  // Each call handles at least one result or request before it may pause, so that every call progresses.
+  let progressed = false;
+  const pauseHere = () => {
+    const pause = progressed && (input.shouldPause?.() ?? false);
+    progressed = true;
+    return pause;
+  };
+  const cursor = (results: number, requests: number): CollectCursor => ({
+    chunk: (from?.chunk ?? 0) + 1,
+    results,
+    requests,
+    resubmit: input.resubmit !== null,
+    resendCancelled: input.resendCancelled === true,
+    outputs,
+    errors,
+    skippedOutputs,
+  });
+  const result = (paused: CollectCursor | null): CollectResult => ({
+    outputs,
+    errors,
+    skippedOutputs,
+    resubmitted,
+    malformed,
+    ignored,
+    usage,
+    paused,
+  });
 
   const writeError = async (item: BatchErrorItem) => {
     await input.errors.write(await errorLine(work, item));
@@ -100,12 +151,13 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
       if (failure.line === null) general ??= failure;
       else byLine.set(failure.line, failure);
     }
+    const failureOf = (index: number) => byLine.get(index) ?? general;
+    // Errors first (their hook may be slow, so this pass may pause), then what is sent again, in one go.
     for await (const request of requestsOf(input)) {
-      const failure = byLine.get(request.index) ?? general;
-      if (!failure && input.resubmit) {
-        await resend(request.json, request.line);
-        continue;
-      }
+      if (request.index <= (from?.requests ?? 0)) continue;
+      const failure = failureOf(request.index);
+      if (!failure && input.resubmit) continue;
+      if (pauseHere()) return result(cursor(0, request.index - 1));
       const reason = failure ?? part.failure[0];
       await requestFailed(
         request,
@@ -113,7 +165,11 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
         `OpenAI failed batch ${batchId ?? ''} (part ${part.part}): ${reason?.message ?? 'no reason given'}`,
       );
     }
-    return { outputs, errors, skippedOutputs, resubmitted, malformed, ignored, usage };
+    if (input.resubmit) {
+      for await (const request of requestsOf(input))
+        if (!failureOf(request.index)) await resend(request.json, request.line);
+    }
+    return result(null);
   }
 
   const datasetLine = new Map<string, number>();
@@ -121,9 +177,14 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
   const settled = new Set<string>();
   const retry = new Set<string>();
 
+  let position = 0;
   for (const file of [input.outputFile, input.errorFile]) {
     if (!file) continue;
     for await (const event of readResults(file(), batchId, (id) => datasetLine.get(id) ?? null)) {
+      position += 1;
+      // Results an earlier call handled: only what decides the rest is rebuilt (no hook, no write).
+      const replay = position <= (from?.results ?? 0);
+      if (!replay && pauseHere()) return result(cursor(position - 1, 0));
       if (event.kind === 'malformed') {
         malformed += 1;
         continue;
@@ -134,10 +195,13 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
         continue;
       }
       if (event.kind === 'error') {
-        if (input.resubmit && isRetryable(event.item)) retry.add(id);
+        const resend =
+          isRetryable(event.item) ||
+          (input.resendCancelled === true && event.item.code === 'batch_cancelled');
+        if (input.resubmit && resend) retry.add(id);
         else {
           settled.add(id);
-          await writeError(event.item);
+          if (!replay) await writeError(event.item);
         }
         continue;
       }
@@ -148,6 +212,7 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
         usage.outputTokens += item.usage.outputTokens;
         usage.cachedTokens += item.usage.cachedTokens;
       }
+      if (replay) continue;
       const hookFailed = (message: string) =>
         writeError(
           errorItem({
@@ -181,18 +246,20 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
   }
 
   if (settled.size < datasetLine.size) {
-    for await (const request of requestsOf(input)) {
-      if (settled.has(request.customId)) continue;
-      if (input.resubmit) {
-        await resend(request.json, request.line);
-        continue;
+    if (input.resubmit) {
+      for await (const request of requestsOf(input))
+        if (!settled.has(request.customId)) await resend(request.json, request.line);
+    } else {
+      for await (const request of requestsOf(input)) {
+        if (settled.has(request.customId) || request.index <= (from?.requests ?? 0)) continue;
+        if (pauseHere()) return result(cursor(position, request.index - 1));
+        await requestFailed(
+          request,
+          'missing_result',
+          `OpenAI returned no result for this request in batch ${batchId ?? ''} (part ${part.part}) and resubmits are used up`,
+        );
       }
-      await requestFailed(
-        request,
-        'missing_result',
-        `OpenAI returned no result for this request in batch ${batchId ?? ''} (part ${part.part}) and resubmits are used up`,
-      );
     }
   }
-  return { outputs, errors, skippedOutputs, resubmitted, malformed, ignored, usage };
+  return result(null);
 }

@@ -37,6 +37,8 @@ export const CollectCursorSchema = z.object({
   requests: z.number().int().nonnegative(),
   /** Whether leftovers are sent again: fixed when collecting starts, so that every call agrees. */
   resubmit: z.boolean(),
+  /** Whether requests of a cancelled batch are sent again (a failing run's collect), fixed likewise. */
+  resendCancelled: z.boolean().default(false),
   /** What the calls so far wrote. */
   outputs: z.number().int().nonnegative(),
   errors: z.number().int().nonnegative(),

@@ -4,18 +4,41 @@ import { newPart, type Part, type Run, runKeys } from '../core/run';
 import type { StepDeps } from './deps';
 import { LazyJsonl, StoredParts } from './storage';
 
-/** Collects a finished part into outputs, errors and its resubmission part (returned), then marks it done. */
+/** How a part is collected. */
+export interface CollectOptions {
+  /**
+   * Asked before each result or request that may call a hook, once this call has handled one: true
+   * stops the call there (the step's time is up), and the next call goes on where it stopped.
+   */
+  readonly shouldPause?: () => boolean;
+  /** Send requests of a batch that was cancelled (`batch_cancelled`) again too (see collectPart). */
+  readonly resendCancelled?: boolean;
+}
+
+/**
+ * Collects a finished part into outputs, errors and its resubmission part (returned), then marks it done.
+ * When `options.shouldPause` says the step's time is up (asked once a call has handled a result), the part stays
+ * `collecting` with a cursor, and the next call goes on from there into output and error files of its
+ * own; null is returned then. Each call's files are named by where it started, and a call that writes
+ * nothing removes them, so that a call run again after a crash leaves each line once.
+ */
 export async function collect<R>(
   deps: StepDeps<R>,
   api: BatchApi,
   run: Run,
   part: Part,
   save: (p: Part) => Promise<Part | null>,
+  options: CollectOptions = {},
 ): Promise<Part | null> {
   const keys = runKeys(run.runId);
-  const outputs = new LazyJsonl(deps.blobs, keys.outputs(part.part));
-  const errors = new LazyJsonl(deps.blobs, keys.errors(part.part));
-  const child = run.cancelRequested ? null : part.childPart;
+  const from = part.collected;
+  const chunk = from?.chunk ?? 0;
+  const outputs = new LazyJsonl(deps.blobs, keys.outputs(part.part, chunk));
+  const errors = new LazyJsonl(deps.blobs, keys.errors(part.part, chunk));
+  // What is sent again is decided when collecting starts: every later call of the part agrees with it.
+  const resubmitting = from ? from.resubmit : !run.cancelRequested;
+  const resendCancelled = from ? from.resendCancelled : options.resendCancelled === true;
+  const child = resubmitting ? part.childPart : null;
   const resent = child === null ? null : new StoredParts(deps.blobs, run.runId);
   const result = await collectPart({
     work: deps.work,
@@ -27,12 +50,26 @@ export async function collect<R>(
     outputs,
     errors,
     resubmit: resent && child !== null ? { write: (json, line) => resent.writeRaw(child, json, line) } : null,
+    from,
+    resendCancelled,
+    ...(options.shouldPause ? { shouldPause: options.shouldPause } : {}),
   });
   await Promise.all([
     outputs.close(),
     errors.close(),
     child === null ? undefined : resent?.close({ part: child }),
   ]);
+  if (result.paused) {
+    await save({ ...part, collected: result.paused });
+    deps.log('collect paused', {
+      runId: run.runId,
+      part: part.part,
+      chunk,
+      outputs: result.outputs,
+      errors: result.errors,
+    });
+    return null;
+  }
   let resubmission: Part | null = null;
   if (child !== null && result.resubmitted > 0) {
     resubmission = newPart({
@@ -53,6 +90,7 @@ export async function collect<R>(
     skippedOutputs: result.skippedOutputs,
     resubmitted: result.resubmitted,
     usage: result.usage,
+    collected: null,
   });
   deps.log('collected', {
     runId: run.runId,

@@ -5,7 +5,12 @@ import type { PartSink, RecordSink } from '../core/prepare';
 import type { PreparedRequest } from '../core/requests';
 import { runKeys } from '../core/run';
 
-/** A JSONL object in the store, opened on its first line so that an empty one is never written. */
+/**
+ * A JSONL object in the store, opened on its first line. One that got no line is removed on close rather
+ * than left as it was: an earlier attempt of the same step (one that crashed, and read further) may have
+ * written it, and its lines must not stay beside the ones the next step writes. (An S3 DELETE costs
+ * nothing, and readers never see an empty file.)
+ */
 export class LazyJsonl implements RecordSink {
   private writer: LineWriter | null = null;
 
@@ -26,7 +31,8 @@ export class LazyJsonl implements RecordSink {
   }
 
   async close(): Promise<void> {
-    await this.writer?.close();
+    if (this.writer) await this.writer.close();
+    else await this.blobs.delete([this.key]);
   }
 }
 

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { type CollectInput, collectPart } from '../../functions/core/collect';
 import type { BatchErrorItem, BatchOutputItem } from '../../functions/core/items';
-import { newPart, type Part } from '../../functions/core/run';
+import { type CollectCursor, newPart, type Part } from '../../functions/core/run';
 import { defineWork, type WorkConfig } from '../../functions/core/work';
 import { chunksOf } from '../support/streams';
 
@@ -65,6 +65,8 @@ async function collect(
     junk?: string[];
     failure?: Part['failure'];
     work?: Partial<WorkConfig>;
+    from?: CollectCursor | null;
+    shouldPause?: () => boolean;
   } = {},
 ) {
   const ids = fates.map((_, i) => `id${i}`);
@@ -98,6 +100,8 @@ async function collect(
       options.resubmit === false
         ? null
         : { write: async (json, line) => void sinks.resent.push({ json, line }) },
+    from: options.from ?? null,
+    ...(options.shouldPause ? { shouldPause: options.shouldPause } : {}),
   };
   const result = await collectPart(input);
   return { result, ...sinks, ids };
@@ -246,5 +250,58 @@ describe('collectPart', () => {
     expect(plain?.message).toBe(
       'bad (the downloadError hook returned a value JSON cannot hold: Do not know how to serialize a BigInt)',
     );
+  });
+
+  it('collects in several calls, each going on where the last paused, to what one call gives; a crashed call run again with another pause leaves each line once', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.constantFrom<Fate>('ok', 'fail', 'expired', 'missing', 'twice'), { maxLength: 30 }),
+        fc.boolean(),
+        fc.boolean(),
+        fc.array(fc.integer({ min: 0, max: 6 }), { minLength: 1, maxLength: 8 }),
+        async (fates, resubmit, failed, budgets) => {
+          const failure = failed ? [{ code: 'invalid_json_line', message: 'Not JSON.', line: 2 }] : undefined;
+          const common = { resubmit, ...(failure ? { failure } : {}) };
+          const whole = await collect(fates, common);
+          // Each call's lines are kept by its chunk number: a call run again replaces its chunk, as in S3.
+          const outputs = new Map<number, unknown[]>();
+          const errors = new Map<number, BatchErrorItem[]>();
+          let from: CollectCursor | null = null;
+          let last: Awaited<ReturnType<typeof collect>> | null = null;
+          for (let call = 0; call < 200; call++) {
+            const budget = budgets[call % budgets.length] ?? 0;
+            let asked = 0;
+            const step = await collect(fates, { ...common, from, shouldPause: () => ++asked > budget });
+            const chunk = from?.chunk ?? 0;
+            outputs.set(chunk, step.outputs);
+            errors.set(chunk, step.errors);
+            // Every other call "crashes" before its cursor is saved: the same call runs again.
+            if (call % 2 === 0 && step.result.paused) continue;
+            last = step;
+            if (!step.result.paused) break;
+            from = step.result.paused;
+          }
+          expect(last?.result.paused).toBeNull();
+          const ids = (items: unknown[]) => items.map((o) => (o as { id: string }).id).sort();
+          expect(ids([...outputs.values()].flat())).toEqual(ids(whole.outputs));
+          expect(ids([...errors.values()].flat())).toEqual(ids(whole.errors));
+          expect(last?.resent).toEqual(whole.resent);
+          expect({ ...last?.result, paused: null }).toEqual(whole.result);
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it('pauses only once it has handled a result, so that every call progresses', async () => {
+    const first = await collect(['ok', 'ok', 'ok'], { shouldPause: () => true });
+    expect(first.outputs).toHaveLength(1);
+    expect(first.result.paused).toMatchObject({ chunk: 1, results: 1, outputs: 1, resubmit: true });
+    const second = await collect(['ok', 'ok', 'ok'], {
+      from: first.result.paused,
+      shouldPause: () => true,
+    });
+    expect(second.outputs).toHaveLength(1);
+    expect(second.result.paused).toMatchObject({ chunk: 2, results: 2, outputs: 2 });
   });
 });

@@ -1,0 +1,190 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GetObjectCommand, ListObjectsCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BatchApi } from '../../functions/core/ports';
+import { newPart, type Part, type Run } from '../../functions/core/run';
+import { defineWork, type Work, type WorkConfig } from '../../functions/core/work';
+import { collect } from '../../functions/steps/collect-part';
+import type { StepDeps } from '../../functions/steps/deps';
+import { StoredParts } from '../../functions/steps/storage';
+import {
+  type LocalEnvironment,
+  localDeps,
+  RecordingNotifier,
+  startLocalEnvironment,
+} from '../../local/runner';
+import { chatLine } from '../support/emulator';
+import { runFixture } from '../support/runs';
+
+/**
+ * Collecting one part through the real stand-ins: a slow download hook makes it take several steps
+ * within the time budget (on a manual clock the hook moves), and a collect that crashed and ran again
+ * leaves each output and error line once.
+ */
+
+let env: LocalEnvironment;
+let dir: string;
+
+/** A manual clock: only what the test (its hooks) does moves it. */
+class Clock {
+  ms = 1_000_000;
+  readonly now = () => this.ms;
+}
+
+function depsFor(work: Work, clock: Clock, budgetMs = 240_000): StepDeps<Record<string, unknown>> {
+  return { ...localDeps(env, work, { now: clock.now, budgetMs }, new RecordingNotifier()) };
+}
+
+/** A run whose one part holds `ids` as a batch OpenAI (the emulator) completed: ready to collect. */
+async function collectingPart(
+  deps: StepDeps<Record<string, unknown>>,
+  runId: string,
+  ids: string[],
+): Promise<{ run: Run; part: Part; api: BatchApi }> {
+  const run = { ...runFixture(runId), status: 'running' as const, prepared: true };
+  await deps.runs.createRun(run, false);
+  const files = new StoredParts(deps.blobs, runId);
+  for (const [i, id] of ids.entries()) await files.writeRaw(0, chatLine(id), i + 1);
+  await files.close({ part: 0 });
+  const api = await deps.openai();
+  const fileId = await api.uploadFile(
+    `${runId}.jsonl`,
+    deps.blobs.read(`runs/${runId}/requests/part-00000.jsonl`),
+  );
+  let batch = await api.createBatch({ fileId, endpoint: '/v1/chat/completions', metadata: {} });
+  while (batch.status !== 'completed') {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    batch = await api.getBatch(batch.id);
+  }
+  const part: Part = {
+    ...newPart({
+      part: 0,
+      generation: 0,
+      model: 'gpt-4o-mini',
+      requests: ids.length,
+      bytes: 1,
+      estimatedTokens: 1,
+    }),
+    status: 'collecting',
+    fileId,
+    batchId: batch.id,
+    batchStatus: 'completed',
+    outputFileId: batch.outputFileId,
+    errorFileId: batch.errorFileId,
+    childPart: 1,
+  };
+  await deps.runs.addParts(runId, [part]);
+  const [stored] = await deps.runs.listParts(runId);
+  if (!stored) throw new Error('no part');
+  return { run: (await deps.runs.getRun(runId)) ?? run, part: stored, api };
+}
+
+/** Every line under a prefix, with the file it is in. */
+async function linesUnder(prefix: string): Promise<{ key: string; value: Record<string, unknown> }[]> {
+  const listed = await env.s3.client.send(new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: prefix }));
+  const found: { key: string; value: Record<string, unknown> }[] = [];
+  for (const object of listed.Contents ?? []) {
+    const key = object.Key ?? '';
+    const body = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: key }));
+    for (const line of ((await body.Body?.transformToString()) ?? '').split('\n'))
+      if (line) found.push({ key, value: JSON.parse(line) });
+  }
+  return found;
+}
+
+const idsOf = (lines: { value: Record<string, unknown> }[]) => lines.map((l) => String(l.value.id)).sort();
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'openai-batch-collect-'));
+  env = await startLocalEnvironment(dir, {
+    kind: 'emulator',
+    options: { validationMs: 10, requestsPerSecond: 100_000, finalizingMs: 10, tickMs: 5 },
+  });
+});
+
+afterAll(async () => {
+  await env?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('collecting a part', () => {
+  it('takes several steps within the budget when the download hook is slow, each output once', async () => {
+    const clock = new Clock();
+    const HOOK_MS = 5;
+    const BUDGET_MS = 1_000; // 200 results a step at 5 ms each
+    const work = defineWork({
+      name: 'slow',
+      model: 'gpt-4o-mini',
+      download: async (item) => {
+        clock.ms += HOOK_MS; // the hook's time, on the manual clock
+        return { id: item.id };
+      },
+    } satisfies WorkConfig);
+    const deps = depsFor(work, clock, BUDGET_MS);
+    const ids = Array.from({ length: 1_000 }, (_, i) => `s${i}`);
+    const { run, part, api } = await collectingPart(deps, 'slow', ids);
+
+    let current = part;
+    const spent: number[] = [];
+    for (let step = 0; step < 20 && current.status !== 'done'; step++) {
+      // What Tick does: one budget a step, asked before each result once one is handled.
+      const started = deps.now();
+      await collect(deps, api, run, current, (p) => deps.runs.putPart(run.runId, p), {
+        shouldPause: () => deps.now() - started > deps.budgetMs,
+      });
+      spent.push(deps.now() - started);
+      const [saved] = await deps.runs.listParts(run.runId);
+      if (!saved) throw new Error('no part');
+      current = saved;
+    }
+    expect(current).toMatchObject({ status: 'done', outputs: 1_000, errors: 0, collected: null });
+    expect(spent.length).toBeGreaterThanOrEqual(5);
+    // No step runs past its budget by more than one hook call.
+    expect(Math.max(...spent)).toBeLessThanOrEqual(BUDGET_MS + HOOK_MS);
+    const outputs = await linesUnder('runs/slow/outputs/');
+    expect(idsOf(outputs)).toEqual([...ids].sort());
+    expect(new Set(outputs.map((o) => o.key)).size).toBe(spent.length);
+  });
+
+  it('leaves each line once when a collect that crashed runs again and finds what the crashed one did not', async () => {
+    const clock = new Clock();
+    let flaky = true; // the hook's lookup fails for some records during the first attempt only
+    const work = defineWork({
+      name: 'flaky',
+      model: 'gpt-4o-mini',
+      download: (item) => {
+        clock.ms += 10;
+        if (flaky && item.id.endsWith('3')) throw new Error('lookup timed out');
+        return { id: item.id };
+      },
+    } satisfies WorkConfig);
+    const deps = depsFor(work, clock, 100);
+    const ids = Array.from({ length: 40 }, (_, i) => `f${i}`);
+    const { run, part, api } = await collectingPart(deps, 'flaky', ids);
+
+    // The first attempt collects all of it (no budget asked), then dies before it records the part.
+    const crash = async () => {
+      throw new Error('Lambda timed out');
+    };
+    await expect(collect(deps, api, run, part, crash)).rejects.toThrow('Lambda timed out');
+    expect(idsOf(await linesUnder('runs/flaky/errors/'))).toEqual(['f13', 'f23', 'f3', 'f33']);
+
+    // Run again: the hook works now, and the budget is smaller, so collecting takes several steps.
+    flaky = false;
+    let current = part;
+    for (let step = 0; step < 20 && current.status !== 'done'; step++) {
+      const started = deps.now();
+      await collect(deps, api, run, current, (p) => deps.runs.putPart(run.runId, p), {
+        shouldPause: () => deps.now() - started > deps.budgetMs,
+      });
+      const [saved] = await deps.runs.listParts(run.runId);
+      if (!saved) throw new Error('no part');
+      current = saved;
+    }
+    expect(current).toMatchObject({ status: 'done', outputs: 40, errors: 0 });
+    expect(idsOf(await linesUnder('runs/flaky/outputs/'))).toEqual([...ids].sort());
+    expect(await linesUnder('runs/flaky/errors/')).toEqual([]);
+  });
+});

@@ -53,17 +53,18 @@ export function createHandlers<R>(deps: StepDeps<R>, startExecution: StartExecut
     CleanUp: async (event: unknown) => cleanUp(deps, parse(RunEventSchema, event, 'CleanUp event')),
     Notify: async (event: unknown) => notifyRun(deps, parse(RunEventSchema, event, 'Notify event')),
     MarkFailed: async (event: unknown) => {
-      const { state } = parse(MarkFailedEventSchema, event, 'MarkFailed event');
+      const { state, executionName: failing } = parse(MarkFailedEventSchema, event, 'MarkFailed event');
       return markFailed(deps, {
         runId: state.run?.runId ?? null,
         error: state.error?.Error ?? 'Error',
         cause: state.error?.Cause ?? 'unknown',
+        executionName: failing,
       });
     },
     ContinueRun: async (event: unknown) => {
       const { runId, dataset, stateMachineArn } = parse(ContinueEventSchema, event, 'ContinueRun event');
       const next = executionName(runId, 'next', deps.now());
-      await startExecution(stateMachineArn, next, { dataset, resumeRunId: runId });
+      await startExecution(stateMachineArn, next, { resumeRunId: runId, ...(dataset ? { dataset } : {}) });
       deps.log('run continues in a new execution', { runId, execution: next });
       return { continuedAs: next };
     },

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { zeroCounts } from '../core/accounting';
 import { datasetLocation } from '../core/dataset-location';
-import { DatasetError } from '../core/errors';
-import type { BlobInfo } from '../core/ports';
+import { ConfigError, DatasetError } from '../core/errors';
+import { type BlobInfo, ConflictError } from '../core/ports';
 import type { Run } from '../core/run';
 import type { StepDeps } from './deps';
 
@@ -12,10 +12,15 @@ export class DuplicateDatasetError extends Error {
   constructor(
     readonly holder: string,
     readonly holderStatus: string,
+    /** The run that was to be resumed, when it is a resume that the holder stands in the way of. */
+    readonly resuming: string | null = null,
   ) {
     super(
-      `This dataset's content was already taken by run ${holder} (${holderStatus}) of this work. ` +
-        'Set allowSameDataset: true in the work to run it again, or run it again after that run failed or was cancelled.',
+      resuming
+        ? `Run ${resuming} cannot be resumed: since it failed, its dataset's content was taken by run ${holder} (${holderStatus}) of this work. ` +
+            'Set allowSameDataset: true in the work to resume it anyway, or resume it after that run failed or was cancelled.'
+        : `This dataset's content was already taken by run ${holder} (${holderStatus}) of this work. ` +
+            'Set allowSameDataset: true in the work to run it again, or run it again after that run failed or was cancelled.',
     );
   }
 }
@@ -100,18 +105,22 @@ export async function datasetHash(deps: StepDeps<unknown>, objects: readonly Blo
  * Registers a run: finds the dataset's objects, identifies its content, and creates the run record,
  * claiming the dataset for the work in the same transaction unless the work allows the same dataset
  * twice. Two executions started together on one dataset: exactly one passes. Run again with the same
- * run id (a retry, or an execution continuing a run), it answers the existing run.
+ * run id (a retry), it answers the existing run. With `resume`, it takes over an existing run (see
+ * {@link resumeRun}).
  */
 export async function register(
   deps: StepDeps<unknown>,
-  input: { dataset: string; runId: string; resume: boolean; execution: string },
+  input: { dataset: string | undefined; runId: string; resume: boolean; execution: string },
 ): Promise<Registered> {
   const existing = await deps.runs.getRun(input.runId);
   if (existing) {
-    if (input.resume) await deps.runs.putRun({ ...existing, ticks: 0, execution: input.execution });
-    return { runId: existing.runId, prepared: existing.prepared, objects: existing.objects.length };
+    const run = input.resume ? await resumeRun(deps, existing, input.execution) : existing;
+    return { runId: run.runId, prepared: run.prepared, objects: run.objects.length };
   }
-  if (input.resume) throw new DatasetError(`No run ${input.runId} to continue.`);
+  if (input.resume)
+    throw new ConfigError(`No run ${input.runId} to resume: there is no such run in this work.`);
+  if (input.dataset === undefined)
+    throw new ConfigError('dataset is required: "s3://bucket/key" or a key in the work\'s bucket.');
   const { key } = datasetLocation(input.dataset, deps.bucket);
   const objects = await datasetObjects(deps, key);
   const datasetHashValue = await datasetHash(deps, objects);
@@ -139,6 +148,7 @@ export async function register(
     wakePending: false,
     blocked: null,
     executionSince: null,
+    failing: null,
     version: 0,
   };
   const outcome = await deps.runs.createRun(run, !deps.work.settings.allowSameDataset);
@@ -149,4 +159,54 @@ export async function register(
     bytes: objects.reduce((n, o) => n + o.size, 0),
   });
   return { runId: run.runId, prepared: false, objects: objects.length };
+}
+
+/** How often resuming reads the run again when another writer changed it meanwhile. */
+const RESUME_ATTEMPTS = 8;
+
+/**
+ * Hands an existing run to this execution. A running run (a hand-over, a webhook wake, a person) is just
+ * taken over: the old execution's next Tick sees that it was replaced and ends. A failed run is revived:
+ * running again (preparing when not prepared), without its error and blocked state, with its dataset
+ * claimed again unless the work allows the same dataset (refused when another run holds the content now).
+ * Its parts are left as they are: done parts stay done, parts keep their batches and attempts (a part
+ * left submitting is found by metadata), so nothing is paid twice. A completed or cancelled run is refused.
+ */
+export async function resumeRun(deps: StepDeps<unknown>, found: Run, execution: string): Promise<Run> {
+  let run = found;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      if (run.status === 'completed')
+        throw new ConfigError(
+          `Run ${run.runId} has completed: there is nothing to resume. Its results are under runs/${run.runId}/.`,
+        );
+      if (run.status === 'cancelled')
+        throw new ConfigError(
+          `Run ${run.runId} was cancelled: a cancelled run is not resumed. Start a new run of its dataset (the cancel released it).`,
+        );
+      if (run.status !== 'failed') return await deps.runs.putRun({ ...run, ticks: 0, execution });
+      const revived: Run = {
+        ...run,
+        status: run.prepared ? 'running' : 'preparing',
+        error: null,
+        blocked: null,
+        cancelRequested: false,
+        execution,
+        ticks: 0,
+        waiting: null,
+        wakePending: false,
+        updatedAt: deps.now(),
+      };
+      const outcome = await deps.runs.reviveRun(revived, !deps.work.settings.allowSameDataset);
+      if (!outcome.revived)
+        throw new DuplicateDatasetError(outcome.holder.runId, outcome.holder.status, run.runId);
+      deps.log('run resumed', { runId: run.runId, execution, failedWith: run.error });
+      return outcome.revived;
+    } catch (caught) {
+      if (!(caught instanceof ConflictError) || attempt >= RESUME_ATTEMPTS) throw caught;
+      const again = await deps.runs.getRun(run.runId);
+      if (!again) throw caught;
+      run = again;
+    }
+  }
 }

@@ -1,0 +1,241 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GetItemCommand } from '@aws-sdk/client-dynamodb';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import { executionName } from '../../functions/core/execution-names';
+import type { Part, Run } from '../../functions/core/run';
+import type { RunSummary } from '../../functions/core/summary';
+import { createHandlers, type Handlers } from '../../functions/handlers';
+import { tick } from '../../functions/steps/tick';
+import { type LoadedWork, loadWork } from '../../infra/works';
+import { type Definition, synthesizeDefinition } from '../../local/definition';
+import { executeLocally } from '../../local/execute';
+import {
+  type LocalEnvironment,
+  type LocalRunOptions,
+  localDeps,
+  RecordingNotifier,
+  runLocally,
+  startLocalEnvironment,
+} from '../../local/runner';
+import { ManualTime } from '../support/manual-time';
+import { outputIds, partsPaidTwice } from '../support/run-checks';
+import { runFixture } from '../support/runs';
+
+const RECORDS = 30;
+const ids = Array.from({ length: RECORDS }, (_, i) => `r${String(i).padStart(2, '0')}`);
+
+let dir: string;
+let env: LocalEnvironment;
+let time: ManualTime;
+let loaded: LoadedWork;
+let definition: Definition;
+let runs: DynamoRunStore;
+
+/** The chat fixture in parts of 10 requests, two batches on OpenAI at once: a third part waits its turn. */
+async function chatWork(): Promise<LoadedWork> {
+  const fixture = await loadWork(new URL('../fixtures/works/chat.ts', import.meta.url).pathname);
+  const settings = { ...fixture.work.settings, maxRequestsPerBatch: 10, maxActiveBatches: 2 };
+  return { ...fixture, work: { ...fixture.work, settings } };
+}
+
+/** A Tick that fails the run for good (a fatal error: no retry, MarkFailed) after its `at`-th call. */
+function failingAfterTick(at: number): (handlers: Handlers) => Handlers {
+  let ticks = 0;
+  return (handlers) => ({
+    ...handlers,
+    Tick: async (event: unknown) => {
+      const ticked = await handlers.Tick(event);
+      ticks += 1;
+      if (ticks === at)
+        throw Object.assign(new Error('a permanent failure, for the test'), { name: 'InvariantError' });
+      return ticked;
+    },
+  });
+}
+
+/** The handlers of the work's state machine on manual time, as the local runner binds them. */
+function handlersOf(options: LocalRunOptions): Handlers {
+  const deps = localDeps(env, loaded.work, options, new RecordingNotifier());
+  const created = createHandlers(deps, async () => {
+    throw new Error('this test expects no hand-over to a new execution');
+  });
+  return options.wrap?.handlers?.(created) ?? created;
+}
+
+/** Starts an execution that resumes a run, with the input a person gives in the console. */
+function resume(runId: string): Promise<unknown> {
+  return executeLocally(
+    definition,
+    handlersOf(time.runOptions(env)),
+    { resumeRunId: runId },
+    { executionName: executionName(runId, 'resume', time.clock.now()), waitMs: 0 },
+  );
+}
+
+async function claimOf(run: Run): Promise<{ runId?: string; status?: string }> {
+  const { Item } = await env.dynamo.client.send(
+    new GetItemCommand({
+      TableName: env.dynamo.table,
+      Key: { pk: { S: `DATASET#${run.work}#${run.datasetHash}` }, sk: { S: 'CLAIM' } },
+      ConsistentRead: true,
+    }),
+  );
+  return { runId: Item?.runId?.S, status: Item?.status?.S };
+}
+
+async function summaryOf(runId: string): Promise<RunSummary> {
+  const chunks: Uint8Array[] = [];
+  const blobs = localDeps(env, loaded.work, {}, new RecordingNotifier()).blobs;
+  for await (const chunk of blobs.read(`runs/${runId}/summary.json`)) chunks.push(chunk);
+  return JSON.parse(Buffer.concat(chunks).toString('utf8')) as RunSummary;
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'openai-batch-resume-'));
+  time = new ManualTime({ maxTicks: 300 });
+  env = await startLocalEnvironment(
+    dir,
+    time.emulator({ validationMs: 1000, requestsPerSecond: 2, finalizingMs: 1000, seed: 12 }),
+  );
+  loaded = await chatWork();
+  definition = (await synthesizeDefinition(loaded)).definition;
+  runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
+  await env.s3.client.send(
+    new PutObjectCommand({
+      Bucket: env.s3.bucket,
+      Key: 'inputs/e2e-chat/resume.jsonl',
+      Body: ids.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
+    }),
+  );
+}, 60_000);
+
+afterAll(async () => {
+  await env?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('resuming a run that failed', () => {
+  it('continues the same run: done parts stay done, nothing is paid twice, every record once', async () => {
+    // The run fails for good after its third Tick: two batches are on OpenAI, part way, and one waits.
+    await expect(
+      runLocally(
+        env,
+        loaded,
+        'inputs/e2e-chat/resume.jsonl',
+        'resumed',
+        time.runOptions(env, { wrap: { handlers: failingAfterTick(3) } }),
+        { definition },
+      ),
+    ).rejects.toThrow('a permanent failure, for the test');
+    const failed = (await runs.getRun('resumed')) as Run;
+    expect(failed).toMatchObject({ status: 'failed', error: expect.stringContaining('a permanent failure') });
+    expect(await claimOf(failed)).toEqual({ runId: 'resumed', status: 'failed' }); // released
+    const before = await runs.listParts('resumed');
+    expect(before.some((p) => p.batchId !== null)).toBe(true); // batches were created before it failed
+    expect(before.some((p) => p.status !== 'done')).toBe(true); // and it had work left
+
+    const output = await resume('resumed');
+
+    expect(output).toBeTruthy();
+    const done = (await runs.getRun('resumed')) as Run;
+    expect(done).toMatchObject({ status: 'completed', error: null, blocked: null });
+    expect(done.execution).toMatch(/^resumed-resume-/);
+    expect(await outputIds(env, 'resumed')).toEqual(ids); // every record exactly once
+    const summary = await summaryOf('resumed');
+    expect(summary.counts).toMatchObject({ records: RECORDS, outputs: RECORDS, errors: 0 });
+    expect(summary.reconciliation.balanced).toBe(true);
+    expect(await claimOf(done)).toEqual({ runId: 'resumed', status: 'completed' });
+    // Parts keep their batches: a batch created before the failure is the part's batch after it.
+    const after = new Map((await runs.listParts('resumed')).map((p) => [p.part, p]));
+    for (const part of before.filter((p: Part) => p.batchId !== null)) {
+      expect(after.get(part.part)).toMatchObject({ batchId: part.batchId, attempt: part.attempt });
+    }
+    const client = new OpenAI({ apiKey: env.openai.apiKey, baseURL: env.openai.baseURL });
+    expect(await partsPaidTwice(client, 'resumed')).toBe(0);
+  }, 120_000);
+
+  it('refuses a run that completed or was cancelled, and leaves it as it was', async () => {
+    await expect(resume('resumed')).rejects.toThrow(
+      'Run resumed has completed: there is nothing to resume. Its results are under runs/resumed/.',
+    );
+    expect(await runs.getRun('resumed')).toMatchObject({ status: 'completed' });
+    await runs.createRun({ ...runFixture('stopped'), status: 'cancelled', prepared: true }, false);
+    await expect(resume('stopped')).rejects.toThrow(
+      'Run stopped was cancelled: a cancelled run is not resumed. Start a new run of its dataset (the cancel released it).',
+    );
+    expect(await runs.getRun('stopped')).toMatchObject({ status: 'cancelled', version: 0 });
+    await expect(resume('no-such-run')).rejects.toThrow(
+      'No run no-such-run to resume: there is no such run in this work.',
+    );
+  });
+
+  it('refuses when another run took its dataset since it failed, naming that run', async () => {
+    await runs.createRun({ ...runFixture('first', 'h-shared'), work: 'e2e-chat' }, true);
+    await runs.settleClaim('e2e-chat', 'h-shared', 'first', 'failed');
+    const first = (await runs.getRun('first')) as Run;
+    await runs.putRun({ ...first, status: 'failed', error: 'Boom: it broke' });
+    await runs.createRun({ ...runFixture('second', 'h-shared'), work: 'e2e-chat' }, true);
+    const register = handlersOf(time.runOptions(env)).Register;
+    await expect(register({ input: { resumeRunId: 'first' }, executionName: 'first-again' })).rejects.toThrow(
+      "Run first cannot be resumed: since it failed, its dataset's content was taken by run second (running) of this work.",
+    );
+    expect(await runs.getRun('first')).toMatchObject({ status: 'failed', execution: 'first' });
+  });
+
+  it('revives a run that failed before it was prepared: preparing again, error and blocked state gone', async () => {
+    await runs.createRun({ ...runFixture('early'), work: 'e2e-chat' }, true);
+    await runs.settleClaim('e2e-chat', 'hash-early', 'early', 'failed');
+    const early = (await runs.getRun('early')) as Run;
+    await runs.putRun({
+      ...early,
+      status: 'failed',
+      error: 'Error: the step broke',
+      blocked: { reason: 'key_refused', message: 'Incorrect API key provided', since: 1 },
+      ticks: 7,
+      waiting: 'early',
+    });
+    const register = handlersOf(time.runOptions(env)).Register;
+    expect(await register({ input: { resumeRunId: 'early' }, executionName: 'early-resume-1' })).toEqual({
+      runId: 'early',
+      prepared: false,
+      objects: 1,
+    });
+    const revived = (await runs.getRun('early')) as Run;
+    expect(revived).toMatchObject({
+      status: 'preparing',
+      error: null,
+      blocked: null,
+      ticks: 0,
+      waiting: null,
+      execution: 'early-resume-1',
+      checkpoint: early.checkpoint,
+    });
+    expect(await claimOf(revived)).toEqual({ runId: 'early', status: 'running' });
+  });
+
+  it('takes over a run that is still running: the old execution ends at its next Tick', async () => {
+    await runs.createRun({ ...runFixture('busy'), status: 'running', prepared: true }, false);
+    const options = time.runOptions(env);
+    const register = handlersOf(options).Register;
+    expect(await register({ input: { resumeRunId: 'busy' }, executionName: 'busy-resume-1' })).toEqual({
+      runId: 'busy',
+      prepared: true,
+      objects: 1,
+    });
+    expect(await runs.getRun('busy')).toMatchObject({ status: 'running', execution: 'busy-resume-1' });
+    const deps = localDeps(env, loaded.work, options, new RecordingNotifier());
+    expect(await tick(deps, { runId: 'busy', executionName: 'busy' })).toMatchObject({ superseded: true });
+  });
+
+  it('needs a dataset or a run to resume, and says so', async () => {
+    const register = handlersOf(time.runOptions(env)).Register;
+    await expect(register({ input: {}, executionName: 'nothing' })).rejects.toThrow(
+      'Invalid execution input: dataset: dataset is required: "s3://bucket/key" or a key in the work\'s bucket (or resumeRunId, to resume a run)',
+    );
+  });
+});

@@ -77,7 +77,7 @@ function resume(runId: string): Promise<unknown> {
   );
 }
 
-async function claimOf(run: Run): Promise<{ runId?: string; status?: string }> {
+async function claimOf(run: Run): Promise<{ runId: string | undefined; status: string | undefined }> {
   const { Item } = await env.dynamo.client.send(
     new GetItemCommand({
       TableName: env.dynamo.table,

@@ -22,6 +22,9 @@ export type TaskName = (typeof TASKS)[number];
 /** The Wait state between ticks (its time comes from Tick). */
 export const WAIT_STATE = 'Wait';
 
+/** The Wait state between two calls of MarkFailed while it winds a failing run down. */
+export const WIND_DOWN_WAIT_STATE = 'Wind down';
+
 /** Errors that retrying cannot fix: bad input, a refused run, a bug. */
 const FATAL = ['ConfigError', 'DatasetError', 'DuplicateDatasetError', 'CostLimitError', 'InvariantError'];
 
@@ -33,13 +36,14 @@ export const TASK_TIMEOUTS: Record<TaskName, Duration> = {
   Finalize: Duration.minutes(3),
   CleanUp: Duration.minutes(6),
   Notify: Duration.minutes(1),
-  MarkFailed: Duration.minutes(3),
+  MarkFailed: Duration.minutes(7),
   ContinueRun: Duration.minutes(1),
 };
 
 /**
  * The run's state machine: Register -> Prepare (again until prepared) -> loop[Tick -> Wait(seconds Tick
- * chose)] -> Finalize -> CleanUp -> Notify, any failure caught into MarkFailed, and a hand-over to a new
+ * chose)] -> Finalize -> CleanUp -> Notify, any failure caught into MarkFailed (looping through its own
+ * Wait while it winds the run down), and a hand-over to a new
  * execution before the history limit. JSONPath only, inline states, no callbacks, so that
  * aws-local-stepfunctions runs the very same definition. State payloads carry ids and counts, never
  * records.
@@ -63,14 +67,28 @@ export function runDefinition(
     errorPath: '$.failure.error',
     causePath: '$.failure.cause',
   });
-  const markFailed = task('MarkFailed', { 'state.$': '$' }, '$.failure');
+  const markFailed = task(
+    'MarkFailed',
+    { 'state.$': '$', 'executionName.$': '$$.Execution.Name' },
+    '$.failure',
+  );
   markFailed.addRetry({
     errors: ['States.ALL'],
     maxAttempts: 3,
     interval: Duration.seconds(5),
     backoffRate: 2,
   });
-  markFailed.next(failed);
+  // MarkFailed cancels the run's batches and collects what OpenAI finished; it comes back while they cancel.
+  markFailed.next(
+    new sfn.Choice(scope, 'Wound down?')
+      .when(
+        sfn.Condition.booleanEquals('$.failure.settled', false),
+        new sfn.Wait(scope, WIND_DOWN_WAIT_STATE, {
+          time: sfn.WaitTime.secondsPath('$.failure.waitSeconds'),
+        }).next(markFailed),
+      )
+      .otherwise(failed),
+  );
 
   const guard = (state: tasks.LambdaInvoke, attempts: number) => {
     state.addRetry({ errors: FATAL, maxAttempts: 0 });

@@ -1,6 +1,6 @@
 import { StateMachine } from 'aws-local-stepfunctions';
 import type { Handlers } from '../functions/handlers';
-import { TASKS, WAIT_STATE } from '../infra/state-machine';
+import { TASKS, WAIT_STATE, WIND_DOWN_WAIT_STATE } from '../infra/state-machine';
 import type { Definition } from './definition';
 
 /** How a local execution runs. */
@@ -40,7 +40,9 @@ export async function executeLocally(
   const execution = machine.run(input as never, {
     overrides: {
       taskResourceLocalHandlers: local,
-      ...(options.waitMs === undefined ? {} : { waitTimeOverrides: { [WAIT_STATE]: options.waitMs } }),
+      ...(options.waitMs === undefined
+        ? {}
+        : { waitTimeOverrides: { [WAIT_STATE]: options.waitMs, [WIND_DOWN_WAIT_STATE]: options.waitMs } }),
       retryIntervalOverrides: retry,
     },
     noThrowOnAbort: true,

@@ -196,6 +196,8 @@ export const RunSchema = z.object({
   waiting: z.string().nullable().default(null),
   /** A webhook arrived while a Tick ran: the next Tick comes a second later instead of after its wait. */
   wakePending: z.boolean().default(false),
+  /** Set by MarkFailed while it winds a failing run down (cancels and collects its batches); then null. */
+  failing: z.object({ error: z.string(), since: z.number() }).nullable().default(null),
   /** The execution driving the run and when its first Tick ran (ms), to hand over long before its timeout. */
   executionSince: z.object({ name: z.string(), at: z.number() }).nullable().default(null),
   /**

@@ -10,7 +10,7 @@ import {
   stalledFor,
 } from '../core/reconciler';
 import { type Part, type Run, runKeys } from '../core/run';
-import { collect } from './collect-part';
+import { type CollectOptions, collect } from './collect-part';
 import type { StepDeps } from './deps';
 import { runOf, updateRun } from './runs';
 
@@ -139,7 +139,11 @@ export async function pollActive<R>(pass: Pass<R>): Promise<void> {
  * are reserved first, so that a collect run again reuses them; `canResubmit` says which parts' leftovers
  * are sent again (else they end in errors).
  */
-export async function collectFinished<R>(pass: Pass<R>, canResubmit: (part: Part) => boolean): Promise<void> {
+export async function collectFinished<R>(
+  pass: Pass<R>,
+  canResubmit: (part: Part) => boolean,
+  options: CollectOptions = {},
+): Promise<void> {
   const { deps, parts, save } = pass;
   const collecting = [...parts.values()].filter((p) => p.status === 'collecting');
   const needChild = collecting.filter((p) => canResubmit(p) && p.childPart === null);
@@ -154,7 +158,11 @@ export async function collectFinished<R>(pass: Pass<R>, canResubmit: (part: Part
   let worked = false;
   for (const part of [...parts.values()].filter((p) => p.status === 'collecting')) {
     if (worked && pass.outOfTime()) break;
-    const child = await collect(deps, pass.api, pass.run, part, save);
+    // A part whose hooks are slow pauses with a cursor when the time is up, and goes on next pass.
+    const child = await collect(deps, pass.api, pass.run, part, save, {
+      ...options,
+      shouldPause: pass.outOfTime,
+    });
     if (child) parts.set(child.part, child);
     worked = true;
   }

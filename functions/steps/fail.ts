@@ -1,0 +1,156 @@
+import type { Part } from '../core/run';
+import type { StepDeps } from './deps';
+import { markIntermediatesEnded } from './intermediates';
+import { updateRun } from './runs';
+import {
+  blockedAfter,
+  blockedBy,
+  cancelActive,
+  collectFinished,
+  type Pass,
+  pollActive,
+  recoverLostCreates,
+} from './tick';
+
+/**
+ * How long (ms) a failing run waits for OpenAI to finish cancelling its batches, so that their partial
+ * results are collected, before it is marked failed anyway (a resume collects what is left).
+ */
+export const WIND_DOWN_MS = 30 * 60_000;
+
+/** What MarkFailed answers: the error for the execution's Fail state, and whether to come back. */
+export interface MarkedFailed {
+  readonly error: string;
+  readonly cause: string;
+  /** True once the run is marked failed (or there was nothing to mark); else MarkFailed runs again. */
+  readonly settled: boolean;
+  readonly waitSeconds: number;
+}
+
+/** Parts that still have something on OpenAI to cancel, find or collect. */
+function unsettled(parts: Iterable<Part>): Part[] {
+  return [...parts].filter(
+    (p) => p.status === 'submitting' || p.status === 'active' || p.status === 'collecting',
+  );
+}
+
+/**
+ * Winds a run down after a step failed for good, then marks it failed. Each call: finds the batches of
+ * creates whose answer was lost, asks OpenAI to cancel every batch in flight, and collects every batch
+ * that finished (completed, cancelled or expired) into outputs and errors; requests OpenAI did not
+ * answer go to new pending parts, never to errors, so that nothing OpenAI finished is discarded and a
+ * resumed run sends the rest. While batches are still cancelling (OpenAI takes up to 10 minutes) it asks
+ * to be called again; after {@link WIND_DOWN_MS}, or once nothing is on OpenAI, it marks the run failed,
+ * releases its dataset and announces the failure. A run that never got registered has nothing to mark.
+ */
+export async function markFailed<R>(
+  deps: StepDeps<R>,
+  input: { runId: string | null; error: string; cause: string; executionName?: string | undefined },
+): Promise<MarkedFailed> {
+  const message = causeMessage(input.cause);
+  const result = (settled: boolean, waitSeconds = 0): MarkedFailed => ({
+    error: input.error,
+    cause: message,
+    settled,
+    waitSeconds,
+  });
+  let run = input.runId ? await deps.runs.getRun(input.runId) : null;
+  if (!run || run.status === 'completed' || run.status === 'cancelled' || run.status === 'failed') {
+    deps.log('run failed', { runId: input.runId, error: input.error, message });
+    return result(true);
+  }
+  if (input.executionName !== undefined && run.execution !== input.executionName) {
+    // A resumed execution drives the run now: this one only ends.
+    deps.log('failed execution superseded: another execution drives the run', { runId: run.runId });
+    return result(true);
+  }
+  const started = deps.now();
+  const failure = `${input.error}: ${message}`;
+  // First call: say the run is failing, and stop a webhook from restarting it.
+  run = await updateRun(deps.runs, run.runId, (r) =>
+    r.failing ? r : { ...r, failing: { error: failure, since: started }, waiting: null, updatedAt: started },
+  );
+  const parts = new Map((await deps.runs.listParts(run.runId)).map((p) => [p.part, p]));
+  let blocked = null;
+  if (unsettled(parts.values()).length > 0) {
+    const save = async (part: Part): Promise<Part | null> => {
+      const saved = await deps.runs.putPart(run?.runId ?? '', part);
+      if (saved) parts.set(saved.part, saved);
+      return saved;
+    };
+    try {
+      const pass: Pass<R> = {
+        deps,
+        api: await deps.openai(),
+        run,
+        parts,
+        started,
+        outOfTime: () => deps.now() - started > deps.budgetMs,
+        save,
+      };
+      await recoverLostCreates(pass);
+      await cancelActive(pass);
+      await pollActive(pass);
+      // Leftovers are kept for a resume whatever the resubmits used: they failed with the run, not alone.
+      await collectFinished(pass, () => true, { resendCancelled: true });
+      run = pass.run;
+    } catch (caught) {
+      blocked = blockedBy(caught);
+      if (!blocked) throw caught;
+      deps.log('a failing run cannot reach OpenAI; it tries again', {
+        runId: run.runId,
+        reason: blocked.reason,
+        error: blocked.message,
+      });
+    }
+  }
+  const left = unsettled(parts.values());
+  const since = run.failing?.since ?? started;
+  if (left.length > 0 && deps.now() - since < WIND_DOWN_MS) {
+    const now = deps.now();
+    await updateRun(deps.runs, run.runId, (r) => ({ ...r, blocked: blockedAfter(r.blocked, blocked, now) }));
+    return result(false, Math.min(60, Math.max(1, deps.work.settings.minPollSeconds)));
+  }
+  const pending = [...parts.values()].filter((p) => p.status === 'pending').length;
+  const notes = [
+    left.length > 0 ? `${left.length} batch(es) were still on OpenAI when the run was marked failed` : '',
+    pending > 0 ? `${pending} part(s) were not sent or not finished` : '',
+  ].filter((n) => n.length > 0);
+  const resumable = notes.length > 0 ? ` (${notes.join('; ')}: resume the run to finish them)` : '';
+  const final = await updateRun(deps.runs, run.runId, (r) => ({
+    ...r,
+    status: 'failed',
+    error: `${failure}${resumable}`,
+    failing: null,
+    waiting: null,
+    updatedAt: deps.now(),
+  }));
+  await deps.runs.settleClaim(final.work, final.datasetHash, final.runId, 'failed');
+  await markIntermediatesEnded(deps, final.runId);
+  await deps.notifier.notify('Run Failed', {
+    runId: final.runId,
+    work: final.work,
+    error: input.error,
+    message: final.error,
+  });
+  deps.log('run failed', {
+    runId: final.runId,
+    error: input.error,
+    message,
+    batchesLeft: left.length,
+    partsPending: pending,
+  });
+  return result(true);
+}
+
+/** The message inside a Step Functions error cause (a Lambda error's JSON), or the cause itself. */
+export function causeMessage(cause: string): string {
+  try {
+    const parsed = JSON.parse(cause) as { errorMessage?: unknown; message?: unknown };
+    if (typeof parsed.errorMessage === 'string') return parsed.errorMessage;
+    if (typeof parsed.message === 'string') return parsed.message;
+  } catch {
+    // not JSON: the cause is the message
+  }
+  return cause;
+}

@@ -1,0 +1,120 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import { loadWork } from '../../infra/works';
+import { type Definition, synthesizeDefinition } from '../../local/definition';
+import { startEmulator } from '../../local/emulator/server';
+import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { ManualTime } from '../support/manual-time';
+import { outputIds } from '../support/run-checks';
+import { withEmulator } from '../support/targets';
+
+/**
+ * A run that fails for good while its batches are on OpenAI keeps what OpenAI finished: MarkFailed
+ * cancels the batches in flight, waits for them to end, collects their partial results into outputs,
+ * and keeps the requests OpenAI did not run in pending parts (not in errors) for a resume. The failure
+ * is injected as a fatal error of the third Tick (no stand-in fails that way on its own).
+ */
+
+const RECORDS = 100; // three parts of the fixture's 40 requests
+let env: LocalEnvironment;
+let dir: string;
+let loaded: Awaited<ReturnType<typeof loadWork>>;
+let definition: Definition;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'openai-batch-failed-'));
+  env = await startLocalEnvironment(dir);
+  loaded = await loadWork(new URL('../fixtures/works/slow-poll.ts', import.meta.url).pathname);
+  definition = (await synthesizeDefinition(loaded)).definition;
+}, 60_000);
+
+afterAll(async () => {
+  await env?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('a run that fails with batches in flight', () => {
+  it('cancels them, collects what OpenAI finished, keeps the rest pending, and ends failed', async () => {
+    const runId = 'fails-midway';
+    const ids = Array.from({ length: RECORDS }, (_, i) => `${runId}-${i}`);
+    await env.s3.client.send(
+      new PutObjectCommand({
+        Bucket: env.s3.bucket,
+        Key: `inputs/${runId}.jsonl`,
+        Body: ids.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
+      }),
+    );
+    const time = new ManualTime();
+    // Two requests a second: a batch of 40 is about half done at the third Tick (the emulator starts a
+    // batch when a poll finds it validated, 10 s in; the third Tick comes 10 s later).
+    const emulator = await startEmulator(
+      time.emulatorOptions({ validationMs: 1_000, requestsPerSecond: 2, cancellingMs: 5_000, seed: 4 }),
+    );
+    const target = withEmulator(env, emulator);
+    let ticks = 0;
+    try {
+      const run = runLocally(
+        target,
+        loaded,
+        `inputs/${runId}.jsonl`,
+        runId,
+        time.runOptions(target, {
+          wrap: {
+            handlers: (handlers) => ({
+              ...handlers,
+              Tick: async (event: unknown) => {
+                ticks += 1;
+                if (ticks === 3)
+                  throw Object.assign(new Error('a bug found at the third tick'), {
+                    name: 'InvariantError',
+                  });
+                return handlers.Tick(event);
+              },
+            }),
+          },
+        }),
+        { definition },
+      );
+      await expect(run).rejects.toThrow(/InvariantError|a bug found/);
+
+      const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
+      const failed = await runs.getRun(runId);
+      expect(failed?.status).toBe('failed');
+      expect(failed?.failing).toBeNull();
+      expect(failed?.error).toMatch(/^InvariantError: a bug found at the third tick/);
+      expect(failed?.error).toMatch(/resume the run/);
+
+      // Nothing is left running on OpenAI: every batch of the run was cancelled and ended.
+      const client = new OpenAI({ apiKey: target.openai.apiKey, baseURL: target.openai.baseURL });
+      const batches: OpenAI.Batch[] = [];
+      for await (const batch of client.batches.list({ limit: 100 }))
+        if ((batch.metadata as Record<string, string> | null)?.openai_batch_run === runId)
+          batches.push(batch);
+      expect(batches).toHaveLength(3);
+      expect(batches.map((b) => b.status)).toEqual(['cancelled', 'cancelled', 'cancelled']);
+      const finished = batches.reduce((n, b) => n + (b.request_counts?.completed ?? 0), 0);
+      expect(finished).toBeGreaterThan(0);
+      expect(finished).toBeLessThan(RECORDS);
+
+      // What OpenAI finished is in outputs; what it did not run waits in pending parts, not in errors.
+      const outputs = await outputIds(env, runId);
+      expect(outputs).toHaveLength(finished);
+      expect(new Set(outputs).size).toBe(finished);
+      const errors = await env.s3.client.send(
+        new ListObjectsV2Command({ Bucket: env.s3.bucket, Prefix: `runs/${runId}/errors/` }),
+      );
+      expect(errors.KeyCount ?? 0).toBe(0);
+      const parts = await runs.listParts(runId);
+      const pending = parts.filter((p) => p.status === 'pending');
+      expect(parts.filter((p) => p.status !== 'pending' && p.status !== 'done')).toEqual([]);
+      expect(pending.reduce((n, p) => n + p.requests, 0)).toBe(RECORDS - finished);
+    } finally {
+      await emulator.stop();
+    }
+  }, 120_000);
+});

@@ -85,7 +85,7 @@ export const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }>
   Finalize: { memorySize: 512, timeout: Duration.minutes(2) },
   CleanUp: { memorySize: 512, timeout: Duration.minutes(5) },
   Notify: { memorySize: 256, timeout: Duration.seconds(30) },
-  MarkFailed: { memorySize: 512, timeout: Duration.minutes(2) },
+  MarkFailed: { memorySize: 1024, timeout: Duration.minutes(6) }, // collects as Tick: partMemory too
   ContinueRun: { memorySize: 256, timeout: Duration.seconds(30) },
 };
 
@@ -188,7 +188,7 @@ export class OpenAIBatchWork extends Construct {
         workModule: props.workModule,
         environment,
         ...SIZING[name],
-        ...(name === 'Prepare' || name === 'Tick'
+        ...(name === 'Prepare' || name === 'Tick' || name === 'MarkFailed'
           ? { memorySize: partMemory(settings.maxBytesPerBatch) }
           : {}),
         ...(name === 'Prepare' && props.prepareMemoryMb ? { memorySize: props.prepareMemoryMb } : {}),
@@ -264,8 +264,10 @@ export class OpenAIBatchWork extends Construct {
         : {}),
       lifecycleRules: [
         {
+          // Only objects of runs that ended: a running run's request files are tagged `running` however
+          // long it lasts. Days count from the writing, so an ended run's older objects go at the next pass.
           id: 'expire-intermediate-files',
-          tagFilters: { [INTERMEDIATE_TAG.key]: INTERMEDIATE_TAG.value },
+          tagFilters: { [INTERMEDIATE_TAG.key]: INTERMEDIATE_TAG.ended },
           expiration: Duration.days(14),
         },
         { id: 'abort-incomplete-uploads', abortIncompleteMultipartUploadAfter: Duration.days(2) },
@@ -331,6 +333,12 @@ export class OpenAIBatchWork extends Construct {
     f.Tick.allow(['secretsmanager:GetSecretValue'], secret);
 
     f.Finalize.allow(['s3:PutObject', 's3:AbortMultipartUpload'], [objects]); // the summary: never intermediate
+    // An ended run's intermediate objects are listed and tagged `ended` for the lifecycle rule.
+    const markEnded = (fn: BatchFunction) => {
+      fn.allow(['s3:PutObjectTagging'], [objects]);
+      fn.allow(['s3:ListBucket'], [this.bucket.bucketArn]);
+    };
+    markEnded(f.Finalize);
     f.Finalize.allow(
       ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
       table,
@@ -351,6 +359,8 @@ export class OpenAIBatchWork extends Construct {
       table,
     );
     f.MarkFailed.allow(['secretsmanager:GetSecretValue'], secret);
+    f.MarkFailed.allow(['s3:GetObject', ...write], [objects]); // collects finished batches as Tick does
+    markEnded(f.MarkFailed);
   }
 
   /**

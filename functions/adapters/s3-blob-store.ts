@@ -5,11 +5,13 @@ import {
   type GetObjectCommandOutput,
   HeadObjectCommand,
   ListObjectsCommand,
+  PutObjectTaggingCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import type { BlobInfo, BlobStore } from '../core/ports';
 import { isIntermediateKey } from '../core/run';
+import type { IntermediateMark, IntermediateMarker } from '../steps/intermediates';
 
 /** True for S3's "no such key" in its several shapes. */
 function isMissing(caught: unknown): boolean {
@@ -19,14 +21,22 @@ function isMissing(caught: unknown): boolean {
   );
 }
 
-/** The tag on intermediate objects (request files, checkpoints) that the bucket's lifecycle rule expires. */
-export const INTERMEDIATE_TAG = { key: 'openai-batch-intermediate', value: 'true' } as const;
+/**
+ * The tag on intermediate objects (request files, checkpoints): `running` from their writing, `ended` once
+ * their run has ended. The bucket's lifecycle rule expires only `ended` ones, so a run that lasts longer
+ * than the rule's days never loses a request file it has still to send.
+ */
+export const INTERMEDIATE_TAG = {
+  key: 'openai-batch-intermediate',
+  running: 'running',
+  ended: 'ended',
+} as const satisfies { key: string } & Record<IntermediateMark, IntermediateMark>;
 
 /**
  * A {@link BlobStore} on one S3 bucket: streamed reads (from a byte offset), streamed multipart writes
  * that hold one 5 MiB part at a time, listing and batched deletes.
  */
-export class S3BlobStore implements BlobStore {
+export class S3BlobStore implements BlobStore, IntermediateMarker {
   constructor(
     private readonly s3: S3Client,
     private readonly bucket: string,
@@ -62,13 +72,30 @@ export class S3BlobStore implements BlobStore {
       params: { Bucket: this.bucket, Key: key, Body: Readable.from(counted()) },
       partSize: 5 * 1024 * 1024,
       queueSize: 1,
-      // Tagged after the upload (PutObjectTagging), so that the lifecycle rule expires what CleanUp left.
+      // Tagged after the upload (PutObjectTagging): running, until its run's end marks it for the lifecycle rule.
       ...(isIntermediateKey(key)
-        ? { tags: [{ Key: INTERMEDIATE_TAG.key, Value: INTERMEDIATE_TAG.value }] }
+        ? { tags: [{ Key: INTERMEDIATE_TAG.key, Value: INTERMEDIATE_TAG.running }] }
         : {}),
     });
     await upload.done();
     return bytes;
+  }
+
+  /** Replaces the object's intermediate tag; false when the object is gone (cleaned up or expired). */
+  async markIntermediate(key: string, mark: IntermediateMark): Promise<boolean> {
+    try {
+      await this.s3.send(
+        new PutObjectTaggingCommand({
+          Bucket: this.bucket,
+          Key: key,
+          Tagging: { TagSet: [{ Key: INTERMEDIATE_TAG.key, Value: INTERMEDIATE_TAG[mark] }] },
+        }),
+      );
+      return true;
+    } catch (caught) {
+      if (isMissing(caught)) return false;
+      throw caught;
+    }
   }
 
   async head(key: string): Promise<BlobInfo | null> {

@@ -2,6 +2,7 @@ import { InvariantError, messageOf } from '../core/errors';
 import { runKeys } from '../core/run';
 import { type RunSummary, summarize } from '../core/summary';
 import type { StepDeps } from './deps';
+import { intermediatePrefixes, markIntermediatesEnded } from './intermediates';
 import { runOf } from './runs';
 import { writeAll } from './storage';
 
@@ -16,7 +17,8 @@ export interface Finalized {
 
 /**
  * Writes `runs/<runId>/summary.json` (counts per stage, usage, cost, timings, reconciliation) and marks
- * the run completed; a completed run keeps its dataset claim.
+ * the run completed; a completed run keeps its dataset claim. Without `cleanUp`, marks the run's
+ * intermediate objects ended, for the lifecycle rule to expire (with it, CleanUp deletes them next).
  */
 export async function finalize<R>(deps: StepDeps<R>, input: { runId: string }): Promise<Finalized> {
   let run = await runOf(deps.runs, input.runId);
@@ -39,6 +41,7 @@ export async function finalize<R>(deps: StepDeps<R>, input: { runId: string }): 
     ...summary.counts,
     balanced: summary.reconciliation.balanced,
   });
+  if (!deps.work.settings.cleanUp) await markIntermediatesEnded(deps, run.runId);
   return {
     summaryKey,
     records: summary.counts.records,
@@ -59,6 +62,20 @@ export async function cleanUp<R>(
 ): Promise<{ openaiFiles: number; objects: number }> {
   if (!deps.work.settings.cleanUp) return { openaiFiles: 0, objects: 0 };
   const run = await runOf(deps.runs, input.runId);
+  // S3 first: what is left there after a failure (OpenAI unreachable) is marked ended by MarkFailed.
+  let objects = 0;
+  for (const prefix of intermediatePrefixes(run.runId)) {
+    const batch: string[] = [];
+    for await (const object of deps.blobs.list(prefix)) {
+      batch.push(object.key);
+      if (batch.length === 1000) {
+        await deps.blobs.delete(batch.splice(0));
+        objects += 1000;
+      }
+    }
+    objects += batch.length;
+    await deps.blobs.delete(batch);
+  }
   const parts = await deps.runs.listParts(run.runId);
   const fileIds = new Set<string>();
   for (const part of parts)
@@ -71,20 +88,6 @@ export async function cleanUp<R>(
       await api.deleteFile(id);
       openaiFiles += 1;
     }
-  }
-  const keys = runKeys(run.runId);
-  let objects = 0;
-  for (const prefix of [`${keys.prefix}requests/`, `${keys.prefix}state/`]) {
-    const batch: string[] = [];
-    for await (const object of deps.blobs.list(prefix)) {
-      batch.push(object.key);
-      if (batch.length === 1000) {
-        await deps.blobs.delete(batch.splice(0));
-        objects += 1000;
-      }
-    }
-    objects += batch.length;
-    await deps.blobs.delete(batch);
   }
   deps.log('cleaned up', { runId: run.runId, openaiFiles, objects });
   return { openaiFiles, objects };
@@ -109,60 +112,4 @@ export async function notifyRun<R>(
   return { notified: true };
 }
 
-/**
- * Marks a run failed with the error that stopped it: cancels its batches still on OpenAI (what finished
- * is kept), releases its dataset so that it can be run again, and announces the failure. A run that
- * never got registered (a missing dataset, a duplicate) has nothing to mark.
- */
-export async function markFailed<R>(
-  deps: StepDeps<R>,
-  input: { runId: string | null; error: string; cause: string },
-): Promise<{ error: string; cause: string }> {
-  const message = causeMessage(input.cause);
-  const run = input.runId ? await deps.runs.getRun(input.runId) : null;
-  if (run && run.status !== 'completed') {
-    const parts = await deps.runs.listParts(run.runId);
-    const active = parts.filter((p) => p.status === 'active' && p.batchId);
-    if (active.length > 0) {
-      const api = await deps.openai();
-      for (const part of active) {
-        try {
-          await api.cancelBatch(part.batchId ?? '');
-        } catch (caught) {
-          deps.log('could not cancel a batch of a failed run', {
-            runId: run.runId,
-            batchId: part.batchId,
-            error: messageOf(caught),
-          });
-        }
-      }
-    }
-    await deps.runs.putRun({
-      ...run,
-      status: 'failed',
-      error: `${input.error}: ${message}`,
-      updatedAt: deps.now(),
-    });
-    await deps.runs.settleClaim(run.work, run.datasetHash, run.runId, 'failed');
-    await deps.notifier.notify('Run Failed', {
-      runId: run.runId,
-      work: run.work,
-      error: input.error,
-      message,
-    });
-  }
-  deps.log('run failed', { runId: input.runId, error: input.error, message });
-  return { error: input.error, cause: message };
-}
-
-/** The message inside a Step Functions error cause (a Lambda error's JSON), or the cause itself. */
-export function causeMessage(cause: string): string {
-  try {
-    const parsed = JSON.parse(cause) as { errorMessage?: unknown; message?: unknown };
-    if (typeof parsed.errorMessage === 'string') return parsed.errorMessage;
-    if (typeof parsed.message === 'string') return parsed.message;
-  } catch {
-    // not JSON: the cause is the message
-  }
-  return cause;
-}
+export { causeMessage, markFailed } from './fail';

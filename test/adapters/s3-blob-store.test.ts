@@ -27,7 +27,7 @@ afterAll(async () => {
 });
 
 describe('S3BlobStore', () => {
-  it('tags request files and checkpoints for the lifecycle rule, and leaves results and datasets untagged', async () => {
+  it('tags request files and checkpoints as running, and leaves results and datasets untagged', async () => {
     const keys = runKeys('run-1');
     const intermediate = 'openai-batch-intermediate';
     await blobs.write(keys.requests(0), chunksOf('{"custom_id":"a"}\n'));
@@ -35,11 +35,22 @@ describe('S3BlobStore', () => {
     await blobs.write(keys.outputs(0), chunksOf('{"id":"a"}\n'));
     await writeAll(blobs, keys.summary, '{}');
     await blobs.write('inputs/w/data.jsonl', chunksOf('{}\n'));
-    expect(await tags(keys.requests(0))).toEqual([{ Key: intermediate, Value: 'true' }]);
-    expect(await tags(keys.ids(0, 1))).toEqual([{ Key: intermediate, Value: 'true' }]);
+    expect(await tags(keys.requests(0))).toEqual([{ Key: intermediate, Value: 'running' }]);
+    expect(await tags(keys.ids(0, 1))).toEqual([{ Key: intermediate, Value: 'running' }]);
     expect(await tags(keys.outputs(0))).toEqual([]);
     expect(await tags(keys.summary)).toEqual([]);
     expect(await tags('inputs/w/data.jsonl')).toEqual([]);
+  });
+
+  it('marks an intermediate object ended and running again, and says when the object is gone', async () => {
+    const key = runKeys('run-2').requests(3);
+    await blobs.write(key, chunksOf('{"custom_id":"a"}\n'));
+    expect(await blobs.markIntermediate(key, 'ended')).toBe(true);
+    expect(await tags(key)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
+    expect(await blobs.markIntermediate(key, 'running')).toBe(true);
+    expect(await tags(key)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'running' }]);
+    await blobs.delete([key]);
+    expect(await blobs.markIntermediate(key, 'ended')).toBe(false);
   });
 
   it('reads from a byte offset, and nothing from the very end', async () => {

@@ -89,12 +89,17 @@ function instrument(client: {
 async function runRecorded(
   dataset: string,
   name: string,
-  options: { maxTicksPerExecution?: number; maxCostUsd?: number } = {},
+  options: { maxTicksPerExecution?: number; maxCostUsd?: number; cleanUp?: boolean } = {},
 ) {
   const loaded = await loadWork(new URL('../fixtures/works/chat.ts', import.meta.url).pathname);
-  const work = options.maxCostUsd
-    ? { ...loaded.work, settings: { ...loaded.work.settings, maxCostUsd: options.maxCostUsd } }
-    : loaded.work;
+  const work = {
+    ...loaded.work,
+    settings: {
+      ...loaded.work.settings,
+      ...(options.maxCostUsd ? { maxCostUsd: options.maxCostUsd } : {}),
+      ...(options.cleanUp === undefined ? {} : { cleanUp: options.cleanUp }),
+    },
+  };
   const notifier = new RecordingNotifier();
   const deps = localDeps(env, work, { maxTicksPerExecution: options.maxTicksPerExecution ?? 1500 }, notifier);
   const handlers = createHandlers(
@@ -141,10 +146,12 @@ beforeAll(async () => {
   );
   await put('inputs/iam/b.jsonl', '{"id":"b","content":"q"}');
   await put('inputs/iam/c.jsonl', '{"id":"c","content":"q"}');
+  await put('inputs/iam/d.jsonl', '{"id":"d","content":"q"}');
   await runRecorded('inputs/iam/a.jsonl', 'iam-ok'); // the whole way, to Notify
   await runRecorded('inputs/iam/b.jsonl', 'iam-continue', { maxTicksPerExecution: 1 }); // hands over to a new execution
   await runRecorded('inputs/iam/c.jsonl', 'iam-costly', { maxCostUsd: 1e-9 }); // fails after Register: MarkFailed
   await runRecorded('inputs/iam/missing.jsonl', 'iam-missing'); // fails in Register
+  await runRecorded('inputs/iam/d.jsonl', 'iam-kept', { cleanUp: false }); // Finalize marks what it keeps
   await deliverRecorded();
 }, 120_000);
 
@@ -268,6 +275,8 @@ describe('IAM least privilege', () => {
     expect([...states].sort()).toEqual([...TASKS, 'Webhook'].sort());
     for (const call of ['DeleteItemCommand', 'StartExecutionCommand', 'StopExecutionCommand'])
       expect(calls).toContain(`Webhook ${call}`);
+    for (const call of ['ListObjectsCommand', 'PutObjectTaggingCommand'])
+      expect(calls).toContain(`Finalize ${call}`);
   });
 
   it('grants every call a state made to the function of that state, on its resource', () => {

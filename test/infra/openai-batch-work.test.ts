@@ -26,7 +26,7 @@ function synth(
 describe('OpenAIBatchWork', () => {
   const { template } = synth();
 
-  it('keeps the bucket private, encrypted, TLS-only, expiring intermediate files', () => {
+  it('keeps the bucket private, encrypted, TLS-only, expiring intermediate files of ended runs', () => {
     template.hasResourceProperties('AWS::S3::Bucket', {
       PublicAccessBlockConfiguration: {
         BlockPublicAcls: true,
@@ -40,7 +40,7 @@ describe('OpenAIBatchWork', () => {
       LifecycleConfiguration: {
         Rules: Match.arrayWith([
           Match.objectLike({
-            TagFilters: [{ Key: 'openai-batch-intermediate', Value: 'true' }],
+            TagFilters: [{ Key: 'openai-batch-intermediate', Value: 'ended' }],
             ExpirationInDays: 14,
             Status: 'Enabled',
           }),
@@ -55,6 +55,32 @@ describe('OpenAIBatchWork', () => {
         ]),
       },
     });
+  });
+
+  it('expires nothing a running run needs: only objects tagged ended, and nothing untagged', () => {
+    const [bucket] = Object.values(template.findResources('AWS::S3::Bucket'));
+    const rules: { ExpirationInDays?: number; TagFilters?: unknown }[] =
+      bucket?.Properties.LifecycleConfiguration.Rules ?? [];
+    const expiring = rules.filter((r) => r.ExpirationInDays !== undefined);
+    expect(expiring).toEqual([
+      expect.objectContaining({ TagFilters: [{ Key: 'openai-batch-intermediate', Value: 'ended' }] }),
+    ]);
+  });
+
+  it('lets the steps that end a run (Finalize, MarkFailed) list and tag its objects, and no other', () => {
+    const taggers = (action: string) =>
+      Object.entries(template.findResources('AWS::IAM::Policy'))
+        .filter(([, p]) => JSON.stringify(p.Properties.PolicyDocument).includes(action))
+        .map(([id]) => id.replace(/Role.*$/, ''))
+        .sort();
+    // Prepare and Tick tag what they write as running.
+    expect(taggers('s3:PutObjectTagging')).toEqual([
+      'WorkFinalize',
+      'WorkMarkFailed',
+      'WorkPrepare',
+      'WorkTick',
+    ]);
+    expect(taggers('s3:ListBucket')).toEqual(expect.arrayContaining(['WorkFinalize', 'WorkMarkFailed']));
   });
 
   it('makes the run table on demand, recoverable, encrypted, listable by work', () => {

@@ -1,0 +1,89 @@
+import { InvariantError } from '../core/errors';
+import type { BlobStore } from '../core/ports';
+import { runKeys } from '../core/run';
+import type { StepDeps } from './deps';
+
+/**
+ * What a run's intermediate objects (request files, their line sidecars, checkpoints) are marked with:
+ * `running` from their writing, `ended` once the run has ended. The bucket's lifecycle rule expires only
+ * ended ones, so no object a running run still needs can expire, however long the run lasts.
+ */
+export type IntermediateMark = 'running' | 'ended';
+
+/** A blob store that can mark an object (the S3 adapter: an object tag the lifecycle rule filters on). */
+export interface IntermediateMarker {
+  /** Marks one object; false when it is gone (cleaned up, or expired). */
+  markIntermediate(key: string, mark: IntermediateMark): Promise<boolean>;
+}
+
+/** Where a run's intermediate objects are: the keys `isIntermediateKey` names. */
+export function intermediatePrefixes(runId: string): string[] {
+  const { prefix } = runKeys(runId);
+  return [`${prefix}requests/`, `${prefix}state/`];
+}
+
+/** Objects marked at once: a run of 2,000 parts has some 4,000, and MarkFailed has three minutes. */
+const MARKS_IN_FLIGHT = 16;
+
+/**
+ * Marks every intermediate object of a run as ended, so that the lifecycle rule expires what CleanUp did
+ * not delete (`cleanUp: false`, or a run that failed or was cancelled). Called when a run ends: completed
+ * or cancelled (Finalize), failed (MarkFailed). Safe to call again; resolves with the objects marked.
+ */
+export async function markIntermediatesEnded(
+  deps: Pick<StepDeps, 'blobs' | 'log'>,
+  runId: string,
+): Promise<number> {
+  const marked = await markIntermediates(deps.blobs, runId, 'ended');
+  deps.log('intermediate objects marked ended', { runId, objects: marked });
+  return marked;
+}
+
+/**
+ * Marks every intermediate object of a run as running again: a run that goes on after it ended (resumed)
+ * calls this before it needs them, so that none expires under it.
+ */
+export async function markIntermediatesRunning(
+  deps: Pick<StepDeps, 'blobs' | 'log'>,
+  runId: string,
+): Promise<number> {
+  const marked = await markIntermediates(deps.blobs, runId, 'running');
+  deps.log('intermediate objects marked running', { runId, objects: marked });
+  return marked;
+}
+
+async function markIntermediates(blobs: BlobStore, runId: string, mark: IntermediateMark): Promise<number> {
+  const marker = markerOf(blobs);
+  const inFlight = new Set<Promise<void>>();
+  let marked = 0;
+  let failed: { error: unknown } | null = null;
+  for (const prefix of intermediatePrefixes(runId)) {
+    for await (const object of blobs.list(prefix)) {
+      if (failed) break;
+      const marking: Promise<void> = marker
+        .markIntermediate(object.key, mark)
+        .then(
+          (found) => {
+            if (found) marked += 1;
+          },
+          (error: unknown) => {
+            failed ??= { error };
+          },
+        )
+        .finally(() => inFlight.delete(marking));
+      inFlight.add(marking);
+      if (inFlight.size >= MARKS_IN_FLIGHT) await Promise.race(inFlight);
+    }
+  }
+  await Promise.all(inFlight);
+  if (failed) throw (failed as { error: unknown }).error;
+  return marked;
+}
+
+function markerOf(blobs: BlobStore): IntermediateMarker {
+  const marker = blobs as BlobStore & Partial<IntermediateMarker>;
+  if (typeof marker.markIntermediate !== 'function') {
+    throw new InvariantError('this blob store cannot mark intermediate objects for the lifecycle rule');
+  }
+  return marker as IntermediateMarker;
+}

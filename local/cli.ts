@@ -304,6 +304,18 @@ export function cli(): Command {
       })(),
     );
 
+  located(program.command('resume'))
+    .description(
+      'Resume a run that failed: a new execution continues the same run (done parts stay done, nothing is paid twice) and takes its dataset again.',
+    )
+    .argument('<run-id>')
+    .action((runId: string, opts) =>
+      guarded(async () => {
+        await (await commands.cloud()).resumeRun(runId, cloud(opts), (l) => console.log(l));
+        return 0;
+      })(),
+    );
+
   located(program.command('cancel'))
     .description(
       'Cancel a run: its batches are cancelled on OpenAI, what finished is kept, the rest goes to errors, and the run ends cancelled.',

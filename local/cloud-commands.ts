@@ -7,7 +7,7 @@ import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { DynamoRunStore } from '../functions/adapters/dynamo-run-store';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
 import { ConfigError } from '../functions/core/errors';
-import { checkRunId } from '../functions/core/execution-names';
+import { checkRunId, executionName } from '../functions/core/execution-names';
 import type { Part, Run } from '../functions/core/run';
 import { runCounts } from '../functions/core/summary';
 import { updateRun } from '../functions/steps/runs';
@@ -153,6 +153,58 @@ export async function startRun(
   );
   print(`  watch it:  npx openai-batch status ${runId} --work ${work} --watch`);
   return runId;
+}
+
+/** A run's dataset, as a person would give it: its one object, or the folder its objects share. */
+function datasetOfRun(run: Run): string {
+  const keys = run.objects.map((o) => o.key);
+  if (keys.length === 1) return `s3://${run.bucket}/${keys[0]}`;
+  let common = keys[0] ?? '';
+  for (const key of keys) while (!key.startsWith(common)) common = common.slice(0, -1);
+  return `s3://${run.bucket}/${common.slice(0, common.lastIndexOf('/') + 1)}`;
+}
+
+/**
+ * `resume`: starts a new execution of the work's state machine that resumes a run that failed (its
+ * Register revives it and takes its dataset again), or takes over one still running. A run that
+ * completed or was cancelled is refused before anything starts.
+ */
+export async function resumeRun(
+  runId: string,
+  options: CloudOptions,
+  print: (line: string) => void,
+): Promise<string> {
+  const cloud = await deployed(options, true);
+  if (!cloud.stateMachineArn) throw new ConfigError('No state machine: pass --state-machine-arn.');
+  const run = await runOf(cloud, runId);
+  if (run.status === 'completed')
+    throw new ConfigError(
+      `Run ${runId} has completed: there is nothing to resume. Its results: npx openai-batch results ${runId}`,
+    );
+  if (run.status === 'cancelled')
+    throw new ConfigError(
+      `Run ${runId} was cancelled: a cancelled run is not resumed. Start a new run of its dataset (${datasetOfRun(run)}).`,
+    );
+  const name = executionName(runId, 'resume', Date.now());
+  const { executionArn } = await cloud.sfn.send(
+    new StartExecutionCommand({
+      stateMachineArn: cloud.stateMachineArn,
+      name,
+      // The dataset is for people reading the input: Register resumes the run from its record.
+      input: JSON.stringify({ resumeRunId: runId, dataset: datasetOfRun(run) }),
+    }),
+  );
+  print(
+    run.status === 'failed'
+      ? `run ${runId} resumed (it had failed: ${run.error ?? 'no reason recorded'})`
+      : `run ${runId} (${run.status}) taken over by a new execution; the old one ends at its next tick`,
+  );
+  print(`  execution: ${executionArn}`);
+  print(
+    `  console:   https://${cloud.region}.console.aws.amazon.com/states/home?region=${cloud.region}#/v2/executions/details/${executionArn}`,
+  );
+  print(`  watch it:  npx openai-batch status ${runId} --work ${options.work ?? run.work} --watch`);
+  return name;
 }
 
 /** `results`: downloads a run's outputs, errors and summary into a folder. */

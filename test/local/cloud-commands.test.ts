@@ -6,10 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import { loadWork } from '../../infra/works';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { runFixture } from '../support/runs';
 import { withEmulator } from '../support/targets';
 
 /** The escape sequence status --watch redraws with: cursor up N lines, clear to the end. */
@@ -238,6 +240,87 @@ describe('start', () => {
           },
         },
       ]);
+    } finally {
+      fake.close();
+    }
+  });
+});
+
+describe('resume', () => {
+  it('starts an execution that resumes a failed run, and refuses one that completed or was cancelled', async () => {
+    // As for start: a fake endpoint records the StartExecution calls and answers as Step Functions does.
+    const received: Record<string, unknown>[] = [];
+    const fake = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c) => {
+        body += c;
+      });
+      req.on('end', () => {
+        const call = JSON.parse(body) as { name: string };
+        received.push(call);
+        res.writeHead(200, { 'content-type': 'application/x-amz-json-1.0' });
+        res.end(
+          JSON.stringify({
+            executionArn: `arn:aws:states:us-east-1:123456789012:execution:run:${call.name}`,
+            startDate: 1795570000,
+          }),
+        );
+      });
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    try {
+      const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
+      const run = (runId: string, status: 'failed' | 'completed' | 'cancelled') =>
+        runs.createRun(
+          {
+            ...runFixture(runId),
+            work: 'e2e-chat',
+            bucket: env.s3.bucket,
+            objects: [{ key: 'inputs/e2e-chat/a.jsonl', size: 9, etag: 'e' }],
+            status,
+            error: status === 'failed' ? 'InvariantError: it broke' : null,
+          },
+          false,
+        );
+      await run('broken', 'failed');
+      await run('finished', 'completed');
+      await run('called-off', 'cancelled');
+      const arn = 'arn:aws:states:us-east-1:123456789012:stateMachine:run';
+      const resume = (runId: string) =>
+        cli([
+          'resume',
+          runId,
+          '--state-machine-arn',
+          arn,
+          '--sfn-endpoint',
+          `http://127.0.0.1:${(fake.address() as AddressInfo).port}`,
+          ...args,
+        ]);
+      const resumed = await resume('broken');
+      expect(resumed.stderr).toBe('');
+      expect(resumed.code).toBe(0);
+      expect(resumed.stdout).toContain('run broken resumed (it had failed: InvariantError: it broke)');
+      expect(resumed.stdout).toContain('watch it:  npx openai-batch status broken --work e2e-chat --watch');
+      expect(received).toEqual([
+        {
+          stateMachineArn: arn,
+          name: expect.stringMatching(/^broken-resume-[0-9a-z]+$/),
+          input: '{"resumeRunId":"broken","dataset":"s3://openai-batch-local/inputs/e2e-chat/a.jsonl"}',
+        },
+      ]);
+      const completed = await resume('finished');
+      expect(completed.code).toBe(2);
+      expect(completed.stderr).toContain(
+        'error: Run finished has completed: there is nothing to resume. Its results: npx openai-batch results finished',
+      );
+      const cancelled = await resume('called-off');
+      expect(cancelled.code).toBe(2);
+      expect(cancelled.stderr).toContain(
+        'error: Run called-off was cancelled: a cancelled run is not resumed.',
+      );
+      const missing = await resume('never-ran');
+      expect(missing.stderr).toContain('error: No run never-ran in table openai-batch-runs.');
+      expect(received).toHaveLength(1); // nothing started for the refused ones
     } finally {
       fake.close();
     }

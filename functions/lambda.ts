@@ -10,15 +10,14 @@ import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SFNClient, StartExecutionCommand, StopExecutionCommand } from '@aws-sdk/client-sfn';
 import { SNSClient } from '@aws-sdk/client-sns';
 import work from '@work';
-import OpenAI from 'openai';
 import { z } from 'zod';
 import { DynamoRunStore } from './adapters/dynamo-run-store';
 import { AwsNotifier } from './adapters/notifier';
-import { OpenAIBatchApi } from './adapters/openai-batch-api';
+import { batchApiWithKey } from './adapters/openai-batch-api';
 import { S3BlobStore } from './adapters/s3-blob-store';
 import { cachedApiKey, cachedWebhookSecret } from './adapters/secret';
 import { openaiWebhookVerifier } from './adapters/webhook-verifier';
-import { ConfigError, OpenAIUnavailableError } from './core/errors';
+import { ConfigError } from './core/errors';
 import { describeIssues } from './core/issues';
 import { createHandlers } from './handlers';
 import { receiveWebhook, type WebhookDeps } from './steps/webhook';
@@ -57,19 +56,7 @@ const handlers = createHandlers(
     bucket: env.BUCKET_NAME,
     blobs: new S3BlobStore(s3, env.BUCKET_NAME),
     runs: new DynamoRunStore(dynamo, env.TABLE_NAME),
-    openai: async () => {
-      let key: string;
-      try {
-        key = await apiKey();
-      } catch (caught) {
-        // No key in the secret yet: the run waits for one, as for a refused key, and says what to do.
-        if (caught instanceof ConfigError) throw new OpenAIUnavailableError(caught.message, 'key_refused');
-        throw caught;
-      }
-      return new OpenAIBatchApi(
-        new OpenAI({ apiKey: key, ...(env.OPENAI_BASE_URL ? { baseURL: env.OPENAI_BASE_URL } : {}) }),
-      );
-    },
+    openai: batchApiWithKey(apiKey, env.OPENAI_BASE_URL),
     notifier: new AwsNotifier(
       new EventBridgeClient({}),
       env.EVENT_BUS_NAME,

@@ -1,5 +1,11 @@
 import OpenAI, { toStreamingFile } from 'openai';
-import { blockedMessage, messageOf, OpenAIUnavailableError, openaiBlockReason } from '../core/errors';
+import {
+  blockedMessage,
+  ConfigError,
+  messageOf,
+  OpenAIUnavailableError,
+  openaiBlockReason,
+} from '../core/errors';
 import type { BatchApi, CreateBatchInput } from '../core/ports';
 import type { BatchView } from '../core/reconciler';
 
@@ -145,4 +151,21 @@ export class OpenAIBatchApi implements BatchApi {
       return ids;
     });
   }
+}
+
+/**
+ * The API on a key read when asked (from Secrets Manager in the cloud). A secret that holds no key yet
+ * makes the run wait as a refused key does, with the secret's own message saying how to put it in.
+ */
+export function batchApiWithKey(apiKey: () => Promise<string>, baseURL?: string): () => Promise<BatchApi> {
+  return async () => {
+    let key: string;
+    try {
+      key = await apiKey();
+    } catch (caught) {
+      if (caught instanceof ConfigError) throw new OpenAIUnavailableError(caught.message, 'key_refused');
+      throw caught;
+    }
+    return new OpenAIBatchApi(new OpenAI({ apiKey: key, ...(baseURL ? { baseURL } : {}) }));
+  };
 }

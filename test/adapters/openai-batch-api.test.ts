@@ -1,0 +1,90 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { batchApiWithKey, OpenAIBatchApi } from '../../functions/adapters/openai-batch-api';
+import { ConfigError, OpenAIUnavailableError } from '../../functions/core/errors';
+import { type Emulator, startEmulator } from '../../local/emulator/server';
+import { clientFor } from '../support/emulator';
+
+/** The adapter's errors: OpenAI's outages and refusals become the run's condition, a request's stay its own. */
+
+let emulator: Emulator;
+
+beforeAll(async () => {
+  emulator = await startEmulator({ tickMs: 0 });
+});
+
+afterAll(async () => {
+  await emulator?.stop();
+});
+
+describe('OpenAIBatchApi errors', () => {
+  it('turns a 503 into OpenAIUnavailableError after the client has retried', async () => {
+    const down = await startEmulator({ tickMs: 0 });
+    try {
+      down.faults.outage('unavailable', 60_000);
+      const failed = new OpenAIBatchApi(clientFor(down, { maxRetries: 0 })).getBatch('batch_x');
+      await expect(failed).rejects.toBeInstanceOf(OpenAIUnavailableError);
+      await expect(failed).rejects.toMatchObject({ reason: 'openai_unavailable', status: 503 });
+    } finally {
+      await down.stop();
+    }
+  });
+
+  it('turns a refused key into key_refused, even while streaming a file', async () => {
+    const refused = await startEmulator({ tickMs: 0, apiKey: 'sk-right' });
+    try {
+      const wrong = new OpenAIBatchApi(clientFor(refused, { apiKey: 'sk-wrong', maxRetries: 0 }));
+      await expect(wrong.recentBatches(0)).rejects.toMatchObject({ reason: 'key_refused', status: 401 });
+      const reading = (async () => {
+        for await (const _ of wrong.fileContent('file-x')) {
+          // nothing: the first read is refused
+        }
+      })();
+      await expect(reading).rejects.toMatchObject({ name: 'OpenAIUnavailableError', reason: 'key_refused' });
+    } finally {
+      await refused.stop();
+    }
+  });
+
+  it("leaves a request's own refusal (an unknown batch) as the client's error", async () => {
+    const fresh = await startEmulator({ tickMs: 0 });
+    try {
+      const api = new OpenAIBatchApi(clientFor(fresh, { maxRetries: 0 }));
+      const missing = api.getBatch('batch_missing');
+      await expect(missing).rejects.not.toBeInstanceOf(OpenAIUnavailableError);
+      await expect(missing).rejects.toMatchObject({ status: 404 });
+    } finally {
+      await fresh.stop();
+    }
+  });
+});
+
+describe('batchApiWithKey', () => {
+  it('makes a secret without a key a refused key, with the secret message', async () => {
+    const api = batchApiWithKey(async () => {
+      throw new ConfigError('The secret s holds no OpenAI API key yet. Put it in ...');
+    }, emulator.url);
+    await expect(api()).rejects.toMatchObject({
+      name: 'OpenAIUnavailableError',
+      reason: 'key_refused',
+      message: 'The secret s holds no OpenAI API key yet. Put it in ...',
+    });
+  });
+
+  it('reads the key at each call, so that a key put in later is used', async () => {
+    let key = '';
+    const api = batchApiWithKey(async () => {
+      if (!key) throw new ConfigError('no key yet');
+      return key;
+    }, emulator.url);
+    await expect(api()).rejects.toBeInstanceOf(OpenAIUnavailableError);
+    key = 'sk-now';
+    await expect((await api()).recentBatches(0)).resolves.toBeInstanceOf(Array);
+  });
+
+  it('lets other failures to read the secret through', async () => {
+    const api = batchApiWithKey(async () => {
+      throw new Error('AccessDeniedException');
+    });
+    await expect(api()).rejects.toThrow('AccessDeniedException');
+  });
+});

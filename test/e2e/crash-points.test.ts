@@ -1,7 +1,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadWork } from '../../infra/works';
@@ -14,11 +14,19 @@ import { outputIds, partsPaidTwice } from '../support/run-checks';
 /**
  * Every crash point of a run: for each side effect a run makes (an S3 write or delete, a DynamoDB write,
  * an OpenAI upload, create, cancel or delete), a run whose handler dies right after that effect, once.
- * The state machine's retry (or the next Tick) carries on. Each run must complete with every record in
- * outputs exactly once, and no part paid twice on OpenAI (two batches of one part that both ran).
+ * The state machine's retry (or the next Tick) carries on, and it does other work than the crashed
+ * attempt did: it runs on a clock that uses its budget up after a few readings, so a retried Prepare
+ * reads fewer lines (the dataset has bad lines, which end in errors). Each run must complete with every
+ * good record in outputs and every bad line in errors exactly once, and no part paid twice on OpenAI (two
+ * batches of one part that both ran).
  */
 
 const RECORDS = 60; // two parts of the fixture's 40 requests at most
+/** Bad lines among the records (1-based dataset lines): each must end in errors once. */
+const BAD_LINES = [8, 23, 41, 57];
+/** The steps' budget; the retry of a crashed handler reads a clock that passes it after four readings. */
+const BUDGET_MS = 20_000;
+const RETRY_CLOCK = { stepMs: 5_000, maxAheadMs: 25_000 };
 /** A run that has not ended by then is counted as not completed (it hung). */
 const RUN_LIMIT_MS = 30_000;
 
@@ -42,14 +50,12 @@ let client: OpenAI;
 async function crashRun(n: number | null): Promise<{ row: CrashRow; plan: CrashPlan }> {
   const runId = `crash-${n ?? 'none'}`;
   const ids = Array.from({ length: RECORDS }, (_, i) => `${runId}-${i}`);
+  const lines = ids.map((id) => JSON.stringify({ id, content: `question ${id}` }));
+  for (const line of BAD_LINES) lines.splice(line - 1, 0, `{"id":"bad line ${line}"`);
   await env.s3.client.send(
-    new PutObjectCommand({
-      Bucket: env.s3.bucket,
-      Key: `inputs/${runId}.jsonl`,
-      Body: ids.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
-    }),
+    new PutObjectCommand({ Bucket: env.s3.bucket, Key: `inputs/${runId}.jsonl`, Body: lines.join('\n') }),
   );
-  const plan = new CrashPlan(n);
+  const plan = new CrashPlan(n, RETRY_CLOCK);
   let completed = false;
   const started = Date.now();
   try {
@@ -62,6 +68,8 @@ async function crashRun(n: number | null): Promise<{ row: CrashRow; plan: CrashP
         runId,
         {
           waitMs: 20,
+          budgetMs: BUDGET_MS,
+          now: plan.now,
           // A create that may have been lost is looked for this long before its part is sent again: the
           // emulator lists a batch at once, so half a second (OpenAI's list may lag: 2 minutes in Lambda).
           lostCreateGraceMs: 500,
@@ -82,7 +90,11 @@ async function crashRun(n: number | null): Promise<{ row: CrashRow; plan: CrashP
     `crash point ${n} after ${plan.crashed}: ${completed ? 'completed' : 'NOT completed'} in ${Date.now() - started} ms\n`,
   );
   const found = await outputIds(env, runId);
-  const unique = new Set(found);
+  const errorLines = await errorLinesOf(runId);
+  // Each record is one line somewhere: a good one in outputs (by id), a bad one in errors (by line).
+  const written = [...found, ...errorLines.map((line) => `line ${line}`)];
+  const unique = new Set(written);
+  const expected = [...ids, ...BAD_LINES.map((line) => `line ${line}`)];
   return {
     plan,
     row: {
@@ -90,11 +102,25 @@ async function crashRun(n: number | null): Promise<{ row: CrashRow; plan: CrashP
       after: plan.crashed ?? '(no crash)',
       completed,
       outputs: found.length,
-      missing: ids.filter((id) => !unique.has(id)).length,
-      duplicated: found.length - unique.size,
+      missing: expected.filter((id) => !unique.has(id)).length,
+      duplicated: written.length - unique.size + written.filter((w) => !expected.includes(w)).length,
       partsPaidTwice: await partsPaidTwice(client, runId),
     },
   };
+}
+
+/** The dataset line of every error line of a run, as often as it appears. */
+async function errorLinesOf(runId: string): Promise<number[]> {
+  const listed = await env.s3.client.send(
+    new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: `runs/${runId}/errors/` }),
+  );
+  const found: number[] = [];
+  for (const object of listed.Contents ?? []) {
+    const body = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: object.Key }));
+    for (const line of ((await body.Body?.transformToString()) ?? '').split('\n'))
+      if (line) found.push(Number((JSON.parse(line) as { line: unknown }).line));
+  }
+  return found.sort((a, b) => a - b);
 }
 
 beforeAll(async () => {
@@ -123,14 +149,18 @@ describe('crash points: a handler that dies between two side effects loses nothi
       expect(clean.plan.effects.some((e) => e.startsWith(`${state}:`))).toBe(true);
 
     const rows: CrashRow[] = [];
+    let retriedFast = 0;
     for (let first = 1; first <= points; first += PARALLEL) {
       const group = Array.from({ length: Math.min(PARALLEL, points - first + 1) }, (_, i) => first + i);
-      rows.push(...(await Promise.all(group.map(async (n) => (await crashRun(n)).row))));
+      const runs = await Promise.all(group.map((n) => crashRun(n)));
+      rows.push(...runs.map((r) => r.row));
+      retriedFast += runs.filter((r) => r.plan.fastRetries.length > 0).length;
     }
     mkdirSync(RELIABILITY_DIR, { recursive: true });
     writeFileSync(join(RELIABILITY_DIR, 'crash-points.json'), `${JSON.stringify(rows, null, 2)}\n`);
 
     expect(rows.filter((r) => r.after === '(no crash)')).toEqual([]); // each crash point was reached
+    expect(retriedFast).toBe(points); // every crashed handler's retry ran on the fast clock
     expect(
       rows.filter((r) => !r.completed || r.missing > 0 || r.duplicated > 0 || r.partsPaidTwice > 0),
     ).toEqual([]);

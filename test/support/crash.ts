@@ -1,4 +1,5 @@
 import type { BatchApi, BlobStore, RunStore } from '../../functions/core/ports';
+import type { Handlers } from '../../functions/handlers';
 
 /** The calls that change something outside the handler: where a crash can leave work half done. */
 const SIDE_EFFECTS = {
@@ -21,10 +22,22 @@ export class Crash extends Error {
   override readonly name = 'Crash';
 }
 
+/** How the handler invocation that retries a crashed one sees time: it runs out of its budget sooner. */
+export interface RetryClock {
+  /** How far the clock moves at each reading during the retry (ms). */
+  readonly stepMs: number;
+  /** How far ahead of the real clock it may get (ms): below OpenAI's batch-list look-back of 60 s. */
+  readonly maxAheadMs: number;
+}
+
 /**
  * Makes a handler die right after its n-th side effect of a run: the effect happened, what the handler
  * meant to do next did not. Counts every side effect (by state) on the way, so that a first clean run
  * tells how many crash points a run has. Only the ports are wrapped: the stand-ins behind them are real.
+ *
+ * With a {@link RetryClock}, the invocation that retries the crashed one reads a clock that runs fast, so
+ * it stops at another place than the crashed one did (a Prepare step reads fewer lines, a Tick does less):
+ * what the crashed attempt wrote beyond that must not survive beside what the next steps write.
  */
 export class CrashPlan {
   /** Side effects so far, as `State: port.method`. */
@@ -33,8 +46,46 @@ export class CrashPlan {
   crashed: string | null = null;
   /** The state whose handler is running (set from the execution's events). */
   state = '';
+  /** The states whose retry ran on the fast clock. */
+  readonly fastRetries: string[] = [];
+  private retrying = false;
+  private ahead = 0;
 
-  constructor(private readonly crashAfter: number | null) {}
+  constructor(
+    private readonly crashAfter: number | null,
+    private readonly retryClock: RetryClock | null = null,
+  ) {}
+
+  /** The steps' clock: real time, except during the retry of the crashed invocation (see RetryClock). */
+  readonly now = (): number => {
+    if (!this.retrying || !this.retryClock) return Date.now();
+    this.ahead = Math.min(this.retryClock.maxAheadMs, this.ahead + this.retryClock.stepMs);
+    return Date.now() + this.ahead;
+  };
+
+  /** Marks the first handler invocation after the crash (the state machine's retry of it) while it runs. */
+  private handlers(handlers: Handlers): Handlers {
+    const wrapped: Record<string, (event: unknown) => Promise<unknown>> = {};
+    for (const [name, handler] of Object.entries(handlers) as [
+      string,
+      (event: unknown) => Promise<unknown>,
+    ][]) {
+      wrapped[name] = async (event) => {
+        const retry = this.crashed !== null && this.fastRetries.length === 0 && this.retryClock !== null;
+        if (retry) {
+          this.fastRetries.push(name);
+          this.retrying = true;
+          this.ahead = 0;
+        }
+        try {
+          return await handler(event);
+        } finally {
+          if (retry) this.retrying = false;
+        }
+      };
+    }
+    return wrapped as Handlers;
+  }
 
   private after(effect: string): void {
     this.effects.push(`${this.state}: ${effect}`);
@@ -64,5 +115,6 @@ export class CrashPlan {
     blobs: (store: BlobStore) => this.wrap(store, 'blobs'),
     runs: (store: RunStore) => this.wrap(store, 'runs'),
     openai: (api: BatchApi) => this.wrap(api, 'openai'),
+    handlers: (handlers: Handlers) => this.handlers(handlers),
   };
 }

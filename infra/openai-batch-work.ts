@@ -319,7 +319,8 @@ export class OpenAIBatchWork extends Construct {
     const table = [this.table.tableArn, `${this.table.tableArn}/index/byWork`];
     const secret = [this.apiKeySecret.secretArn];
     const bus = [`arn:${stack.partition}:events:${stack.region}:${stack.account}:event-bus/default`];
-    const write = ['s3:PutObject', 's3:PutObjectTagging', 's3:AbortMultipartUpload'];
+    // A step run again removes an output or error file it left empty: DeleteObject is part of writing.
+    const write = ['s3:PutObject', 's3:PutObjectTagging', 's3:AbortMultipartUpload', 's3:DeleteObject'];
 
     f.Register.allow(['s3:GetObject'], [objects]);
     f.Register.allow(['s3:ListBucket'], [this.bucket.bucketArn]);
@@ -492,8 +493,19 @@ export class OpenAIBatchWork extends Construct {
           statistic: 'Maximum',
           period: Duration.minutes(15),
         }),
-        `A batch of ${work} has made no progress for ${stuckAfter.toMinutes()} minutes (stuck validating or finalizing?)`,
+        `A batch or run of ${work} has made no progress for ${stuckAfter.toMinutes()} minutes (stuck validating or finalizing, or OpenAI unavailable that long: see openai-batch status)`,
         stuckAfter.toMinutes(),
+      ),
+      alarm(
+        'OpenAIAccessRefused',
+        new cloudwatch.Metric({
+          namespace: 'OpenAIBatch',
+          metricName: 'OpenAIAccessRefused',
+          dimensionsMap: { Work: work },
+          statistic: 'Maximum',
+          period: Duration.minutes(15),
+        }),
+        `OpenAI refused the API key or the account's quota for a run of ${work}: the run waits until a person fixes the key (the stack's secret) or the billing; openai-batch status shows OpenAI's message`,
       ),
     ];
     const topic = this.topic;
@@ -528,6 +540,15 @@ export class OpenAIBatchWork extends Construct {
             metricName: 'MinutesWithoutProgress',
             dimensionsMap: { Work: work },
             statistic: 'Maximum',
+          }),
+        ],
+        right: [
+          new cloudwatch.Metric({
+            namespace: 'OpenAIBatch',
+            metricName: 'OpenAIAccessRefused',
+            dimensionsMap: { Work: work },
+            statistic: 'Maximum',
+            label: 'OpenAI refuses the key or quota',
           }),
         ],
       }),

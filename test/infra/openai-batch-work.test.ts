@@ -168,11 +168,17 @@ describe('OpenAIBatchWork', () => {
     });
   });
 
-  it('alarms on failed and timed-out runs, function errors and a stuck batch, with a dashboard', () => {
-    template.resourceCountIs('AWS::CloudWatch::Alarm', 4);
+  it('alarms on failed and timed-out runs, function errors, a stuck batch and a refused key, with a dashboard', () => {
+    template.resourceCountIs('AWS::CloudWatch::Alarm', 5);
     template.hasResourceProperties('AWS::CloudWatch::Alarm', {
       MetricName: 'MinutesWithoutProgress',
       Threshold: 360,
+    });
+    template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'OpenAIAccessRefused',
+      Namespace: 'OpenAIBatch',
+      Threshold: 1,
+      AlarmDescription: Match.stringLikeRegexp('OpenAI refused the API key'),
     });
     template.resourceCountIs('AWS::CloudWatch::Dashboard', 1);
   });

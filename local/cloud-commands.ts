@@ -252,6 +252,42 @@ export async function cancelRun(
   );
 }
 
+/** What a run waits for, in words, by why it is blocked. */
+const BLOCKED_WORDS: Record<NonNullable<Run['blocked']>['reason'], string> = {
+  openai_unavailable: 'OpenAI unavailable',
+  key_refused: 'OpenAI refused the API key',
+  quota_exhausted: "OpenAI refused for the account's quota or billing limit",
+};
+
+/** What a person can do about it (nothing, for an outage: the run goes on when OpenAI answers again). */
+const BLOCKED_HINTS: Record<NonNullable<Run['blocked']>['reason'], string> = {
+  openai_unavailable: 'the run goes on when OpenAI answers again',
+  key_refused: 'put a working key in the secret; the run goes on by itself',
+  quota_exhausted: 'raise the limit or add credit; the run goes on by itself',
+};
+
+/**
+ * The line that says why a run waits for OpenAI, e.g. `waiting: OpenAI refused the API key since 12:03 UTC
+ * (Incorrect API key provided ...); put a working key in the secret; ...`. `since` is how the caller tells
+ * the time (a clock time for `status`, seconds into the run for `local`).
+ */
+export function blockedLine(
+  blocked: { reason: NonNullable<Run['blocked']>['reason']; message: string },
+  since: string,
+): string {
+  // The recorded message may open with the same words ("OpenAI refused the API key: ..."): said once.
+  const detail = blocked.message.replace(/^OpenAI[^:]*:\s*/, '');
+  const message = detail.length > 200 ? `${detail.slice(0, 197)}...` : detail;
+  return `waiting: ${BLOCKED_WORDS[blocked.reason]} since ${since}${message ? ` (${message})` : ''}; ${BLOCKED_HINTS[blocked.reason]}`;
+}
+
+/** A time as `12:03 UTC`, with the date when it is not the day of `now`. */
+function clockTime(ms: number, now: number): string {
+  const at = new Date(ms).toISOString();
+  const sameDay = at.slice(0, 10) === new Date(now).toISOString().slice(0, 10);
+  return `${sameDay ? '' : `${at.slice(0, 10)} `}${at.slice(11, 16)} UTC`;
+}
+
 const BAR = 24;
 
 /** A progress bar of `done` out of `total`. */
@@ -274,6 +310,10 @@ export function statusLines(run: Run, parts: readonly Part[], now: number): stri
   const lines = [
     `run ${run.runId} (${run.work}): ${run.status}${run.cancelRequested && run.status !== 'cancelled' ? ', cancelling' : ''}, ${duration(elapsed)} elapsed`,
   ];
+  if (run.blocked && !['completed', 'failed', 'cancelled'].includes(run.status))
+    lines.push(
+      `  ${blockedLine(run.blocked, `${clockTime(run.blocked.since, now)}, ${duration(now - run.blocked.since)} ago`)}`,
+    );
   if (!run.prepared)
     lines.push(`  preparing: ${run.counts.records} records read, ${parts.length} batch file(s) written`);
   let done = 0;
@@ -317,7 +357,7 @@ export async function showStatus(
     if (runs.length === 0) out.write(`no runs of ${options.work} yet\n`);
     for (const run of runs) {
       out.write(
-        `${run.runId}  ${run.status.padEnd(10)} ${new Date(run.createdAt).toISOString()}  ${run.counts.records} records\n`,
+        `${run.runId}  ${run.status.padEnd(10)} ${new Date(run.createdAt).toISOString()}  ${run.counts.records} records${run.blocked && !['completed', 'failed', 'cancelled'].includes(run.status) ? `  (waiting: ${BLOCKED_WORDS[run.blocked.reason]})` : ''}\n`,
       );
     }
     return 0;

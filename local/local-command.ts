@@ -1,15 +1,20 @@
 import { createReadStream, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
+import { z } from 'zod';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
 import { ConfigError, DatasetError, messageOf } from '../functions/core/errors';
 import { checkRunId } from '../functions/core/execution-names';
 import { describeIssues } from '../functions/core/issues';
+import { BLOCKED_REASONS, type BlockedReason } from '../functions/core/run';
 import type { RunSummary } from '../functions/core/summary';
 import { type Work, WorkSettingsSchema } from '../functions/core/work';
 import { causeMessage } from '../functions/steps/finish';
 import { type LoadedWork, loadWork } from '../infra/works';
-import { download } from './cloud-commands';
+import { blockedLine, download } from './cloud-commands';
 import { type OpenAITarget, runLocally, startLocalEnvironment } from './runner';
+
+/** Why a run waits for OpenAI, as Tick logs it. */
+const BlockedReasonSchema = z.enum(BLOCKED_REASONS);
 
 /** Options of `openai-batch local`. */
 export interface LocalCommandOptions {
@@ -138,6 +143,8 @@ export async function localCommand(
     const started = Date.now();
     let lastLine = '';
     const prepared = { records: 0, parts: 0 };
+    // Why the run waits for OpenAI, as first seen (the message and time of the condition's start).
+    let blocked: { reason: BlockedReason; message: string; since: string } | null = null;
     const result = await runLocally(
       env,
       loaded,
@@ -153,12 +160,28 @@ export async function localCommand(
             prepared.parts += Number(fields.parts);
             line = `prepare: ${prepared.records} records read, ${prepared.parts} batch file(s) written`;
           }
+          if (message === 'OpenAI cannot be used now; the run waits') {
+            const reason = BlockedReasonSchema.safeParse(fields.reason);
+            if (reason.success && blocked?.reason !== reason.data)
+              blocked = {
+                reason: reason.data,
+                message: String(fields.error ?? ''),
+                since: `${seconds}s into the run`,
+              };
+          }
           if (message === 'tick') {
             const total = ['pending', 'submitting', 'active', 'collecting', 'done'].reduce(
               (n, k) => n + Number(fields[k] ?? 0),
               0,
             );
             line = `batches: ${fields.done}/${total} done, ${fields.active} on OpenAI, ${fields.pending} waiting`;
+            const reason = BlockedReasonSchema.safeParse(fields.blocked);
+            if (!reason.success) blocked = null;
+            else {
+              if (blocked?.reason !== reason.data)
+                blocked = { reason: reason.data, message: '', since: `${seconds}s into the run` };
+              line += `; ${blockedLine(blocked, blocked.since)}`;
+            }
           }
           if (message === 'run failed') line = `failed: ${fields.message}`;
           if (line && line !== lastLine) print(`[${seconds}s] ${line}`);

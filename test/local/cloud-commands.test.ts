@@ -7,7 +7,9 @@ import { join } from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import type { Run } from '../../functions/core/run';
 import { loadWork } from '../../infra/works';
+import { statusLines } from '../../local/cloud-commands';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
@@ -324,5 +326,51 @@ describe('resume', () => {
     } finally {
       fake.close();
     }
+  });
+});
+
+describe('status of a run that waits for OpenAI', () => {
+  const since = Date.UTC(2026, 10, 26, 12, 3);
+  const waiting = (blocked: NonNullable<Run['blocked']>, status: Run['status'] = 'running') =>
+    statusLines(
+      { ...runFixture('stuck', 'h', since - 60_000), status, prepared: true, blocked },
+      [],
+      since + 300_000,
+    );
+
+  it('says plainly why and since when: a refused key, an outage, an exhausted quota', () => {
+    expect(
+      waiting({
+        reason: 'key_refused',
+        message: 'OpenAI refused the API key: Incorrect API key provided: sk-wro*****ong.',
+        since,
+      }),
+    ).toContain(
+      '  waiting: OpenAI refused the API key since 12:03 UTC, 5m00s ago (Incorrect API key provided: sk-wro*****ong.); put a working key in the secret; the run goes on by itself',
+    );
+    expect(
+      waiting({
+        reason: 'openai_unavailable',
+        message: 'OpenAI is unavailable: 503 The server is overloaded or not ready yet.',
+        since,
+      }),
+    ).toContain(
+      '  waiting: OpenAI unavailable since 12:03 UTC, 5m00s ago (503 The server is overloaded or not ready yet.); the run goes on when OpenAI answers again',
+    );
+    expect(
+      waiting({ reason: 'quota_exhausted', message: 'You exceeded your current quota.', since }),
+    ).toContain(
+      "  waiting: OpenAI refused for the account's quota or billing limit since 12:03 UTC, 5m00s ago (You exceeded your current quota.); raise the limit or add credit; the run goes on by itself",
+    );
+  });
+
+  it('names the day when it began on another, and says nothing once the run has ended', () => {
+    const yesterday = since - 24 * 3600_000;
+    expect(waiting({ reason: 'key_refused', message: 'refused', since: yesterday }).join('\n')).toContain(
+      'since 2026-11-25 12:03 UTC, 24h05m ago (refused)',
+    );
+    expect(waiting({ reason: 'key_refused', message: 'refused', since }, 'failed').join('\n')).not.toContain(
+      'waiting:',
+    );
   });
 });

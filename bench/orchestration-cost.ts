@@ -4,6 +4,11 @@
  * hours to finish. The emulator and the steps share a manual clock that jumps by the wait each Tick
  * chose, so a day passes in seconds while every Task, state transition and DynamoDB request is real.
  * Prints one JSON line. Compared with the naive design: one Map branch per batch, polling every minute.
+ *
+ *   tsx bench/orchestration-cost.ts [--webhooks] [--parts N]
+ *
+ * `--parts 100` is a run larger than `maxActiveBatches` (20): 5M requests whose parts wait for room in
+ * five waves of 20 hours. The figure is always per million requests.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,8 +26,12 @@ import { executeLocally } from '../local/execute';
 import { localDeps, RecordingNotifier, startLocalEnvironment } from '../local/runner';
 import { AWS_PRICES, S3_PUT_CLASS } from './aws-prices';
 
-const BATCHES = 20;
+const MAX_ACTIVE_BATCHES = 20;
+const partsAt = process.argv.indexOf('--parts');
+const BATCHES = partsAt >= 0 ? Number(process.argv[partsAt + 1]) : MAX_ACTIVE_BATCHES;
+if (!Number.isInteger(BATCHES) || BATCHES < 1) throw new Error('--parts needs a whole number of parts');
 const REQUESTS_PER_BATCH = 200; // stands for 50,000: the orchestration does not depend on a batch's size
+const REQUESTS_AT_SCALE = BATCHES * 50_000;
 const HOURS_ON_OPENAI = 20;
 const withWebhooks = process.argv.includes('--webhooks');
 
@@ -82,7 +91,7 @@ const work = defineWork({
   name: 'cost',
   model: 'gpt-4o-mini',
   maxRequestsPerBatch: REQUESTS_PER_BATCH,
-  maxActiveBatches: BATCHES,
+  maxActiveBatches: MAX_ACTIVE_BATCHES,
   // With webhooks polls are the safety net only: an hour apart.
   minPollSeconds: withWebhooks ? 3600 : 30,
   maxPollSeconds: withWebhooks ? 3600 : 900,
@@ -175,6 +184,11 @@ await executeLocally(
   { executionName: 'cost', waitMs: 0, onState: () => (transitions += 1) },
 );
 await new Promise((r) => setTimeout(r, 50)); // let the event log drain
+// A figure is only worth its run: an execution that handed over (ContinueRun is a no-op here) or failed
+// would have stopped the bill early.
+const ended = await deps.runs.getRun('cost');
+if (ended?.status !== 'completed')
+  throw new Error(`the run ended ${ended?.status ?? 'unknown'}, not completed`);
 const simulatedHours = (clock.now() - simulatedStart) / 3_600_000;
 
 // Each wake on AWS: a new execution's Register and Choice (2 transitions), a Register invocation as long
@@ -211,6 +225,7 @@ const multipartAtScale = BATCHES * 3 * 10 * AWS_PRICES.s3Put;
 const transitionsUsd = transitions * AWS_PRICES.stateTransition;
 const dynamoUsd = dynamo.read * AWS_PRICES.dynamoReadUnit + dynamo.write * AWS_PRICES.dynamoWriteUnit;
 const total = transitionsUsd + lambdaUsd + s3Usd + multipartAtScale + dynamoUsd;
+const per1M = 1e6 / REQUESTS_AT_SCALE;
 
 // The naive design: a Map branch per batch, each polling once a minute for the batch's lifetime (Wait,
 // Task, Choice a poll), with a 128 MB Lambda as long as our average Tick.
@@ -229,6 +244,8 @@ const round = (usd: number) => Number(usd.toFixed(5));
 console.log(
   JSON.stringify({
     batches: BATCHES,
+    maxActiveBatches: MAX_ACTIVE_BATCHES,
+    requestsAtScale: REQUESTS_AT_SCALE,
     simulatedHours: Number(simulatedHours.toFixed(1)),
     wallSeconds: Number(((performance.now() - wallStarted) / 1000).toFixed(1)),
     webhooks: withWebhooks,
@@ -247,13 +264,14 @@ console.log(
     dynamoReadUnits: Math.round(dynamo.read),
     dynamoWriteUnits: Math.round(dynamo.write),
     s3Requests: [...s3Calls.values()].reduce((a, b) => a + b, 0),
-    usd: {
-      stepFunctions: round(transitionsUsd),
-      lambda: round(lambdaUsd),
-      dynamodb: round(dynamoUsd),
-      s3: round(s3Usd + multipartAtScale),
+    usdPer1MRequestsByService: {
+      stepFunctions: round(transitionsUsd * per1M),
+      lambda: round(lambdaUsd * per1M),
+      dynamodb: round(dynamoUsd * per1M),
+      s3: round((s3Usd + multipartAtScale) * per1M),
     },
-    usdPer1MRequests: round(total),
-    naiveUsdPer1MRequests: round(naive),
+    usdPerRun: round(total),
+    usdPer1MRequests: round(total * per1M),
+    naiveUsdPer1MRequests: round(naive * per1M),
   }),
 );

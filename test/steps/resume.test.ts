@@ -159,6 +159,55 @@ describe('resuming a run that failed', () => {
     expect(await partsPaidTwice(client, 'resumed')).toBe(0);
   }, 120_000);
 
+  // Fails until infra/state-machine.ts stops passing `'dataset.$': '$.dataset'` to ContinueRun: an
+  // execution started with the console input {"resumeRunId"} has no $.dataset, and its hand-over then
+  // stops with an uncatchable runtime error. Turn this into `it` once the definition is changed.
+  it.fails('hands a run resumed from the console input over to new executions, and completes it', async () => {
+    await env.s3.client.send(
+      new PutObjectCommand({
+        Bucket: env.s3.bucket,
+        Key: 'inputs/e2e-chat/long.jsonl',
+        Body: ids.map((id) => JSON.stringify({ id, content: `a longer question ${id}` })).join('\n'),
+      }),
+    );
+    await expect(
+      runLocally(
+        env,
+        loaded,
+        'inputs/e2e-chat/long.jsonl',
+        'handed',
+        time.runOptions(env, { wrap: { handlers: failingAfterTick(1) } }),
+        { definition },
+      ),
+    ).rejects.toThrow('a permanent failure, for the test');
+    // Resumed as a person does in the console, in executions of three Ticks each: each hands over.
+    const options = time.runOptions(env, { maxTicksPerExecution: 3 });
+    const next: { name: string; input: Record<string, unknown> }[] = [];
+    const deps = localDeps(env, loaded.work, options, new RecordingNotifier());
+    const created = createHandlers(deps, async (_arn, name, input) => {
+      next.push({ name, input });
+    });
+    const handlers = options.wrap?.handlers?.(created) ?? created;
+    let execution = {
+      name: executionName('handed', 'resume', time.clock.now()),
+      input: { resumeRunId: 'handed' },
+    };
+    let executions = 0;
+    for (;;) {
+      executions += 1;
+      await executeLocally(definition, handlers, execution.input, {
+        executionName: execution.name,
+        waitMs: 0,
+      });
+      const continued = next.shift();
+      if (!continued) break;
+      execution = continued as typeof execution;
+    }
+    expect(executions).toBeGreaterThan(1);
+    expect(await runs.getRun('handed')).toMatchObject({ status: 'completed' });
+    expect(await outputIds(env, 'handed')).toEqual(ids);
+  }, 120_000);
+
   it('refuses a run that completed or was cancelled, and leaves it as it was', async () => {
     await expect(resume('resumed')).rejects.toThrow(
       'Run resumed has completed: there is nothing to resume. Its results are under runs/resumed/.',

@@ -10,10 +10,13 @@ import type { LocalEnvironment, LocalRunOptions, OpenAITarget } from '../../loca
  *
  * One {@link ManualClock} is shared by the emulator (started with `tickMs: 0`, so that batches move only
  * when it is asked something or settled) and by the steps (`now`). The clock moves only at the Wait
- * between two Ticks, by exactly the seconds Tick asked for (`$.tick.waitSeconds`); the Wait itself lasts
+ * between two Ticks, by exactly the seconds Tick asked for (`$.tick.waitSeconds`) (and at the Wait between
+ * two calls of a failing run's MarkFailed, by what it asked); the Wait itself lasts
  * no wall time. Before every call the steps make to OpenAI the emulator is settled: every batch has moved
  * as far as the clock allows and its file-writing jobs are done, so a poll sees the same thing on every
- * run. A Tick that throws (a crash) is retried at the same moment: only Waits move the clock.
+ * run. A Tick that throws (a crash) is retried at the same moment: only Waits move the clock. With
+ * webhooks (`startLocalEnvironment(..., { webhooks: true })`) a Wait moves the clock a second at a time,
+ * delivering each batch's event as it ends, and a wake ends the Wait early, as on AWS.
  *
  * ```ts
  * const time = new ManualTime();
@@ -88,20 +91,49 @@ export class ManualTime {
               const ticked = await handlers.Tick(event);
               await hooks.afterTick?.(ticked, this.ticks);
               if (!ticked.done && !ticked.superseded && !ticked.continueAsNew) {
-                // The Wait that follows: the clock moves by what Tick asked, batches move with it, and
-                // webhooks of batches that finished meanwhile are delivered (a wake stops this execution).
+                // The Wait that follows: the clock moves by what Tick asked, and batches move with it.
                 this.waits.push(ticked.waitSeconds);
-                this.clock.advance(ticked.waitSeconds * 1000);
-                await settle();
-                await emulator.webhooks?.idle();
+                await this.wait(ticked.waitSeconds, env, settle);
               }
               return ticked;
+            },
+            // A failing run winds down through its own Wait: the clock moves by what MarkFailed asked.
+            MarkFailed: async (event: unknown) => {
+              const marked = await handlers.MarkFailed(event);
+              if (!marked.settled) {
+                this.clock.advance(marked.waitSeconds * 1000);
+                await settle();
+              }
+              return marked;
             },
           };
           return options.wrap?.handlers?.(wrapped) ?? wrapped;
         },
       },
     };
+  }
+
+  /**
+   * A Wait of `seconds`. With webhooks, the clock moves a second at a time, and the events of batches
+   * that ended in that second are delivered before it moves on (so batches that end in different seconds
+   * are news one after the other, as on OpenAI). A wake ends the Wait there: the receiver stopped this
+   * execution, and the new one's Tick runs at that moment.
+   */
+  private async wait(seconds: number, env: LocalEnvironment, settle: () => Promise<void>): Promise<void> {
+    const sender = env.emulator?.webhooks;
+    const receiver = env.webhooks;
+    if (!sender || !receiver) {
+      this.clock.advance(seconds * 1000);
+      await settle();
+      return;
+    }
+    const woken = () => receiver.received.filter((r) => r.outcome === 'woken').length;
+    const before = woken();
+    for (let second = 0; second < seconds && woken() === before; second++) {
+      this.clock.advance(1000);
+      await settle();
+      await sender.idle();
+    }
   }
 }
 

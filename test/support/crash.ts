@@ -56,12 +56,14 @@ export class CrashPlan {
     private readonly retryClock: RetryClock | null = null,
   ) {}
 
-  /** The steps' clock: real time, except during the retry of the crashed invocation (see RetryClock). */
-  readonly now = (): number => {
-    if (!this.retrying || !this.retryClock) return Date.now();
-    this.ahead = Math.min(this.retryClock.maxAheadMs, this.ahead + this.retryClock.stepMs);
-    return Date.now() + this.ahead;
-  };
+  /** The steps' clock over `base`: the same, except during the retry of the crashed invocation (see RetryClock). */
+  clock(base: () => number = Date.now): () => number {
+    return () => {
+      if (!this.retrying || !this.retryClock) return base();
+      this.ahead = Math.min(this.retryClock.maxAheadMs, this.ahead + this.retryClock.stepMs);
+      return base() + this.ahead;
+    };
+  }
 
   /** Marks the first handler invocation after the crash (the state machine's retry of it) while it runs. */
   private handlers(handlers: Handlers): Handlers {

@@ -20,7 +20,7 @@ import { openaiWebhookVerifier } from './adapters/webhook-verifier';
 import { ConfigError } from './core/errors';
 import { describeIssues } from './core/issues';
 import { createHandlers } from './handlers';
-import { receiveWebhook, type WebhookDeps } from './steps/webhook';
+import { receiverSecret, receiveWebhook, type WebhookDeps } from './steps/webhook';
 
 /** The environment the stack gives every function. */
 export const LambdaEnvSchema = z.object({
@@ -110,7 +110,9 @@ function receiverDeps(): WebhookDeps | null {
     `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
   return {
     runs: new DynamoRunStore(dynamo, env.TABLE_NAME),
-    verify: openaiWebhookVerifier(cachedWebhookSecret(new SecretsManagerClient({}), env.WEBHOOK_SECRET_ID)),
+    verify: openaiWebhookVerifier(
+      receiverSecret(cachedWebhookSecret(new SecretsManagerClient({}), env.WEBHOOK_SECRET_ID)),
+    ),
     control: {
       start: async (name, input) => {
         await sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(input) }));

@@ -58,6 +58,30 @@ function datasetOf(run: Run): string {
   return `s3://${run.bucket}/${common}`;
 }
 
+/**
+ * The receiver cannot read its own signing secret (IAM, the placeholder still in it, an outage): the
+ * delivery may be good, so the receiver answers 500 and OpenAI retries, instead of a 401 that blames it.
+ */
+export class WebhookSecretError extends Error {
+  override readonly name = 'WebhookSecretError';
+}
+
+/**
+ * Wraps the reader of the webhook signing secret so that its failures are told apart from a bad
+ * signature (see {@link WebhookSecretError}). The cause keeps the reader's message, never the secret.
+ */
+export function receiverSecret(read: () => Promise<string>): () => Promise<string> {
+  return async () => {
+    try {
+      return await read();
+    } catch (caught) {
+      throw new WebhookSecretError(`The webhook signing secret cannot be read: ${messageOf(caught)}`, {
+        cause: caught,
+      });
+    }
+  };
+}
+
 const answer = (statusCode: number, outcome: string): WebhookResponse => ({
   statusCode,
   body: JSON.stringify({ outcome }),
@@ -75,6 +99,10 @@ export async function receiveWebhook(deps: WebhookDeps, request: WebhookRequest)
   try {
     verified = await deps.verify(request.body, request.headers);
   } catch (caught) {
+    if (caught instanceof WebhookSecretError) {
+      deps.log('webhook not verified: the signing secret cannot be read', { reason: messageOf(caught) });
+      return answer(500, 'signing secret unreadable');
+    }
     deps.log('webhook refused', { reason: messageOf(caught) });
     return answer(401, 'invalid signature');
   }

@@ -117,7 +117,6 @@ export function runDefinition(
       'ContinueRun',
       {
         ...runId,
-        'dataset.$': '$.dataset',
         'stateMachineArn.$': '$$.StateMachine.Id',
         'executionName.$': '$$.Execution.Name',
       },

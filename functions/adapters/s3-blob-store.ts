@@ -9,9 +9,8 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import type { BlobInfo, BlobStore } from '../core/ports';
+import type { BlobInfo, BlobStore, IntermediateMark } from '../core/ports';
 import { isIntermediateKey } from '../core/run';
-import type { IntermediateMark, IntermediateMarker } from '../steps/intermediates';
 
 /** True for S3's "no such key" in its several shapes. */
 function isMissing(caught: unknown): boolean {
@@ -36,7 +35,7 @@ export const INTERMEDIATE_TAG = {
  * A {@link BlobStore} on one S3 bucket: streamed reads (from a byte offset), streamed multipart writes
  * that hold one 5 MiB part at a time, listing and batched deletes.
  */
-export class S3BlobStore implements BlobStore, IntermediateMarker {
+export class S3BlobStore implements BlobStore {
   constructor(
     private readonly s3: S3Client,
     private readonly bucket: string,

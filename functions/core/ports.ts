@@ -20,7 +20,19 @@ export interface BlobStore {
   list(prefix: string): AsyncIterable<BlobInfo>;
   /** Removes objects (missing ones are no error). */
   delete(keys: readonly string[]): Promise<void>;
+  /**
+   * Marks a run's intermediate object (an S3 object tag the lifecycle rule filters on): `running` ones
+   * never expire, `ended` ones do. False when the object is gone (cleaned up, or expired).
+   */
+  markIntermediate(key: string, mark: IntermediateMark): Promise<boolean>;
 }
+
+/**
+ * What a run's intermediate objects (request files, their line sidecars, checkpoints) are marked with:
+ * `running` from their writing, `ended` once the run has ended. The bucket's lifecycle rule expires only
+ * ended ones, so no object a running run still needs can expire, however long the run lasts.
+ */
+export type IntermediateMark = 'running' | 'ended';
 
 /** What creating a batch sends. */
 export interface CreateBatchInput {

@@ -56,6 +56,8 @@ export async function markFailed<R>(
   });
   let run = input.runId ? await deps.runs.getRun(input.runId) : null;
   if (!run || run.status === 'completed' || run.status === 'cancelled' || run.status === 'failed') {
+    // An ended run (a CleanUp that failed midway, a MarkFailed run again): what it left expires.
+    if (run) await markIntermediatesEnded(deps, run.runId);
     deps.log('run failed', { runId: input.runId, error: input.error, message });
     return result(true);
   }
@@ -109,7 +111,9 @@ export async function markFailed<R>(
   if (left.length > 0 && deps.now() - since < WIND_DOWN_MS) {
     const now = deps.now();
     await updateRun(deps.runs, run.runId, (r) => ({ ...r, blocked: blockedAfter(r.blocked, blocked, now) }));
-    return result(false, Math.min(60, Math.max(1, deps.work.settings.minPollSeconds)));
+    // A part paused mid-collect comes back at once; batches still cancelling at the shortest poll.
+    const collecting = left.some((p) => p.status === 'collecting');
+    return result(false, collecting ? 1 : Math.min(60, Math.max(1, deps.work.settings.minPollSeconds)));
   }
   const pending = [...parts.values()].filter((p) => p.status === 'pending').length;
   const notes = [

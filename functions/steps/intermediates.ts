@@ -1,20 +1,6 @@
-import { InvariantError } from '../core/errors';
-import type { BlobStore } from '../core/ports';
+import type { BlobStore, IntermediateMark } from '../core/ports';
 import { runKeys } from '../core/run';
 import type { StepDeps } from './deps';
-
-/**
- * What a run's intermediate objects (request files, their line sidecars, checkpoints) are marked with:
- * `running` from their writing, `ended` once the run has ended. The bucket's lifecycle rule expires only
- * ended ones, so no object a running run still needs can expire, however long the run lasts.
- */
-export type IntermediateMark = 'running' | 'ended';
-
-/** A blob store that can mark an object (the S3 adapter: an object tag the lifecycle rule filters on). */
-export interface IntermediateMarker {
-  /** Marks one object; false when it is gone (cleaned up, or expired). */
-  markIntermediate(key: string, mark: IntermediateMark): Promise<boolean>;
-}
 
 /** Where a run's intermediate objects are: the keys `isIntermediateKey` names. */
 export function intermediatePrefixes(runId: string): string[] {
@@ -53,14 +39,13 @@ export async function markIntermediatesRunning(
 }
 
 async function markIntermediates(blobs: BlobStore, runId: string, mark: IntermediateMark): Promise<number> {
-  const marker = markerOf(blobs);
   const inFlight = new Set<Promise<void>>();
   let marked = 0;
   let failed: { error: unknown } | null = null;
   for (const prefix of intermediatePrefixes(runId)) {
     for await (const object of blobs.list(prefix)) {
       if (failed) break;
-      const marking: Promise<void> = marker
+      const marking: Promise<void> = blobs
         .markIntermediate(object.key, mark)
         .then(
           (found) => {
@@ -78,12 +63,4 @@ async function markIntermediates(blobs: BlobStore, runId: string, mark: Intermed
   await Promise.all(inFlight);
   if (failed) throw (failed as { error: unknown }).error;
   return marked;
-}
-
-function markerOf(blobs: BlobStore): IntermediateMarker {
-  const marker = blobs as BlobStore & Partial<IntermediateMarker>;
-  if (typeof marker.markIntermediate !== 'function') {
-    throw new InvariantError('this blob store cannot mark intermediate objects for the lifecycle rule');
-  }
-  return marker as IntermediateMarker;
 }

@@ -3,8 +3,9 @@ import { zeroCounts } from '../core/accounting';
 import { datasetLocation } from '../core/dataset-location';
 import { ConfigError, DatasetError } from '../core/errors';
 import { type BlobInfo, ConflictError } from '../core/ports';
-import type { Run } from '../core/run';
+import { type Run, runKeys } from '../core/run';
 import type { StepDeps } from './deps';
+import { markIntermediatesEnded, markIntermediatesRunning } from './intermediates';
 
 /** A dataset that this work already processed (or is processing) under another run. */
 export class DuplicateDatasetError extends Error {
@@ -184,9 +185,21 @@ export async function resumeRun(deps: StepDeps<unknown>, found: Run, execution: 
         throw new ConfigError(
           `Run ${run.runId} was cancelled: a cancelled run is not resumed. Start a new run of its dataset (the cancel released it).`,
         );
-      if (run.status !== 'failed') return await deps.runs.putRun({ ...run, ticks: 0, execution });
+      if (run.status !== 'failed')
+        return await deps.runs.putRun({ ...run, ticks: 0, execution, failing: null });
+      // A failed run's intermediate files are marked ended (they expire): keep them from here on, and
+      // refuse, naming them, if some are gone already.
+      await markIntermediatesRunning(deps, run.runId);
+      const missing = await missingIntermediates(deps, run);
+      if (missing.length > 0) {
+        await markIntermediatesEnded(deps, run.runId);
+        throw new ConfigError(
+          `Run ${run.runId} cannot be resumed: files it still needs are gone (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', ...' : ''}); a failed run's intermediate files expire 14 days after they were written. Start a new run of its dataset.`,
+        );
+      }
       const revived: Run = {
         ...run,
+        failing: null,
         status: run.prepared ? 'running' : 'preparing',
         error: null,
         blocked: null,
@@ -209,4 +222,20 @@ export async function resumeRun(deps: StepDeps<unknown>, found: Run, execution: 
       run = again;
     }
   }
+}
+
+/**
+ * The intermediate files a failed run still needs that are gone: request files of unfinished parts, and
+ * the checkpoint a prepare that did not finish resumes from.
+ */
+async function missingIntermediates(deps: StepDeps<unknown>, run: Run): Promise<string[]> {
+  const keys = runKeys(run.runId);
+  const needed: string[] = [];
+  for (const part of await deps.runs.listParts(run.runId))
+    if (part.status !== 'done') needed.push(keys.requests(part.part), keys.lines(part.part));
+  const cp = run.checkpoint;
+  if (!run.prepared && (cp.object > 0 || cp.line > 1)) needed.push(keys.ids(cp.object, cp.line));
+  const missing: string[] = [];
+  for (const key of needed) if (!(await deps.blobs.head(key))) missing.push(key);
+  return missing;
 }

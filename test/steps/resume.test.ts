@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetItemCommand } from '@aws-sdk/client-dynamodb';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectTaggingCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
@@ -159,10 +159,9 @@ describe('resuming a run that failed', () => {
     expect(await partsPaidTwice(client, 'resumed')).toBe(0);
   }, 120_000);
 
-  // Fails until infra/state-machine.ts stops passing `'dataset.$': '$.dataset'` to ContinueRun: an
-  // execution started with the console input {"resumeRunId"} has no $.dataset, and its hand-over then
-  // stops with an uncatchable runtime error. Turn this into `it` once the definition is changed.
-  it.fails('hands a run resumed from the console input over to new executions, and completes it', async () => {
+  // An execution started with the console input {"resumeRunId"} has no $.dataset: its hand-overs must
+  // not need one (a path to nothing is a runtime error no Catch sees, and the run would stay running).
+  it('hands a run resumed from the console input over to new executions, and completes it', async () => {
     await env.s3.client.send(
       new PutObjectCommand({
         Bucket: env.s3.bucket,
@@ -206,6 +205,40 @@ describe('resuming a run that failed', () => {
     expect(executions).toBeGreaterThan(1);
     expect(await runs.getRun('handed')).toMatchObject({ status: 'completed' });
     expect(await outputIds(env, 'handed')).toEqual(ids);
+  }, 120_000);
+
+  it("refuses a failed run whose files expired, naming them; a failed run's files are marked to expire", async () => {
+    const gone = ids.map((id) => `${id}-gone`);
+    await env.s3.client.send(
+      new PutObjectCommand({
+        Bucket: env.s3.bucket,
+        Key: 'inputs/e2e-chat/gone.jsonl',
+        Body: gone.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
+      }),
+    );
+    await expect(
+      runLocally(
+        env,
+        loaded,
+        'inputs/e2e-chat/gone.jsonl',
+        'gone',
+        time.runOptions(env, { wrap: { handlers: failingAfterTick(1) } }),
+        { definition },
+      ),
+    ).rejects.toThrow('a permanent failure, for the test');
+    const waiting = (await runs.listParts('gone')).find((p) => p.status !== 'done');
+    if (!waiting) throw new Error('the failed run should have work left');
+    const requests = `runs/gone/requests/part-${String(waiting.part).padStart(5, '0')}.jsonl`;
+    const tagsOf = async (key: string) =>
+      (await env.s3.client.send(new GetObjectTaggingCommand({ Bucket: env.s3.bucket, Key: key }))).TagSet;
+    expect(await tagsOf(requests)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
+    // The lifecycle rule took it (14 days after it was written): the run cannot go on without it.
+    await env.s3.client.send(new DeleteObjectCommand({ Bucket: env.s3.bucket, Key: requests }));
+    await expect(resume('gone')).rejects.toThrow(`files it still needs are gone (${requests}`);
+    expect((await runs.getRun('gone'))?.status).toBe('failed');
+    // A resume that stops there leaves what is left to expire.
+    const lines = requests.replace(/\.jsonl$/, '.lines');
+    expect(await tagsOf(lines)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
   }, 120_000);
 
   it('refuses a run that completed or was cancelled, and leaves it as it was', async () => {

@@ -3,7 +3,7 @@ import type { Handlers } from '../../functions/handlers';
 
 /** The calls that change something outside the handler: where a crash can leave work half done. */
 const SIDE_EFFECTS = {
-  blobs: ['write', 'delete'],
+  blobs: ['write', 'delete', 'markIntermediate'],
   runs: [
     'createRun',
     'putRun',

@@ -25,5 +25,6 @@ export const runFixture = (runId: string, datasetHash = `hash-${runId}`, created
   wakePending: false,
   blocked: null,
   executionSince: null,
+  failing: null,
   version: 0,
 });

@@ -3,6 +3,7 @@
  * handler per state. Configuration is read from the environment once, when the module loads.
  */
 import { Logger } from '@aws-lambda-powertools/logger';
+import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { S3Client } from '@aws-sdk/client-s3';
@@ -42,6 +43,27 @@ if (!parsed.success)
   throw new ConfigError(`Invalid Lambda environment: ${describeIssues(parsed.error, {}, false).join('; ')}`);
 const env = parsed.data;
 const logger = new Logger({ serviceName: `openai-batch-${work.settings.name}` });
+/**
+ * CloudWatch metrics as embedded metric format, written by Powertools to stdout as a line of its own: a
+ * `console.log` line would be wrapped in `message` by Lambda's JSON log format and never extracted.
+ * The one dimension is `Work`, as the stack's alarms and dashboard read it (Powertools' default
+ * `service` dimension would make another metric).
+ */
+const metrics = new Metrics({ namespace: 'OpenAIBatch', serviceName: `openai-batch-${work.settings.name}` });
+metrics.clearDefaultDimensions();
+metrics.setDefaultDimensions({ Work: work.settings.name });
+
+/** A handler that flushes the metrics it recorded when it ends, whether it returns or throws. */
+function flushingMetrics<E, R>(handler: (event: E) => Promise<R>): (event: E) => Promise<R> {
+  return async (event) => {
+    try {
+      return await handler(event);
+    } finally {
+      if (metrics.hasStoredMetrics()) metrics.publishStoredMetrics();
+    }
+  };
+}
+
 const s3 = new S3Client({
   requestChecksumCalculation: 'WHEN_REQUIRED',
   responseChecksumValidation: 'WHEN_REQUIRED',
@@ -68,32 +90,21 @@ const handlers = createHandlers(
     maxTicksPerExecution: env.MAX_TICKS_PER_EXECUTION,
     lostCreateGraceMs: 2 * 60_000,
     log: (message, fields) => logger.info(message, fields ?? {}),
-    metric: (name, value) => {
-      // CloudWatch embedded metric format: the log line becomes the metric, no API call needed.
-      const emf = {
-        _aws: {
-          Timestamp: Date.now(),
-          CloudWatchMetrics: [
-            { Namespace: 'OpenAIBatch', Dimensions: [['Work']], Metrics: [{ Name: name, Unit: 'None' }] },
-          ],
-        },
-      };
-      console.log(JSON.stringify({ ...emf, Work: work.settings.name, [name]: value }));
-    },
+    metric: (name, value) => metrics.addMetric(name, MetricUnit.NoUnit, value),
   },
   async (stateMachineArn, name, input) => {
     await sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(input) }));
   },
 );
 
-export const register = handlers.Register;
-export const prepare = handlers.Prepare;
-export const tick = handlers.Tick;
-export const finalize = handlers.Finalize;
-export const cleanUp = handlers.CleanUp;
-export const notify = handlers.Notify;
-export const markFailed = handlers.MarkFailed;
-export const continueRun = handlers.ContinueRun;
+export const register = flushingMetrics(handlers.Register);
+export const prepare = flushingMetrics(handlers.Prepare);
+export const tick = flushingMetrics(handlers.Tick);
+export const finalize = flushingMetrics(handlers.Finalize);
+export const cleanUp = flushingMetrics(handlers.CleanUp);
+export const notify = flushingMetrics(handlers.Notify);
+export const markFailed = flushingMetrics(handlers.MarkFailed);
+export const continueRun = flushingMetrics(handlers.ContinueRun);
 
 /** What a Lambda Function URL hands over (payload format 2.0): only what the receiver reads. */
 const FunctionUrlEventSchema = z.object({

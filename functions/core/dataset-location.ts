@@ -10,9 +10,21 @@ export interface DatasetLocation {
  * Reads what a user types as the dataset: `s3://bucket/key`, or a key relative to the work's bucket. The
  * key is taken as typed: an object's key, or a prefix when it ends in `/` (Register reads it exactly).
  * A dataset in another bucket is refused: the work's functions may read only their own bucket.
+ *
+ * autoStart hands over `detail.object.key` of S3's "Object Created" event as it comes through EventBridge,
+ * and that key is the object's key itself, so it is never URL-decoded here: a space, a `+`, a `%` and
+ * non-ASCII letters all mean themselves. AWS's documentation draws the line: S3's own notifications to
+ * SNS, SQS and Lambda carry the key URL-encoded ("red flower.jpg" becomes "red+flower.jpg", S3 user guide,
+ * "Event message structure", https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html),
+ * while the EventBridge event structure lists `object.key` with no word of encoding (its detail field
+ * list and examples carry the key as is)
+ * (S3 user guide, "EventBridge event message structure",
+ * https://docs.aws.amazon.com/AmazonS3/latest/userguide/ev-events.html). moto's S3, which mirrors AWS,
+ * sends `quote_plus(key)` to SNS/SQS/Lambda and the plain key to EventBridge.
+ * Only leading whitespace and trailing line breaks (a pasted value) are dropped: a key may end in a space.
  */
 export function datasetLocation(dataset: string, workBucket: string): DatasetLocation {
-  const text = dataset.trim();
+  const text = dataset.replace(/^\s+/, '').replace(/[\r\n]+$/, '');
   if (text.length === 0)
     throw new DatasetError('The dataset is empty: give "s3://bucket/key" or a key in the work\'s bucket.');
   if (!text.startsWith('s3://')) {

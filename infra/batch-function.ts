@@ -148,6 +148,19 @@ export class BatchFunction extends Construct {
    */
   allowSecret(secret: secretsmanager.ISecret): void {
     secret.grantRead(this.role);
+    // CDK grants the key in the key's own policy, which an imported key does not take: the role gets it
+    // too, for Secrets Manager's use only (a key policy that delegates to IAM, as the default does, honours it).
+    if (secret.encryptionKey) {
+      this.role.addToPolicy(
+        new iam.PolicyStatement({
+          actions: ['kms:Decrypt'],
+          resources: [secret.encryptionKey.keyArn],
+          conditions: {
+            StringEquals: { 'kms:ViaService': `secretsmanager.${Stack.of(this).region}.amazonaws.com` },
+          },
+        }),
+      );
+    }
   }
 
   /** Grants publishing to a topic, and its KMS key where it has one. */

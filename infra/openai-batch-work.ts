@@ -1,4 +1,14 @@
-import { CfnOutput, Duration, RemovalPolicy, SecretValue, Stack, Token, Validations } from 'aws-cdk-lib';
+import {
+  Annotations,
+  CfnOutput,
+  Duration,
+  Names,
+  RemovalPolicy,
+  SecretValue,
+  Stack,
+  Token,
+  Validations,
+} from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
@@ -70,6 +80,33 @@ export interface OpenAIBatchWorkProps {
    */
   readonly webhookSecret?: secretsmanager.ISecret;
 }
+
+/**
+ * The state machine's log group: under `/aws/vendedlogs/states/`, which Step Functions delivers to
+ * without adding each group to the account's CloudWatch Logs resource policy (5,120 characters, shared
+ * by every state machine of the account and region); named by the stack and the construct, with the hash
+ * of the construct's path, so that two works (or two stacks of one work) in an account never collide.
+ */
+export function runLogGroupName(scope: Construct): string {
+  const safe = (text: string) => text.replace(/[^A-Za-z0-9._-]/g, '').slice(0, 100);
+  const stack = Stack.of(scope);
+  const stackName = Token.isUnresolved(stack.stackName) ? stack.stackName : safe(stack.stackName);
+  return `/aws/vendedlogs/states/${stackName}-${safe(scope.node.id)}-${Names.uniqueId(scope).slice(-8)}`;
+}
+
+/**
+ * Expires intermediate files, and only those of runs that ended: a running run's request files are tagged
+ * `running` however long it lasts. Days count from the writing, so an ended run's older objects go at the
+ * next pass.
+ */
+export const EXPIRE_INTERMEDIATES: s3.LifecycleRule = {
+  id: 'openai-batch-expire-intermediate-files',
+  tagFilters: { [INTERMEDIATE_TAG.key]: INTERMEDIATE_TAG.ended },
+  expiration: Duration.days(14),
+};
+
+/** Brought buckets that already have the rule: works sharing a bucket add it once (rule ids are unique). */
+const expiringBuckets = new WeakSet<s3.Bucket>();
 
 /** A stack's region or account as cdk-nag prints it: the value, or the pseudo parameter when unknown. */
 const known = (value: string, pseudo: string) => (Token.isUnresolved(value) ? pseudo : value);
@@ -155,6 +192,7 @@ export class OpenAIBatchWork extends Construct {
 
     // The casts: CDK's classes do not meet their own interfaces under exactOptionalPropertyTypes.
     this.bucket = props.bucket ?? (this.createBucket(props) as s3.IBucket);
+    if (props.bucket) this.expireIntermediatesIn(props.bucket);
     this.table = props.table ?? (this.createTable() as dynamodb.ITable);
     this.apiKeySecret =
       props.apiKeySecret ??
@@ -199,6 +237,7 @@ export class OpenAIBatchWork extends Construct {
     this.grant(stack);
 
     const logGroup = new logs.LogGroup(this, 'RunLogs', {
+      logGroupName: runLogGroupName(this),
       retention: props.logRetention ?? logs.RetentionDays.ONE_MONTH,
       removalPolicy: RemovalPolicy.DESTROY,
     });
@@ -257,19 +296,12 @@ export class OpenAIBatchWork extends Construct {
       blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
       enforceSSL: true,
       encryption: s3.BucketEncryption.S3_MANAGED,
-      eventBridgeEnabled: props.autoStart ?? false,
       removalPolicy: RemovalPolicy.RETAIN,
       ...(props.serverAccessLogsBucket
         ? { serverAccessLogsBucket: props.serverAccessLogsBucket, serverAccessLogsPrefix: 'openai-batch/' }
         : {}),
       lifecycleRules: [
-        {
-          // Only objects of runs that ended: a running run's request files are tagged `running` however
-          // long it lasts. Days count from the writing, so an ended run's older objects go at the next pass.
-          id: 'expire-intermediate-files',
-          tagFilters: { [INTERMEDIATE_TAG.key]: INTERMEDIATE_TAG.ended },
-          expiration: Duration.days(14),
-        },
+        EXPIRE_INTERMEDIATES,
         { id: 'abort-incomplete-uploads', abortIncompleteMultipartUploadAfter: Duration.days(2) },
       ],
     });
@@ -281,6 +313,21 @@ export class OpenAIBatchWork extends Construct {
       });
     }
     return bucket;
+  }
+
+  /**
+   * A brought bucket defined in a CDK app gets the rule that expires ended runs' intermediate files; an
+   * imported one cannot be changed from here, so the synth says what to add (the README shows how).
+   */
+  private expireIntermediatesIn(bucket: s3.IBucket): void {
+    if (bucket instanceof s3.Bucket) {
+      if (!expiringBuckets.has(bucket)) bucket.addLifecycleRule(EXPIRE_INTERMEDIATES);
+      expiringBuckets.add(bucket);
+      return;
+    }
+    Annotations.of(this).addInfo(
+      `OpenAIBatchWork: the imported bucket ${bucket.bucketName} gets no lifecycle rule from this stack: add one that expires objects tagged ${INTERMEDIATE_TAG.key}=${INTERMEDIATE_TAG.ended} (the intermediate files of ended runs), or they stay until the runs are cleaned up`,
+    );
   }
 
   private createTable(): dynamodb.Table {
@@ -312,55 +359,60 @@ export class OpenAIBatchWork extends Construct {
     return topic;
   }
 
-  /** Each function gets the actions its step calls, by name, on this work's resources only. */
+  /**
+   * Each function gets the actions its step calls, by name, on this work's resources only, through CDK's
+   * grants: a secret imported by name gets its ARN's `-??????` suffix, and the customer-managed KMS keys
+   * of a brought bucket, table, secret or topic are granted with them.
+   */
   private grant(stack: Stack): void {
     const f = this.functions;
-    const objects = this.bucket.arnForObjects('*');
-    const table = [this.table.tableArn, `${this.table.tableArn}/index/byWork`];
-    const secret = [this.apiKeySecret.secretArn];
+    const bucket = this.bucket;
+    const byWork = ['byWork'];
     const bus = [`arn:${stack.partition}:events:${stack.region}:${stack.account}:event-bus/default`];
     // A step run again removes an output or error file it left empty: DeleteObject is part of writing.
     const write = ['s3:PutObject', 's3:PutObjectTagging', 's3:AbortMultipartUpload', 's3:DeleteObject'];
 
-    f.Register.allow(['s3:GetObject'], [objects]);
-    f.Register.allow(['s3:ListBucket'], [this.bucket.bucketArn]);
-    f.Register.allow(['dynamodb:GetItem', 'dynamodb:PutItem'], table);
+    f.Register.allowObjects(bucket, ['s3:GetObject']);
+    f.Register.allowListing(bucket);
+    f.Register.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem'], byWork);
 
-    f.Prepare.allow(['s3:GetObject', ...write], [objects]);
-    f.Prepare.allow(['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], table);
+    f.Prepare.allowObjects(bucket, ['s3:GetObject', ...write]);
+    f.Prepare.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
 
-    f.Tick.allow(['s3:GetObject', ...write], [objects]);
-    f.Tick.allow(['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], table);
-    f.Tick.allow(['secretsmanager:GetSecretValue'], secret);
+    f.Tick.allowObjects(bucket, ['s3:GetObject', ...write]);
+    f.Tick.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
+    f.Tick.allowSecret(this.apiKeySecret);
 
-    f.Finalize.allow(['s3:PutObject', 's3:AbortMultipartUpload'], [objects]); // the summary: never intermediate
+    f.Finalize.allowObjects(bucket, ['s3:PutObject', 's3:AbortMultipartUpload']); // the summary: never intermediate
     // An ended run's intermediate objects are listed and tagged `ended` for the lifecycle rule.
     const markEnded = (fn: BatchFunction) => {
-      fn.allow(['s3:PutObjectTagging'], [objects]);
-      fn.allow(['s3:ListBucket'], [this.bucket.bucketArn]);
+      fn.allowObjects(bucket, ['s3:PutObjectTagging']);
+      fn.allowListing(bucket);
     };
     markEnded(f.Finalize);
-    f.Finalize.allow(
+    f.Finalize.allowTable(
+      this.table,
       ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
-      table,
+      byWork,
     );
 
-    f.CleanUp.allow(['s3:DeleteObject'], [objects]);
-    f.CleanUp.allow(['s3:ListBucket'], [this.bucket.bucketArn]);
-    f.CleanUp.allow(['dynamodb:GetItem', 'dynamodb:Query'], table);
-    f.CleanUp.allow(['secretsmanager:GetSecretValue'], secret);
+    f.CleanUp.allowObjects(bucket, ['s3:DeleteObject']);
+    f.CleanUp.allowListing(bucket);
+    f.CleanUp.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:Query'], byWork);
+    f.CleanUp.allowSecret(this.apiKeySecret);
 
     for (const announcer of [f.Notify, f.MarkFailed]) {
       announcer.allow(['events:PutEvents'], bus);
-      if (this.topic) announcer.allow(['sns:Publish'], [this.topic.topicArn]);
+      if (this.topic) announcer.allowPublish(this.topic);
     }
-    f.Notify.allow(['dynamodb:GetItem'], table);
-    f.MarkFailed.allow(
+    f.Notify.allowTable(this.table, ['dynamodb:GetItem'], byWork);
+    f.MarkFailed.allowTable(
+      this.table,
       ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
-      table,
+      byWork,
     );
-    f.MarkFailed.allow(['secretsmanager:GetSecretValue'], secret);
-    f.MarkFailed.allow(['s3:GetObject', ...write], [objects]); // collects finished batches as Tick does
+    f.MarkFailed.allowSecret(this.apiKeySecret);
+    f.MarkFailed.allowObjects(bucket, ['s3:GetObject', ...write]); // collects finished batches as Tick does
     markEnded(f.MarkFailed);
   }
 
@@ -397,8 +449,8 @@ export class OpenAIBatchWork extends Construct {
       ...WEBHOOK_SIZING,
       ...(props.logRetention ? { logRetention: props.logRetention } : {}),
     });
-    fn.allow(['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:DeleteItem'], [this.table.tableArn]);
-    fn.allow(['secretsmanager:GetSecretValue'], [secret.secretArn]);
+    fn.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:DeleteItem']);
+    fn.allowSecret(secret);
     fn.allow(['states:StartExecution'], [this.stateMachine.stateMachineArn]);
     fn.allow(
       ['states:StopExecution'],
@@ -428,7 +480,10 @@ export class OpenAIBatchWork extends Construct {
     return { function: fn, url, secret };
   }
 
+  /** Turns on the bucket's EventBridge notifications (a brought or imported one too) and starts a run per upload. */
   private startOnUpload(work: string): void {
+    // On an imported bucket CDK's custom resource merges EventBridge into the notifications already set.
+    this.bucket.enableEventBridgeNotification();
     new events.Rule(this, 'StartOnUpload', {
       description: `Start an openai-batch run for each object created under inputs/${work}/`,
       eventPattern: {
@@ -509,8 +564,47 @@ export class OpenAIBatchWork extends Construct {
       ),
     ];
     const topic = this.topic;
-    if (topic) for (const a of alarms) a.addAlarmAction(new actions.SnsAction(topic));
+    if (topic) {
+      for (const a of alarms) a.addAlarmAction(new actions.SnsAction(topic));
+      this.letAlarmsPublish(topic, alarms);
+    }
     return alarms;
+  }
+
+  /**
+   * A topic's policy replaces SNS's default one, which is what lets the account's alarms publish (the
+   * created topic's policy, made by `enforceSSL`, holds only a Deny): CloudWatch is allowed to publish
+   * this stack's alarms, from this account. A topic without a policy keeps the default, which allows
+   * them already; giving it one here would take the default from every other publisher. An imported
+   * topic's policy cannot be changed from here: the synth says what it needs.
+   */
+  private letAlarmsPublish(topic: sns.ITopic, alarms: cloudwatch.Alarm[]): void {
+    const stack = Stack.of(this);
+    if (!(topic instanceof sns.Topic)) {
+      Annotations.of(this).addInfo(
+        `OpenAIBatchWork: if the imported topic ${topic.topicArn} has a policy of its own, it must allow cloudwatch.amazonaws.com to sns:Publish (with aws:SourceAccount ${stack.account}), or alarm e-mails are never sent`,
+      );
+      return;
+    }
+    if (!topic.node.tryFindChild('Policy')) return;
+    // Alarms of this stack by ARN; a topic in another stack would then depend on this one, so there any
+    // alarm of the account.
+    const sourceArns =
+      Stack.of(topic) === stack
+        ? alarms.map((a) => a.alarmArn)
+        : [`arn:${stack.partition}:cloudwatch:${stack.region}:${stack.account}:alarm:*`];
+    topic.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: `CloudWatchAlarms${Names.uniqueId(this).slice(-8)}`,
+        principals: [new iam.ServicePrincipal('cloudwatch.amazonaws.com')],
+        actions: ['sns:Publish'],
+        resources: [topic.topicArn],
+        conditions: {
+          StringEquals: { 'aws:SourceAccount': stack.account },
+          ArnLike: { 'aws:SourceArn': sourceArns },
+        },
+      }),
+    );
   }
 
   private createDashboard(work: string): cloudwatch.Dashboard {
@@ -592,12 +686,14 @@ export class OpenAIBatchWork extends Construct {
       });
     }
     if (this.autoStart) {
-      // CDK adds its bucket-notifications handler during synthesis, so it is acknowledged by the stack.
-      Validations.of(stack).acknowledge({
-        id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
-        reason:
-          "CDK's bucket-notifications custom resource (autoStart): it runs once at deploy time to turn on EventBridge for the bucket.",
-      });
+      // CDK adds its bucket-notifications handler during synthesis, so it is acknowledged by the stack
+      // (the bucket's, where a brought bucket is defined in another stack).
+      for (const owner of new Set([stack, Stack.of(this.bucket)]))
+        Validations.of(owner).acknowledge({
+          id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
+          reason:
+            "CDK's bucket-notifications custom resource (autoStart): it runs once at deploy time to turn on EventBridge for the bucket.",
+        });
     }
   }
 }

@@ -2,8 +2,10 @@ import { spawnSync } from 'node:child_process';
 import { App, Stack, Validations } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import * as sns from 'aws-cdk-lib/aws-sns';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { describe, expect, it } from 'vitest';
 import { defineWork } from '../../functions/core/work';
@@ -269,6 +271,188 @@ describe('OpenAIBatchWork', () => {
         topic: new (require('aws-cdk-lib/aws-sns').Topic)(stack, 'X'),
       })),
     ).toThrow(/either topic or notificationEmail/);
+  });
+});
+
+/** The policy statements of the function behind each state (`WorkTick`, `WorkWebhook`, ...). */
+function statementsOf(template: Template, fn: string): { Action: string | string[]; Resource: unknown }[] {
+  return Object.entries(template.findResources('AWS::IAM::Policy'))
+    .filter(([id]) => id.startsWith(`${fn}Role`))
+    .flatMap(([, p]) => p.Properties.PolicyDocument.Statement);
+}
+
+/** Whether a function may do an action on a resource whose JSON contains `on`. */
+function allows(template: Template, fn: string, action: string, on: string): boolean {
+  return statementsOf(template, fn).some(
+    (s) => [s.Action].flat().includes(action) && JSON.stringify(s.Resource).includes(on),
+  );
+}
+
+describe('OpenAIBatchWork on a real account', () => {
+  it('logs the state machine under /aws/vendedlogs/states/, named apart for each work of an account', () => {
+    const names = ['A', 'B'].map((name) => {
+      const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+      const stack = new Stack(app, `OpenAIBatch-${name}`);
+      new OpenAIBatchWork(stack, 'Work', { work, workModule });
+      const template = Template.fromStack(stack);
+      const [machine] = Object.values(template.findResources('AWS::StepFunctions::StateMachine'));
+      const destination = JSON.stringify(machine?.Properties.LoggingConfiguration);
+      const [[id, group] = []] = Object.entries(template.findResources('AWS::Logs::LogGroup')).filter(
+        ([, g]) => String(g.Properties.LogGroupName ?? '').startsWith('/aws/vendedlogs/states/'),
+      );
+      expect(destination).toContain(id); // the state machine logs to that group
+      return group?.Properties.LogGroupName as string;
+    });
+    expect(names[0]).toMatch(/^\/aws\/vendedlogs\/states\/OpenAIBatch-A-Work-[0-9A-F]{8}$/);
+    expect(names[0]).not.toBe(names[1]);
+    // CloudWatch Logs: 1 to 512 characters of letters, digits and . - _ / #
+    for (const name of names) expect(name).toMatch(/^[\w.\-/#]{1,512}$/);
+  });
+
+  it('grants a secret imported by name with the suffix Secrets Manager adds to its ARN', () => {
+    const { template: brought } = synth({ webhooks: true }, (stack) => ({
+      apiKeySecret: secretsmanager.Secret.fromSecretNameV2(stack, 'S', 'openai/api-key'),
+      webhookSecret: secretsmanager.Secret.fromSecretNameV2(stack, 'W', 'openai/webhook'),
+    }));
+    for (const fn of ['WorkTick', 'WorkCleanUp', 'WorkMarkFailed'])
+      expect(allows(brought, fn, 'secretsmanager:GetSecretValue', ':secret:openai/api-key-??????')).toBe(
+        true,
+      );
+    expect(
+      allows(brought, 'WorkWebhook', 'secretsmanager:GetSecretValue', ':secret:openai/webhook-??????'),
+    ).toBe(true);
+    expect(JSON.stringify(brought.findResources('AWS::IAM::Policy'))).not.toMatch(/openai\/api-key"/);
+  });
+
+  it('grants the customer-managed KMS keys of a brought bucket, table and secret to the steps that use them', () => {
+    const key = (stack: Stack, id: string) =>
+      kms.Key.fromKeyArn(stack, id, `arn:aws:kms:eu-west-1:123456789012:key/${id.toLowerCase()}`);
+    const { template: brought } = synth({}, (stack) => ({
+      bucket: s3.Bucket.fromBucketAttributes(stack, 'B', {
+        bucketName: 'my-datasets',
+        encryptionKey: key(stack, 'BucketKey'),
+      }),
+      table: dynamodb.Table.fromTableAttributes(stack, 'T', {
+        tableName: 'my-runs',
+        encryptionKey: key(stack, 'TableKey'),
+      }),
+      apiKeySecret: secretsmanager.Secret.fromSecretAttributes(stack, 'S', {
+        secretCompleteArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:openai/api-key-AbCdEf',
+        encryptionKey: key(stack, 'SecretKey'),
+      }),
+    }));
+    for (const fn of ['WorkRegister', 'WorkPrepare', 'WorkTick', 'WorkMarkFailed'])
+      expect(allows(brought, fn, 'kms:Decrypt', 'key/bucketkey')).toBe(true);
+    for (const fn of ['WorkPrepare', 'WorkTick', 'WorkFinalize', 'WorkMarkFailed'])
+      expect(allows(brought, fn, 'kms:GenerateDataKey', 'key/bucketkey')).toBe(true);
+    for (const fn of ['WorkRegister', 'WorkNotify', 'WorkFinalize'])
+      expect(allows(brought, fn, 'kms:Decrypt', 'key/tablekey')).toBe(true);
+    expect(allows(brought, 'WorkFinalize', 'kms:GenerateDataKey', 'key/tablekey')).toBe(true);
+    expect(allows(brought, 'WorkNotify', 'kms:GenerateDataKey', 'key/tablekey')).toBe(false); // reads only
+    for (const fn of ['WorkTick', 'WorkCleanUp', 'WorkMarkFailed'])
+      expect(allows(brought, fn, 'kms:Decrypt', 'key/secretkey')).toBe(true);
+    expect(allows(brought, 'WorkRegister', 'kms:Decrypt', 'key/secretkey')).toBe(false);
+    // An imported table does not know its indexes: byWork is granted by name.
+    expect(allows(brought, 'WorkRegister', 'dynamodb:Query', 'my-runs/index/byWork')).toBe(false);
+    expect(allows(brought, 'WorkPrepare', 'dynamodb:Query', 'my-runs/index/byWork')).toBe(true);
+  });
+
+  it('with autoStart, turns on EventBridge notifications of a brought or imported bucket', () => {
+    const { template: imported } = synth({ autoStart: true }, (stack) => ({
+      bucket: s3.Bucket.fromBucketName(stack, 'B', 'my-datasets'),
+    }));
+    imported.hasResourceProperties('Custom::S3BucketNotifications', {
+      BucketName: 'my-datasets',
+      NotificationConfiguration: { EventBridgeConfiguration: {} },
+      Managed: false, // merged into the notifications the bucket already has
+    });
+    const { template: own } = synth({ autoStart: true }, (stack) => {
+      const bucket = new s3.Bucket(stack, 'Mine', { enforceSSL: true });
+      Validations.of(bucket).acknowledge({ id: 'AwsSolutions-S1', reason: "the user's own bucket" });
+      return { bucket };
+    });
+    own.hasResourceProperties('Custom::S3BucketNotifications', {
+      NotificationConfiguration: { EventBridgeConfiguration: {} },
+    });
+    synth({}, (stack) => ({
+      bucket: s3.Bucket.fromBucketName(stack, 'B', 'my-datasets'),
+    })).template.resourceCountIs('Custom::S3BucketNotifications', 0);
+  });
+
+  it("expires ended runs' intermediate files in a brought bucket, and says what an imported one needs", () => {
+    const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+    const datasets = new Stack(app, 'Datasets');
+    const bucket = new s3.Bucket(datasets, 'Data', { enforceSSL: true });
+    for (const id of ['One', 'Two'])
+      new OpenAIBatchWork(new Stack(app, id), 'Work', { work, workModule, bucket });
+    const rules = Object.values(Template.fromStack(datasets).findResources('AWS::S3::Bucket'))[0]?.Properties
+      .LifecycleConfiguration.Rules;
+    // Once, however many works share the bucket: rule ids are unique in a bucket.
+    expect(rules).toEqual([
+      expect.objectContaining({
+        TagFilters: [{ Key: 'openai-batch-intermediate', Value: 'ended' }],
+        ExpirationInDays: 14,
+      }),
+    ]);
+    const { stack } = synth({}, (s) => ({ bucket: s3.Bucket.fromBucketName(s, 'B', 'my-datasets') }));
+    expect(
+      Annotations.fromStack(stack).findInfo('*', Match.stringLikeRegexp('openai-batch-intermediate=ended')),
+    ).toHaveLength(1);
+  });
+
+  it("lets CloudWatch publish this stack's alarms to the topic whose policy replaces SNS's default", () => {
+    const { template: mailed } = synth({ notificationEmail: 'team@example.com' });
+    const [policy] = Object.values(mailed.findResources('AWS::SNS::TopicPolicy'));
+    const statements = policy?.Properties.PolicyDocument.Statement as Record<string, unknown>[];
+    expect(statements).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({
+          Effect: 'Allow',
+          Principal: { Service: 'cloudwatch.amazonaws.com' },
+          Action: 'sns:Publish',
+          Condition: {
+            StringEquals: { 'aws:SourceAccount': '123456789012' },
+            ArnLike: {
+              'aws:SourceArn': expect.arrayContaining([{ 'Fn::GetAtt': [expect.any(String), 'Arn'] }]),
+            },
+          },
+        }),
+      ]),
+    );
+    const alarms = Object.keys(mailed.findResources('AWS::CloudWatch::Alarm'));
+    expect(JSON.stringify(statements)).toSatisfy((text: string) => alarms.every((a) => text.includes(a)));
+  });
+
+  it('allows CloudWatch on a brought topic that has a policy, and leaves a topic on the default policy alone', () => {
+    const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+    const env = { account: '123456789012', region: 'eu-west-1' };
+    const shared = new Stack(app, 'Shared', { env });
+    const strict = new sns.Topic(shared, 'Strict', { enforceSSL: true });
+    const open = new sns.Topic(shared, 'Open');
+    new OpenAIBatchWork(new Stack(app, 'One', { env }), 'Work', { work, workModule, topic: strict });
+    new OpenAIBatchWork(new Stack(app, 'Two', { env }), 'Work', { work, workModule, topic: open });
+    const policies = Template.fromStack(shared).findResources('AWS::SNS::TopicPolicy');
+    expect(Object.keys(policies)).toHaveLength(1); // the open topic keeps SNS's default policy
+    expect(JSON.stringify(Object.values(policies)[0])).toContain(
+      ':cloudwatch:eu-west-1:123456789012:alarm:*"]]}]}',
+    );
+  });
+
+  it('maps stack traces to the source only where memory is ample: never on the 256 MB functions', () => {
+    const { template: hooked } = synth({ webhooks: true });
+    const withMaps = Object.entries(hooked.findResources('AWS::Lambda::Function'))
+      .map(([id, fn]) => ({
+        name: id.replace(/Function.*$/, ''),
+        memory: fn.Properties.MemorySize as number,
+        maps: JSON.stringify(fn.Properties.Environment).includes('--enable-source-maps'),
+      }))
+      .sort((a, b) => a.name.localeCompare(b.name));
+    expect(withMaps.filter((f) => f.memory < 512).map((f) => f.name)).toEqual([
+      'WorkContinueRun',
+      'WorkNotify',
+      'WorkWebhook',
+    ]);
+    for (const fn of withMaps) expect(fn).toEqual({ ...fn, maps: fn.memory >= 512 });
   });
 });
 

@@ -29,32 +29,36 @@ import type { WorkSettings } from '../functions/core/work';
 import { BatchFunction } from './batch-function';
 import { runDefinition, TASKS, type TaskName } from './state-machine';
 
-/** Props of {@link OpenAIBatchWork}. */
+/**
+ * Props of {@link OpenAIBatchWork}. A brought resource is typed as CDK's interface or its class: under
+ * `exactOptionalPropertyTypes` CDK's classes do not meet their own interfaces, and a user's `new s3.Bucket`
+ * should pass without a cast.
+ */
 export interface OpenAIBatchWorkProps {
   /** The work's validated settings (from `defineWork`). */
   readonly work: { readonly settings: WorkSettings };
   /** Path of the work's module, bundled into the functions. */
   readonly workModule: string;
   /** Bucket for datasets, requests, outputs, errors and summaries. @default a new encrypted, private bucket */
-  readonly bucket?: s3.IBucket;
+  readonly bucket?: s3.IBucket | s3.Bucket;
   /** Bucket for the data bucket's server access logs (only for a bucket this construct creates). @default none */
-  readonly serverAccessLogsBucket?: s3.IBucket;
+  readonly serverAccessLogsBucket?: s3.IBucket | s3.Bucket;
   /**
    * Table for runs, parts and dataset claims: string keys `pk` and `sk`, and a global index `byWork` on
    * string keys `gsi1pk` and `gsi1sk` (with webhooks, also time to live on `expiresAt`). @default a new on-demand table with point-in-time recovery
    */
-  readonly table?: dynamodb.ITable;
+  readonly table?: dynamodb.ITable | dynamodb.Table;
   /**
    * The secret that holds the OpenAI API key (the key itself, or JSON with `apiKey`). @default a new secret
    * holding a placeholder: put the key in it after deploying
    */
-  readonly apiKeySecret?: secretsmanager.ISecret;
+  readonly apiKeySecret?: secretsmanager.ISecret | secretsmanager.Secret;
   /** Another OpenAI-compatible endpoint. @default OpenAI's own */
   readonly openaiBaseUrl?: string;
   /** Email to tell when a run ends (a topic is created). Not with `topic`. @default none */
   readonly notificationEmail?: string;
   /** Topic to tell when a run ends. Not with `notificationEmail`. @default none */
-  readonly topic?: sns.ITopic;
+  readonly topic?: sns.ITopic | sns.Topic;
   /** Start a run for each object created under `inputs/<work>/`. @default false */
   readonly autoStart?: boolean;
   /** Alarm when a batch has made no progress for this long. @default Duration.hours(6) */
@@ -78,7 +82,7 @@ export interface OpenAIBatchWorkProps {
    * The secret that holds OpenAI's webhook signing secret (`whsec_...`, or JSON with `webhookSecret`).
    * @default with webhooks, a new secret holding a placeholder: put the signing secret in it
    */
-  readonly webhookSecret?: secretsmanager.ISecret;
+  readonly webhookSecret?: secretsmanager.ISecret | secretsmanager.Secret;
 }
 
 /**
@@ -191,11 +195,12 @@ export class OpenAIBatchWork extends Construct {
     const stack = Stack.of(this);
 
     // The casts: CDK's classes do not meet their own interfaces under exactOptionalPropertyTypes.
-    this.bucket = props.bucket ?? (this.createBucket(props) as s3.IBucket);
-    if (props.bucket) this.expireIntermediatesIn(props.bucket);
-    this.table = props.table ?? (this.createTable() as dynamodb.ITable);
+    const brought = props.bucket as s3.IBucket | undefined;
+    this.bucket = brought ?? (this.createBucket(props) as s3.IBucket);
+    if (brought) this.expireIntermediatesIn(brought);
+    this.table = (props.table as dynamodb.ITable | undefined) ?? (this.createTable() as dynamodb.ITable);
     this.apiKeySecret =
-      props.apiKeySecret ??
+      (props.apiKeySecret as secretsmanager.ISecret | undefined) ??
       (new secretsmanager.Secret(this, 'OpenAIApiKey', {
         description: `OpenAI API key for the openai-batch work "${settings.name}": replace the placeholder with the key`,
         secretStringValue: SecretValue.unsafePlainText(API_KEY_PLACEHOLDER),
@@ -208,7 +213,8 @@ export class OpenAIBatchWork extends Construct {
       });
     }
     this.topic =
-      props.topic ?? (props.notificationEmail ? this.createTopic(props.notificationEmail) : undefined);
+      (props.topic as sns.ITopic | undefined) ??
+      (props.notificationEmail ? this.createTopic(props.notificationEmail) : undefined);
 
     const environment: Record<string, string> = {
       BUCKET_NAME: this.bucket.bucketName,
@@ -298,7 +304,10 @@ export class OpenAIBatchWork extends Construct {
       encryption: s3.BucketEncryption.S3_MANAGED,
       removalPolicy: RemovalPolicy.RETAIN,
       ...(props.serverAccessLogsBucket
-        ? { serverAccessLogsBucket: props.serverAccessLogsBucket, serverAccessLogsPrefix: 'openai-batch/' }
+        ? {
+            serverAccessLogsBucket: props.serverAccessLogsBucket as s3.IBucket,
+            serverAccessLogsPrefix: 'openai-batch/',
+          }
         : {}),
       lifecycleRules: [
         EXPIRE_INTERMEDIATES,
@@ -426,7 +435,7 @@ export class OpenAIBatchWork extends Construct {
     stack: Stack,
   ): NonNullable<OpenAIBatchWork['webhook']> {
     const secret =
-      props.webhookSecret ??
+      (props.webhookSecret as secretsmanager.ISecret | undefined) ??
       (new secretsmanager.Secret(this, 'WebhookSigningSecret', {
         description: `OpenAI webhook signing secret for the openai-batch work "${props.work.settings.name}": replace the placeholder with the whsec_... secret`,
         secretStringValue: SecretValue.unsafePlainText(WEBHOOK_SECRET_PLACEHOLDER),

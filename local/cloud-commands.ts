@@ -119,6 +119,15 @@ async function runOf(cloud: Deployed, runId: string): Promise<Run> {
   return run;
 }
 
+/**
+ * Where `start` uploads a local dataset: outside `inputs/<work>/`, which a stack with autoStart watches,
+ * so that the upload starts no run of its own beside the execution `start` starts (two runs, one failing
+ * as a duplicate, or, with allowSameDataset, the batches paid twice). One folder per run, so that a new
+ * upload never replaces the object a running run reads.
+ */
+export const uploadKey = (work: string, runId: string, file: string) =>
+  `uploads/${work}/${runId}/${basename(file)}`;
+
 /** `start`: uploads a local dataset when given a path, starts an execution, and says where to watch it. */
 export async function startRun(
   work: string,
@@ -129,16 +138,16 @@ export async function startRun(
   if (options.runId !== undefined) checkRunId(options.runId);
   const cloud = await deployed({ ...options, work }, true);
   if (!cloud.stateMachineArn) throw new ConfigError('No state machine: pass --state-machine-arn.');
+  const runId =
+    options.runId ??
+    `${work}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '').replace('T', '-')}`;
   let location = dataset;
   if (existsSync(dataset)) {
-    const key = `inputs/${work}/${basename(dataset)}`;
+    const key = uploadKey(work, runId, dataset);
     const bytes = await cloud.blobs.write(key, createReadStream(dataset));
     location = `s3://${cloud.bucket}/${key}`;
     print(`uploaded ${dataset} (${bytes} bytes) to ${location}`);
   }
-  const runId =
-    options.runId ??
-    `${work}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '').replace('T', '-')}`;
   const { executionArn } = await cloud.sfn.send(
     new StartExecutionCommand({
       stateMachineArn: cloud.stateMachineArn,

@@ -1,10 +1,22 @@
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { EventBridgeClient, PutRuleCommand, PutTargetsCommand } from '@aws-sdk/client-eventbridge';
+import {
+  CreateBucketCommand,
+  PutBucketNotificationConfigurationCommand,
+  PutObjectCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
+import {
+  CreateStateMachineCommand,
+  DescribeExecutionCommand,
+  ListExecutionsCommand,
+  SFNClient,
+} from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import type { Run } from '../../functions/core/run';
@@ -13,6 +25,7 @@ import { statusLines } from '../../local/cloud-commands';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { freePort } from '../../local/stand-ins';
 import { runFixture } from '../support/runs';
 import { withEmulator } from '../support/targets';
 
@@ -226,7 +239,7 @@ describe('start', () => {
       expect(stderr).toBe('');
       expect(code).toBe(0);
       expect(stdout).toContain(
-        `uploaded ${dataset} (26 bytes) to s3://openai-batch-local/inputs/e2e-chat/to-upload.jsonl`,
+        `uploaded ${dataset} (26 bytes) to s3://openai-batch-local/uploads/e2e-chat/first/to-upload.jsonl`,
       );
       expect(stdout).toContain('run first started');
       expect(stdout).toContain(
@@ -238,7 +251,7 @@ describe('start', () => {
           body: {
             stateMachineArn: arn,
             name: 'first',
-            input: '{"dataset":"s3://openai-batch-local/inputs/e2e-chat/to-upload.jsonl"}',
+            input: '{"dataset":"s3://openai-batch-local/uploads/e2e-chat/first/to-upload.jsonl"}',
           },
         },
       ]);
@@ -246,6 +259,163 @@ describe('start', () => {
       fake.close();
     }
   });
+});
+
+/** moto_server (the machine's Python): S3 with EventBridge notifications, EventBridge, SQS, Step Functions. */
+async function startMoto(): Promise<{ endpoint: string; stop: () => void }> {
+  const port = await freePort();
+  const child: ChildProcess = spawn('moto_server', ['-p', String(port)], { stdio: 'ignore' });
+  const endpoint = `http://127.0.0.1:${port}`;
+  for (let attempt = 0; attempt < 200; attempt++) {
+    if (child.exitCode !== null) break;
+    if (
+      await fetch(`${endpoint}/moto-api/`).then(
+        (r) => r.ok,
+        () => false,
+      )
+    )
+      return { endpoint, stop: () => child.kill() };
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  child.kill();
+  throw new Error('moto_server did not start: install it with `pip install "moto[server]"`');
+}
+
+describe('start on a stack with autoStart (moto_server: S3 -> EventBridge, Step Functions)', () => {
+  const bucket = 'autostart-bucket';
+  const work = 'e2e-chat';
+  let moto: { endpoint: string; stop: () => void };
+  let sfn: SFNClient;
+  let stateMachineArn: string;
+  /** SQS over its JSON protocol (no SQS client is installed); moto routes by the credential scope. */
+  const sqs = async (action: string, body: Record<string, unknown>) => {
+    const response = await fetch(moto.endpoint, {
+      method: 'POST',
+      headers: {
+        'x-amz-target': `AmazonSQS.${action}`,
+        'content-type': 'application/x-amz-json-1.0',
+        authorization:
+          'AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0',
+      },
+      body: JSON.stringify(body),
+    });
+    if (!response.ok) throw new Error(`SQS ${action}: ${response.status} ${await response.text()}`);
+    return (await response.json()) as Record<string, unknown>;
+  };
+  let queueUrl: string;
+
+  beforeAll(async () => {
+    moto = await startMoto();
+    const aws = {
+      endpoint: moto.endpoint,
+      region: 'us-east-1',
+      credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' },
+    };
+    const s3 = new S3Client({ ...aws, forcePathStyle: true });
+    await s3.send(new CreateBucketCommand({ Bucket: bucket }));
+    await s3.send(
+      new PutBucketNotificationConfigurationCommand({
+        Bucket: bucket,
+        NotificationConfiguration: { EventBridgeConfiguration: {} },
+      }),
+    );
+    // The stack's autoStart rule (infra/openai-batch-work.ts), its pattern as synthesized. moto's
+    // EventBridge cannot start a Step Functions execution, so the rule's target here is a queue: each
+    // message in it is a run autoStart would have started.
+    const events = new EventBridgeClient(aws);
+    await events.send(
+      new PutRuleCommand({
+        Name: 'auto-start',
+        EventPattern: JSON.stringify({
+          source: ['aws.s3'],
+          'detail-type': ['Object Created'],
+          detail: { bucket: { name: [bucket] }, object: { key: [{ prefix: `inputs/${work}/` }] } },
+        }),
+      }),
+    );
+    queueUrl = ((await sqs('CreateQueue', { QueueName: 'auto-started' })) as { QueueUrl: string }).QueueUrl;
+    await events.send(
+      new PutTargetsCommand({
+        Rule: 'auto-start',
+        Targets: [{ Id: 'runs', Arn: 'arn:aws:sqs:us-east-1:123456789012:auto-started' }],
+      }),
+    );
+    sfn = new SFNClient(aws);
+    stateMachineArn =
+      (
+        await sfn.send(
+          new CreateStateMachineCommand({
+            name: `OpenAIBatch-${work}`,
+            definition: JSON.stringify({
+              StartAt: 'Register',
+              States: { Register: { Type: 'Pass', End: true } },
+            }),
+            roleArn: 'arn:aws:iam::123456789012:role/states',
+          }),
+        )
+      ).stateMachineArn ?? '';
+    // The rule does fire for an object under inputs/<work>/ (so the test below can see a second run).
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `inputs/${work}/probe.jsonl`, Body: '{}\n' }));
+    const { Messages = [] } = (await sqs('ReceiveMessage', {
+      QueueUrl: queueUrl,
+      MaxNumberOfMessages: 10,
+    })) as {
+      Messages?: unknown[];
+    };
+    expect(Messages).toHaveLength(1);
+  }, 30_000);
+  afterAll(() => moto?.stop());
+
+  it.each([
+    ['with --run-id', ['--run-id', 'chosen']],
+    ['without --run-id', []],
+  ])(
+    'uploads a local dataset, and exactly one run exists: the one whose id it prints (%s)',
+    async (_, runIdArgs: string[]) => {
+      const dataset = join(dir, 'autostarted.jsonl');
+      writeFileSync(dataset, '{"id":"1","content":"hi"}\n');
+      const { code, stdout, stderr } = await cli([
+        'start',
+        work,
+        dataset,
+        ...runIdArgs,
+        '--bucket',
+        bucket,
+        '--table',
+        'runs',
+        '--state-machine-arn',
+        stateMachineArn,
+        '--s3-endpoint',
+        moto.endpoint,
+        '--sfn-endpoint',
+        moto.endpoint,
+      ]);
+      expect(stderr).toBe('');
+      expect(code).toBe(0);
+      const printed = stdout.match(/^run (\S+) started$/m)?.[1];
+      expect(printed).toBeDefined();
+      if (runIdArgs.length > 0) expect(printed).toBe('chosen');
+      // No run started by the upload: the rule saw nothing.
+      const { Messages = [] } = (await sqs('ReceiveMessage', {
+        QueueUrl: queueUrl,
+        MaxNumberOfMessages: 10,
+      })) as {
+        Messages?: unknown[];
+      };
+      expect(Messages).toEqual([]);
+      // One execution of the state machine for this dataset: the one printed, reading the upload.
+      const executions = (await sfn.send(new ListExecutionsCommand({ stateMachineArn }))).executions ?? [];
+      const mine = executions.filter((e) => e.name === printed);
+      expect(mine).toHaveLength(1);
+      const { input } = await sfn.send(new DescribeExecutionCommand({ executionArn: mine[0]?.executionArn }));
+      expect(JSON.parse(input ?? '{}')).toEqual({
+        dataset: `s3://${bucket}/uploads/${work}/${printed}/autostarted.jsonl`,
+      });
+      expect(stdout).toContain(
+        `uploaded ${dataset} (26 bytes) to s3://${bucket}/uploads/${work}/${printed}/`,
+      );
+    },
+  );
 });
 
 describe('resume', () => {

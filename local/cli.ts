@@ -259,7 +259,7 @@ export function cli(): Command {
     .argument('<work>', 'the work name')
     .argument(
       '<dataset>',
-      'a local file (uploaded to inputs/<work>/), or s3://bucket/key, or a key in the bucket',
+      'a local file (uploaded to uploads/<work>/<run-id>/, outside what autoStart watches), or s3://bucket/key, or a key in the bucket',
     )
     .option('--run-id <id>', 'the execution name, which is the run id (1-80 characters)', runIdArgument)
     .action((work: string, dataset: string, opts) =>

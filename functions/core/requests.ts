@@ -10,6 +10,7 @@ import {
   errorItem,
   jsonLineOf,
 } from './items';
+import { checkRequestBody } from './request-bodies';
 import { estimateInputTokens } from './tokens';
 import { isEmbeddings, type Work } from './work';
 
@@ -121,8 +122,13 @@ function requestError(
   code: string,
   message: string,
   first: boolean,
+  response: BatchErrorItem['response'] = null,
 ): BuildEvent {
-  return { kind: 'error', error: errorItem({ stage: 'request', id, code, message, line }), record: first };
+  return {
+    kind: 'error',
+    error: errorItem({ stage: 'request', id, code, message, line, response }),
+    record: first,
+  };
 }
 
 function buildOne<R>(
@@ -180,6 +186,23 @@ function buildOne<R>(
     );
   }
   const json = serialized.line;
+  // After serializing: a value JSON cannot hold is the hook's error, not OpenAI's.
+  if (work.settings.validateRequests) {
+    const problem = checkRequestBody(endpoint, body);
+    if (problem) {
+      const { code, param, message } = problem;
+      // The answer OpenAI would give, for a downloadError hook that reads the param and the rule.
+      const answer = { error: { message, type: 'invalid_request_error', param, code } };
+      return requestError(
+        item.id,
+        line,
+        'invalid_request_body',
+        `line ${line}: request "${item.id}" would be refused by OpenAI (${code}, param '${param}'): ${message}`,
+        first,
+        answer,
+      );
+    }
+  }
   const bytes = Buffer.byteLength(json) + 1;
   if (bytes > work.settings.maxBytesPerBatch) {
     return requestError(

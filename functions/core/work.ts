@@ -98,6 +98,13 @@ export const WorkSettingsSchema = z
       .default(10 * 1024 * 1024),
     /** Output tokens a request is expected to use, for the cost estimate only. @default 200 */
     expectedOutputTokens: int('expectedOutputTokens').min(0, 'must be 0 or more').default(200),
+    /**
+     * Check each request body against its endpoint's request schema in OpenAI's spec (and the rules OpenAI
+     * enforces beyond it) at prepare, so that a request OpenAI would refuse with a 400 goes to errors
+     * before anything is paid or waited for. Turned off, such requests go to OpenAI and come back in its
+     * error file. @default true
+     */
+    validateRequests: z.boolean({ error: 'must be true or false' }).default(true),
     /** Refuse a run whose estimated cost in US dollars is higher, before anything is sent to OpenAI. */
     maxCostUsd: z.number({ error: 'must be a number of US dollars' }).positive('must be above 0').optional(),
   })

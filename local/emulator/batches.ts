@@ -1,4 +1,5 @@
 import { linesOf } from '../../functions/core/lines';
+import { checkRequestBody } from '../../functions/core/request-bodies';
 import { ApiError, notFound } from './api-error';
 import { type Clock, unixSeconds } from './clock';
 import type { FileStore } from './files';
@@ -448,26 +449,30 @@ export class BatchEngine {
             });
           }
         } else if (wantErrors) {
-          const [statusCode, type, code, message] =
-            outcome === 2
+          const problem = outcome === 1 ? checkRequestBody(batch.endpoint, request.body) : undefined;
+          const [statusCode, type, code, message, param] = problem
+            ? [400, 'invalid_request_error', problem.code, problem.message, problem.param]
+            : outcome === 2
               ? [
                   500,
                   'server_error',
                   'server_error',
                   'The server had an error while processing your request.',
+                  null,
                 ]
               : [
                   400,
                   'invalid_request_error',
                   'emulated_failure',
                   'Emulated failure requested by the request content.',
+                  null,
                 ];
           line = JSON.stringify({
             ...base,
             response: {
               status_code: statusCode,
               request_id: this.ids.request(),
-              body: { error: { message, type, param: null, code } },
+              body: { error: { message, type, param, code } },
             },
             error: null,
           });

@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { linesOf } from '../../functions/core/lines';
+import { checkRequestBody } from '../../functions/core/request-bodies';
 import { estimateInputTokens } from '../../functions/core/tokens';
 
 /** One entry of a failed batch's `errors.data`. */
@@ -20,7 +21,10 @@ export interface ValidatedInput {
   inputTokens: number;
   /** Validation failures; any entry fails the batch. */
   errors: BatchErrorEntry[];
-  /** Each request's fate when processed, by input order: 0 ok, 1 fails with 400, 2 fails with 500. */
+  /**
+   * Each request's fate when processed, by input order: 0 ok, 1 fails with 400 (a body OpenAI's schema
+   * refuses, or the fail marker), 2 fails with 500.
+   */
   outcomes: Uint8Array;
 }
 
@@ -182,6 +186,8 @@ export async function validateInput(
       );
       continue;
     }
+    // A body OpenAI's schema refuses is not a validation error: the request fails alone, with a 400.
+    if (checkRequestBody(endpoint, fields)) outcomes[outcomes.length - 1] = 1;
     if (endpoint === '/v1/embeddings')
       embeddingInputs += Array.isArray(fields.input) ? fields.input.length : 1;
     inputTokens += estimateInputTokens(fields[main?.field ?? 'input']);

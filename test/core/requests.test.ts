@@ -58,11 +58,14 @@ describe('buildRequests', () => {
   it('sends a raw body as is, adding only the default model', async () => {
     const events = await build(
       {},
-      records({ id: 'x', body: { messages: [], n: 2 } }, { id: 'y', body: { model: 'o1' } }),
+      records(
+        { id: 'x', body: { messages: [{ role: 'user', content: 'q' }], n: 2 } },
+        { id: 'y', body: { model: 'o1', messages: [{ role: 'user', content: 'q' }] } },
+      ),
     );
     expect(bodies(events).map((b) => b.body)).toEqual([
-      { messages: [], n: 2, model: 'gpt-4o-mini' },
-      { model: 'o1' },
+      { messages: [{ role: 'user', content: 'q' }], n: 2, model: 'gpt-4o-mini' },
+      { model: 'o1', messages: [{ role: 'user', content: 'q' }] },
     ]);
   });
 
@@ -259,5 +262,60 @@ describe('buildRequests', () => {
     const error = errorItem({ stage: 'dataset', code: 'invalid_json', message: 'bad', line: 1 });
     const events = await build({}, [{ kind: 'invalid', line: 1, end: 4, error }]);
     expect(events).toEqual([{ kind: 'error', error, record: true }]);
+  });
+
+  it('refuses at prepare, naming the param and the rule, a body OpenAI would refuse; unknown params pass', async () => {
+    const q = [{ role: 'user', content: 'q' }];
+    const events = await build(
+      {},
+      records(
+        { id: 'ok', messages: q, temperature: 1, brand_new_param: { any: 'thing' } },
+        { id: 'tools', messages: q, tools: [] },
+        { id: 'hot', messages: q, temperature: 9 },
+        { id: 'many', messages: q, max_completion_tokens: 'many' },
+      ),
+    );
+    expect(
+      events.map((e) =>
+        e.kind === 'error' ? [e.error.id, e.error.stage, e.error.code, e.error.message] : e.kind,
+      ),
+    ).toEqual([
+      'request',
+      [
+        'tools',
+        'request',
+        'invalid_request_body',
+        `line 2: request "tools" would be refused by OpenAI (empty_array, param 'tools'): Invalid 'tools': empty array. Expected an array with minimum length 1, but got an empty array instead.`,
+      ],
+      [
+        'hot',
+        'request',
+        'invalid_request_body',
+        `line 3: request "hot" would be refused by OpenAI (decimal_above_max_value, param 'temperature'): Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but got 9 instead.`,
+      ],
+      [
+        'many',
+        'request',
+        'invalid_request_body',
+        `line 4: request "many" would be refused by OpenAI (invalid_type, param 'max_completion_tokens'): Invalid type for 'max_completion_tokens': expected an integer, but got a string instead.`,
+      ],
+    ]);
+    expect(events[1]?.kind === 'error' && events[1].error.response).toEqual({
+      error: {
+        message:
+          "Invalid 'tools': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+        type: 'invalid_request_error',
+        param: 'tools',
+        code: 'empty_array',
+      },
+    });
+  });
+
+  it('sends every body as is when validateRequests is off', async () => {
+    const events = await build(
+      { validateRequests: false },
+      records({ id: 'tools', messages: [{ role: 'user', content: 'q' }], tools: [] }),
+    );
+    expect(bodies(events)).toMatchObject([{ custom_id: 'tools', body: { tools: [] } }]);
   });
 });

@@ -27,6 +27,7 @@ describe('defineWork', () => {
       maxActiveBatches: 20,
       minPollSeconds: 30,
       maxPollSeconds: 900,
+      validateRequests: true,
       webhooks: false,
       maxResubmits: 2,
       maxRecordBytes: 10 * 1024 * 1024,

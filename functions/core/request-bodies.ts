@@ -1,0 +1,457 @@
+import compacted from './request-schemas.json' with { type: 'json' };
+
+/**
+ * Request bodies checked the way OpenAI checks them, before anything is sent: each batch endpoint's
+ * request schema from OpenAI's published spec (compacted into request-schemas.json by
+ * test/fixtures/openapi/extract.ts), plus the rules OpenAI enforces beyond it (empty `tools`). Prepare
+ * refuses what OpenAI would refuse; the emulator answers it with OpenAI's 400. Only type, enum, range,
+ * length and required violations the spec states are refused: unknown parameters, formats and
+ * patterns pass, and so does `null` for an optional parameter.
+ */
+
+/** What OpenAI answers a body it refuses with: the `error` of its 400 response. */
+export interface BodyProblem {
+  /** OpenAI's code: `invalid_type`, `empty_array`, `decimal_above_max_value`, ... */
+  readonly code: string;
+  /** The parameter, as OpenAI names it: `tools`, `messages[0].content`. */
+  readonly param: string;
+  /** OpenAI's message, naming the parameter and the rule. */
+  readonly message: string;
+}
+
+/** A schema node as request-schemas.json holds it. */
+interface Node {
+  readonly $ref?: string;
+  readonly type?: readonly string[];
+  readonly enum?: readonly unknown[];
+  readonly minimum?: number;
+  readonly maximum?: number;
+  readonly exclusiveMinimum?: number;
+  readonly exclusiveMaximum?: number;
+  readonly minLength?: number;
+  readonly maxLength?: number;
+  readonly minItems?: number;
+  readonly maxItems?: number;
+  readonly required?: readonly string[];
+  readonly properties?: Readonly<Record<string, Node>>;
+  readonly items?: Node;
+  readonly anyOf?: readonly Node[];
+  readonly allOf?: readonly Node[];
+  readonly discriminator?: string;
+  readonly additionalProperties?: Node;
+}
+
+/** A failure on the way back up: the rule, and the path from the failing value to the top (reversed). */
+interface Failure {
+  readonly code: string;
+  readonly path: (string | number)[];
+  readonly describe: (param: string) => string;
+}
+
+type Check = (value: unknown) => Failure | undefined;
+
+const SCHEMAS = compacted.schemas as unknown as Record<string, Node>;
+const ENDPOINT_SCHEMAS = compacted.endpoints as Record<string, string>;
+
+/** The JSON type of a value, as JSON Schema names them ('integer' for whole numbers). */
+function jsonType(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'array';
+  const type = typeof value;
+  if (type === 'number') return Number.isInteger(value) ? 'integer' : 'number';
+  return type;
+}
+
+const A: Record<string, string> = {
+  string: 'a string',
+  integer: 'an integer',
+  number: 'a decimal',
+  boolean: 'a boolean',
+  object: 'an object',
+  array: 'an array',
+  null: 'null',
+};
+/** What a value is, in OpenAI's words ("but got a decimal number instead"). */
+const GOT: Record<string, string> = { ...A, number: 'a decimal number', undefined: 'nothing' };
+
+function list(values: readonly unknown[]): string {
+  const quoted = values.map((v) => `'${String(v)}'`);
+  if (quoted.length <= 2) return quoted.join(' and ');
+  return `${quoted.slice(0, -1).join(', ')}, and ${quoted.at(-1)}`;
+}
+
+function fail(code: string, describe: (param: string) => string): Failure {
+  return { code, path: [], describe };
+}
+
+const compiled = new Map<string, Check>();
+
+/** The check of a named schema, compiled once (recursive schemas refer to it before it is built). */
+function named(name: string): Check {
+  const known = compiled.get(name);
+  if (known) return known;
+  let check: Check | undefined;
+  const deferred: Check = (value) => {
+    if (!check) {
+      const node = SCHEMAS[name];
+      check = node ? compile(node) : () => undefined;
+    }
+    return check(value);
+  };
+  compiled.set(name, deferred);
+  return deferred;
+}
+
+/** The node a $ref names, followed through refs (for reading types and discriminators). */
+function resolved(node: Node, depth = 0): Node {
+  if (node.$ref && depth < 20) {
+    const target = SCHEMAS[node.$ref];
+    if (target) return resolved(target, depth + 1);
+  }
+  return node;
+}
+
+/** The JSON types a node accepts, or null when it accepts any. */
+function typesOf(node: Node, depth = 0): Set<string> | null {
+  const target = resolved(node);
+  if (target.type) return new Set(target.type);
+  if (target.anyOf && depth < 10) {
+    const out = new Set<string>();
+    for (const branch of target.anyOf) {
+      const types = typesOf(branch, depth + 1);
+      if (!types) return null;
+      for (const t of types) out.add(t);
+    }
+    return out;
+  }
+  if (target.enum) return new Set(target.enum.map(jsonType));
+  if (target.allOf) {
+    for (const part of target.allOf) {
+      const types = typesOf(part, depth + 1);
+      if (types) return types;
+    }
+  }
+  if (target.properties || target.required) return new Set(['object']);
+  return null;
+}
+
+function accepts(types: Set<string> | null, type: string): boolean {
+  return !types || types.has(type) || (type === 'integer' && types.has('number'));
+}
+
+/** The values a branch's discriminator property takes, from its enum (looking into allOf parts). */
+function discriminatorValues(node: Node, property: string, depth = 0): readonly unknown[] | null {
+  const target = resolved(node);
+  const own = target.properties?.[property];
+  if (own) return resolved(own).enum ?? null;
+  for (const part of target.allOf ?? []) {
+    const found = depth < 5 ? discriminatorValues(part, property, depth + 1) : null;
+    if (found) return found;
+  }
+  return null;
+}
+
+function compile(node: Node): Check {
+  const checks: Check[] = [];
+  if (node.$ref) checks.push(named(node.$ref));
+  if (node.allOf) checks.push(...node.allOf.map(compile));
+  const ownType = node.type ? new Set(node.type) : null;
+  if (ownType) checks.push(typeCheck(ownType));
+  if (node.enum) checks.push(enumCheck(node.enum));
+  const numeric = numberCheck(node, ownType);
+  if (numeric) checks.push(numeric);
+  if (node.minLength !== undefined || node.maxLength !== undefined) checks.push(stringCheck(node));
+  if (node.minItems !== undefined || node.maxItems !== undefined || node.items) checks.push(arrayCheck(node));
+  if (node.required || node.properties || node.additionalProperties) checks.push(objectCheck(node));
+  if (node.anyOf) checks.push(unionCheck(node));
+  if (checks.length === 0) return () => undefined;
+  if (checks.length === 1) return checks[0] as Check;
+  return (value) => {
+    for (const check of checks) {
+      const failure = check(value);
+      if (failure) return failure;
+    }
+    return undefined;
+  };
+}
+
+function typeCheck(types: Set<string>): Check {
+  const expected = [...types].filter((t) => t !== 'null').map((t) => A[t] ?? t);
+  const words = expected.length > 1 ? `one of ${expected.join(' or ')}` : (expected[0] ?? 'null');
+  return (value) => {
+    const type = jsonType(value);
+    if (accepts(types, type)) return undefined;
+    return fail(
+      'invalid_type',
+      (param) => `Invalid type for '${param}': expected ${words}, but got ${GOT[type] ?? type} instead.`,
+    );
+  };
+}
+
+function enumCheck(values: readonly unknown[]): Check {
+  const allowed = new Set(values);
+  const shown = values.filter((v) => v !== null);
+  return (value) => {
+    if (allowed.has(value)) return undefined;
+    // A value of another type is a type error; the type check names it when the node has a type.
+    return fail(
+      'invalid_value',
+      () => `Invalid value: '${String(value)}'. Supported values are: ${list(shown)}.`,
+    );
+  };
+}
+
+function numberCheck(node: Node, types: Set<string> | null): Check | undefined {
+  const { minimum, maximum, exclusiveMinimum, exclusiveMaximum } = node;
+  if (
+    minimum === undefined &&
+    maximum === undefined &&
+    exclusiveMinimum === undefined &&
+    exclusiveMaximum === undefined
+  )
+    return undefined;
+  const kind = types && !types.has('number') && types.has('integer') ? 'integer' : 'decimal';
+  return (value) => {
+    if (typeof value !== 'number') return undefined;
+    let bound: string | null = null;
+    let below = false;
+    if (minimum !== undefined && value < minimum) [bound, below] = [`>= ${minimum}`, true];
+    else if (exclusiveMinimum !== undefined && value <= exclusiveMinimum)
+      [bound, below] = [`> ${exclusiveMinimum}`, true];
+    else if (maximum !== undefined && value > maximum) bound = `<= ${maximum}`;
+    else if (exclusiveMaximum !== undefined && value >= exclusiveMaximum) bound = `< ${exclusiveMaximum}`;
+    if (bound === null) return undefined;
+    const words = below ? 'below minimum value' : 'above maximum value';
+    return fail(
+      `${kind}_${below ? 'below_min' : 'above_max'}_value`,
+      (param) => `Invalid '${param}': ${kind} ${words}. Expected a value ${bound}, but got ${value} instead.`,
+    );
+  };
+}
+
+function stringCheck(node: Node): Check {
+  const { minLength, maxLength } = node;
+  return (value) => {
+    if (typeof value !== 'string') return undefined;
+    if (minLength !== undefined && value.length < minLength) {
+      if (value.length === 0)
+        return fail(
+          'empty_string',
+          (param) =>
+            `Invalid '${param}': empty string. Expected a string with minimum length ${minLength}, but got an empty string instead.`,
+        );
+      return fail(
+        'string_below_min_length',
+        (param) =>
+          `Invalid '${param}': string too short. Expected a string with minimum length ${minLength}, but got a string with length ${value.length} instead.`,
+      );
+    }
+    if (maxLength !== undefined && value.length > maxLength)
+      return fail(
+        'string_above_max_length',
+        (param) =>
+          `Invalid '${param}': string too long. Expected a string with maximum length ${maxLength}, but got a string with length ${value.length} instead.`,
+      );
+    return undefined;
+  };
+}
+
+function arrayCheck(node: Node): Check {
+  const { minItems, maxItems } = node;
+  const items = node.items ? compile(node.items) : null;
+  return (value) => {
+    if (!Array.isArray(value)) return undefined;
+    if (minItems !== undefined && value.length < minItems) {
+      if (value.length === 0)
+        return fail(
+          'empty_array',
+          (param) =>
+            `Invalid '${param}': empty array. Expected an array with minimum length ${minItems}, but got an empty array instead.`,
+        );
+      return fail(
+        'array_below_min_length',
+        (param) =>
+          `Invalid '${param}': array too short. Expected an array with minimum length ${minItems}, but got an array with length ${value.length} instead.`,
+      );
+    }
+    if (maxItems !== undefined && value.length > maxItems)
+      return fail(
+        'array_above_max_length',
+        (param) =>
+          `Invalid '${param}': array too long. Expected an array with maximum length ${maxItems}, but got an array with length ${value.length} instead.`,
+      );
+    if (items) {
+      for (let i = 0; i < value.length; i++) {
+        const failure = items(value[i]);
+        if (failure) {
+          failure.path.push(i);
+          return failure;
+        }
+      }
+    }
+    return undefined;
+  };
+}
+
+function objectCheck(node: Node): Check {
+  const required = node.required ?? [];
+  const requiredSet = new Set(required);
+  const properties = Object.entries(node.properties ?? {}).map(
+    ([name, inner]) => [name, compile(inner), requiredSet.has(name)] as const,
+  );
+  const known = new Set(Object.keys(node.properties ?? {}));
+  const extra = node.additionalProperties ? compile(node.additionalProperties) : null;
+  return (value) => {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) return undefined;
+    const object = value as Record<string, unknown>;
+    for (const name of required) {
+      if (object[name] === undefined) {
+        const failure = fail(
+          'missing_required_parameter',
+          (param) => `Missing required parameter: '${param}'.`,
+        );
+        failure.path.push(name);
+        return failure;
+      }
+    }
+    for (const [name, check, isRequired] of properties) {
+      const inner = object[name];
+      // null for an optional parameter is left to OpenAI, which takes it for "not given" in most places.
+      if (inner === undefined || (inner === null && !isRequired)) continue;
+      const failure = check(inner);
+      if (failure) {
+        failure.path.push(name);
+        return failure;
+      }
+    }
+    if (extra) {
+      for (const name of Object.keys(object)) {
+        if (known.has(name) || object[name] === undefined) continue;
+        const failure = extra(object[name]);
+        if (failure) {
+          failure.path.push(name);
+          return failure;
+        }
+      }
+    }
+    return undefined;
+  };
+}
+
+/** How a union tells its branches apart: a property whose value picks the branches to check. */
+interface Discriminator {
+  readonly property: string;
+  readonly branches: Map<unknown, number[]>;
+  readonly values: unknown[];
+}
+
+function discriminatorOf(node: Node): Discriminator | null {
+  const branches = node.anyOf ?? [];
+  const candidates = node.discriminator ? [node.discriminator] : ['type', 'role'];
+  for (const property of candidates) {
+    const map = new Map<unknown, number[]>();
+    let objects = 0;
+    let complete = true;
+    branches.forEach((branch, index) => {
+      const types = typesOf(branch);
+      if (types && !types.has('object')) return;
+      objects += 1;
+      const values = discriminatorValues(branch, property);
+      if (!values) {
+        complete = false;
+        return;
+      }
+      for (const v of values) map.set(v, [...(map.get(v) ?? []), index]);
+    });
+    if (complete && objects > 1 && map.size > 0)
+      return { property, branches: map, values: [...map.keys()].filter((v) => v !== null) };
+  }
+  return null;
+}
+
+function unionCheck(node: Node): Check {
+  const branches = (node.anyOf ?? []).map(compile);
+  let types: (Set<string> | null)[] | null = null;
+  let discriminator: Discriminator | null | undefined;
+  return (value) => {
+    if (discriminator === undefined) discriminator = discriminatorOf(node);
+    const type = jsonType(value);
+    // The fast path: an object whose discriminator picks its branch is checked against that one only.
+    if (discriminator && type === 'object') {
+      const object = value as Record<string, unknown>;
+      const tag = object[discriminator.property];
+      const picked = discriminator.branches.get(tag);
+      if (picked) {
+        let first: Failure | undefined;
+        for (const index of picked) {
+          const failure = (branches[index] as Check)(value);
+          if (!failure) return undefined;
+          first ??= failure;
+        }
+        // Another branch without the discriminator (a plain map, say) may still take the value.
+        if (branches.some((check, index) => !picked.includes(index) && !check(value))) return undefined;
+        return first;
+      }
+    }
+    const failures: Failure[] = [];
+    for (const check of branches) {
+      const failure = check(value);
+      if (!failure) return undefined;
+      failures.push(failure);
+    }
+    if (discriminator && type === 'object') {
+      const { property, values } = discriminator;
+      const tag = (value as Record<string, unknown>)[property];
+      const failure =
+        tag === undefined
+          ? fail('missing_required_parameter', (param) => `Missing required parameter: '${param}'.`)
+          : fail(
+              'invalid_value',
+              () => `Invalid value: '${String(tag)}'. Supported values are: ${list(values)}.`,
+            );
+      failure.path.push(property);
+      return failure;
+    }
+    types ??= (node.anyOf ?? []).map((branch) => typesOf(branch));
+    const matching = failures.filter((_, index) => accepts(types?.[index] ?? null, type));
+    if (matching.length === 0) {
+      const all = new Set<string>();
+      for (const t of types) for (const one of t ?? []) if (one !== 'null') all.add(one);
+      if (all.has('number')) all.delete('integer');
+      const words = [...all].map((t) => A[t] ?? t).join(' or ');
+      return fail(
+        'invalid_type',
+        (param) =>
+          `Invalid type for '${param}': expected one of ${words}, but got ${GOT[type] ?? type} instead.`,
+      );
+    }
+    // The branch that got furthest into the value says the most.
+    return matching.reduce((best, failure) => (failure.path.length > best.path.length ? failure : best));
+  };
+}
+
+function paramOf(path: readonly (string | number)[]): string {
+  let param = '';
+  for (let i = path.length - 1; i >= 0; i--) {
+    const segment = path[i];
+    param += typeof segment === 'number' ? `[${segment}]` : param === '' ? segment : `.${segment}`;
+  }
+  return param;
+}
+
+/** The endpoints whose request bodies are checked. */
+export const VALIDATED_ENDPOINTS: readonly string[] = Object.keys(ENDPOINT_SCHEMAS);
+
+/**
+ * Checks a request body against its endpoint's request schema and OpenAI's further rules; undefined when
+ * OpenAI would take it (or the endpoint is not one the schemas cover). The body is what JSON would carry:
+ * undefined values count as absent.
+ */
+export function checkRequestBody(endpoint: string, body: unknown): BodyProblem | undefined {
+  const name = ENDPOINT_SCHEMAS[endpoint];
+  if (!name) return undefined;
+  const failure = named(name)(body);
+  if (!failure) return undefined;
+  const param = paramOf(failure.path);
+  return { code: failure.code, param, message: failure.describe(param) };
+}

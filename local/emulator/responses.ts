@@ -106,6 +106,12 @@ export function answer(
           object: 'response',
           created_at: createdSeconds,
           status: 'completed',
+          completed_at: createdSeconds,
+          error: null,
+          incomplete_details: null,
+          // A Response echoes the settings it ran with, OpenAI's defaults where the request gave none.
+          instructions: body.instructions ?? null,
+          max_output_tokens: body.max_output_tokens ?? null,
           model,
           output: [
             {
@@ -113,16 +119,28 @@ export function answer(
               id: `msg_${suffix}`,
               status: 'completed',
               role: 'assistant',
-              content: [{ type: 'output_text', text, annotations: [] }],
+              content: [{ type: 'output_text', text, annotations: [], logprobs: [] }],
             },
           ],
+          parallel_tool_calls: body.parallel_tool_calls ?? true,
+          previous_response_id: body.previous_response_id ?? null,
+          reasoning: { effort: null, summary: null },
+          service_tier: 'default',
+          store: body.store ?? true,
+          temperature: body.temperature ?? 1,
+          text: body.text ?? { format: { type: 'text' } },
+          tool_choice: body.tool_choice ?? 'auto',
+          tools: body.tools ?? [],
+          top_p: body.top_p ?? 1,
+          truncation: body.truncation ?? 'disabled',
           usage: {
             input_tokens: inputTokens,
-            input_tokens_details: { cached_tokens: 0 },
+            input_tokens_details: { cached_tokens: 0, cache_write_tokens: 0 },
             output_tokens: outputTokens,
             output_tokens_details: { reasoning_tokens: 0 },
             total_tokens: inputTokens + outputTokens,
           },
+          metadata: body.metadata ?? {},
         },
       };
     case '/v1/embeddings': {
@@ -150,16 +168,45 @@ export function answer(
         body: {
           id: `modr-${suffix}`,
           model,
-          results: [
-            {
-              flagged: false,
-              categories: { harassment: false, violence: false },
-              category_scores: { harassment: 0.0001, violence: 0.0001 },
-            },
-          ],
+          results: [moderation(options.seed, key)],
         },
       };
   }
+}
+
+/** Moderation categories, and the input types each is scored on (omni models score images for some). */
+const MODERATION_CATEGORIES: Record<string, readonly string[]> = {
+  harassment: ['text'],
+  'harassment/threatening': ['text'],
+  hate: ['text'],
+  'hate/threatening': ['text'],
+  illicit: ['text'],
+  'illicit/violent': ['text'],
+  'self-harm': ['text'],
+  'self-harm/intent': ['text'],
+  'self-harm/instructions': ['text'],
+  sexual: ['text'],
+  'sexual/minors': ['text'],
+  violence: ['text'],
+  'violence/graphic': ['text'],
+};
+
+/** A harmless moderation result: every category scored low, none flagged. */
+function moderation(seed: number, key: string): Record<string, unknown> {
+  const categories: Record<string, boolean> = {};
+  const scores: Record<string, number> = {};
+  const applied: Record<string, readonly string[]> = {};
+  for (const [index, [name, types]] of Object.entries(MODERATION_CATEGORIES).entries()) {
+    categories[name] = false;
+    scores[name] = Number(((hash32(seed, key, index) % 1000) / 1e6).toFixed(6));
+    applied[name] = types;
+  }
+  return {
+    flagged: false,
+    categories,
+    category_scores: scores,
+    category_applied_input_types: applied,
+  };
 }
 
 /** A unit-length pseudo-random vector. */

@@ -11,6 +11,8 @@ import type { Work } from '../functions/core/work';
 /** Tokens a chat message adds around its content, and the tokens that prime the reply (OpenAI's cookbook). */
 const MESSAGE_OVERHEAD = 3;
 const REPLY_PRIMING = 3;
+/** Refused bodies listed in an estimate (the rest are counted). */
+const MAX_LISTED = 20;
 
 /** The tokenizer of a model: o200k for the GPT-4o, 4.1, 5 and o-series families, cl100k for older ones. */
 export function tokenizerOf(model: string): { name: string; count: (text: string) => number } {
@@ -48,6 +50,20 @@ export interface Estimate {
   readonly requests: number;
   /** Requests the builder refused (duplicate id, too large, ...). */
   readonly refused: number;
+  /**
+   * Requests OpenAI would refuse for their body (`invalid_request_body`, counted in `refused`): how many,
+   * and the first few with their line, param and OpenAI's message.
+   */
+  readonly invalidBodies: {
+    readonly count: number;
+    readonly first: {
+      line: number | null;
+      id: string | null;
+      code: string;
+      param: string;
+      message: string;
+    }[];
+  };
   /** Lines that are not records, or records the upload hook failed on. */
   readonly unreadable: number;
   readonly parts: number;
@@ -79,6 +95,7 @@ export async function estimate<R>(work: Work<R>, datasetPath: string): Promise<E
   let records = 0;
   let refused = 0;
   let unreadable = 0;
+  const invalidBodies = { count: 0, first: [] as Estimate['invalidBodies']['first'] };
   const noOutput =
     work.settings.endpoint === '/v1/embeddings' || work.settings.endpoint === '/v1/moderations';
   async function* requests(): AsyncGenerator<PreparedRequest> {
@@ -91,6 +108,19 @@ export async function estimate<R>(work: Work<R>, datasetPath: string): Promise<E
     }
     for await (const event of buildRequests(counted(), work, new IdRegistry())) {
       if (event.kind === 'error' && event.error.stage === 'request') refused += 1;
+      if (event.kind === 'error' && event.error.code === 'invalid_request_body') {
+        invalidBodies.count += 1;
+        const answer = (event.error.response as { error?: { code: string; param: string; message: string } })
+          ?.error;
+        if (answer && invalidBodies.first.length < MAX_LISTED)
+          invalidBodies.first.push({
+            line: event.error.line,
+            id: event.error.id,
+            code: answer.code,
+            param: answer.param,
+            message: answer.message,
+          });
+      }
       if (event.kind === 'error' && event.error.stage !== 'request') unreadable += 1;
       if (event.kind !== 'request') continue;
       const { body } = JSON.parse(event.request.json) as { body: Record<string, unknown> };
@@ -114,6 +144,7 @@ export async function estimate<R>(work: Work<R>, datasetPath: string): Promise<E
     records,
     requests: models.reduce((n, m) => n + m.requests, 0),
     refused,
+    invalidBodies,
     unreadable,
     parts,
     inputTokens: models.reduce((n, m) => n + m.inputTokens, 0),

@@ -1,10 +1,11 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectCommand, ListObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadWork } from '../../infra/works';
 import { synthesizeDefinition } from '../../local/definition';
+import { estimate } from '../../local/estimate';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
 import { ManualTime } from '../support/manual-time';
 import { outputIds } from '../support/run-checks';
@@ -117,5 +118,24 @@ describe('request bodies OpenAI refuses', () => {
       });
       expect(error.message).toContain("Invalid 'tools': empty array.");
     }
+  });
+
+  it('are reported by estimate, with their line, param and OpenAI message', async () => {
+    const file = join(dir, 'tools.jsonl');
+    writeFileSync(file, `${RECORDS.map((r) => JSON.stringify(r)).join('\n')}\n`);
+    const loaded = await loadWork(new URL('../fixtures/works/empty-tools.ts', import.meta.url).pathname);
+    const figures = await estimate(loaded.work, file);
+    expect(figures).toMatchObject({ records: 8, requests: 5, refused: 3 });
+    expect(figures.invalidBodies).toEqual({
+      count: 3,
+      first: REFUSED.map((id) => ({
+        line: Number(id.slice(1)) + 1,
+        id,
+        code: 'empty_array',
+        param: 'tools',
+        message:
+          "Invalid 'tools': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+      })),
+    });
   });
 });

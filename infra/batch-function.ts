@@ -145,6 +145,7 @@ export class BatchFunction extends Construct {
   /**
    * Grants reading a secret with CDK's `grantRead`: a secret imported by name gets the `-??????` suffix
    * Secrets Manager adds to its ARN, and a customer-managed key is granted for Secrets Manager's use.
+   * CDK's grant adds `secretsmanager:DescribeSecret` (the secret's metadata, never its value).
    */
   allowSecret(secret: secretsmanager.ISecret): void {
     secret.grantRead(this.role);

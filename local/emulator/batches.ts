@@ -410,6 +410,7 @@ export class BatchEngine {
     const fileId = batch.input_file_id;
     const hasInput = this.files.has(fileId);
 
+    let requests = 0;
     const lines = async function* (this: BatchEngine, wantErrors: boolean): AsyncGenerator<string> {
       if (!hasInput) return;
       let index = 0;
@@ -481,16 +482,17 @@ export class BatchEngine {
         if (block.length >= SHUFFLE_BLOCK) yield* flush();
       }
       yield* flush();
+      requests = index;
     }.bind(this);
 
     const expiresAfter = state.outputExpiresAfter ?? undefined;
     const output = await this.files.write(lines(false), {
-      filename: `batch_${batch.id}_output.jsonl`,
+      filename: `${batch.id}_output.jsonl`,
       purpose: 'batch_output',
       expiresAfterSeconds: expiresAfter,
     });
     const error = await this.files.write(lines(true), {
-      filename: `batch_${batch.id}_error.jsonl`,
+      filename: `${batch.id}_error.jsonl`,
       purpose: 'batch_output',
       expiresAfterSeconds: expiresAfter,
     });
@@ -504,6 +506,8 @@ export class BatchEngine {
       state.ready = files; // completed on the first tick once finalizing time has passed
       return;
     }
+    // A batch stopped before validation ended counted nothing yet; its error file holds every request.
+    if (batch.request_counts.total === 0) batch.request_counts.total = requests;
     // Every request not completed by now failed: its own failure, or the window or cancel cut it short.
     batch.request_counts.failed = batch.request_counts.total - batch.request_counts.completed;
     this.finish(state, status, files);

@@ -17,7 +17,8 @@ export interface FileObject {
   object: 'file';
   bytes: number;
   created_at: number;
-  expires_at: number;
+  /** Null for an uploaded file that is not a batch input and was given no `expires_after`: it stays. */
+  expires_at: number | null;
   filename: string;
   purpose: string;
   status: 'processed';
@@ -48,7 +49,8 @@ export class FileStore {
   /** A file by id, if it exists and has not expired. */
   get(id: string): FileObject {
     const file = this.files.get(id);
-    if (!file || file.expires_at <= unixSeconds(this.clock.now())) throw notFound('file', id);
+    if (!file || (file.expires_at !== null && file.expires_at <= unixSeconds(this.clock.now())))
+      throw notFound('file', id);
     return file;
   }
 
@@ -119,7 +121,7 @@ export class FileStore {
   list(purpose?: string, order: 'asc' | 'desc' = 'desc'): FileObject[] {
     const now = unixSeconds(this.clock.now());
     const live = [...this.files.values()].filter(
-      (f) => f.expires_at > now && (!purpose || f.purpose === purpose),
+      (f) => (f.expires_at === null || f.expires_at > now) && (!purpose || f.purpose === purpose),
     );
     return order === 'asc' ? live : live.reverse();
   }

@@ -107,7 +107,45 @@ const ExpiresAfter = z.object({
   anchor: z.literal('created_at'),
   seconds: z.number().int().min(3600).max(2_592_000),
 });
-const Limit = (max: number, fallback: number) => z.coerce.number().int().min(1).max(max).catch(fallback);
+/** A list's `limit` query parameter: its default when absent, else a whole number in 1..max or a 400. */
+function limitOf(query: URLSearchParams, max: number, fallback: number): number {
+  const raw = query.get('limit');
+  if (raw === null) return fallback;
+  const value = Number(raw);
+  if (raw.trim() === '' || !Number.isFinite(value))
+    throw new ApiError(
+      400,
+      "Invalid type for 'limit': expected an integer, but got a string instead.",
+      'invalid_request_error',
+      'invalid_type',
+      'limit',
+    );
+  if (!Number.isInteger(value))
+    throw new ApiError(
+      400,
+      "Invalid type for 'limit': expected an integer, but got a decimal number instead.",
+      'invalid_request_error',
+      'invalid_type',
+      'limit',
+    );
+  if (value < 1)
+    throw new ApiError(
+      400,
+      `Invalid 'limit': integer below minimum value. Expected a value >= 1, but got ${value} instead.`,
+      'invalid_request_error',
+      'integer_below_min_value',
+      'limit',
+    );
+  if (value > max)
+    throw new ApiError(
+      400,
+      `Invalid 'limit': integer above maximum value. Expected a value <= ${max}, but got ${value} instead.`,
+      'invalid_request_error',
+      'integer_above_max_value',
+      'limit',
+    );
+  return value;
+}
 
 /** What a route answers: JSON, or a stream of bytes. */
 type Reply =
@@ -223,10 +261,7 @@ export async function startEmulator(options: EmulatorOptions = {}): Promise<Emul
       if (method === 'POST' && !id)
         return { status: 200, json: engine.create(createBatchRequest(await readJson(request))) };
       if (method === 'GET' && !id) {
-        const { data, hasMore } = engine.list(
-          query.get('after') ?? undefined,
-          Limit(100, 20).parse(query.get('limit') ?? 20),
-        );
+        const { data, hasMore } = engine.list(query.get('after') ?? undefined, limitOf(query, 100, 20));
         return {
           status: 200,
           json: {
@@ -252,7 +287,7 @@ export async function startEmulator(options: EmulatorOptions = {}): Promise<Emul
       const index = all.findIndex((f) => f.id === after);
       all = index === -1 ? [] : all.slice(index + 1);
     }
-    const limit = Limit(10_000, 10_000).parse(query.get('limit') ?? 10_000);
+    const limit = limitOf(query, 10_000, 10_000);
     const data = all.slice(0, limit);
     return {
       object: 'list',
@@ -311,7 +346,9 @@ export async function startEmulator(options: EmulatorOptions = {}): Promise<Emul
       expiresAfter = parsed.data.seconds;
     }
     stored.purpose = purpose;
+    // Batch input files expire after 30 days by default; OpenAI gives files of other purposes no expiry.
     if (expiresAfter !== undefined) stored.expires_at = stored.created_at + expiresAfter;
+    else if (purpose !== 'batch') stored.expires_at = null;
     save();
     return stored;
   }

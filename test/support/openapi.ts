@@ -17,7 +17,7 @@ const NULLABLE_IN_PRACTICE: Record<string, string[]> = {
     'cancelling_at',
     'cancelled_at',
   ],
-  OpenAIFile: ['status_details'],
+  OpenAIFile: ['status_details', 'expires_at'],
   ListBatchesResponse: ['first_id', 'last_id'],
   ListFilesResponse: ['first_id', 'last_id'],
 };

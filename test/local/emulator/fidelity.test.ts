@@ -1,4 +1,4 @@
-import type OpenAI from 'openai';
+import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../../local/emulator/clock';
 import { type Emulator, startEmulator } from '../../../local/emulator/server';
@@ -161,5 +161,95 @@ describe('request bodies refused as OpenAI refuses them', () => {
       code: 'integer_below_min_value',
       param: 'dimensions',
     });
+  });
+});
+
+describe('smaller things OpenAI does', () => {
+  it('counts every request of a batch cancelled while validating, as its error file lists them', async () => {
+    const file = await uploadLines(client, [
+      line('a', '/v1/chat/completions', { model: 'm', messages: user }),
+      line('b', '/v1/chat/completions', { model: 'm', messages: user }),
+    ]);
+    const created = await client.batches.create({
+      input_file_id: file.id,
+      endpoint: '/v1/chat/completions',
+      completion_window: '24h',
+    });
+    expect((await client.batches.cancel(created.id)).status).toBe('cancelling');
+    for (let i = 0; i < 3; i++) {
+      clock.advance(1000);
+      await emulator.settle();
+    }
+    const cancelled = await client.batches.retrieve(created.id);
+    validate('Batch', cancelled);
+    expect(cancelled.status).toBe('cancelled');
+    expect(cancelled.request_counts).toEqual({ total: 2, completed: 0, failed: 2 });
+    expect(await fileLines(client, cancelled.error_file_id)).toHaveLength(2);
+  });
+
+  it('names output files after the batch id, without a doubled prefix', async () => {
+    const { batch } = await run('/v1/chat/completions', [
+      line('a', '/v1/chat/completions', { model: 'm', messages: user }),
+      line('b', '/v1/chat/completions', { model: 'm', messages: user, tools: [] }),
+    ]);
+    const output = await client.files.retrieve(batch.output_file_id ?? '');
+    const error = await client.files.retrieve(batch.error_file_id ?? '');
+    validate('OpenAIFile', output);
+    expect(output.filename).toBe(`${batch.id}_output.jsonl`);
+    expect(error.filename).toBe(`${batch.id}_error.jsonl`);
+    expect(output.purpose).toBe('batch_output');
+  });
+
+  it('gives an expiry to batch input files only, unless expires_after asks for one', async () => {
+    const upload = (purpose: OpenAI.FilePurpose, extra: Partial<OpenAI.FileCreateParams> = {}) =>
+      client.files.create({
+        file: new File(['{"a":1}\n'], 'x.jsonl'),
+        purpose,
+        ...extra,
+      });
+    const batchFile = await upload('batch');
+    const userFile = await upload('user_data');
+    const expiring = await upload('user_data', { expires_after: { anchor: 'created_at', seconds: 3600 } });
+    for (const file of [batchFile, userFile, expiring]) validate('OpenAIFile', file);
+    expect(batchFile.expires_at).toBe(batchFile.created_at + 30 * 24 * 3600);
+    expect(userFile.expires_at).toBeNull();
+    expect(expiring.expires_at).toBe(expiring.created_at + 3600);
+    clock.advance(31 * 24 * 3600 * 1000);
+    expect((await client.files.retrieve(userFile.id)).id).toBe(userFile.id);
+    await expect(client.files.retrieve(batchFile.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+  });
+
+  it.each([
+    [
+      '/batches?limit=0',
+      'integer_below_min_value',
+      "Invalid 'limit': integer below minimum value. Expected a value >= 1, but got 0 instead.",
+    ],
+    [
+      '/batches?limit=101',
+      'integer_above_max_value',
+      "Invalid 'limit': integer above maximum value. Expected a value <= 100, but got 101 instead.",
+    ],
+    [
+      '/batches?limit=many',
+      'invalid_type',
+      "Invalid type for 'limit': expected an integer, but got a string instead.",
+    ],
+    [
+      '/files?limit=10001',
+      'integer_above_max_value',
+      "Invalid 'limit': integer above maximum value. Expected a value <= 10000, but got 10001 instead.",
+    ],
+  ])('refuses a list limit outside the spec (%s) with a 400', async (path, code, message) => {
+    const response = await fetch(`${emulator.url}${path}`, { headers: { authorization: 'Bearer sk-test' } });
+    expect(response.status).toBe(400);
+    const body = await response.json();
+    validate('ErrorResponse', body);
+    expect(body).toEqual({ error: { type: 'invalid_request_error', code, param: 'limit', message } });
+  });
+
+  it('refuses an out-of-range limit through the official client too', async () => {
+    await expect(client.batches.list({ limit: 101 })).rejects.toBeInstanceOf(OpenAI.BadRequestError);
+    expect((await client.batches.list({ limit: 100 })).data.length).toBeGreaterThan(0);
   });
 });

@@ -296,10 +296,10 @@ function arrayCheck(node: Node): Check {
 function objectCheck(node: Node): Check {
   const required = node.required ?? [];
   const requiredSet = new Set(required);
-  const properties = Object.entries(node.properties ?? {}).map(
-    ([name, inner]) => [name, compile(inner), requiredSet.has(name)] as const,
-  );
-  const known = new Set(Object.keys(node.properties ?? {}));
+  // By name, so that a body is walked by its own few keys rather than by every parameter the spec has.
+  const properties = new Map<string, { readonly check: Check; readonly required: boolean }>();
+  for (const [name, inner] of Object.entries(node.properties ?? {}))
+    properties.set(name, { check: compile(inner), required: requiredSet.has(name) });
   const extra = node.additionalProperties ? compile(node.additionalProperties) : null;
   return (value) => {
     if (value === null || typeof value !== 'object' || Array.isArray(value)) return undefined;
@@ -314,24 +314,21 @@ function objectCheck(node: Node): Check {
         return failure;
       }
     }
-    for (const [name, check, isRequired] of properties) {
+    for (const name in object) {
       const inner = object[name];
-      // null for an optional parameter is left to OpenAI, which takes it for "not given" in most places.
-      if (inner === undefined || (inner === null && !isRequired)) continue;
-      const failure = check(inner);
+      if (inner === undefined) continue;
+      const property = properties.get(name);
+      let failure: Failure | undefined;
+      if (property) {
+        // null for an optional parameter is left to OpenAI, which takes it for "not given" in most places.
+        if (inner === null && !property.required) continue;
+        failure = property.check(inner);
+      } else if (extra) {
+        failure = extra(inner);
+      }
       if (failure) {
         failure.path.push(name);
         return failure;
-      }
-    }
-    if (extra) {
-      for (const name of Object.keys(object)) {
-        if (known.has(name) || object[name] === undefined) continue;
-        const failure = extra(object[name]);
-        if (failure) {
-          failure.path.push(name);
-          return failure;
-        }
       }
     }
     return undefined;

@@ -12,6 +12,8 @@ export const ExecutionInputSchema = z
       .optional(),
     /** A run to resume: one that failed (a person), or that continues in a new execution (the run itself). */
     resumeRunId: z.string().min(1, 'resumeRunId must not be empty').optional(),
+    /** Set by autoStart's rule: `dataset` is an S3 event's object key, which may come URL-encoded. */
+    fromS3Event: z.boolean().optional(),
   })
   .refine((input) => input.dataset !== undefined || input.resumeRunId !== undefined, {
     path: ['dataset'],

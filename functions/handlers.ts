@@ -39,9 +39,10 @@ export function createHandlers<R>(deps: StepDeps<R>, startExecution: StartExecut
   return {
     Register: async (event: unknown) => {
       const { input, executionName } = parse(RegisterEventSchema, event, 'Register event');
-      const { dataset, resumeRunId } = parse(ExecutionInputSchema, input, 'execution input');
+      const { dataset, resumeRunId, fromS3Event } = parse(ExecutionInputSchema, input, 'execution input');
       return register(anyDeps, {
         dataset,
+        fromS3Event: fromS3Event === true,
         runId: resumeRunId ?? executionName,
         resume: resumeRunId !== undefined,
         execution: executionName,

@@ -507,6 +507,8 @@ export class OpenAIBatchWork extends Construct {
         new targets.SfnStateMachine(this.stateMachine, {
           input: events.RuleTargetInput.fromObject({
             dataset: events.EventField.fromPath('$.detail.object.key'),
+            // The key comes from an S3 event: Register also tries it URL-decoded (see steps/register.ts).
+            fromS3Event: true,
           }),
         }),
       ],

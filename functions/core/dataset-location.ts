@@ -21,6 +21,7 @@ export interface DatasetLocation {
  * (S3 user guide, "EventBridge event message structure",
  * https://docs.aws.amazon.com/AmazonS3/latest/userguide/ev-events.html). moto's S3, which mirrors AWS,
  * sends `quote_plus(key)` to SNS/SQS/Lambda and the plain key to EventBridge.
+ * Register still tries an autoStart key URL-decoded when no object has the key as it came (`eventKey`).
  * Only leading whitespace and trailing line breaks (a pasted value) are dropped: a key may end in a space.
  */
 export function datasetLocation(dataset: string, workBucket: string): DatasetLocation {

@@ -39,6 +39,27 @@ export interface Registered {
   readonly objects: number;
 }
 
+/**
+ * The object an S3 event's key names. S3's notifications to SNS, SQS and Lambda URL-encode keys ("red
+ * flower.jpg" arrives as "red+flower.jpg"); its EventBridge events are documented without encoding, yet
+ * AWS's own Powertools decodes them. Both are honoured: the key as it came when that object exists,
+ * else its URL-decoded form when that one does.
+ */
+export async function eventKey(deps: StepDeps<unknown>, key: string): Promise<string> {
+  if (key.endsWith('/') || (await deps.blobs.head(key))) return key;
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(key.replace(/\+/g, ' '));
+  } catch {
+    return key; // not URL-encoding (a lone %): the key itself
+  }
+  if (decoded !== key && (await deps.blobs.head(decoded))) {
+    deps.log('dataset key from the S3 event was URL-encoded', { runId: null });
+    return decoded;
+  }
+  return key;
+}
+
 /** Keys a "No dataset" message names as what the user may have meant. */
 const SUGGESTED_KEYS = 3;
 
@@ -111,7 +132,14 @@ export async function datasetHash(deps: StepDeps<unknown>, objects: readonly Blo
  */
 export async function register(
   deps: StepDeps<unknown>,
-  input: { dataset: string | undefined; runId: string; resume: boolean; execution: string },
+  input: {
+    dataset: string | undefined;
+    runId: string;
+    resume: boolean;
+    execution: string;
+    /** The dataset is an S3 event's object key (autoStart). */
+    fromS3Event?: boolean;
+  },
 ): Promise<Registered> {
   const existing = await deps.runs.getRun(input.runId);
   if (existing) {
@@ -123,7 +151,7 @@ export async function register(
   if (input.dataset === undefined)
     throw new ConfigError('dataset is required: "s3://bucket/key" or a key in the work\'s bucket.');
   const { key } = datasetLocation(input.dataset, deps.bucket);
-  const objects = await datasetObjects(deps, key);
+  const objects = await datasetObjects(deps, input.fromS3Event ? await eventKey(deps, key) : key);
   const datasetHashValue = await datasetHash(deps, objects);
   const now = deps.now();
   const run: Run = {

@@ -198,7 +198,9 @@ describe('OpenAIBatchWork', () => {
       },
       Targets: [
         Match.objectLike({
-          InputTransformer: Match.objectLike({ InputTemplate: '{"dataset":<detail-object-key>}' }),
+          InputTransformer: Match.objectLike({
+            InputTemplate: '{"dataset":<detail-object-key>,"fromS3Event":true}',
+          }),
         }),
       ],
     });

@@ -7,7 +7,7 @@ import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
 import { DatasetError } from '../../functions/core/errors';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
-import { datasetHash, datasetObjects, MAX_OBJECTS } from '../../functions/steps/register';
+import { datasetHash, datasetObjects, eventKey, MAX_OBJECTS } from '../../functions/steps/register';
 import { type LocalS3, startS3 } from '../../local/stand-ins';
 
 let s3: LocalS3;
@@ -22,6 +22,7 @@ beforeAll(async () => {
   // Only the blob store is used by these functions; the rest of the dependencies are never called.
   deps = {
     blobs: new S3BlobStore(s3.client, s3.bucket),
+    log: () => {},
     bucket: s3.bucket,
     work: defineWork({ name: 'r' }),
   } as unknown as StepDeps<unknown>;
@@ -99,5 +100,28 @@ describe('the dataset a run reads', () => {
     expect(await hash('x/copy-1.jsonl')).toBe(await hash('x/copy-2.jsonl'));
     expect(await hash('x/copy-1.jsonl')).not.toBe(await hash('x/other.jsonl'));
     expect(await hash('x/copy-1.jsonl')).toMatch(/^sha256:[0-9a-f]{64}$/);
+  });
+});
+
+describe('an S3 event key (autoStart)', () => {
+  it('is the key as it came when that object exists, else its URL-decoded form', async () => {
+    await put('ev/red flower.jsonl', '{"id":1}\n');
+    await put('ev/c++.jsonl', '{"id":1}\n');
+    await put('ev/100%.jsonl', '{"id":1}\n');
+    await put('ev/données é.jsonl', '{"id":1}\n');
+    // Encoded as S3 encodes keys for SNS, SQS and Lambda.
+    expect(await eventKey(deps, 'ev/red+flower.jsonl')).toBe('ev/red flower.jsonl');
+    expect(await eventKey(deps, 'ev/c%2B%2B.jsonl')).toBe('ev/c++.jsonl');
+    expect(await eventKey(deps, 'ev/100%25.jsonl')).toBe('ev/100%.jsonl');
+    expect(await eventKey(deps, 'ev/donn%C3%A9es+%C3%A9.jsonl')).toBe('ev/données é.jsonl');
+    // As EventBridge documents them: the key itself, even where it reads as encoding.
+    expect(await eventKey(deps, 'ev/c++.jsonl')).toBe('ev/c++.jsonl');
+    expect(await eventKey(deps, 'ev/100%.jsonl')).toBe('ev/100%.jsonl');
+    expect(await eventKey(deps, 'ev/red flower.jsonl')).toBe('ev/red flower.jsonl');
+    // Neither exists: the key as it came, for the "No dataset" message.
+    expect(await eventKey(deps, 'ev/none+here.jsonl')).toBe('ev/none+here.jsonl');
+    expect(
+      (await datasetObjects(deps, await eventKey(deps, 'ev/red+flower.jsonl'))).map((o) => o.key),
+    ).toEqual(['ev/red flower.jsonl']);
   });
 });

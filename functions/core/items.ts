@@ -91,8 +91,10 @@ export const BatchErrorItemSchema = z.object({
   statusCode: z.number().int().nullable(),
   requestId: z.string().nullable(),
   batchId: z.string().nullable(),
-  /** OpenAI's response body for an HTTP failure; else null. */
+  /** OpenAI's response body for an HTTP failure or an answer that could not be used; else null. */
   response: z.record(z.string(), z.unknown()).nullable(),
+  /** The raw answer text of a structured output that could not be used (`invalid_output`, ...). */
+  content: z.string().nullable().optional(),
 });
 
 /** A failed record or request. */

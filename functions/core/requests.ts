@@ -11,6 +11,7 @@ import {
   jsonLineOf,
 } from './items';
 import { checkRequestBody } from './request-bodies';
+import { withOutputFormat } from './structured';
 import { estimateInputTokens } from './tokens';
 import { isEmbeddings, type Work } from './work';
 
@@ -152,9 +153,10 @@ function buildOne<R>(
     );
   }
   const item = parsed.data;
-  const body = bodyOf(item, endpoint, work.settings.model);
-  if (typeof body === 'string')
-    return requestError(item.id, line, 'invalid_item', `line ${line}: ${body}`, first);
+  const built = bodyOf(item, endpoint, work.settings.model);
+  if (typeof built === 'string')
+    return requestError(item.id, line, 'invalid_item', `line ${line}: ${built}`, first);
+  const body = work.structured ? withOutputFormat(built, work.structured) : built;
   if (body.stream === true) {
     return requestError(
       item.id,

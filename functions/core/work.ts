@@ -8,6 +8,7 @@ import {
   ENDPOINTS,
   type Endpoint,
 } from './items';
+import { type StructuredOutput, type StructuredOutputItem, structuredOutputOf } from './structured';
 
 /** OpenAI's hard limits for one batch input file. */
 export const OPENAI_LIMITS = {
@@ -91,6 +92,14 @@ export const WorkSettingsSchema = z
     webhooks: z.boolean({ error: 'must be true or false' }).default(false),
     /** How many times a request that expired or failed transiently is sent again. @default 2 */
     maxResubmits: int('maxResubmits').min(0, 'must be 0 or more').max(10, 'must be at most 10').default(2),
+    /**
+     * How many times a request whose structured answer could not be used (`invalid_output`, `refusal`,
+     * `output_truncated`) is sent again, in a new part; at most `maxResubmits`. @default 0
+     */
+    maxOutputRetries: int('maxOutputRetries')
+      .min(0, 'must be 0 or more')
+      .max(10, 'must be at most 10')
+      .default(0),
     /** The longest dataset line read; a longer line is an error record. @default 10485760 (10 MiB) */
     maxRecordBytes: int('maxRecordBytes')
       .min(16, 'must be at least 16 bytes')
@@ -111,6 +120,10 @@ export const WorkSettingsSchema = z
   .refine((s) => s.minPollSeconds <= s.maxPollSeconds, {
     path: ['minPollSeconds'],
     message: 'must not be above maxPollSeconds',
+  })
+  .refine((s) => s.maxOutputRetries <= s.maxResubmits, {
+    path: ['maxOutputRetries'],
+    message: 'must not be above maxResubmits (an output retry is a resubmit)',
   });
 
 /** Settings as a user writes them (defaults optional). */
@@ -127,27 +140,37 @@ export interface UploadContext {
 /** What `upload` may return: one request, several, or nothing to skip the record. */
 export type UploadResult = BatchInputItemInput | readonly BatchInputItemInput[] | null | undefined;
 
+/** What `download` receives: with an `outputSchema`, the answer parsed and checked as `parsed`. */
+export type DownloadItem<O> = unknown extends O ? BatchOutputItem : StructuredOutputItem<O>;
+
 /** The hooks of a work: how records become requests and results become output records. */
-export interface WorkHooks<R> {
+export interface WorkHooks<R, O = unknown> {
   /** A dataset record to zero or more requests. Default: the record is itself a request item. */
   readonly upload: (record: R, context: UploadContext) => UploadResult | Promise<UploadResult>;
   /** A successful result to the record written to outputs/; null or undefined writes nothing. */
-  readonly download: (item: BatchOutputItem) => unknown;
+  readonly download: (item: DownloadItem<O>) => unknown;
   /** A failed record or request to the record written to errors/. */
   readonly downloadError: (item: BatchErrorItem) => unknown;
 }
 
 /** A work as a user writes it: settings plus optional hooks, and optionally a schema for records. */
-export type WorkConfig<R = Record<string, unknown>> = WorkSettingsInput &
-  Partial<WorkHooks<R>> & {
+export type WorkConfig<R = Record<string, unknown>, O = unknown> = WorkSettingsInput &
+  Partial<WorkHooks<R, O>> & {
     /** A zod schema each dataset record must match; a record that fails is an error naming the field. */
     readonly record?: z.ZodType<R>;
+    /**
+     * A zod schema for the answer (chat and responses only): requests ask for it as a strict structured
+     * output, and `download` receives the answer parsed and checked as `item.parsed`.
+     */
+    readonly outputSchema?: z.ZodType<O>;
   };
 
 /** A validated work: settings with defaults, hooks with defaults. */
-export interface Work<R = Record<string, unknown>> extends WorkHooks<R> {
+export interface Work<R = Record<string, unknown>, O = unknown> extends WorkHooks<R, O> {
   readonly settings: WorkSettings;
   readonly record: z.ZodType<R> | undefined;
+  /** The answer schema and the request format built from it; undefined without `outputSchema`. */
+  readonly structured: StructuredOutput | undefined;
 }
 
 const HOOKS = ['upload', 'download', 'downloadError'] as const;
@@ -156,11 +179,11 @@ const HOOKS = ['upload', 'download', 'downloadError'] as const;
  * Checks a work's configuration and fills in defaults. Throws a {@link ConfigError} that names each
  * field, its value and the rule it breaks.
  */
-export function defineWork<R = Record<string, unknown>>(config: WorkConfig<R>): Work<R> {
+export function defineWork<R = Record<string, unknown>, O = unknown>(config: WorkConfig<R, O>): Work<R, O> {
   if (config === null || typeof config !== 'object') {
     throw new ConfigError('A work must be an object passed to defineWork({...}).');
   }
-  const { upload, download, downloadError, record, ...settings } = config;
+  const { upload, download, downloadError, record, outputSchema, ...settings } = config;
   const problems: string[] = [];
   const hooks: Record<string, unknown> = { upload, download, downloadError };
   for (const hook of HOOKS) {
@@ -173,6 +196,14 @@ export function defineWork<R = Record<string, unknown>>(config: WorkConfig<R>): 
   }
   const parsed = WorkSettingsSchema.safeParse(settings);
   if (!parsed.success) problems.push(...describeIssues(parsed.error, settings));
+  const structured =
+    outputSchema === undefined
+      ? undefined
+      : structuredOutputOf(
+          outputSchema,
+          parsed.success ? parsed.data.endpoint : (settings.endpoint ?? '/v1/chat/completions'),
+        );
+  if (structured && 'problem' in structured) problems.push(structured.problem);
   if (!parsed.success || problems.length > 0) {
     const name = typeof settings.name === 'string' ? ` "${settings.name}"` : '';
     throw new ConfigError(`Invalid work${name}:\n  - ${problems.join('\n  - ')}`, problems);
@@ -180,6 +211,7 @@ export function defineWork<R = Record<string, unknown>>(config: WorkConfig<R>): 
   return {
     settings: parsed.data,
     record,
+    structured: structured && 'output' in structured ? structured.output : undefined,
     upload: upload ?? ((item: R) => item as unknown as BatchInputItemInput),
     download: download ?? ((item) => item),
     downloadError: downloadError ?? ((item) => item),

@@ -30,6 +30,7 @@ describe('defineWork', () => {
       validateRequests: true,
       webhooks: false,
       maxResubmits: 2,
+      maxOutputRetries: 0,
       maxRecordBytes: 10 * 1024 * 1024,
       expectedOutputTokens: 200,
     });

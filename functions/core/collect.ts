@@ -4,6 +4,7 @@ import { linesOf } from './lines';
 import { errorLine, type RecordSink } from './prepare';
 import { isRetryable, readResults } from './results';
 import type { BatchFailure, CollectCursor, Part, TokenTotals } from './run';
+import { checkOutput } from './structured';
 import type { Work } from './work';
 
 /** Where requests that are sent again go (a new part), with the dataset line each came from. */
@@ -205,13 +206,27 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
         }
         continue;
       }
-      settled.add(id);
-      const item = event.item;
-      if (item.usage) {
-        usage.inputTokens += item.usage.inputTokens;
-        usage.outputTokens += item.usage.outputTokens;
-        usage.cachedTokens += item.usage.cachedTokens;
+      // Paid for whether or not its answer can be used.
+      if (event.item.usage) {
+        usage.inputTokens += event.item.usage.inputTokens;
+        usage.outputTokens += event.item.usage.outputTokens;
+        usage.cachedTokens += event.item.usage.cachedTokens;
       }
+      const checked = work.structured
+        ? checkOutput(work.structured, event.item, datasetLine.get(id) ?? null)
+        : { item: event.item };
+      if ('error' in checked) {
+        // An answer that came back unusable (not the schema, refused, cut off): sent again while
+        // output retries last, each time in a new part.
+        if (input.resubmit && part.generation < work.settings.maxOutputRetries) retry.add(id);
+        else {
+          settled.add(id);
+          if (!replay) await writeError(checked.error);
+        }
+        continue;
+      }
+      settled.add(id);
+      const item = checked.item;
       if (replay) continue;
       const hookFailed = (message: string) =>
         writeError(

@@ -1,15 +1,16 @@
+import type { OpenAIUnavailableError } from '../core/errors';
 import type { Part } from '../core/run';
 import type { StepDeps } from './deps';
 import { markIntermediatesEnded } from './intermediates';
 import { updateRun } from './runs';
 import {
   blockedAfter,
-  blockedBy,
   cancelActive,
   collectFinished,
   type Pass,
   pollActive,
   recoverLostCreates,
+  whileOpenAIAnswers,
 } from './tick';
 
 /**
@@ -54,7 +55,7 @@ export async function markFailed<R>(
     settled,
     waitSeconds,
   });
-  let run = input.runId ? await deps.runs.getRun(input.runId) : null;
+  const run = input.runId ? await deps.runs.getRun(input.runId) : null;
   if (!run || run.status === 'completed' || run.status === 'cancelled' || run.status === 'failed') {
     // An ended run (a CleanUp that failed midway, a MarkFailed run again): what it left expires.
     if (run) await markIntermediatesEnded(deps, run.runId);
@@ -69,45 +70,42 @@ export async function markFailed<R>(
   const started = deps.now();
   const failure = `${input.error}: ${message}`;
   // First call: say the run is failing, and stop a webhook from restarting it.
-  run = await updateRun(deps.runs, run.runId, (r) =>
+  let failing = await updateRun(deps.runs, run.runId, (r) =>
     r.failing ? r : { ...r, failing: { error: failure, since: started }, waiting: null, updatedAt: started },
   );
-  const parts = new Map((await deps.runs.listParts(run.runId)).map((p) => [p.part, p]));
-  let blocked = null;
+  const parts = new Map((await deps.runs.listParts(failing.runId)).map((p) => [p.part, p]));
+  let blocked: OpenAIUnavailableError | null = null;
   if (unsettled(parts.values()).length > 0) {
     const save = async (part: Part): Promise<Part | null> => {
-      const saved = await deps.runs.putPart(run?.runId ?? '', part);
+      const saved = await deps.runs.putPart(failing.runId, part);
       if (saved) parts.set(saved.part, saved);
       return saved;
     };
-    try {
-      const pass: Pass<R> = {
-        deps,
-        api: await deps.openai(),
-        run,
-        parts,
-        started,
-        outOfTime: () => deps.now() - started > deps.budgetMs,
-        save,
-      };
-      await recoverLostCreates(pass);
-      await cancelActive(pass);
-      await pollActive(pass);
-      // Leftovers are kept for a resume whatever the resubmits used: they failed with the run, not alone.
-      await collectFinished(pass, () => true, { resendCancelled: true });
-      run = pass.run;
-    } catch (caught) {
-      blocked = blockedBy(caught);
-      if (!blocked) throw caught;
-      deps.log('a failing run cannot reach OpenAI; it tries again', {
-        runId: run.runId,
-        reason: blocked.reason,
-        error: blocked.message,
-      });
-    }
+    blocked = await whileOpenAIAnswers(
+      deps,
+      failing.runId,
+      'a failing run cannot reach OpenAI; it tries again',
+      async () => {
+        const pass: Pass<R> = {
+          deps,
+          api: await deps.openai(),
+          run: failing,
+          parts,
+          started,
+          outOfTime: () => deps.now() - started > deps.budgetMs,
+          save,
+        };
+        await recoverLostCreates(pass);
+        await cancelActive(pass);
+        await pollActive(pass);
+        // Leftovers are kept for a resume whatever the resubmits used: they failed with the run, not alone.
+        await collectFinished(pass, () => true, { resendCancelled: true });
+        failing = pass.run;
+      },
+    );
   }
   const left = unsettled(parts.values());
-  const since = run.failing?.since ?? started;
+  const since = failing.failing?.since ?? started;
   if (left.length > 0 && deps.now() - since < WIND_DOWN_MS) {
     const now = deps.now();
     await updateRun(deps.runs, run.runId, (r) => ({ ...r, blocked: blockedAfter(r.blocked, blocked, now) }));

@@ -81,6 +81,27 @@ export function blockedBy(caught: unknown): OpenAIUnavailableError | null {
   return null;
 }
 
+/**
+ * Does a pass's work with OpenAI: an outage or a refusal stops it where it is (everything written so far
+ * stands) and is returned, logged; any other error passes.
+ */
+export async function whileOpenAIAnswers(
+  deps: Pick<StepDeps<unknown>, 'log'>,
+  runId: string,
+  message: string,
+  work: () => Promise<void>,
+): Promise<OpenAIUnavailableError | null> {
+  try {
+    await work();
+    return null;
+  } catch (caught) {
+    const blocked = blockedBy(caught);
+    if (!blocked) throw caught;
+    deps.log(message, { runId, reason: blocked.reason, status: blocked.status, error: blocked.message });
+    return blocked;
+  }
+}
+
 /** The run's `blocked` after a pass: kept with its first time while the same condition lasts. */
 export function blockedAfter(
   previous: Run['blocked'],
@@ -206,52 +227,48 @@ export async function tick<R>(
   };
 
   if (parts.size > 0) {
-    try {
-      const pass: Pass<R> = { deps, api: await deps.openai(), run, parts, started, outOfTime, save };
-      await recoverLostCreates(pass);
-      // A cancelled run: cancel what is on OpenAI (its partial results are collected below), and put every
-      // part not sent yet in errors, so that nothing of it is silently dropped.
-      if (run.cancelRequested) {
-        await cancelActive(pass);
-        for (const part of [...parts.values()].filter((p) => p.status === 'pending')) {
-          await save({
-            ...part,
-            status: 'collecting',
-            failure: [
-              {
-                code: 'run_cancelled',
-                message: 'The run was cancelled before this part was sent to OpenAI.',
-                line: null,
-              },
-            ],
-          });
+    blocked = await whileOpenAIAnswers(
+      deps,
+      run.runId,
+      'OpenAI cannot be used now; the run waits',
+      async () => {
+        const pass: Pass<R> = { deps, api: await deps.openai(), run, parts, started, outOfTime, save };
+        await recoverLostCreates(pass);
+        // A cancelled run: cancel what is on OpenAI (its partial results are collected below), and put every
+        // part not sent yet in errors, so that nothing of it is silently dropped.
+        if (run.cancelRequested) {
+          await cancelActive(pass);
+          for (const part of [...parts.values()].filter((p) => p.status === 'pending')) {
+            await save({
+              ...part,
+              status: 'collecting',
+              failure: [
+                {
+                  code: 'run_cancelled',
+                  message: 'The run was cancelled before this part was sent to OpenAI.',
+                  line: null,
+                },
+              ],
+            });
+          }
         }
-      }
-      await pollActive(pass);
-      await collectFinished(
-        pass,
-        (p) => !run.cancelRequested && p.generation < deps.work.settings.maxResubmits,
-      );
-      run = pass.run;
-      // Pending parts, within maxActiveBatches and the enqueued-token budget.
-      let worked = false;
-      for (const part of run.cancelRequested
-        ? []
-        : admit([...parts.values()], deps.work.settings, deps.now())) {
-        if (worked && outOfTime()) break;
-        await submit(deps, pass.api, run, part, save);
-        worked = true;
-      }
-    } catch (caught) {
-      blocked = blockedBy(caught);
-      if (!blocked) throw caught;
-      deps.log('OpenAI cannot be used now; the run waits', {
-        runId: run.runId,
-        reason: blocked.reason,
-        status: blocked.status,
-        error: blocked.message,
-      });
-    }
+        await pollActive(pass);
+        await collectFinished(
+          pass,
+          (p) => !run.cancelRequested && p.generation < deps.work.settings.maxResubmits,
+        );
+        run = pass.run;
+        // Pending parts, within maxActiveBatches and the enqueued-token budget.
+        let worked = false;
+        for (const part of run.cancelRequested
+          ? []
+          : admit([...parts.values()], deps.work.settings, deps.now())) {
+          if (worked && outOfTime()) break;
+          await submit(deps, pass.api, run, part, save);
+          worked = true;
+        }
+      },
+    );
   }
 
   const all = [...parts.values()];

@@ -199,6 +199,18 @@ export function cli(): Command {
         console.log(
           `${figures.records} records -> ${figures.requests} requests in ${figures.parts} batch(es)${dropped.length ? ` (${dropped.join(', ')}: \`local\` lists them with their lines)` : ''}`,
         );
+        if (figures.invalidBodies.count > 0) {
+          // Requests OpenAI would refuse (Prepare puts them in errors as invalid_request_body): say which.
+          console.log(
+            `${figures.invalidBodies.count} request(s) OpenAI would refuse; they end in errors as invalid_request_body:`,
+          );
+          for (const bad of figures.invalidBodies.first)
+            console.log(
+              `  line ${bad.line ?? '?'} (id ${bad.id ?? '?'}): '${bad.param}' ${bad.code}: ${bad.message}`,
+            );
+          if (figures.invalidBodies.count > figures.invalidBodies.first.length)
+            console.log(`  ... and ${figures.invalidBodies.count - figures.invalidBodies.first.length} more`);
+        }
         for (const m of figures.byModel) {
           console.log(
             `  ${m.model}: ${m.requests} requests, ${m.inputTokens} input tokens (${m.tokenizer}), ~${m.outputTokens} output tokens${m.priced ? '' : ' (no price known for this model)'}`,

@@ -198,4 +198,21 @@ describe('openai-batch estimate', () => {
     );
     expect(stdout).toMatch(/cost at batch prices: about \$0\.00\d\d/);
   });
+
+  it('names by line and parameter the requests OpenAI would refuse', async () => {
+    const data = file(
+      'empty-tools.jsonl',
+      [
+        '{"id":"a","content":"hi"}',
+        '{"id":"b","content":"hi","noTools":true}',
+        '{"id":"c","content":"hi"}',
+      ].join('\n'),
+    );
+    const { code, stdout } = await cli(['estimate', 'test/fixtures/works/empty-tools.ts', data]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(
+      /^1 request\(s\) OpenAI would refuse; they end in errors as invalid_request_body:$/m,
+    );
+    expect(stdout).toMatch(/^ {2}line 2 \(id b\): 'tools' empty_array: /m);
+  });
 });

@@ -1,5 +1,6 @@
 import { estimateInputTokens } from '../../functions/core/tokens';
 import { hash32 } from './random';
+import { withStructuredAnswer } from './structured';
 import { mainFieldOf } from './validation';
 
 const WORDS = (
@@ -30,9 +31,21 @@ function sentence(seed: number, key: string, words: number): string {
 
 /**
  * A deterministic, well-formed answer for one request: the same seed, custom_id and body give the same
- * answer. Prompt tokens grow with the input; the answer's text is a few pseudo-random words.
+ * answer. Prompt tokens grow with the input; the answer's text is a few pseudo-random words, or JSON that
+ * matches the request's `json_schema` format (see {@link withStructuredAnswer} for the output markers).
  */
 export function answer(
+  endpoint: string,
+  customId: string,
+  body: Record<string, unknown>,
+  createdSeconds: number,
+  options: AnswerOptions,
+): Answer {
+  const plain = plainAnswer(endpoint, customId, body, createdSeconds, options);
+  return withStructuredAnswer(endpoint, customId, body, plain, options);
+}
+
+function plainAnswer(
   endpoint: string,
   customId: string,
   body: Record<string, unknown>,

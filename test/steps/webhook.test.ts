@@ -1,4 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import {
   CreateSecretCommand,
   DeleteSecretCommand,
@@ -11,30 +10,10 @@ import { openaiWebhookVerifier } from '../../functions/adapters/webhook-verifier
 import type { RunStore } from '../../functions/core/ports';
 import { receiverSecret, receiveWebhook, type WebhookDeps } from '../../functions/steps/webhook';
 import { signWebhook } from '../../local/emulator/webhooks';
-import { freePort } from '../../local/stand-ins';
-
-/** Secrets Manager from moto_server (the machine's Python), started once for this file. */
-async function startMoto(): Promise<{ endpoint: string; stop: () => void }> {
-  const port = await freePort();
-  const child: ChildProcess = spawn('moto_server', ['-p', String(port)], { stdio: 'ignore' });
-  const endpoint = `http://127.0.0.1:${port}`;
-  for (let attempt = 0; attempt < 200; attempt++) {
-    if (child.exitCode !== null) break;
-    if (
-      await fetch(`${endpoint}/moto-api/`).then(
-        (r) => r.ok,
-        () => false,
-      )
-    )
-      return { endpoint, stop: () => child.kill() };
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  child.kill();
-  throw new Error('moto_server did not start: install it with `pip install "moto[server]"`');
-}
+import { type Moto, motoClientConfig, startMoto } from '../support/moto';
 
 describe('the webhook receiver and its signing secret (Secrets Manager from moto_server)', () => {
-  let moto: { endpoint: string; stop: () => void };
+  let moto: Moto;
   let secrets: SecretsManagerClient;
   const secret = `whsec_${Buffer.from('a test signing secret of 32 bytes!').toString('base64')}`;
   // No run is reached on these paths: a store that is touched fails the test.
@@ -44,11 +23,7 @@ describe('the webhook receiver and its signing secret (Secrets Manager from moto
 
   beforeAll(async () => {
     moto = await startMoto();
-    secrets = new SecretsManagerClient({
-      endpoint: moto.endpoint,
-      region: 'us-east-1',
-      credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' },
-    });
+    secrets = new SecretsManagerClient(motoClientConfig(moto.endpoint));
     await secrets.send(new CreateSecretCommand({ Name: 'hooks/readable', SecretString: secret }));
     await secrets.send(
       new CreateSecretCommand({ Name: 'hooks/placeholder', SecretString: WEBHOOK_SECRET_PLACEHOLDER }),

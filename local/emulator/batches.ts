@@ -3,6 +3,7 @@ import { checkRequestBody } from '../../functions/core/request-bodies';
 import { ApiError, notFound } from './api-error';
 import { type Clock, unixSeconds } from './clock';
 import type { FileStore } from './files';
+import { MEDIA_ENDPOINTS } from './images';
 import { hash32, type Ids } from './random';
 import { type AnswerOptions, answer } from './responses';
 import { type BatchErrorEntry, type InputLimits, validateInput } from './validation';
@@ -14,6 +15,7 @@ export const BATCH_ENDPOINTS = [
   '/v1/embeddings',
   '/v1/completions',
   '/v1/moderations',
+  ...MEDIA_ENDPOINTS,
 ] as const;
 
 /** A batch's status, as OpenAI names them. */

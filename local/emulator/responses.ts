@@ -1,4 +1,5 @@
 import { estimateInputTokens } from '../../functions/core/tokens';
+import { imagesAnswer, videoAnswer } from './images';
 import { hash32 } from './random';
 import { withStructuredAnswer } from './structured';
 import { mainFieldOf } from './validation';
@@ -52,6 +53,9 @@ function plainAnswer(
   createdSeconds: number,
   options: AnswerOptions,
 ): Answer {
+  if (endpoint === '/v1/images/generations' || endpoint === '/v1/images/edits')
+    return imagesAnswer(endpoint, customId, body, createdSeconds, options.seed);
+  if (endpoint === '/v1/videos') return videoAnswer(customId, body, createdSeconds, options.seed);
   const model = String(body.model);
   const key = `${customId}:${JSON.stringify(body[mainFieldOf(endpoint)] ?? '')}`;
   const h = hash32(options.seed, key);

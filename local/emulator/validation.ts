@@ -48,6 +48,9 @@ const MAIN_FIELD: Record<string, { field: string; label: string; api: string }> 
   '/v1/responses': { field: 'input', label: 'Input', api: 'Responses' },
   '/v1/completions': { field: 'prompt', label: 'Prompt', api: 'Completions' },
   '/v1/moderations': { field: 'input', label: 'Input', api: 'Moderations' },
+  '/v1/images/generations': { field: 'prompt', label: 'Prompt', api: 'Images' },
+  '/v1/images/edits': { field: 'prompt', label: 'Prompt', api: 'Images' },
+  '/v1/videos': { field: 'prompt', label: 'Prompt', api: 'Videos' },
 };
 
 const MAX_ERRORS = 1000;

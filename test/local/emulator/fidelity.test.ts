@@ -55,11 +55,19 @@ describe('answers a validating client accepts', () => {
     ['/v1/responses', { input: 'hello', instructions: 'be brief', temperature: 0.5 }, 'Response'],
     ['/v1/responses', { input: [{ role: 'user', content: 'hello' }], metadata: { k: 'v' } }, 'Response'],
     ['/v1/moderations', { input: 'some text' }, 'CreateModerationResponse'],
-    ['/v1/images/generations', { prompt: 'a red fox', model: 'gpt-image-1', size: '1024x1536', n: 2 }, 'ImagesResponse'],
+    [
+      '/v1/images/generations',
+      { prompt: 'a red fox', model: 'gpt-image-1', size: '1024x1536', n: 2 },
+      'ImagesResponse',
+    ],
     ['/v1/images/generations', { prompt: 'a lighthouse', model: 'dall-e-3' }, 'ImagesResponse'],
     [
       '/v1/images/edits',
-      { prompt: 'add a hat', model: 'gpt-image-1', images: [{ image_url: 'data:image/png;base64,iVBORw0KGgo=' }] },
+      {
+        prompt: 'add a hat',
+        model: 'gpt-image-1',
+        images: [{ image_url: 'data:image/png;base64,iVBORw0KGgo=' }],
+      },
       'ImagesResponse',
     ],
     ['/v1/videos', { prompt: 'waves at dusk', model: 'sora-2', seconds: '8' }, 'VideoResource'],

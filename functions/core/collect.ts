@@ -214,7 +214,7 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
       }
       const checked = work.structured
         ? checkOutput(work.structured, event.item, datasetLine.get(id) ?? null)
-        : { item: event.item };
+        : { item: { ...event.item, parsed: undefined } };
       if ('error' in checked) {
         // An answer that came back unusable (not the schema, refused, cut off): sent again while
         // output retries last, each time in a new part.

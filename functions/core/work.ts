@@ -4,7 +4,6 @@ import { describeIssues } from './issues';
 import {
   type BatchErrorItem,
   type BatchInputItemInput,
-  type BatchOutputItem,
   ENDPOINTS,
   type Endpoint,
 } from './items';
@@ -140,15 +139,21 @@ export interface UploadContext {
 /** What `upload` may return: one request, several, or nothing to skip the record. */
 export type UploadResult = BatchInputItemInput | readonly BatchInputItemInput[] | null | undefined;
 
-/** What `download` receives: with an `outputSchema`, the answer parsed and checked as `parsed`. */
-export type DownloadItem<O> = unknown extends O ? BatchOutputItem : StructuredOutputItem<O>;
+/**
+ * What `download` receives: with an `outputSchema`, the answer parsed and checked as `parsed`, typed from
+ * the schema; without one, `parsed` is undefined.
+ */
+export type DownloadItem<O> = StructuredOutputItem<O>;
 
 /** The hooks of a work: how records become requests and results become output records. */
 export interface WorkHooks<R, O = unknown> {
   /** A dataset record to zero or more requests. Default: the record is itself a request item. */
   readonly upload: (record: R, context: UploadContext) => UploadResult | Promise<UploadResult>;
-  /** A successful result to the record written to outputs/; null or undefined writes nothing. */
-  readonly download: (item: DownloadItem<O>) => unknown;
+  /**
+   * A successful result to the record written to outputs/; null or undefined writes nothing. (Method
+   * syntax, so that a work typed by its outputSchema still passes where any work is taken.)
+   */
+  download(item: DownloadItem<O>): unknown;
   /** A failed record or request to the record written to errors/. */
   readonly downloadError: (item: BatchErrorItem) => unknown;
 }

@@ -1,12 +1,7 @@
 import { z } from 'zod';
 import { ConfigError } from './errors';
 import { describeIssues } from './issues';
-import {
-  type BatchErrorItem,
-  type BatchInputItemInput,
-  ENDPOINTS,
-  type Endpoint,
-} from './items';
+import { type BatchErrorItem, type BatchInputItemInput, ENDPOINTS, type Endpoint } from './items';
 import { type StructuredOutput, type StructuredOutputItem, structuredOutputOf } from './structured';
 
 /** OpenAI's hard limits for one batch input file. */

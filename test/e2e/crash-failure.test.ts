@@ -1,16 +1,12 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import type { Handlers } from '../../functions/handlers';
-import { loadWork } from '../../infra/works';
-import { type Definition, synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
-import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { runLocally } from '../../local/runner';
 import { CrashPlan } from '../support/crash';
+import { e2eEnvironment, putRecords } from '../support/e2e';
 import { ManualTime } from '../support/manual-time';
 import { outputIds, partsPaidTwice } from '../support/run-checks';
 import { withEmulator } from '../support/targets';
@@ -25,22 +21,7 @@ import { withEmulator } from '../support/targets';
  */
 
 const RECORDS = 100;
-let env: LocalEnvironment;
-let dir: string;
-let loaded: Awaited<ReturnType<typeof loadWork>>;
-let definition: Definition;
-
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'openai-batch-crash-failure-'));
-  env = await startLocalEnvironment(dir);
-  loaded = await loadWork(new URL('../fixtures/works/slow-poll.ts', import.meta.url).pathname);
-  definition = (await synthesizeDefinition(loaded)).definition;
-}, 60_000);
-
-afterAll(async () => {
-  await env?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+const e2e = e2eEnvironment('slow-poll', 'openai-batch-crash-failure-');
 
 /** Every handler says which state it runs in, and the third Tick fails for good. */
 function failingAtThirdTick(plan: CrashPlan) {
@@ -63,14 +44,8 @@ function failingAtThirdTick(plan: CrashPlan) {
 
 async function failingRun(crashAfter: number | null) {
   const runId = `fail-crash-${crashAfter ?? 'none'}`;
-  const ids = Array.from({ length: RECORDS }, (_, i) => `${runId}-${i}`);
-  await env.s3.client.send(
-    new PutObjectCommand({
-      Bucket: env.s3.bucket,
-      Key: `inputs/${runId}.jsonl`,
-      Body: ids.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
-    }),
-  );
+  const { env, loaded, definition } = e2e;
+  await putRecords(env, runId, RECORDS);
   const time = new ManualTime();
   const emulator = await startEmulator(
     time.emulatorOptions({ validationMs: 1_000, requestsPerSecond: 2, cancellingMs: 5_000, seed: 4 }),

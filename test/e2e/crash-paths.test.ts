@@ -1,18 +1,15 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { GetObjectCommand, ListObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsCommand } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import type { RunSummary } from '../../functions/core/summary';
 import { updateRun } from '../../functions/steps/runs';
-import { type LoadedWork, loadWork } from '../../infra/works';
-import { type Definition, synthesizeDefinition } from '../../local/definition';
 import { type EmulatorOptions, startEmulator } from '../../local/emulator/server';
-import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { type LocalEnvironment, runLocally } from '../../local/runner';
 import { startWebhookReceiver } from '../../local/webhook-receiver';
 import { CrashPlan } from '../support/crash';
+import { type FixtureWork, fixtureWork, putRecords } from '../support/e2e';
+import { localEnvironment } from '../support/local-environment';
 import { ManualTime } from '../support/manual-time';
 import { outputIds, partsPaidTwice } from '../support/run-checks';
 
@@ -38,21 +35,20 @@ const OWN_POINTS = 3;
 const SPREAD_POINTS = 4;
 const PARALLEL = 4;
 
-let dir: string;
-let env: LocalEnvironment;
+// S3 and DynamoDB are shared; each run brings its own emulator on its own clock.
+const shared = localEnvironment('openai-batch-crash-paths-', {
+  kind: 'url',
+  baseURL: 'http://127.0.0.1:9/v1',
+  apiKey: 'unused',
+});
 let runs: DynamoRunStore;
-let chat: { loaded: LoadedWork; definition: Definition };
-let hooked: { loaded: LoadedWork; definition: Definition };
-
-async function workOf(name: string) {
-  const loaded = await loadWork(new URL(`../fixtures/works/${name}.ts`, import.meta.url).pathname);
-  return { loaded, definition: (await synthesizeDefinition(loaded)).definition };
-}
+let chat: FixtureWork;
+let hooked: FixtureWork;
 
 /** A path of a run, and how its clean run shows it took it. */
 interface Path {
   readonly name: string;
-  readonly work: () => { loaded: LoadedWork; definition: Definition };
+  readonly work: () => FixtureWork;
   readonly records: number;
   readonly emulator: EmulatorOptions;
   readonly webhooks: boolean;
@@ -81,12 +77,14 @@ interface Outcome {
 }
 
 async function text(key: string): Promise<string> {
+  const { env } = shared;
   const got = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: key }));
   return (await got.Body?.transformToString()) ?? '';
 }
 
 /** The dataset line of every error line of a run, as often as it appears. */
 async function errorLinesOf(runId: string): Promise<number[]> {
+  const { env } = shared;
   const listed = await env.s3.client.send(
     new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: `runs/${runId}/errors/` }),
   );
@@ -100,14 +98,8 @@ async function errorLinesOf(runId: string): Promise<number[]> {
 /** A run of a path over its own dataset (dedup would refuse the same content twice), crashing after effect n. */
 async function crashRun(path: Path, n: number | null): Promise<Outcome> {
   const runId = `${path.name}-${n ?? 'clean'}`;
-  const ids = Array.from({ length: path.records }, (_, i) => `${runId}-${i}`);
-  await env.s3.client.send(
-    new PutObjectCommand({
-      Bucket: env.s3.bucket,
-      Key: `inputs/${runId}.jsonl`,
-      Body: ids.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
-    }),
-  );
+  const { env } = shared;
+  const ids = await putRecords(env, runId, path.records);
   const time = new ManualTime({ maxTicks: 300 });
   const receiver = path.webhooks ? await startWebhookReceiver() : null;
   const emulator = await startEmulator({
@@ -266,18 +258,10 @@ const PATHS: Path[] = [
 ];
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'openai-batch-crash-paths-'));
-  // S3 and DynamoDB are shared; each run brings its own emulator on its own clock.
-  env = await startLocalEnvironment(dir, { kind: 'url', baseURL: 'http://127.0.0.1:9/v1', apiKey: 'unused' });
-  runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
-  chat = await workOf('chat');
-  hooked = await workOf('webhooks');
+  runs = new DynamoRunStore(shared.env.dynamo.client, shared.env.dynamo.table);
+  chat = await fixtureWork('chat');
+  hooked = await fixtureWork('webhooks');
 }, 60_000);
-
-afterAll(async () => {
-  await env?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
 
 describe('crash points on the resubmission, cancel and webhook-wake paths', () => {
   it('ends every run with each record once and no part paid twice, whichever side effect it died after', async () => {

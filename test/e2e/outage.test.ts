@@ -1,16 +1,12 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import type { Run } from '../../functions/core/run';
-import { loadWork } from '../../infra/works';
-import { type Definition, synthesizeDefinition } from '../../local/definition';
 import type { OutageKind } from '../../local/emulator/faults';
 import { startEmulator } from '../../local/emulator/server';
-import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { runLocally } from '../../local/runner';
+import { e2eEnvironment, putRecords } from '../support/e2e';
 import { ManualTime } from '../support/manual-time';
 import { outputIds, partsPaidTwice } from '../support/run-checks';
 import { withEmulator } from '../support/targets';
@@ -23,34 +19,13 @@ import { withEmulator } from '../support/targets';
  */
 
 const RECORDS = 100; // three parts of the fixture's 40 requests
-let env: LocalEnvironment;
-let dir: string;
-let loaded: Awaited<ReturnType<typeof loadWork>>;
-let definition: Definition;
-
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'openai-batch-outage-'));
-  env = await startLocalEnvironment(dir);
-  loaded = await loadWork(new URL('../fixtures/works/slow-poll.ts', import.meta.url).pathname);
-  definition = (await synthesizeDefinition(loaded)).definition;
-}, 60_000);
-
-afterAll(async () => {
-  await env?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+const e2e = e2eEnvironment('slow-poll', 'openai-batch-outage-');
 
 /** A run through a minute-long outage of `kind`, from the first batch create on, or from the start. */
 async function runThrough(kind: OutageKind, from: 'first-create' | 'start') {
   const runId = `outage-${kind}-${from}`;
-  const ids = Array.from({ length: RECORDS }, (_, i) => `${runId}-${i}`);
-  await env.s3.client.send(
-    new PutObjectCommand({
-      Bucket: env.s3.bucket,
-      Key: `inputs/${runId}.jsonl`,
-      Body: ids.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
-    }),
-  );
+  const { env, loaded, definition } = e2e;
+  const ids = await putRecords(env, runId, RECORDS);
   const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
   const seen: NonNullable<Run['blocked']>[] = [];
   const time = new ManualTime();

@@ -1,4 +1,5 @@
 import { messageOf } from './errors';
+import { type ImageSink, isImages, withStoredImages } from './images';
 import { type BatchErrorItem, errorItem, jsonLineOf } from './items';
 import { linesOf } from './lines';
 import { errorLine, type RecordSink } from './prepare';
@@ -27,6 +28,8 @@ export interface CollectInput<R> {
   readonly errors: RecordSink;
   /** Null when the work's resubmits are used up: what would be resent goes to errors instead. */
   readonly resubmit: ResubmitSink | null;
+  /** Where the images of an images endpoint's answers go, one object each; absent for other endpoints. */
+  readonly images?: ImageSink;
   /**
    * Send requests OpenAI did not run because their batch was cancelled (`batch_cancelled`) again too: a
    * run that failed cancelled them, not the user, so a resume sends them. @default false
@@ -226,8 +229,12 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
         continue;
       }
       settled.add(id);
-      const item = checked.item;
       if (replay) continue;
+      // An answer's images become objects of their own before any hook sees it: no base64 in outputs.
+      const item =
+        input.images && isImages(work.settings.endpoint)
+          ? await withStoredImages(checked.item, input.images)
+          : checked.item;
       const hookFailed = (message: string) =>
         writeError(
           errorItem({

@@ -9,6 +9,9 @@ export const ENDPOINTS = [
   '/v1/responses',
   '/v1/completions',
   '/v1/moderations',
+  '/v1/images/generations',
+  '/v1/images/edits',
+  '/v1/videos',
 ] as const;
 
 /** One of {@link ENDPOINTS}. */
@@ -67,8 +70,12 @@ export const BatchOutputItemSchema = z.object({
   /** The first embedding of an embeddings request; else null. */
   embedding: z.array(z.number()).nullable(),
   usage: UsageSchema.nullable(),
-  /** The whole response body. */
+  /** The whole response body (an images answer's `b64_json` replaced by the key of its stored object). */
   response: z.record(z.string(), z.unknown()),
+  /** An images answer's images, each stored as an object under `runs/<id>/images/`; absent elsewhere. */
+  images: z
+    .array(z.object({ key: z.string(), index: z.number().int(), revisedPrompt: z.string().nullable() }))
+    .optional(),
 });
 
 /** A successful result. */

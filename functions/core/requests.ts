@@ -50,6 +50,9 @@ const MAIN_FIELD: Record<Endpoint, 'messages' | 'input' | 'prompt'> = {
   '/v1/responses': 'input',
   '/v1/completions': 'prompt',
   '/v1/moderations': 'input',
+  '/v1/images/generations': 'prompt',
+  '/v1/images/edits': 'prompt',
+  '/v1/videos': 'prompt',
 };
 
 const ITEM_FIELDS = new Set(['id', 'model', 'body', 'messages', 'input', 'prompt']);

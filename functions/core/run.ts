@@ -236,6 +236,8 @@ export const runKeys = (runId: string) => ({
   outputs: (part: number, chunk = 0) => `runs/${runId}/outputs/${partFile(part, chunk)}`,
   /** A part's errors, one file a collect step like its outputs. */
   errors: (part: number, chunk = 0) => `runs/${runId}/errors/${partFile(part, chunk)}`,
+  /** An image an images answer carried (`<custom_id>-<n>.png`), named by `imageName` in images.ts. */
+  images: (name: string) => `runs/${runId}/images/${name}`,
   /**
    * Errors found by the prepare step that started at this object and line (bad lines, refused requests):
    * named by where the step started, so a step run again overwrites its own file.

@@ -50,6 +50,18 @@ export async function collect<R>(
     outputs,
     errors,
     resubmit: resent && child !== null ? { write: (json, line) => resent.writeRaw(child, json, line) } : null,
+    images: {
+      write: async (name, bytes) => {
+        const key = keys.images(name);
+        await deps.blobs.write(
+          key,
+          (async function* () {
+            yield bytes;
+          })(),
+        );
+        return key;
+      },
+    },
     from,
     resendCancelled,
     ...(options.shouldPause ? { shouldPause: options.shouldPause } : {}),

@@ -82,7 +82,7 @@ async function run(endpoint: OpenAI.BatchCreateParams['endpoint'], bodies: Recor
   const outputs = Object.fromEntries(
     (await fileLines(client, batch.output_file_id)).map((l) => [
       l.custom_id as string,
-      (l.response as { body: Record<string, unknown> }).body,
+      (l.response as { body: unknown }).body,
     ]),
   );
   return { batch, outputs };

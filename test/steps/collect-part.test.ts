@@ -1,22 +1,15 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { GetObjectCommand, ListObjectsCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { BatchApi } from '../../functions/core/ports';
-import { newPart, type Part, type Run } from '../../functions/core/run';
+import type { Part, Run } from '../../functions/core/run';
 import { defineWork, type Work, type WorkConfig } from '../../functions/core/work';
 import { collect } from '../../functions/steps/collect-part';
 import type { StepDeps } from '../../functions/steps/deps';
 import { StoredParts } from '../../functions/steps/storage';
-import {
-  type LocalEnvironment,
-  localDeps,
-  RecordingNotifier,
-  startLocalEnvironment,
-} from '../../local/runner';
+import { localDeps, RecordingNotifier } from '../../local/runner';
 import { chatLine } from '../support/emulator';
-import { runFixture } from '../support/runs';
+import { localEnvironment } from '../support/local-environment';
+import { partFixture, runFixture } from '../support/runs';
 
 /**
  * Collecting one part through the real stand-ins: a slow download hook makes it take several steps
@@ -24,8 +17,10 @@ import { runFixture } from '../support/runs';
  * leaves each output and error line once.
  */
 
-let env: LocalEnvironment;
-let dir: string;
+const shared = localEnvironment('openai-batch-collect-', {
+  kind: 'emulator',
+  options: { validationMs: 10, requestsPerSecond: 100_000, finalizingMs: 10, tickMs: 5 },
+});
 
 /** A manual clock: only what the test (its hooks) does moves it. */
 class Clock {
@@ -34,7 +29,7 @@ class Clock {
 }
 
 function depsFor(work: Work, clock: Clock, budgetMs = 240_000): StepDeps<Record<string, unknown>> {
-  return { ...localDeps(env, work, { now: clock.now, budgetMs }, new RecordingNotifier()) };
+  return { ...localDeps(shared.env, work, { now: clock.now, budgetMs }, new RecordingNotifier()) };
 }
 
 /** A run whose one part holds `ids` as a batch OpenAI (the emulator) completed: ready to collect. */
@@ -59,14 +54,7 @@ async function collectingPart(
     batch = await api.getBatch(batch.id);
   }
   const part: Part = {
-    ...newPart({
-      part: 0,
-      generation: 0,
-      model: 'gpt-4o-mini',
-      requests: ids.length,
-      bytes: 1,
-      estimatedTokens: 1,
-    }),
+    ...partFixture({ requests: ids.length }),
     status: 'collecting',
     fileId,
     batchId: batch.id,
@@ -83,11 +71,15 @@ async function collectingPart(
 
 /** Every line under a prefix, with the file it is in. */
 async function linesUnder(prefix: string): Promise<{ key: string; value: Record<string, unknown> }[]> {
-  const listed = await env.s3.client.send(new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: prefix }));
+  const listed = await shared.env.s3.client.send(
+    new ListObjectsCommand({ Bucket: shared.env.s3.bucket, Prefix: prefix }),
+  );
   const found: { key: string; value: Record<string, unknown> }[] = [];
   for (const object of listed.Contents ?? []) {
     const key = object.Key ?? '';
-    const body = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: key }));
+    const body = await shared.env.s3.client.send(
+      new GetObjectCommand({ Bucket: shared.env.s3.bucket, Key: key }),
+    );
     for (const line of ((await body.Body?.transformToString()) ?? '').split('\n'))
       if (line) found.push({ key, value: JSON.parse(line) });
   }
@@ -95,19 +87,6 @@ async function linesUnder(prefix: string): Promise<{ key: string; value: Record<
 }
 
 const idsOf = (lines: { value: Record<string, unknown> }[]) => lines.map((l) => String(l.value.id)).sort();
-
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'openai-batch-collect-'));
-  env = await startLocalEnvironment(dir, {
-    kind: 'emulator',
-    options: { validationMs: 10, requestsPerSecond: 100_000, finalizingMs: 10, tickMs: 5 },
-  });
-});
-
-afterAll(async () => {
-  await env?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
 
 describe('collecting a part', () => {
   it('takes several steps within the budget when the download hook is slow, each output once', async () => {

@@ -1,19 +1,12 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { GetObjectCommand, ListObjectsCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { RunStore } from '../../functions/core/ports';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
 import { prepare } from '../../functions/steps/prepare';
 import { writeAll } from '../../functions/steps/storage';
-import {
-  type LocalEnvironment,
-  localDeps,
-  RecordingNotifier,
-  startLocalEnvironment,
-} from '../../local/runner';
+import { localDeps, RecordingNotifier } from '../../local/runner';
+import { localEnvironment } from '../support/local-environment';
 import { runFixture } from '../support/runs';
 
 /**
@@ -21,18 +14,21 @@ import { runFixture } from '../support/runs';
  * again with a shorter budget (it reads less) leaves every request and error line once.
  */
 
-let env: LocalEnvironment;
-let dir: string;
+const shared = localEnvironment('openai-batch-prepare-', { kind: 'emulator', options: {} });
 
 const RECORD_MS = 10; // each record's upload hook takes this long, on the manual clock
 
 /** Lines under a prefix, parsed. */
 async function linesUnder(prefix: string): Promise<Record<string, unknown>[]> {
-  const listed = await env.s3.client.send(new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: prefix }));
+  const listed = await shared.env.s3.client.send(
+    new ListObjectsCommand({ Bucket: shared.env.s3.bucket, Prefix: prefix }),
+  );
   const found: Record<string, unknown>[] = [];
   for (const object of listed.Contents ?? []) {
     if (!object.Key?.endsWith('.jsonl')) continue;
-    const body = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: object.Key }));
+    const body = await shared.env.s3.client.send(
+      new GetObjectCommand({ Bucket: shared.env.s3.bucket, Key: object.Key }),
+    );
     for (const line of ((await body.Body?.transformToString()) ?? '').split('\n'))
       if (line) found.push(JSON.parse(line));
   }
@@ -56,16 +52,6 @@ function crashingOnPutRun(runs: RunStore): RunStore {
   });
 }
 
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'openai-batch-prepare-'));
-  env = await startLocalEnvironment(dir, { kind: 'emulator', options: {} });
-});
-
-afterAll(async () => {
-  await env?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
-
 describe('the Prepare step', () => {
   it('writes each error and request once when a step that crashed is run again and reads less', async () => {
     const runId = 'retried';
@@ -85,7 +71,7 @@ describe('the Prepare step', () => {
         return record as { id: string };
       },
     });
-    const base = localDeps(env, work, { now: () => clock }, new RecordingNotifier()) as StepDeps<
+    const base = localDeps(shared.env, work, { now: () => clock }, new RecordingNotifier()) as StepDeps<
       Record<string, unknown>
     >;
     await writeAll(base.blobs, key, `${lines.join('\n')}\n`);

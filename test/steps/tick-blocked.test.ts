@@ -1,20 +1,13 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { newPart, runKeys } from '../../functions/core/run';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { runKeys } from '../../functions/core/run';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
 import { EXECUTION_HAND_OVER_MS, tick } from '../../functions/steps/tick';
 import { ManualClock } from '../../local/emulator/clock';
-import {
-  type LocalEnvironment,
-  localDeps,
-  RecordingNotifier,
-  startLocalEnvironment,
-} from '../../local/runner';
-import { runFixture } from '../support/runs';
+import { localDeps, RecordingNotifier } from '../../local/runner';
+import { localEnvironment } from '../support/local-environment';
+import { partFixture, runFixture } from '../support/runs';
 
 /**
  * Tick against an OpenAI that is down, refuses the key or the quota: the run records why it waits and
@@ -29,24 +22,24 @@ const work = defineWork({
   maxPollSeconds: 60,
 });
 const clock = new ManualClock(1_800_000_000_000);
-let env: LocalEnvironment;
-let dir: string;
+const shared = localEnvironment('openai-batch-tick-blocked-', {
+  kind: 'emulator',
+  options: { clock, tickMs: 0, seed: 9 },
+});
 let deps: StepDeps<unknown>;
 const metrics: { name: string; value: number }[] = [];
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'openai-batch-tick-blocked-'));
-  env = await startLocalEnvironment(dir, { kind: 'emulator', options: { clock, tickMs: 0, seed: 9 } });
   deps = {
-    ...(localDeps(env, work, { now: () => clock.now() }, new RecordingNotifier()) as StepDeps<unknown>),
+    ...(localDeps(
+      shared.env,
+      work,
+      { now: () => clock.now() },
+      new RecordingNotifier(),
+    ) as StepDeps<unknown>),
     metric: (name, value) => metrics.push({ name, value }),
   };
 }, 60_000);
-
-afterAll(async () => {
-  await env?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
 
 /** A prepared run with one pending part of one request, its request file in the bucket. */
 async function pendingRun(runId: string): Promise<void> {
@@ -61,26 +54,21 @@ async function pendingRun(runId: string): Promise<void> {
     [keys.requests(0), `${request}\n`],
     [keys.lines(0), '1\n'],
   ] as const)
-    await env.s3.client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: key, Body: body }));
+    await shared.env.s3.client.send(
+      new PutObjectCommand({ Bucket: shared.env.s3.bucket, Key: key, Body: body }),
+    );
   await deps.runs.createRun(
     { ...runFixture(runId), work: work.settings.name, status: 'running', prepared: true, execution: 'first' },
     false,
   );
-  const part = newPart({
-    part: 0,
-    generation: 0,
-    model: 'gpt-4o-mini',
-    requests: 1,
-    bytes: 1,
-    estimatedTokens: 1,
-  });
+  const part = partFixture();
   await deps.runs.addParts(runId, [part]);
 }
 
 describe('tick while OpenAI is blocked', () => {
   it('waits through an outage, backing off, and goes on when OpenAI answers', async () => {
     await pendingRun('outage');
-    env.emulator?.faults.outage('unavailable', 10 * 60_000);
+    shared.env.emulator?.faults.outage('unavailable', 10 * 60_000);
     const first = await tick(deps, { runId: 'outage', executionName: 'first' });
     const since = clock.now();
     let run = await deps.runs.getRun('outage');
@@ -114,7 +102,7 @@ describe('tick while OpenAI is blocked', () => {
 
   it('waits while the key is refused, says so, and raises the refused-access metric', async () => {
     await pendingRun('refused');
-    env.emulator?.faults.outage('unauthorized', 60_000);
+    shared.env.emulator?.faults.outage('unauthorized', 60_000);
     await tick(deps, { runId: 'refused', executionName: 'first' });
     const run = await deps.runs.getRun('refused');
     expect(run?.blocked?.reason).toBe('key_refused');
@@ -134,7 +122,7 @@ describe('tick while OpenAI is blocked', () => {
 
   it('names an exhausted quota apart from an outage', async () => {
     await pendingRun('quota');
-    env.emulator?.faults.outage('quota', 60_000);
+    shared.env.emulator?.faults.outage('quota', 60_000);
     await tick(deps, { runId: 'quota', executionName: 'first' });
     const run = await deps.runs.getRun('quota');
     expect(run?.blocked?.reason).toBe('quota_exhausted');

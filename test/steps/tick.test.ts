@@ -1,28 +1,22 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import OpenAI, { toFile } from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { newPart } from '../../functions/core/run';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
 import { tick } from '../../functions/steps/tick';
-import {
-  type LocalEnvironment,
-  localDeps,
-  RecordingNotifier,
-  startLocalEnvironment,
-} from '../../local/runner';
-import { runFixture } from '../support/runs';
+import { localDeps, RecordingNotifier } from '../../local/runner';
+import { localEnvironment } from '../support/local-environment';
+import { partFixture, runFixture } from '../support/runs';
 
 const work = defineWork({ name: 'tick', model: 'gpt-4o-mini', minPollSeconds: 10, maxPollSeconds: 900 });
-let env: LocalEnvironment;
-let dir: string;
+const shared = localEnvironment('openai-batch-tick-', {
+  kind: 'emulator',
+  options: { validationMs: 3_600_000, tickMs: 0 },
+});
 let deps: StepDeps<unknown>;
 
 /** A run whose one part is a batch the emulator keeps validating: every Tick polls it, nothing moves. */
 async function runWithBatch(runId: string): Promise<void> {
-  const client = new OpenAI({ apiKey: env.openai.apiKey, baseURL: env.openai.baseURL });
+  const client = new OpenAI({ apiKey: shared.env.openai.apiKey, baseURL: shared.env.openai.baseURL });
   const line = JSON.stringify({
     custom_id: 'a',
     method: 'POST',
@@ -42,31 +36,14 @@ async function runWithBatch(runId: string): Promise<void> {
     { ...runFixture(runId), status: 'running', prepared: true, execution: 'first' },
     false,
   );
-  const part = newPart({
-    part: 0,
-    generation: 0,
-    model: 'gpt-4o-mini',
-    requests: 1,
-    bytes: 1,
-    estimatedTokens: 1,
-  });
+  const part = partFixture();
   await deps.runs.addParts(runId, [
     { ...part, status: 'active', batchId: batch.id, fileId: file.id, batchStatus: 'validating' },
   ]);
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'openai-batch-tick-'));
-  env = await startLocalEnvironment(dir, {
-    kind: 'emulator',
-    options: { validationMs: 3_600_000, tickMs: 0 },
-  });
-  deps = localDeps(env, work, {}, new RecordingNotifier()) as StepDeps<unknown>;
-});
-
-afterAll(async () => {
-  await env?.stop();
-  rmSync(dir, { recursive: true, force: true });
+  deps = localDeps(shared.env, work, {}, new RecordingNotifier()) as StepDeps<unknown>;
 });
 
 describe('Tick and the execution that runs it', () => {

@@ -1,5 +1,5 @@
 import { zeroCounts } from '../../functions/core/accounting';
-import type { Run } from '../../functions/core/run';
+import { newPart, type Part, type Run } from '../../functions/core/run';
 
 /** A run record as Register writes it, for store and step tests. */
 export const runFixture = (runId: string, datasetHash = `hash-${runId}`, createdAt = Date.now()): Run => ({
@@ -28,3 +28,19 @@ export const runFixture = (runId: string, datasetHash = `hash-${runId}`, created
   failing: null,
   version: 0,
 });
+
+/** A new pending part 0 of one request, for store and step tests; `fields` change what it holds. */
+export const partFixture = (
+  fields: Partial<
+    Pick<Part, 'part' | 'generation' | 'model' | 'requests' | 'bytes' | 'estimatedTokens'>
+  > = {},
+): Part =>
+  newPart({
+    part: 0,
+    generation: 0,
+    model: 'gpt-4o-mini',
+    requests: 1,
+    bytes: 1,
+    estimatedTokens: 1,
+    ...fields,
+  });

@@ -11,6 +11,7 @@ import { type Work, WorkSettingsSchema } from '../functions/core/work';
 import { causeMessage } from '../functions/steps/finish';
 import { type LoadedWork, loadWork } from '../infra/works';
 import { blockedLine, download } from './cloud-commands';
+import { downloadImages } from './download-images';
 import { type OpenAITarget, runLocally, startLocalEnvironment } from './runner';
 
 /** Why a run waits for OpenAI, as Tick logs it. */
@@ -103,7 +104,7 @@ function openaiTarget(options: LocalCommandOptions): { target: OpenAITarget; lab
  * Runs a work over a local dataset on this machine: the synthesized state machine with the same
  * handlers as in Lambda, S3 and DynamoDB stand-ins under `<out>/.state`, and the OpenAI emulator (or a
  * given URL, or the real OpenAI with OPENAI_API_KEY). Writes `<out>/outputs.jsonl`, `<out>/errors.jsonl`
- * and `<out>/summary.json`.
+ * and `<out>/summary.json`, and an images work's images to `<out>/images/`.
  */
 export async function localCommand(
   workFile: string,
@@ -196,6 +197,7 @@ export async function localCommand(
     const summary = JSON.parse(Buffer.concat(chunks).toString('utf8')) as RunSummary;
     const outputs = await download(blobs, `runs/${runId}/outputs/`, join(out, 'outputs.jsonl'));
     const errors = await download(blobs, `runs/${runId}/errors/`, join(out, 'errors.jsonl'));
+    const images = await downloadImages(blobs, runId, join(out, 'images'));
     const { counts } = summary;
     writeFileSync(
       join(out, 'summary.json'),
@@ -206,6 +208,7 @@ export async function localCommand(
     );
     print(`  outputs: ${join(out, 'outputs.jsonl')}`);
     print(`  errors:  ${join(out, 'errors.jsonl')}`);
+    if (images > 0) print(`  images:  ${join(out, 'images')} (${images}, named as their keys in outputs)`);
     print(`  summary: ${join(out, 'summary.json')}`);
     if (summary.cost.actualUsd !== null)
       print(

@@ -6,6 +6,7 @@ import { readDataset } from '../functions/core/dataset';
 import { IdRegistry } from '../functions/core/ids';
 import { costOf, priceOf } from '../functions/core/prices';
 import { buildRequests, type PreparedRequest } from '../functions/core/requests';
+import { formatPromptOf } from '../functions/core/structured';
 import type { Work } from '../functions/core/work';
 
 /** Tokens a chat message adds around its content, and the tokens that prime the reply (OpenAI's cookbook). */
@@ -34,14 +35,17 @@ function textsOf(value: unknown, out: string[] = []): string[] {
 /** Prompt tokens of one request body, counted with the model's tokenizer. */
 export function requestTokens(endpoint: string, body: Record<string, unknown>): number {
   const { count } = tokenizerOf(String(body.model));
+  // A json_schema format is shown to the model with the prompt, and billed as prompt tokens.
+  const format = formatPromptOf(endpoint, body);
+  const formatTokens = format === null ? 0 : count(format);
   if (endpoint === '/v1/chat/completions' && Array.isArray(body.messages)) {
-    let tokens = REPLY_PRIMING;
+    let tokens = REPLY_PRIMING + formatTokens;
     for (const message of body.messages)
       tokens += MESSAGE_OVERHEAD + textsOf(message).reduce((n, t) => n + count(t), 0);
     return tokens;
   }
   const main = body.messages ?? body.input ?? body.prompt;
-  return textsOf(main).reduce((n, t) => n + count(t), 0);
+  return formatTokens + textsOf(main).reduce((n, t) => n + count(t), 0);
 }
 
 /** What a run of a work over a dataset would send, and cost. */

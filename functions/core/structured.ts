@@ -188,3 +188,25 @@ function asRecord(value: unknown): Record<string, unknown> | null {
     ? (value as Record<string, unknown>)
     : null;
 }
+
+/**
+ * The text a request's `json_schema` format adds to what the model reads, for counting its prompt tokens;
+ * null when the request asks for no schema. OpenAI does not publish how it shows the schema to the model,
+ * only that it is billed as prompt tokens: this renders it as a titled block of compact JSON (its name,
+ * description and schema), a rough count that grows with the schema as OpenAI's does.
+ */
+export function formatPromptOf(endpoint: string, body: Record<string, unknown>): string | null {
+  const format =
+    endpoint === '/v1/responses'
+      ? asRecord(asRecord(body.text)?.format)
+      : endpoint === '/v1/chat/completions'
+        ? asRecord(asRecord(body.response_format)?.json_schema)
+        : null;
+  if (endpoint === '/v1/responses' && format?.type !== 'json_schema') return null;
+  const schema = asRecord(format?.schema);
+  if (!format || !schema) return null;
+  const { $schema: _, ...shown } = schema;
+  const name = typeof format.name === 'string' ? format.name : OUTPUT_FORMAT_NAME;
+  const description = typeof format.description === 'string' ? `${format.description}\n\n` : '';
+  return `# Response Formats\n\n## ${name}\n\n${description}${JSON.stringify(shown)}`;
+}

@@ -5,8 +5,9 @@ import { ConfigError } from '../../functions/core/errors';
 import { IdRegistry } from '../../functions/core/ids';
 import type { BatchOutputItem, Endpoint } from '../../functions/core/items';
 import { buildRequests } from '../../functions/core/requests';
-import { checkOutput, type StructuredOutput } from '../../functions/core/structured';
+import { checkOutput, formatPromptOf, type StructuredOutput } from '../../functions/core/structured';
 import { defineWork } from '../../functions/core/work';
+import { requestTokens, tokenizerOf } from '../../local/estimate';
 import { collect, fromArray } from '../support/streams';
 
 const Answer = z.object({
@@ -219,5 +220,41 @@ describe('typing', () => {
     });
     const parsed: z.infer<typeof Answer> = { label: 'positive', score: 1, note: null };
     expect(work.download({ ...chatItem({}), parsed })).toEqual({ id: 'r1', label: 'positive', score: 1 });
+  });
+});
+
+describe('estimate counts the schema', () => {
+  const messages = [{ role: 'user', content: 'Label this review: fine.' }];
+  const count = tokenizerOf('gpt-4o-mini').count;
+
+  it('adds the tokens of the schema as shown to the model, on chat and responses', () => {
+    const chat = { model: 'gpt-4o-mini', messages, response_format: structuredOf().format };
+    const shown = formatPromptOf('/v1/chat/completions', chat);
+    expect(shown).toMatch(/^# Response Formats\n\n## output\n\n\{"type":"object","properties":\{"label"/);
+    expect(shown).not.toContain('$schema');
+    const plain = requestTokens('/v1/chat/completions', { model: 'gpt-4o-mini', messages });
+    expect(requestTokens('/v1/chat/completions', chat) - plain).toBe(count(shown ?? ''));
+
+    const responses = {
+      model: 'gpt-4o-mini',
+      input: 'Label: fine.',
+      text: { format: structuredOf('/v1/responses').format },
+    };
+    const plainResponse = requestTokens('/v1/responses', { model: 'gpt-4o-mini', input: 'Label: fine.' });
+    expect(requestTokens('/v1/responses', responses) - plainResponse).toBe(
+      count(formatPromptOf('/v1/responses', responses) ?? ''),
+    );
+  });
+
+  it('grows with the schema and counts nothing for a format without one', () => {
+    const bigger = defineWork({
+      name: 't',
+      outputSchema: Answer.extend({ reasons: z.array(z.object({ quote: z.string(), weight: z.number() })) }),
+    }).structured?.format;
+    const tokens = (response_format: unknown) =>
+      requestTokens('/v1/chat/completions', { model: 'gpt-4o-mini', messages, response_format });
+    expect(tokens(bigger)).toBeGreaterThan(tokens(structuredOf().format));
+    expect(tokens({ type: 'json_object' })).toBe(tokens(undefined));
+    expect(formatPromptOf('/v1/responses', { text: { format: { type: 'text' } } })).toBeNull();
   });
 });

@@ -4,7 +4,8 @@ import { countTokens as o200k } from 'gpt-tokenizer/encoding/o200k_base';
 import { partsOf } from '../functions/core/chunker';
 import { readDataset } from '../functions/core/dataset';
 import { IdRegistry } from '../functions/core/ids';
-import { costOf, priceOf } from '../functions/core/prices';
+import { isImages } from '../functions/core/images';
+import { costOf, imagePriceOf, imagesRequestCostOf, priceOf } from '../functions/core/prices';
 import { buildRequests, type PreparedRequest } from '../functions/core/requests';
 import { formatPromptOf } from '../functions/core/structured';
 import type { Work } from '../functions/core/work';
@@ -73,6 +74,8 @@ export interface Estimate {
   readonly parts: number;
   readonly inputTokens: number;
   readonly expectedOutputTokens: number;
+  /** Images an images work asks for (`n` a request, 1 by default); 0 for other endpoints. */
+  readonly images: number;
   readonly byModel: {
     model: string;
     requests: number;
@@ -100,8 +103,12 @@ export async function estimate<R>(work: Work<R>, datasetPath: string): Promise<E
   let refused = 0;
   let unreadable = 0;
   const invalidBodies = { count: 0, first: [] as Estimate['invalidBodies']['first'] };
+  const { endpoint } = work.settings;
+  // Images are priced per image, and a video per second: neither by output tokens.
   const noOutput =
-    work.settings.endpoint === '/v1/embeddings' || work.settings.endpoint === '/v1/moderations';
+    ['/v1/embeddings', '/v1/moderations', '/v1/videos'].includes(endpoint) || isImages(endpoint);
+  let images = 0;
+  let imagesCost: number | null = 0;
   async function* requests(): AsyncGenerator<PreparedRequest> {
     const lines = readDataset(source, { maxRecordBytes: work.settings.maxRecordBytes });
     async function* counted() {
@@ -137,6 +144,11 @@ export async function estimate<R>(work: Work<R>, datasetPath: string): Promise<E
       entry.requests += 1;
       entry.inputTokens += requestTokens(work.settings.endpoint, body);
       entry.outputTokens += noOutput ? 0 : work.settings.expectedOutputTokens;
+      if (isImages(endpoint)) {
+        const cost = imagesRequestCostOf(body);
+        images += typeof body.n === 'number' ? body.n : 1;
+        imagesCost = imagesCost === null || cost === null ? null : imagesCost + cost;
+      }
       byModel.set(entry.model, entry);
       yield event.request;
     }
@@ -156,8 +168,10 @@ export async function estimate<R>(work: Work<R>, datasetPath: string): Promise<E
     byModel: models.map((m) => ({
       ...m,
       tokenizer: tokenizerOf(m.model).name,
-      priced: priceOf(m.model) !== null,
+      priced: (isImages(endpoint) ? imagePriceOf(m.model, 'auto', 'auto') : priceOf(m.model)) !== null,
     })),
-    costUsd: costOf(models),
+    images,
+    // Images at their price per image (the prompt's few text tokens are not counted).
+    costUsd: isImages(endpoint) ? imagesCost && Math.round(imagesCost * 1e9) / 1e9 : costOf(models),
   };
 }

@@ -81,6 +81,8 @@ export function runDefinition(
   // MarkFailed cancels the run's batches and collects what OpenAI finished; it comes back while they cancel.
   markFailed.next(
     new sfn.Choice(scope, 'Wound down?')
+      // A resume took the run over while this execution failed: this one ends, the run goes on there.
+      .when(sfn.Condition.booleanEquals('$.failure.superseded', true), new sfn.Succeed(scope, 'Taken over'))
       .when(
         sfn.Condition.booleanEquals('$.failure.settled', false),
         new sfn.Wait(scope, WIND_DOWN_WAIT_STATE, {

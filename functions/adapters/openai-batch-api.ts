@@ -34,7 +34,18 @@ export function viewOf(batch: OpenAI.Batch): BatchView {
  * for by its metadata (the lost-create grace, 2 minutes, is longer), and every call ends well inside the
  * Tick function's 6 minutes; an upload of up to 200 MB gets longer.
  */
-export const OPENAI_TIMEOUTS = { call: 60_000, upload: 180_000 } as const;
+export const OPENAI_TIMEOUTS = {
+  call: 45_000,
+  upload: 180_000,
+  /** A download that sends nothing for this long is dropped (the next pass reads the file again). */
+  idle: 60_000,
+} as const;
+
+/**
+ * Retries of a call by the client, on 429, 5xx and dropped connections: one, so that a call ends within
+ * about two timeouts; the next pass is the retry after that.
+ */
+const RETRIES = 1;
 
 /**
  * The error to throw for an error of the official client: an outage, a refused key or an exhausted quota
@@ -48,6 +59,22 @@ export function asBatchApiError(caught: unknown): unknown {
     blockedMessage(reason, messageOf(caught)),
     reason,
     typeof status === 'number' ? status : undefined,
+  );
+}
+
+/**
+ * A batch or file of the run that OpenAI says does not exist: this project made it, and OpenAI does not
+ * lose batches, so the key is not the project's that made it (a key of another project put in the
+ * secret). The run waits for the right key rather than failing its parts.
+ */
+function unknownToKey(what: string, caught: unknown): OpenAIUnavailableError {
+  return new OpenAIUnavailableError(
+    blockedMessage(
+      'key_refused',
+      `OpenAI does not know ${what} for this key (a key of another project?): ${messageOf(caught)}`,
+    ),
+    'key_refused',
+    404,
   );
 }
 
@@ -91,15 +118,25 @@ export class OpenAIBatchApi implements BatchApi {
   }
 
   getBatch(batchId: string): Promise<BatchView> {
-    return guarded(async () =>
-      viewOf(await this.client.batches.retrieve(batchId, { timeout: OPENAI_TIMEOUTS.call })),
-    );
+    return guarded(async () => {
+      try {
+        return viewOf(
+          await this.client.batches.retrieve(batchId, { timeout: OPENAI_TIMEOUTS.call, maxRetries: RETRIES }),
+        );
+      } catch (caught) {
+        if (caught instanceof OpenAI.NotFoundError) throw unknownToKey(`batch ${batchId}`, caught);
+        throw caught;
+      }
+    });
   }
 
   recentBatches(since: number): Promise<BatchView[]> {
     return guarded(async () => {
       const found: BatchView[] = [];
-      for await (const batch of this.client.batches.list({ limit: 100 }, { timeout: OPENAI_TIMEOUTS.call })) {
+      for await (const batch of this.client.batches.list(
+        { limit: 100 },
+        { timeout: OPENAI_TIMEOUTS.call, maxRetries: RETRIES },
+      )) {
         if (batch.created_at < since) break; // newest first: the rest are older
         found.push(viewOf(batch));
       }
@@ -115,25 +152,45 @@ export class OpenAIBatchApi implements BatchApi {
         );
       } catch (caught) {
         if (caught instanceof OpenAI.ConflictError) return this.getBatch(batchId); // already finished
+        if (caught instanceof OpenAI.NotFoundError) throw unknownToKey(`batch ${batchId}`, caught);
         throw caught;
       }
     });
   }
 
   async *fileContent(fileId: string): AsyncGenerator<Uint8Array> {
+    // The client's timeout ends at the answer's headers: a body that stalls is dropped by this signal.
+    const stall = new AbortController();
+    let timer = setTimeout(() => stall.abort(), OPENAI_TIMEOUTS.idle);
     try {
-      const response = await this.client.files.content(fileId, { timeout: OPENAI_TIMEOUTS.call });
+      const response = await this.client.files.content(fileId, {
+        timeout: OPENAI_TIMEOUTS.call,
+        maxRetries: RETRIES,
+        signal: stall.signal,
+      });
       if (!response.body) return;
-      for await (const chunk of response.body) yield chunk as Uint8Array;
+      for await (const chunk of response.body) {
+        clearTimeout(timer);
+        yield chunk as Uint8Array;
+        timer = setTimeout(() => stall.abort(), OPENAI_TIMEOUTS.idle);
+      }
     } catch (caught) {
+      if (stall.signal.aborted)
+        throw new OpenAIUnavailableError(
+          blockedMessage('openai_unavailable', `the download of file ${fileId} stalled`),
+          'openai_unavailable',
+        );
+      if (caught instanceof OpenAI.NotFoundError) throw unknownToKey(`file ${fileId}`, caught);
       throw asBatchApiError(caught);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
   deleteFile(fileId: string): Promise<void> {
     return guarded(async () => {
       try {
-        await this.client.files.delete(fileId, { timeout: OPENAI_TIMEOUTS.call });
+        await this.client.files.delete(fileId, { timeout: OPENAI_TIMEOUTS.call, maxRetries: RETRIES });
       } catch (caught) {
         if (!(caught instanceof OpenAI.NotFoundError)) throw caught;
       }

@@ -197,7 +197,15 @@ export const RunSchema = z.object({
   /** A webhook arrived while a Tick ran: the next Tick comes a second later instead of after its wait. */
   wakePending: z.boolean().default(false),
   /** Set by MarkFailed while it winds a failing run down (cancels and collects its batches); then null. */
-  failing: z.object({ error: z.string(), since: z.number() }).nullable().default(null),
+  failing: z
+    .object({
+      error: z.string(),
+      since: z.number(),
+      /** Calls in a row whose wind-down stopped on an error other than OpenAI's (S3, DynamoDB, a bug). */
+      stalls: z.number().int().nonnegative().default(0),
+    })
+    .nullable()
+    .default(null),
   /** The execution driving the run and when its first Tick ran (ms), to hand over long before its timeout. */
   executionSince: z.object({ name: z.string(), at: z.number() }).nullable().default(null),
   /**

@@ -5,6 +5,7 @@ import { ConfigError, DatasetError } from '../core/errors';
 import { type BlobInfo, ConflictError } from '../core/ports';
 import { type Run, runKeys } from '../core/run';
 import type { StepDeps } from './deps';
+import { WIND_DOWN_MS } from './fail';
 import { markIntermediatesEnded, markIntermediatesRunning } from './intermediates';
 
 /** A dataset that this work already processed (or is processing) under another run. */
@@ -190,6 +191,9 @@ export async function register(
   return { runId: run.runId, prepared: false, objects: objects.length };
 }
 
+/** How long after a wind-down's end (see WIND_DOWN_MS) its MarkFailed may still be marking the run. */
+const RESUME_MARGIN_MS = 10 * 60_000;
+
 /** How often resuming reads the run again when another writer changed it meanwhile. */
 const RESUME_ATTEMPTS = 8;
 
@@ -213,6 +217,11 @@ export async function resumeRun(deps: StepDeps<unknown>, found: Run, execution: 
         throw new ConfigError(
           `Run ${run.runId} was cancelled: a cancelled run is not resumed. Start a new run of its dataset (the cancel released it).`,
         );
+      if (run.failing && deps.now() - run.failing.since < WIND_DOWN_MS + RESUME_MARGIN_MS)
+        throw new ConfigError(
+          `Run ${run.runId} is winding down after a failure (${run.failing.error}): its batches are being cancelled and collected. Resume it once it has failed (openai-batch status shows it), within ${Math.ceil((WIND_DOWN_MS + RESUME_MARGIN_MS) / 60_000)} minutes.`,
+        );
+      // Running (a hand-over, a wake, a person), or a wind-down that never ended (its MarkFailed died).
       if (run.status !== 'failed')
         return await deps.runs.putRun({ ...run, ticks: 0, execution, failing: null });
       // A failed run's intermediate files are marked ended (they expire): keep them from here on, and
@@ -239,6 +248,7 @@ export async function resumeRun(deps: StepDeps<unknown>, found: Run, execution: 
         updatedAt: deps.now(),
       };
       const outcome = await deps.runs.reviveRun(revived, !deps.work.settings.allowSameDataset);
+      if (!outcome.revived) await markIntermediatesEnded(deps, run.runId); // it stays failed: they expire
       if (!outcome.revived)
         throw new DuplicateDatasetError(outcome.holder.runId, outcome.holder.status, run.runId);
       deps.log('run resumed', { runId: run.runId, execution, failedWith: run.error });

@@ -139,8 +139,11 @@ export async function recoverLostCreates<R>(pass: Pass<R>): Promise<void> {
 
 /** Asks OpenAI to cancel every batch of the run in flight; their partial results are collected later. */
 export async function cancelActive<R>(pass: Pass<R>): Promise<void> {
+  let worked = false;
   for (const part of [...pass.parts.values()]) {
     if (part.status !== 'active' || !part.batchId || part.batchStatus === 'cancelling') continue;
+    if (worked && pass.outOfTime()) return; // the rest at the next pass
+    worked = true;
     const seen = observe(part, await pass.api.cancelBatch(part.batchId), pass.deps.now());
     await pass.save(seen);
   }
@@ -149,7 +152,10 @@ export async function cancelActive<R>(pass: Pass<R>): Promise<void> {
 /** Polls the batches in flight, writing what changed. */
 export async function pollActive<R>(pass: Pass<R>): Promise<void> {
   const { deps, api, parts, save } = pass;
+  let worked = false;
   for (const part of [...parts.values()].filter((p) => p.status === 'active' && p.batchId)) {
+    if (worked && pass.outOfTime()) return; // a slow OpenAI: the rest at the next pass
+    worked = true;
     const seen = observe(part, await api.getBatch(part.batchId ?? ''), deps.now());
     if (worthWriting(part, seen, deps.now(), deps.work.settings.minPollSeconds * 1000)) await save(seen);
   }
@@ -359,7 +365,8 @@ async function submit<R>(
         `${run.runId}.part-${String(part.part).padStart(5, '0')}.jsonl`,
         deps.blobs.read(keys.requests(part.part)),
       );
-      part = await save({ ...part, fileId });
+      // The lost-create grace runs from the create, not from the upload before it (which may be long).
+      part = await save({ ...part, fileId, submittingSince: deps.now() });
       if (!part) return;
     }
     const batch = await api.createBatch({

@@ -45,13 +45,29 @@ describe('OpenAIBatchApi errors', () => {
     }
   });
 
-  it("leaves a request's own refusal (an unknown batch) as the client's error", async () => {
+  it("waits for the right key when OpenAI does not know the run's own batch (a key of another project)", async () => {
     const fresh = await startEmulator({ tickMs: 0 });
     try {
       const api = new OpenAIBatchApi(clientFor(fresh, { maxRetries: 0 }));
-      const missing = api.getBatch('batch_missing');
-      await expect(missing).rejects.not.toBeInstanceOf(OpenAIUnavailableError);
-      await expect(missing).rejects.toMatchObject({ status: 404 });
+      await expect(api.getBatch('batch_missing')).rejects.toMatchObject({
+        name: 'OpenAIUnavailableError',
+        reason: 'key_refused',
+        status: 404,
+        message: expect.stringMatching(/does not know batch batch_missing for this key/),
+      });
+      await expect(api.cancelBatch('batch_missing')).rejects.toMatchObject({ reason: 'key_refused' });
+    } finally {
+      await fresh.stop();
+    }
+  });
+
+  it("leaves a request's own refusal (a bad create) as the client's error", async () => {
+    const fresh = await startEmulator({ tickMs: 0 });
+    try {
+      const api = new OpenAIBatchApi(clientFor(fresh, { maxRetries: 0 }));
+      const refused = api.createBatch({ fileId: 'file-x', endpoint: '/v1/nowhere', metadata: {} });
+      await expect(refused).rejects.not.toBeInstanceOf(OpenAIUnavailableError);
+      await expect(refused).rejects.toMatchObject({ status: 400 });
     } finally {
       await fresh.stop();
     }

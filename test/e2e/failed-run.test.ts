@@ -2,6 +2,7 @@ import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import { MAX_WIND_DOWN_STALLS } from '../../functions/steps/fail';
 import { startEmulator } from '../../local/emulator/server';
 import { runLocally } from '../../local/runner';
 import { e2eEnvironment, putRecords } from '../support/e2e';
@@ -88,6 +89,66 @@ describe('a run that fails with batches in flight', () => {
       const pending = parts.filter((p) => p.status === 'pending');
       expect(parts.filter((p) => p.status !== 'pending' && p.status !== 'done')).toEqual([]);
       expect(pending.reduce((n, p) => n + p.requests, 0)).toBe(RECORDS - finished);
+    } finally {
+      await emulator.stop();
+    }
+  }, 120_000);
+});
+
+describe('a run whose wind-down itself keeps failing', () => {
+  it('is marked failed as it is after a few calls in a row, naming the first failure, and ends', async () => {
+    const runId = 'wind-down-breaks';
+    const { env, loaded, definition } = e2e;
+    await putRecords(env, runId, RECORDS);
+    const time = new ManualTime();
+    const emulator = await startEmulator(
+      time.emulatorOptions({ validationMs: 1_000, requestsPerSecond: 2, cancellingMs: 5_000, seed: 5 }),
+    );
+    const target = withEmulator(env, emulator);
+    let ticks = 0;
+    let failing = false;
+    let windDowns = 0;
+    try {
+      const run = runLocally(
+        target,
+        loaded,
+        `inputs/${runId}.jsonl`,
+        runId,
+        time.runOptions(target, {
+          wrap: {
+            // Once the run fails, every S3 write is refused: collecting cannot work (no stand-in breaks so).
+            blobs: (store) =>
+              Object.assign(Object.create(store) as typeof store, {
+                write: (key: string, body: AsyncIterable<Uint8Array>) =>
+                  failing ? Promise.reject(new Error('S3 refuses every write')) : store.write(key, body),
+              }),
+            handlers: (handlers) => ({
+              ...handlers,
+              Tick: async (event: unknown) => {
+                ticks += 1;
+                if (ticks === 3) {
+                  failing = true;
+                  throw Object.assign(new Error('a bug found at the third tick'), { name: 'InvariantError' });
+                }
+                return handlers.Tick(event);
+              },
+              MarkFailed: async (event: unknown) => {
+                windDowns += 1;
+                return handlers.MarkFailed(event);
+              },
+            }),
+          },
+        }),
+        { definition },
+      );
+      await expect(run).rejects.toThrow(/a bug found at the third tick/);
+      const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
+      const failed = await runs.getRun(runId);
+      expect(failed?.status).toBe('failed');
+      expect(failed?.error).toMatch(/^InvariantError: a bug found at the third tick/);
+      expect(failed?.error).toMatch(/resume the run/);
+      // One call cancels the batches (no S3 write), then MAX_WIND_DOWN_STALLS calls in a row stop on S3.
+      expect(windDowns).toBe(1 + MAX_WIND_DOWN_STALLS);
     } finally {
       await emulator.stop();
     }

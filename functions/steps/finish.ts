@@ -1,4 +1,4 @@
-import { InvariantError, messageOf } from '../core/errors';
+import { InvariantError } from '../core/errors';
 import { runKeys } from '../core/run';
 import { type RunSummary, summarize } from '../core/summary';
 import type { StepDeps } from './deps';

@@ -10,6 +10,7 @@ import { executionName } from '../../functions/core/execution-names';
 import type { Part, Run } from '../../functions/core/run';
 import type { RunSummary } from '../../functions/core/summary';
 import { createHandlers, type Handlers } from '../../functions/handlers';
+import { register } from '../../functions/steps/register';
 import { tick } from '../../functions/steps/tick';
 import { type LoadedWork, loadWork } from '../../infra/works';
 import { type Definition, synthesizeDefinition } from '../../local/definition';
@@ -254,6 +255,37 @@ describe('resuming a run that failed', () => {
     await expect(resume('no-such-run')).rejects.toThrow(
       'No run no-such-run to resume: there is no such run in this work.',
     );
+  });
+
+  it('waits for a wind-down to end, and takes over one whose MarkFailed died', async () => {
+    const now = time.clock.now();
+    await runs.createRun(
+      {
+        ...runFixture('winding'),
+        status: 'running',
+        prepared: true,
+        failing: { error: 'InvariantError: a bug', since: now - 60_000, stalls: 0 },
+      },
+      false,
+    );
+    await expect(resume('winding')).rejects.toThrow(
+      /Run winding is winding down after a failure \(InvariantError: a bug\).*Resume it once it has failed/,
+    );
+    expect((await runs.getRun('winding'))?.failing).not.toBeNull();
+    // A wind-down begun long ago whose MarkFailed never finished: the run is taken over, the mark gone.
+    const stale = (await runs.getRun('winding')) as Run;
+    await runs.putRun({
+      ...stale,
+      failing: { ...(stale.failing ?? { error: '', stalls: 0 }), since: now - 3_600_000 },
+    });
+    const deps = localDeps<unknown>(env, loaded.work, time.runOptions(env), new RecordingNotifier());
+    await register(deps, {
+      dataset: undefined,
+      runId: 'winding',
+      resume: true,
+      execution: 'winding-2',
+    });
+    expect(await runs.getRun('winding')).toMatchObject({ execution: 'winding-2', failing: null });
   });
 
   it('refuses when another run took its dataset since it failed, naming that run', async () => {

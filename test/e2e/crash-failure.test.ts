@@ -6,7 +6,7 @@ import type { Handlers } from '../../functions/handlers';
 import { startEmulator } from '../../local/emulator/server';
 import { runLocally } from '../../local/runner';
 import { CrashPlan } from '../support/crash';
-import { e2eEnvironment, putRecords } from '../support/e2e';
+import { e2eEnvironment, fatalTickAt, putRecords } from '../support/e2e';
 import { ManualTime } from '../support/manual-time';
 import { outputIds, partsPaidTwice } from '../support/run-checks';
 import { withEmulator } from '../support/targets';
@@ -23,17 +23,14 @@ import { withEmulator } from '../support/targets';
 const RECORDS = 100;
 const e2e = e2eEnvironment('slow-poll', 'openai-batch-crash-failure-');
 
-/** Every handler says which state it runs in, and the third Tick fails for good. */
+/** Every handler says which state it runs in (for the crash plan), and the third Tick fails for good. */
 function failingAtThirdTick(plan: CrashPlan) {
-  let ticks = 0;
   return (handlers: Handlers): Handlers => {
     const named = Object.fromEntries(
-      Object.entries(handlers).map(([state, handler]) => [
+      Object.entries(fatalTickAt(3)(handlers)).map(([state, handler]) => [
         state,
         async (event: unknown) => {
           plan.state = state;
-          if (state === 'Tick' && ++ticks === 3)
-            throw Object.assign(new Error('a bug found at the third tick'), { name: 'InvariantError' });
           return (handler as (e: unknown) => Promise<unknown>)(event);
         },
       ]),
@@ -73,7 +70,7 @@ async function failingRun(crashAfter: number | null) {
         throw new Error('the run completed, but its third Tick fails for good');
       },
       (caught: unknown) => {
-        if (!/a bug found at the third tick/.test(String(caught))) throw caught;
+        if (!/a bug found at tick 3/.test(String(caught))) throw caught;
       },
     );
     const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);

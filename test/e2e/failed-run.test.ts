@@ -5,7 +5,7 @@ import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import { MAX_WIND_DOWN_STALLS } from '../../functions/steps/fail';
 import { startEmulator } from '../../local/emulator/server';
 import { runLocally } from '../../local/runner';
-import { e2eEnvironment, putRecords } from '../support/e2e';
+import { e2eEnvironment, fatalTickAt, putRecords } from '../support/e2e';
 import { ManualTime } from '../support/manual-time';
 import { outputIds } from '../support/run-checks';
 import { withEmulator } from '../support/targets';
@@ -32,7 +32,6 @@ describe('a run that fails with batches in flight', () => {
       time.emulatorOptions({ validationMs: 1_000, requestsPerSecond: 2, cancellingMs: 5_000, seed: 4 }),
     );
     const target = withEmulator(env, emulator);
-    let ticks = 0;
     try {
       const run = runLocally(
         target,
@@ -40,29 +39,17 @@ describe('a run that fails with batches in flight', () => {
         `inputs/${runId}.jsonl`,
         runId,
         time.runOptions(target, {
-          wrap: {
-            handlers: (handlers) => ({
-              ...handlers,
-              Tick: async (event: unknown) => {
-                ticks += 1;
-                if (ticks === 3)
-                  throw Object.assign(new Error('a bug found at the third tick'), {
-                    name: 'InvariantError',
-                  });
-                return handlers.Tick(event);
-              },
-            }),
-          },
+          wrap: { handlers: fatalTickAt(3) },
         }),
         { definition },
       );
-      await expect(run).rejects.toThrow(/InvariantError|a bug found/);
+      await expect(run).rejects.toThrow(/a bug found at tick 3/);
 
       const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
       const failed = await runs.getRun(runId);
       expect(failed?.status).toBe('failed');
       expect(failed?.failing).toBeNull();
-      expect(failed?.error).toMatch(/^InvariantError: a bug found at the third tick/);
+      expect(failed?.error).toMatch(/^InvariantError: a bug found at tick 3/);
       expect(failed?.error).toMatch(/resume the run/);
 
       // Nothing is left running on OpenAI: every batch of the run was cancelled and ended.
@@ -105,8 +92,7 @@ describe('a run whose wind-down itself keeps failing', () => {
       time.emulatorOptions({ validationMs: 1_000, requestsPerSecond: 2, cancellingMs: 5_000, seed: 5 }),
     );
     const target = withEmulator(env, emulator);
-    let ticks = 0;
-    let failing = false;
+    let broken = false;
     let windDowns = 0;
     try {
       const run = runLocally(
@@ -120,32 +106,29 @@ describe('a run whose wind-down itself keeps failing', () => {
             blobs: (store) =>
               Object.assign(Object.create(store) as typeof store, {
                 write: (key: string, body: AsyncIterable<Uint8Array>) =>
-                  failing ? Promise.reject(new Error('S3 refuses every write')) : store.write(key, body),
+                  broken ? Promise.reject(new Error('S3 refuses every write')) : store.write(key, body),
               }),
-            handlers: (handlers) => ({
-              ...handlers,
-              Tick: async (event: unknown) => {
-                ticks += 1;
-                if (ticks === 3) {
-                  failing = true;
-                  throw Object.assign(new Error('a bug found at the third tick'), { name: 'InvariantError' });
-                }
-                return handlers.Tick(event);
-              },
-              MarkFailed: async (event: unknown) => {
-                windDowns += 1;
-                return handlers.MarkFailed(event);
-              },
-            }),
+            handlers: (handlers) => {
+              const failing = fatalTickAt(3, () => {
+                broken = true;
+              })(handlers);
+              return {
+                ...failing,
+                MarkFailed: async (event: unknown) => {
+                  windDowns += 1;
+                  return failing.MarkFailed(event);
+                },
+              };
+            },
           },
         }),
         { definition },
       );
-      await expect(run).rejects.toThrow(/a bug found at the third tick/);
+      await expect(run).rejects.toThrow(/a bug found at tick 3/);
       const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
       const failed = await runs.getRun(runId);
       expect(failed?.status).toBe('failed');
-      expect(failed?.error).toMatch(/^InvariantError: a bug found at the third tick/);
+      expect(failed?.error).toMatch(/^InvariantError: a bug found at tick 3/);
       expect(failed?.error).toMatch(/resume the run/);
       // One call cancels the batches (no S3 write), then MAX_WIND_DOWN_STALLS calls in a row stop on S3.
       expect(windDowns).toBe(1 + MAX_WIND_DOWN_STALLS);

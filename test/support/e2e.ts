@@ -1,5 +1,6 @@
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll } from 'vitest';
+import type { Handlers } from '../../functions/handlers';
 import { type LoadedWork, loadWork } from '../../infra/works';
 import { type Definition, synthesizeDefinition } from '../../local/definition';
 import type { LocalEnvironment } from '../../local/runner';
@@ -45,4 +46,23 @@ export async function putRecords(env: LocalEnvironment, runId: string, records: 
     }),
   );
   return ids;
+}
+
+/**
+ * Handlers whose `at`-th Tick fails for good, before it runs (an InvariantError: fatal, no retry, so the
+ * run goes to MarkFailed), calling `onFail` then. No stand-in fails that way on its own.
+ */
+export function fatalTickAt(at: number, onFail: () => void = () => {}): (handlers: Handlers) => Handlers {
+  let ticks = 0;
+  return (handlers) => ({
+    ...handlers,
+    Tick: async (event: unknown) => {
+      ticks += 1;
+      if (ticks === at) {
+        onFail();
+        throw Object.assign(new Error(`a bug found at tick ${at}`), { name: 'InvariantError' });
+      }
+      return handlers.Tick(event);
+    },
+  });
 }

@@ -188,21 +188,31 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
   });
 
   it('resubmits the leftovers of an expired batch and completes every record', async () => {
-    // 20 requests a second, a 1 s window: the first batch expires part-way, its leftovers go again.
-    const slow = await startEmulator({
-      validationMs: 10,
-      requestsPerSecond: 20,
-      finalizingMs: 10,
-      tickMs: 10,
-      completionWindowMs: 1000,
-    });
+    // 2 requests a second, a 10 s window, on manual time: the first batch expires part-way (on wall time
+    // a loaded machine let it expire again and again, until the resubmits ran out), its leftovers go again.
+    const time = new ManualTime();
+    const slow = await startEmulator(
+      time.emulatorOptions({
+        validationMs: 1000,
+        requestsPerSecond: 2,
+        finalizingMs: 10,
+        completionWindowMs: 10_000,
+        seed: 7,
+      }),
+    );
     try {
       const target = withEmulator(env, slow);
       await putDataset(
         'inputs/e2e-chat/expiring.jsonl',
         Array.from({ length: 30 }, (_, i) => ({ id: `x${i}`, content: `q${i}` })),
       );
-      const result = await run('chat', 'inputs/e2e-chat/expiring.jsonl', 'expire-1', {}, target);
+      const result = await run(
+        'chat',
+        'inputs/e2e-chat/expiring.jsonl',
+        'expire-1',
+        time.runOptions(target),
+        target,
+      );
       expect(result.output).toMatchObject({
         summary: { records: 30, outputs: 30, errors: 0, balanced: true },
       });
@@ -217,13 +227,17 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
   });
 
   it('keeps the finished results of a batch cancelled from outside, and reports the rest', async () => {
-    const slow = await startEmulator({
-      validationMs: 10,
-      requestsPerSecond: 10,
-      finalizingMs: 10,
-      cancellingMs: 50,
-      tickMs: 10,
-    });
+    // On manual time: someone cancels the batch between two Ticks once 5 of its 30 requests are done.
+    const time = new ManualTime();
+    const slow = await startEmulator(
+      time.emulatorOptions({
+        validationMs: 1000,
+        requestsPerSecond: 1,
+        finalizingMs: 10,
+        cancellingMs: 500,
+        seed: 8,
+      }),
+    );
     try {
       const target = withEmulator(env, slow);
       await putDataset(
@@ -231,24 +245,29 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
         Array.from({ length: 30 }, (_, i) => ({ id: `k${i}`, content: `q${i}` })),
       );
       const client = new OpenAI({ apiKey: 'sk-local', baseURL: slow.url });
-      const canceller = (async () => {
-        for (;;) {
-          const { data } = await client.batches.list({ limit: 1 });
-          const batch = data[0];
-          if (
-            batch &&
-            batch.status === 'in_progress' &&
-            batch.request_counts &&
-            batch.request_counts.completed >= 5
-          ) {
-            await client.batches.cancel(batch.id);
-            return;
-          }
-          await new Promise((resolve) => setTimeout(resolve, 20));
-        }
-      })();
-      const result = await run('chat', 'inputs/e2e-chat/cancel.jsonl', 'cancel-1', {}, target);
-      await canceller;
+      let cancelled = false;
+      const result = await run(
+        'chat',
+        'inputs/e2e-chat/cancel.jsonl',
+        'cancel-1',
+        time.runOptions(
+          target,
+          {},
+          {
+            afterTick: async () => {
+              if (cancelled) return;
+              await slow.settle();
+              const batch = (await client.batches.list({ limit: 1 })).data[0];
+              if (batch?.status === 'in_progress' && (batch.request_counts?.completed ?? 0) >= 5) {
+                await client.batches.cancel(batch.id);
+                cancelled = true;
+              }
+            },
+          },
+        ),
+        target,
+      );
+      expect(cancelled).toBe(true);
       const summary = await summaryOf('cancel-1');
       expect(summary.reconciliation.balanced).toBe(true);
       expect(summary.counts.outputs).toBeGreaterThanOrEqual(5);

@@ -1,4 +1,3 @@
-import { EventBridgeClient, PutRuleCommand, PutTargetsCommand } from '@aws-sdk/client-eventbridge';
 import {
   CreateBucketCommand,
   PutBucketNotificationConfigurationCommand,
@@ -11,7 +10,7 @@ import { datasetLocation } from '../../functions/core/dataset-location';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
 import { datasetObjects } from '../../functions/steps/register';
-import { type Moto, motoClientConfig, motoSqs, startMoto } from '../support/moto';
+import { autoStartRuleToQueue, type Moto, motoClientConfig, motoSqs, startMoto } from '../support/moto';
 
 /** Keys a user's upload may have: a space, a `+`, a `%`, non-ASCII letters, a trailing space. */
 const KEYS = [
@@ -58,25 +57,7 @@ describe("autoStart's key, from S3 through EventBridge (moto_server: S3, EventBr
   afterAll(() => moto?.stop());
 
   it('names the object that was uploaded, whatever its key holds', async () => {
-    const { QueueUrl } = (await sqs('CreateQueue', { QueueName: 'created' })) as { QueueUrl: string };
-    const events = new EventBridgeClient(motoClientConfig(moto.endpoint));
-    // The stack's rule matches Object Created under inputs/<work>/ (infra/openai-batch-work.ts).
-    await events.send(
-      new PutRuleCommand({
-        Name: 'auto-start',
-        EventPattern: JSON.stringify({
-          source: ['aws.s3'],
-          'detail-type': ['Object Created'],
-          detail: { bucket: { name: [bucket] }, object: { key: [{ prefix: 'inputs/w/' }] } },
-        }),
-      }),
-    );
-    await events.send(
-      new PutTargetsCommand({
-        Rule: 'auto-start',
-        Targets: [{ Id: 'queue', Arn: `arn:aws:sqs:us-east-1:123456789012:created` }],
-      }),
-    );
+    const QueueUrl = await autoStartRuleToQueue(moto.endpoint, bucket, 'w', 'created');
     for (const key of KEYS)
       await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: '{"id":1}\n' }));
 

@@ -4,7 +4,6 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EventBridgeClient, PutRuleCommand, PutTargetsCommand } from '@aws-sdk/client-eventbridge';
 import {
   CreateBucketCommand,
   PutBucketNotificationConfigurationCommand,
@@ -25,7 +24,7 @@ import { statusLines } from '../../local/cloud-commands';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
-import { type Moto, motoClientConfig, motoSqs, startMoto } from '../support/moto';
+import { autoStartRuleToQueue, type Moto, motoClientConfig, motoSqs, startMoto } from '../support/moto';
 import { runFixture } from '../support/runs';
 import { withEmulator } from '../support/targets';
 
@@ -282,27 +281,8 @@ describe('start on a stack with autoStart (moto_server: S3 -> EventBridge, Step 
         NotificationConfiguration: { EventBridgeConfiguration: {} },
       }),
     );
-    // The stack's autoStart rule (infra/openai-batch-work.ts), its pattern as synthesized. moto's
-    // EventBridge cannot start a Step Functions execution, so the rule's target here is a queue: each
-    // message in it is a run autoStart would have started.
-    const events = new EventBridgeClient(aws);
-    await events.send(
-      new PutRuleCommand({
-        Name: 'auto-start',
-        EventPattern: JSON.stringify({
-          source: ['aws.s3'],
-          'detail-type': ['Object Created'],
-          detail: { bucket: { name: [bucket] }, object: { key: [{ prefix: `inputs/${work}/` }] } },
-        }),
-      }),
-    );
-    queueUrl = ((await sqs('CreateQueue', { QueueName: 'auto-started' })) as { QueueUrl: string }).QueueUrl;
-    await events.send(
-      new PutTargetsCommand({
-        Rule: 'auto-start',
-        Targets: [{ Id: 'runs', Arn: 'arn:aws:sqs:us-east-1:123456789012:auto-started' }],
-      }),
-    );
+    // The stack's autoStart rule; a queue stands for the runs it would start.
+    queueUrl = await autoStartRuleToQueue(moto.endpoint, bucket, work, 'auto-started');
     sfn = new SFNClient(aws);
     stateMachineArn =
       (

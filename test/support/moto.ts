@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { EventBridgeClient, PutRuleCommand, PutTargetsCommand } from '@aws-sdk/client-eventbridge';
 import { freePort } from '../../local/stand-ins';
 
 /** A moto_server (the machine's Python) on a loopback port. */
@@ -60,4 +61,38 @@ export async function motoSqs(
   });
   if (!response.ok) throw new Error(`SQS ${action}: ${response.status} ${await response.text()}`);
   return (await response.json()) as Record<string, unknown>;
+}
+
+/**
+ * The stack's autoStart rule (infra/openai-batch-work.ts), its pattern as synthesized: Object Created under
+ * `inputs/<work>/` of `bucket`. moto's EventBridge cannot start a Step Functions execution, so its target is
+ * a new queue `queueName`: each message in it is a run autoStart would have started. Resolves with its URL.
+ */
+export async function autoStartRuleToQueue(
+  endpoint: string,
+  bucket: string,
+  work: string,
+  queueName: string,
+): Promise<string> {
+  const { QueueUrl } = (await motoSqs(endpoint, 'CreateQueue', { QueueName: queueName })) as {
+    QueueUrl: string;
+  };
+  const events = new EventBridgeClient(motoClientConfig(endpoint));
+  await events.send(
+    new PutRuleCommand({
+      Name: 'auto-start',
+      EventPattern: JSON.stringify({
+        source: ['aws.s3'],
+        'detail-type': ['Object Created'],
+        detail: { bucket: { name: [bucket] }, object: { key: [{ prefix: `inputs/${work}/` }] } },
+      }),
+    }),
+  );
+  await events.send(
+    new PutTargetsCommand({
+      Rule: 'auto-start',
+      Targets: [{ Id: 'queue', Arn: `arn:aws:sqs:us-east-1:123456789012:${queueName}` }],
+    }),
+  );
+  return QueueUrl;
 }

@@ -85,6 +85,11 @@ export const PartSchema = z.object({
   errors: z.number().int().nonnegative(),
   skippedOutputs: z.number().int().nonnegative(),
   resubmitted: z.number().int().nonnegative(),
+  /**
+   * A prepared part waits here until Settle has taken from it the requests whose custom_id an earlier
+   * record already used: Tick sends only parts that are not held.
+   */
+  held: z.boolean().default(false),
   /** The part number reserved for this part's resubmission, before collecting it (so a re-collect reuses it). */
   childPart: z.number().int().nonnegative().nullable(),
   usage: TokenTotalsSchema,
@@ -120,6 +125,7 @@ export function newPart(
     errors: 0,
     skippedOutputs: 0,
     resubmitted: 0,
+    held: false,
     childPart: null,
     usage: { inputTokens: 0, outputTokens: 0, cachedTokens: 0 },
     collected: null,
@@ -143,39 +149,82 @@ export const BLOCKED_REASONS = ['openai_unavailable', 'key_refused', 'quota_exha
 /** Why a run waits for OpenAI. */
 export type BlockedReason = (typeof BLOCKED_REASONS)[number];
 
-/** Where prepare resumes in a dataset of several objects. */
-export const PrepareCheckpointSchema = z.object({
-  /** Index into the dataset's object list. */
-  object: z.number().int().nonnegative(),
-  line: z.number().int().positive(),
-  offset: z.number().int().nonnegative(),
-  gzip: z.boolean(),
-  /** The number the next new part gets (prepare, then resubmissions). */
-  nextPart: z.number().int().nonnegative(),
-});
-
-/** Where prepare resumes. */
-export type PrepareCheckpoint = z.infer<typeof PrepareCheckpointSchema>;
-
-/** One S3 object of a dataset. */
-export const DatasetObjectSchema = z.object({
+/** The dataset a run reads: where, how large, and how it is cut into shards. */
+export const DatasetSchema = z.object({
+  /** The key or prefix (ending in `/`) the run was started on, in the run's bucket. */
   key: z.string(),
-  size: z.number().int().nonnegative(),
-  etag: z.string(),
+  /** Non-empty objects it holds (one for a key). */
+  objects: z.number().int().positive(),
+  bytes: z.number().int().nonnegative(),
+  /** Shards it is cut into (see core/shards.ts); their plan is in S3 (`runKeys.plan`). */
+  shards: z.number().int().positive(),
+  /** The width in bytes of one line of the plan. */
+  planWidth: z.number().int().positive(),
+  /** Partitions the custom_id files are split into (see core/id-files.ts). */
+  partitions: z.number().int().positive(),
+  /** Lanes: shards prepared at once, each lane taking every `lanes`-th shard. */
+  lanes: z.number().int().positive(),
 });
+
+/** The dataset a run reads. */
+export type Dataset = z.infer<typeof DatasetSchema>;
+
+/**
+ * Where a prepare lane is (stored in S3 as `runKeys.lane(lane)`, written by that lane only): the shard it
+ * prepares, the position it resumes at, and what it counted over all its shards so far.
+ */
+export const LaneCheckpointSchema = z.object({
+  lane: z.number().int().nonnegative(),
+  /** The shard being prepared; the lane is done when `done`. */
+  shard: z.number().int().nonnegative(),
+  /** The line and byte offset (of the shard's object, or of its inflated copy) the next step resumes at; null before the shard's first step. */
+  position: z
+    .object({ line: z.number().int().positive(), offset: z.number().int().nonnegative() })
+    .nullable(),
+  /** The k of the shard's next part (its number is shardPart(shard, k)). */
+  nextPart: z.number().int().nonnegative(),
+  /** The shard is gzip and its inflated copy (`runKeys.inflated(shard)`) is complete. */
+  inflated: z.boolean(),
+  counts: CountsSchema,
+  estimatedTokens: z.number().int().nonnegative(),
+  done: z.boolean(),
+});
+
+/** Where a prepare lane is. */
+export type LaneCheckpoint = z.infer<typeof LaneCheckpointSchema>;
+
+/**
+ * Where Settle is, once every lane is done: finding ids used more than once (partition by partition),
+ * dropping the later uses from their parts, then releasing the parts to Tick.
+ */
+export const SettleStateSchema = z.object({
+  stage: z.enum(['dedup', 'drop', 'release']),
+  /** The next partition to look at (dedup). */
+  partition: z.number().int().nonnegative(),
+  /** The next part to drop from or release (drop, release); parts are taken in number order. */
+  part: z.number().int().nonnegative(),
+  /** Duplicates found so far. */
+  duplicates: z.number().int().nonnegative(),
+});
+
+/** Where Settle is. */
+export type SettleState = z.infer<typeof SettleStateSchema>;
 
 /** The run record: what was asked, where it is, and what the steps counted so far. */
 export const RunSchema = z.object({
   runId: z.string(),
   work: z.string(),
   bucket: z.string(),
-  objects: z.array(DatasetObjectSchema),
+  dataset: DatasetSchema,
   datasetHash: z.string(),
   status: z.enum(RUN_STATUSES),
   createdAt: z.number(),
   updatedAt: z.number(),
   prepared: z.boolean(),
-  checkpoint: PrepareCheckpointSchema,
+  /** The number the next resubmission part gets (from shards * SHARD_PART_SPAN up). */
+  nextPart: z.number().int().nonnegative(),
+  /** Settle's progress once all lanes are done; null before. */
+  settle: SettleStateSchema.nullable().default(null),
   /** Counts of prepare (records, refused requests, ...); parts hold the rest. */
   counts: CountsSchema,
   estimatedTokens: z.number().int().nonnegative(),
@@ -247,12 +296,28 @@ export const runKeys = (runId: string) => ({
   /** An image an images answer carried (`<custom_id>-<n>.png`), named by `imageName` in images.ts. */
   images: (name: string) => `runs/${runId}/images/${name}`,
   /**
-   * Errors found by the prepare step that started at this object and line (bad lines, refused requests):
+   * Errors found by the prepare step that started at this shard and line (bad lines, refused requests):
    * named by where the step started, so a step run again overwrites its own file.
    */
-  prepareErrors: (object: number, line: number) =>
-    `runs/${runId}/errors/prepare-${String(object).padStart(4, '0')}-${String(line).padStart(10, '0')}.jsonl`,
-  /** The custom_id registry as it stands at a checkpoint. */
-  ids: (object: number, line: number) => `runs/${runId}/state/ids-${object}-${line}.bin`,
+  prepareErrors: (shard: number, line: number) =>
+    `runs/${runId}/errors/prepare-${String(shard).padStart(6, '0')}-${String(line).padStart(10, '0')}.jsonl`,
+  /** The shard plan: one fixed-width line a shard (see core/shards.ts planCodec). */
+  plan: `runs/${runId}/state/shards.plan`,
+  /** A prepare lane's checkpoint. */
+  lane: (lane: number) => `runs/${runId}/state/lanes/${lane}.json`,
+  /** Newline bytes in [0, shard.start) of a shard's object, once known (a decimal number). */
+  newlinesBefore: (shard: number) => `runs/${runId}/state/newlines/${shard}`,
+  /** A gzip shard's content, inflated once so that later steps resume it by byte offset. */
+  inflated: (shard: number) => `runs/${runId}/state/inflated/${shard}.jsonl`,
+  /** The id entries of the prepare step of a shard that started at `line`, its `chunk`-th file. */
+  idFile: (shard: number, line: number, chunk: number) =>
+    `runs/${runId}/state/ids/${String(shard).padStart(6, '0')}-${String(line).padStart(10, '0')}-${String(chunk).padStart(4, '0')}.ids`,
+  idFiles: `runs/${runId}/state/ids/`,
+  /** Duplicates found in a partition group starting at `partition`, in part order (Settle). */
+  drops: (partition: number) => `runs/${runId}/state/drops/${String(partition).padStart(5, '0')}.jsonl`,
+  dropFiles: `runs/${runId}/state/drops/`,
+  /** The duplicate_id errors Settle wrote for a partition group starting at `partition`. */
+  duplicateErrors: (partition: number) =>
+    `runs/${runId}/errors/duplicates-${String(partition).padStart(5, '0')}.jsonl`,
   summary: `runs/${runId}/summary.json`,
 });

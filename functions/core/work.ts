@@ -108,6 +108,22 @@ export const WorkSettingsSchema = z
      * error file. @default true
      */
     validateRequests: z.boolean({ error: 'must be true or false' }).default(true),
+    /**
+     * How many shards of the dataset are prepared at once (the Map state's concurrency, one Lambda each).
+     * Raise it for datasets of tens of millions of records; each lane is one Lambda invocation at a time.
+     * @default 4
+     */
+    prepareConcurrency: int('prepareConcurrency')
+      .min(1, 'must be at least 1')
+      .max(40, 'must be at most 40')
+      .default(4),
+    /**
+     * The size of a shard in bytes: objects larger than this are split into byte ranges that start at line
+     * boundaries, prepared in parallel. A gzip object is one shard. @default 67108864 (64 MiB)
+     */
+    shardBytes: int('shardBytes')
+      .min(1024, 'must be at least 1024 bytes')
+      .default(64 * 1024 * 1024),
     /** Refuse a run whose estimated cost in US dollars is higher, before anything is sent to OpenAI. */
     maxCostUsd: z.number({ error: 'must be a number of US dollars' }).positive('must be above 0').optional(),
   })

@@ -1,0 +1,110 @@
+import { z } from 'zod';
+import { fingerprint } from './ids';
+
+/**
+ * Where a request with a given custom_id was placed, as prepare records it: one entry per request written
+ * to a part. Settle reads them back, partition by partition, to find ids used more than once.
+ */
+export interface IdEntry {
+  readonly id: string;
+  readonly shard: number;
+  /** The dataset line (of the shard's object) the request came from. */
+  readonly line: number;
+  readonly part: number;
+  /** What the request adds to its part, to take away when it is dropped as a duplicate. */
+  readonly bytes: number;
+  readonly tokens: number;
+}
+
+/** The partition an id belongs to, of `partitions`. */
+export function partitionOf(id: string, partitions: number): number {
+  return fingerprint(id)[0] % partitions;
+}
+
+/**
+ * The index stored beside an id file (`<key>.idx`): the byte offset of each partition's entries in the
+ * file, and one past the last (`offsets[p]` to `offsets[p + 1]`), with the entry count of each partition.
+ */
+export const IdFileIndexSchema = z.object({
+  partitions: z.number().int().positive(),
+  offsets: z.array(z.number().int().nonnegative()),
+  counts: z.array(z.number().int().nonnegative()),
+});
+
+/** The index of an id file. */
+export type IdFileIndex = z.infer<typeof IdFileIndexSchema>;
+
+/** An entry as its line in an id file: the id as JSON (any string), then numbers, tab-separated. */
+export function entryLine(entry: IdEntry): string {
+  return `${JSON.stringify(entry.id)}\t${entry.shard}\t${entry.line}\t${entry.part}\t${entry.bytes}\t${entry.tokens}\n`;
+}
+
+/** An entry from its line (without the newline). */
+export function parseEntryLine(line: string): IdEntry {
+  const tab = line.lastIndexOf('"') + 1;
+  const id: unknown = JSON.parse(line.slice(0, tab));
+  const [shard, at, part, bytes, tokens] = line
+    .slice(tab + 1)
+    .split('\t')
+    .map((n) => Number(n));
+  if (typeof id !== 'string' || [shard, at, part, bytes, tokens].some((n) => n === undefined || !Number.isInteger(n)))
+    throw new Error(`not an id entry: ${line.length} characters`);
+  return { id, shard: shard ?? 0, line: at ?? 0, part: part ?? 0, bytes: bytes ?? 0, tokens: tokens ?? 0 };
+}
+
+/**
+ * Gathers a step's id entries by partition, in memory up to a bound, then gives them as one file grouped
+ * by partition and its index. Entries keep their order within a partition.
+ */
+export class IdFileBuilder {
+  private readonly groups: string[][];
+  private entries = 0;
+  private bytes = 0;
+
+  constructor(readonly partitions: number) {
+    this.groups = Array.from({ length: partitions }, () => []);
+  }
+
+  /** Entries held. */
+  get size(): number {
+    return this.entries;
+  }
+
+  /** Bytes the held entries take as lines. */
+  get byteLength(): number {
+    return this.bytes;
+  }
+
+  add(entry: IdEntry): void {
+    const line = entryLine(entry);
+    this.groups[partitionOf(entry.id, this.partitions)]?.push(line);
+    this.entries += 1;
+    this.bytes += line.length;
+  }
+
+  /** The file's body, partition after partition, and its index; the builder is empty afterwards. */
+  take(): { body: AsyncIterable<Uint8Array>; index: IdFileIndex } {
+    const offsets: number[] = [0];
+    const counts: number[] = [];
+    let at = 0;
+    for (const group of this.groups) {
+      for (const line of group) at += Buffer.byteLength(line);
+      offsets.push(at);
+      counts.push(group.length);
+    }
+    const groups = this.groups.map((g) => g.splice(0));
+    this.entries = 0;
+    this.bytes = 0;
+    async function* body(): AsyncGenerator<Uint8Array> {
+      for (const group of groups) {
+        for (let i = 0; i < group.length; i += 4096) yield Buffer.from(group.slice(i, i + 4096).join(''));
+      }
+    }
+    return { body: body(), index: { partitions: this.partitions, offsets, counts } };
+  }
+}
+
+/** Partitions the id files of a dataset of `bytes` bytes are split into: about 64 MiB of data each. */
+export function partitionsFor(bytes: number): number {
+  return Math.min(1024, Math.max(1, Math.ceil(bytes / (64 * 1024 * 1024))));
+}

@@ -1,18 +1,20 @@
 import { zeroCounts } from '../../functions/core/accounting';
 import { newPart, type Part, type Run } from '../../functions/core/run';
+import { SHARD_PART_SPAN } from '../../functions/core/shards';
 
 /** A run record as Register writes it, for store and step tests. */
 export const runFixture = (runId: string, datasetHash = `hash-${runId}`, createdAt = Date.now()): Run => ({
   runId,
   work: 'w',
   bucket: 'b',
-  objects: [{ key: 'k', size: 1, etag: 'e' }],
+  dataset: { key: 'k', objects: 1, bytes: 1, shards: 1, planWidth: 200, partitions: 1, lanes: 1 },
   datasetHash,
   status: 'preparing',
   createdAt,
   updatedAt: createdAt,
   prepared: false,
-  checkpoint: { object: 0, line: 1, offset: 0, gzip: false, nextPart: 0 },
+  nextPart: SHARD_PART_SPAN,
+  settle: null,
   counts: zeroCounts(),
   estimatedTokens: 0,
   estimatedCostUsd: null,

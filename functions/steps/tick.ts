@@ -177,9 +177,9 @@ export async function collectFinished<R>(
   if (needChild.length > 0) {
     pass.run = await updateRun(deps.runs, pass.run.runId, (r) => ({
       ...r,
-      checkpoint: { ...r.checkpoint, nextPart: r.checkpoint.nextPart + needChild.length },
+      nextPart: r.nextPart + needChild.length,
     }));
-    let nextPart = pass.run.checkpoint.nextPart - needChild.length;
+    let nextPart = pass.run.nextPart - needChild.length;
     for (const part of needChild) await save({ ...part, childPart: nextPart++ });
   }
   let worked = false;
@@ -264,11 +264,12 @@ export async function tick<R>(
           (p) => !run.cancelRequested && p.generation < deps.work.settings.maxResubmits,
         );
         run = pass.run;
-        // Pending parts, within maxActiveBatches and the enqueued-token budget.
+        // Pending parts, within maxActiveBatches and the enqueued-token budget; never a held one (Settle
+        // has not yet taken its duplicate custom_ids from it).
         let worked = false;
         for (const part of run.cancelRequested
           ? []
-          : admit([...parts.values()], deps.work.settings, deps.now())) {
+          : admit(sendable(parts), deps.work.settings, deps.now())) {
           if (worked && outOfTime()) break;
           await submit(deps, pass.api, run, part, save);
           worked = true;
@@ -285,7 +286,7 @@ export async function tick<R>(
     ? 0
     : blocked
       ? Math.min(settings.maxPollSeconds, Math.max(settings.minPollSeconds, run.waitSeconds * 2))
-      : nextWait(all, moved, run.waitSeconds, settings, deps.now());
+      : nextWait(sendable(parts), moved, run.waitSeconds, settings, deps.now());
   // A webhook that came while this Tick ran: the next Tick comes a second later, whatever the poll
   // interval (with webhooks it may be an hour: the news must not wait for it).
   // A Tick whose execution was replaced while it ran (a webhook) leaves the wake fields to the new one.
@@ -331,6 +332,11 @@ export async function tick<R>(
       (run.ticks >= deps.maxTicksPerExecution || executionAge + waitSeconds * 1000 >= EXECUTION_HAND_OVER_MS),
     superseded: false,
   };
+}
+
+/** The parts Tick may send: every one but those Settle still holds. */
+export function sendable(parts: ReadonlyMap<number, Part>): Part[] {
+  return [...parts.values()].filter((p) => !p.held);
 }
 
 /**

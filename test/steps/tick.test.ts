@@ -1,5 +1,7 @@
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import OpenAI, { toFile } from 'openai';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { runKeys } from '../../functions/core/run';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
 import { tick } from '../../functions/steps/tick';
@@ -101,5 +103,75 @@ describe('Tick and the execution that runs it', () => {
       wakePending: true,
       waiting: null,
     });
+  });
+});
+
+describe('Tick and held parts', () => {
+  it('never sends a part Settle still holds, and sends it once released', async () => {
+    const runId = 'held';
+    const keys = runKeys(runId);
+    const request = (id: string) =>
+      JSON.stringify({
+        custom_id: id,
+        method: 'POST',
+        url: '/v1/chat/completions',
+        body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] },
+      });
+    for (const [key, body] of [
+      [keys.requests(0), `${request('a')}\n`],
+      [keys.lines(0), '1\n'],
+      [keys.requests(1), `${request('b')}\n`],
+      [keys.lines(1), '2\n'],
+    ] as const)
+      await shared.env.s3.client.send(
+        new PutObjectCommand({ Bucket: shared.env.s3.bucket, Key: key, Body: body }),
+      );
+    await deps.runs.createRun(
+      { ...runFixture(runId), status: 'running', prepared: true, execution: 'first' },
+      false,
+    );
+    await deps.runs.addParts(runId, [
+      { ...partFixture({ part: 0 }), held: true },
+      { ...partFixture({ part: 1 }), held: false },
+    ]);
+    const uploads: string[] = [];
+    const recording: StepDeps<unknown> = {
+      ...deps,
+      openai: async () => {
+        const api = await deps.openai();
+        return new Proxy(api, {
+          get: (target, property, receiver) => {
+            const value = Reflect.get(target, property, receiver);
+            if (property !== 'uploadFile' || typeof value !== 'function') return value;
+            return (name: string, ...rest: unknown[]) => {
+              uploads.push(name);
+              return value.call(target, name, ...rest);
+            };
+          },
+        });
+      },
+    };
+
+    const ticked = await tick(recording, { runId, executionName: 'first' });
+    expect(ticked.done).toBe(false);
+    let parts = new Map((await deps.runs.listParts(runId)).map((p) => [p.part, p]));
+    expect(parts.get(0)).toMatchObject({ status: 'pending', attempt: 0, fileId: null, held: true });
+    expect(parts.get(1)).toMatchObject({ status: 'active', attempt: 1 });
+    expect(uploads).toEqual([`${runId}.part-00001.jsonl`]);
+
+    // A held part alone does not make Tick come back at once: it is not work Tick could do.
+    const again = await tick(recording, { runId, executionName: 'first' });
+    expect(again.waitSeconds).toBeGreaterThan(1);
+    expect(uploads).toHaveLength(1);
+    expect((await deps.runs.listParts(runId)).find((p) => p.part === 0)?.status).toBe('pending');
+
+    // Settle released it: the next Tick sends it.
+    const held = parts.get(0);
+    if (!held) throw new Error('no part 0');
+    await deps.runs.putPart(runId, { ...held, held: false });
+    await tick(recording, { runId, executionName: 'first' });
+    parts = new Map((await deps.runs.listParts(runId)).map((p) => [p.part, p]));
+    expect(parts.get(0)).toMatchObject({ status: 'active', attempt: 1, held: false });
+    expect(uploads).toEqual([`${runId}.part-00001.jsonl`, `${runId}.part-00000.jsonl`]);
   });
 });

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { fingerprint } from './ids';
+import type { BlobStore } from './ports';
 
 /**
  * Where a request with a given custom_id was placed, as prepare records it: one entry per request written
@@ -47,7 +48,10 @@ export function parseEntryLine(line: string): IdEntry {
     .slice(tab + 1)
     .split('\t')
     .map((n) => Number(n));
-  if (typeof id !== 'string' || [shard, at, part, bytes, tokens].some((n) => n === undefined || !Number.isInteger(n)))
+  if (
+    typeof id !== 'string' ||
+    [shard, at, part, bytes, tokens].some((n) => n === undefined || !Number.isInteger(n))
+  )
     throw new Error(`not an id entry: ${line.length} characters`);
   return { id, shard: shard ?? 0, line: at ?? 0, part: part ?? 0, bytes: bytes ?? 0, tokens: tokens ?? 0 };
 }
@@ -107,4 +111,54 @@ export class IdFileBuilder {
 /** Partitions the id files of a dataset of `bytes` bytes are split into: about 64 MiB of data each. */
 export function partitionsFor(bytes: number): number {
   return Math.min(1024, Math.max(1, Math.ceil(bytes / (64 * 1024 * 1024))));
+}
+
+/** The key of an id file's index. */
+export function idIndexKey(idFileKey: string): string {
+  return `${idFileKey}.idx`;
+}
+
+/** An id file's index, read from its `.idx` object. */
+export async function readIdFileIndex(blobs: BlobStore, idFileKey: string): Promise<IdFileIndex> {
+  let text = '';
+  const decoder = new TextDecoder();
+  for await (const chunk of blobs.read(idIndexKey(idFileKey)))
+    text += decoder.decode(chunk, { stream: true });
+  text += decoder.decode();
+  return IdFileIndexSchema.parse(JSON.parse(text));
+}
+
+/**
+ * The entries of partitions [p0, p1) of an id file: one ranged read of offsets[p0] to offsets[p1],
+ * streamed line by line.
+ */
+export async function* readIdPartitions(
+  blobs: BlobStore,
+  idFileKey: string,
+  index: IdFileIndex,
+  p0: number,
+  p1: number,
+): AsyncGenerator<IdEntry> {
+  const start = index.offsets[p0] ?? 0;
+  const end = index.offsets[Math.min(p1, index.partitions)] ?? start;
+  if (end <= start) return;
+  let remaining = end - start;
+  const decoder = new TextDecoder();
+  let pending = '';
+  for await (const chunk of blobs.read(idFileKey, start)) {
+    const piece = chunk.length > remaining ? chunk.subarray(0, remaining) : chunk;
+    remaining -= piece.length;
+    pending += decoder.decode(piece, { stream: remaining > 0 });
+    let newline = pending.indexOf('\n');
+    let from = 0;
+    while (newline !== -1) {
+      yield parseEntryLine(pending.slice(from, newline));
+      from = newline + 1;
+      newline = pending.indexOf('\n', from);
+    }
+    pending = pending.slice(from);
+    if (remaining === 0) break;
+  }
+  if (remaining > 0) throw new Error(`id file ${idFileKey} ended ${remaining} bytes before its index says`);
+  if (pending.length > 0) yield parseEntryLine(pending);
 }

@@ -164,13 +164,9 @@ export async function startRun(
   return runId;
 }
 
-/** A run's dataset, as a person would give it: its one object, or the folder its objects share. */
+/** A run's dataset, as it was given: its one object, or its prefix. */
 function datasetOfRun(run: Run): string {
-  const keys = run.objects.map((o) => o.key);
-  if (keys.length === 1) return `s3://${run.bucket}/${keys[0]}`;
-  let common = keys[0] ?? '';
-  for (const key of keys) while (!key.startsWith(common)) common = common.slice(0, -1);
-  return `s3://${run.bucket}/${common.slice(0, common.lastIndexOf('/') + 1)}`;
+  return `s3://${run.bucket}/${run.dataset.key}`;
 }
 
 /**

@@ -6,7 +6,7 @@ import type { Part, Run, TokenTotals } from './run';
 export interface RunSummary {
   readonly runId: string;
   readonly work: string;
-  readonly dataset: { readonly bucket: string; readonly keys: readonly string[] };
+  readonly dataset: { readonly bucket: string; readonly key: string; readonly objects: number };
   readonly status: string;
   readonly startedAt: string;
   readonly finishedAt: string;
@@ -71,7 +71,7 @@ export function summarize(run: Run, parts: readonly Part[], now: number): RunSum
   return {
     runId: run.runId,
     work: run.work,
-    dataset: { bucket: run.bucket, keys: run.objects.map((o) => o.key) },
+    dataset: { bucket: run.bucket, key: run.dataset.key, objects: run.dataset.objects },
     status: run.status,
     startedAt: new Date(run.createdAt).toISOString(),
     finishedAt: new Date(now).toISOString(),

@@ -2,8 +2,11 @@ import { createHash } from 'node:crypto';
 import { zeroCounts } from '../core/accounting';
 import { datasetLocation } from '../core/dataset-location';
 import { ConfigError, DatasetError } from '../core/errors';
+import { partitionsFor } from '../core/id-files';
+import { isGzip } from '../core/lines';
 import { type BlobInfo, ConflictError } from '../core/ports';
 import { type Run, runKeys } from '../core/run';
+import { planCodec, SHARD_PART_SPAN, type Shard, shardsOf } from '../core/shards';
 import type { StepDeps } from './deps';
 import { WIND_DOWN_MS } from './fail';
 import { markIntermediatesEnded, markIntermediatesRunning } from './intermediates';
@@ -27,17 +30,35 @@ export class DuplicateDatasetError extends Error {
   }
 }
 
-/** Datasets up to this size are identified by the SHA-256 of their bytes; larger ones by their S3 ETags. */
-const HASH_CONTENT_UP_TO = 1024 ** 3;
+/** Objects a dataset prefix may hold: Register lists them twice, and each is at least one shard. */
+export const MAX_OBJECTS = 100_000;
 
-/** Objects a dataset prefix may hold: the run record keeps their list (DynamoDB items hold 400 KB). */
-export const MAX_OBJECTS = 1000;
+/**
+ * Datasets of at most this many bytes and objects are identified by the SHA-256 of their content; larger
+ * ones by their objects' sizes and ETags (see {@link datasetHash}).
+ */
+export const HASH_CONTENT_UP_TO = { bytes: 1024 ** 3, objects: 1000 } as const;
 
-/** What Register answers: small, for the state. */
+/** The first bytes of large objects read at once, to see whether they are gzip. */
+const HEADS_IN_FLIGHT = 16;
+
+/** What Register answers: small, for the state (the lanes are at most 40 numbers). */
 export interface Registered {
   readonly runId: string;
   readonly prepared: boolean;
   readonly objects: number;
+  /** The prepare lanes, 0 to dataset.lanes - 1: the Map state runs one Prepare loop for each. */
+  readonly lanes: number[];
+}
+
+/** What Register answers for a run. */
+function registered(run: Run): Registered {
+  return {
+    runId: run.runId,
+    prepared: run.prepared,
+    objects: run.dataset.objects,
+    lanes: Array.from({ length: run.dataset.lanes }, (_, lane) => lane),
+  };
 }
 
 /**
@@ -66,31 +87,33 @@ const SUGGESTED_KEYS = 3;
 
 /**
  * The objects a dataset names, exactly: the object at the key; or, for a key ending in `/`, every
- * non-empty object under that prefix, in key order. A key that is neither is refused, with the prefix
- * form suggested when objects are under it (`inputs/data` never takes `inputs/data-old.jsonl`).
+ * non-empty object under that prefix, in key order (at most `MAX_OBJECTS`). A key that is neither is
+ * refused, with the prefix form suggested when objects are under it (`inputs/data` never takes
+ * `inputs/data-old.jsonl`). Streams the listing: nothing is held but the count.
  */
-export async function datasetObjects(deps: StepDeps<unknown>, key: string): Promise<BlobInfo[]> {
+export async function* datasetObjects(deps: StepDeps<unknown>, key: string): AsyncGenerator<BlobInfo> {
   const where = `s3://${deps.bucket}/${key}`;
   if (!key.endsWith('/')) {
     const single = await deps.blobs.head(key);
     if (single && single.size === 0)
       throw new DatasetError(`The dataset ${where} is empty: there is nothing to run.`);
-    if (single) return [single];
-    throw new DatasetError(await noObjectMessage(deps, key));
+    if (!single) throw new DatasetError(await noObjectMessage(deps, key));
+    yield single;
+    return;
   }
-  const objects: BlobInfo[] = [];
+  let objects = 0;
   for await (const object of deps.blobs.list(key)) {
     if (object.size === 0 || object.key.endsWith('/')) continue;
-    objects.push(object);
-    if (objects.length > MAX_OBJECTS) {
+    objects += 1;
+    if (objects > MAX_OBJECTS) {
       throw new DatasetError(
-        `The prefix ${where} holds more than ${MAX_OBJECTS} objects; a run reads at most ${MAX_OBJECTS}. Combine them into fewer, larger files.`,
+        `The prefix ${where} holds more than ${MAX_OBJECTS.toLocaleString('en-US')} objects; a run reads at most ${MAX_OBJECTS.toLocaleString('en-US')}. Combine them into fewer, larger files, or start one run for each part of the prefix.`,
       );
     }
+    yield object;
   }
-  if (objects.length === 0)
+  if (objects === 0)
     throw new DatasetError(`No dataset at ${where}: no such object, and no objects under it as a prefix.`);
-  return objects;
 }
 
 /** Why a key names no object, with what the user may have meant: the prefix form, or keys like it. */
@@ -110,18 +133,169 @@ async function noObjectMessage(deps: StepDeps<unknown>, key: string): Promise<st
 }
 
 /**
- * The dataset's identity: the SHA-256 of its bytes (objects in key order) up to 1 GiB; beyond, of each
- * object's size and ETag, which S3 derives from the content, so that no step reads a huge dataset twice.
+ * What Register's first pass over the listing found: the counts, the plan's shape, and what the second
+ * pass needs to write the plan without reading any object again.
  */
-export async function datasetHash(deps: StepDeps<unknown>, objects: readonly BlobInfo[]): Promise<string> {
-  const hash = createHash('sha256');
-  const total = objects.reduce((n, o) => n + o.size, 0);
-  if (total <= HASH_CONTENT_UP_TO) {
-    for (const object of objects) for await (const chunk of deps.blobs.read(object.key)) hash.update(chunk);
-    return `sha256:${hash.digest('hex')}`;
+export interface DatasetScan {
+  readonly objects: number;
+  readonly bytes: number;
+  readonly shards: number;
+  /** A width every line of the plan fits in (see planWidthBound). */
+  readonly planWidth: number;
+  /** The indexes of the objects larger than shardBytes whose content is gzip. */
+  readonly gzip: ReadonlySet<number>;
+  /** SHA-256 of every object's size and ETag, in key order: the ETag form of the hash, and what tells the second pass that the listing did not change. */
+  readonly etags: string;
+  /** The objects themselves when there are at most HASH_CONTENT_UP_TO.objects of them (else null: listed again). */
+  readonly listed: readonly BlobInfo[] | null;
+}
+
+/** True when the object's first bytes are gzip's magic number (1f 8b). Reads no further. */
+async function startsWithGzip(deps: StepDeps<unknown>, key: string): Promise<boolean> {
+  let head: Uint8Array = new Uint8Array(0);
+  for await (const chunk of deps.blobs.read(key)) {
+    head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+    if (head.length >= 2) break; // leaving the loop closes the GET
   }
-  for (const object of objects) hash.update(`${object.size}:${object.etag}\n`);
-  return `etags:${hash.digest('hex')}`;
+  return isGzip(head);
+}
+
+/**
+ * A width the plan lines of an object's shards fit in, whatever its shard numbers: the widest of its
+ * lines has the largest start (at most its size, in digits) and `false`; the shard number is counted as
+ * `shardDigits` digits (those of the dataset's last shard). An upper bound, so that it is known before the
+ * first bytes of the large objects are (they are read concurrently), without the objects held.
+ */
+function planWidthBound(object: BlobInfo, index: number, shardDigits: number): number {
+  const widest: Shard = {
+    shard: 0,
+    object: index,
+    key: object.key,
+    size: object.size,
+    etag: object.etag,
+    start: object.size,
+    end: object.size,
+    gzip: false,
+  };
+  return Buffer.byteLength(JSON.stringify(widest)) - 1 + shardDigits + 1;
+}
+
+/**
+ * Register's first pass over the dataset's listing: counts objects, bytes and shards, and the plan's line
+ * width; reads the first bytes of each object larger than shardBytes (a gzip one is one shard). Holds the
+ * gzip objects' indexes, and the list itself only while it is short enough to be hashed by content.
+ */
+export async function scanDataset(deps: StepDeps<unknown>, key: string): Promise<DatasetScan> {
+  const { shardBytes } = deps.work.settings;
+  const etags = createHash('sha256');
+  const gzip = new Set<number>();
+  let listed: BlobInfo[] | null = [];
+  let objects = 0;
+  let bytes = 0;
+  let shards = 0;
+  let width = 0; // counting the shard number as one digit
+  const inFlight = new Set<Promise<void>>();
+  let failed: { error: unknown } | null = null;
+  for await (const object of datasetObjects(deps, key)) {
+    const index = objects++;
+    bytes += object.size;
+    etags.update(`${object.size}:${object.etag}\n`);
+    width = Math.max(width, planWidthBound(object, index, 1));
+    if (listed && listed.length < HASH_CONTENT_UP_TO.objects) listed.push(object);
+    else listed = null;
+    if (object.size <= shardBytes) {
+      shards += 1;
+      continue;
+    }
+    const reading: Promise<void> = startsWithGzip(deps, object.key)
+      .then(
+        (isGzipped) => {
+          if (isGzipped) gzip.add(index);
+          shards += isGzipped ? 1 : Math.ceil(object.size / shardBytes);
+        },
+        (error: unknown) => {
+          failed ??= { error };
+        },
+      )
+      .finally(() => inFlight.delete(reading));
+    inFlight.add(reading);
+    if (inFlight.size >= HEADS_IN_FLIGHT) await Promise.race(inFlight);
+    if (failed) break;
+  }
+  await Promise.all(inFlight);
+  if (failed) throw (failed as { error: unknown }).error;
+  const planWidth = width - 1 + String(shards - 1).length;
+  return { objects, bytes, shards, planWidth, gzip, etags: etags.digest('hex'), listed };
+}
+
+/**
+ * Register's second pass: writes the shard plan (`runKeys(runId).plan`, one fixed-width line a shard, see
+ * planCodec) from the listing again (or the short list the scan kept), streamed. A listing that is not
+ * the one scanned (objects added, removed or rewritten in between) is refused, and the plan deleted.
+ */
+export async function writePlan(
+  deps: StepDeps<unknown>,
+  runId: string,
+  key: string,
+  scan: DatasetScan,
+): Promise<void> {
+  const { shardBytes } = deps.work.settings;
+  const planKey = runKeys(runId).plan;
+  const etags = createHash('sha256');
+  let objects = 0;
+  let bytes = 0;
+  let shards = 0;
+  const changed = () =>
+    new DatasetError(
+      `The dataset s3://${deps.bucket}/${key} changed while the run was registered (objects were added, removed or rewritten): start the run again once it is complete.`,
+    );
+  async function* lines(): AsyncGenerator<Uint8Array> {
+    let batch = '';
+    for await (const object of scan.listed ?? datasetObjects(deps, key)) {
+      const index = objects++;
+      bytes += object.size;
+      etags.update(`${object.size}:${object.etag}\n`);
+      const planned = { ...object, gzip: scan.gzip.has(index) };
+      for (const shard of shardsOf([planned], shardBytes)) {
+        const line: Shard = { ...shard, shard: shards++, object: index };
+        if (Buffer.byteLength(JSON.stringify(line)) + 1 > scan.planWidth) throw changed();
+        batch += planCodec.encode(line, scan.planWidth);
+      }
+      if (batch.length >= 64 * 1024) {
+        yield Buffer.from(batch);
+        batch = '';
+      }
+    }
+    if (batch.length > 0) yield Buffer.from(batch);
+  }
+  await deps.blobs.write(planKey, lines());
+  if (
+    objects !== scan.objects ||
+    bytes !== scan.bytes ||
+    shards !== scan.shards ||
+    etags.digest('hex') !== scan.etags
+  ) {
+    await deps.blobs.delete([planKey]);
+    throw changed();
+  }
+}
+
+/**
+ * The dataset's identity: the SHA-256 of its bytes (objects in key order) when it holds at most 1 GiB in
+ * at most 1,000 objects; beyond either, the SHA-256 of each object's size and ETag (which S3 derives from
+ * the content). Reading the content means one GET an object: 100,000 of them would take Register many
+ * minutes, and a huge dataset would be read twice (once here, once by Prepare).
+ */
+export async function datasetHash(deps: StepDeps<unknown>, scan: DatasetScan): Promise<string> {
+  if (!scan.listed || !hashesContent(scan.objects, scan.bytes)) return `etags:${scan.etags}`;
+  const hash = createHash('sha256');
+  for (const object of scan.listed) for await (const chunk of deps.blobs.read(object.key)) hash.update(chunk);
+  return `sha256:${hash.digest('hex')}`;
+}
+
+/** Whether a dataset of this many objects and bytes is identified by its content (else by its ETags). */
+export function hashesContent(objects: number, bytes: number): boolean {
+  return objects <= HASH_CONTENT_UP_TO.objects && bytes <= HASH_CONTENT_UP_TO.bytes;
 }
 
 /**
@@ -143,29 +317,37 @@ export async function register(
   },
 ): Promise<Registered> {
   const existing = await deps.runs.getRun(input.runId);
-  if (existing) {
-    const run = input.resume ? await resumeRun(deps, existing, input.execution) : existing;
-    return { runId: run.runId, prepared: run.prepared, objects: run.objects.length };
-  }
+  if (existing) return registered(input.resume ? await resumeRun(deps, existing, input.execution) : existing);
   if (input.resume)
     throw new ConfigError(`No run ${input.runId} to resume: there is no such run in this work.`);
   if (input.dataset === undefined)
     throw new ConfigError('dataset is required: "s3://bucket/key" or a key in the work\'s bucket.');
-  const { key } = datasetLocation(input.dataset, deps.bucket);
-  const objects = await datasetObjects(deps, input.fromS3Event ? await eventKey(deps, key) : key);
-  const datasetHashValue = await datasetHash(deps, objects);
+  const { key: given } = datasetLocation(input.dataset, deps.bucket);
+  const key = input.fromS3Event ? await eventKey(deps, given) : given;
+  const scan = await scanDataset(deps, key);
+  const datasetHashValue = await datasetHash(deps, scan);
+  await writePlan(deps, input.runId, key, scan);
   const now = deps.now();
   const run: Run = {
     runId: input.runId,
     work: deps.work.settings.name,
     bucket: deps.bucket,
-    objects: objects.map(({ key: k, size, etag }) => ({ key: k, size, etag })),
+    dataset: {
+      key,
+      objects: scan.objects,
+      bytes: scan.bytes,
+      shards: scan.shards,
+      planWidth: scan.planWidth,
+      partitions: partitionsFor(scan.bytes),
+      lanes: Math.min(deps.work.settings.prepareConcurrency, scan.shards),
+    },
     datasetHash: datasetHashValue,
     status: 'preparing',
     createdAt: now,
     updatedAt: now,
     prepared: false,
-    checkpoint: { object: 0, line: 1, offset: 0, gzip: false, nextPart: 0 },
+    nextPart: scan.shards * SHARD_PART_SPAN,
+    settle: null,
     counts: zeroCounts(),
     estimatedTokens: 0,
     estimatedCostUsd: null,
@@ -182,13 +364,18 @@ export async function register(
     version: 0,
   };
   const outcome = await deps.runs.createRun(run, !deps.work.settings.allowSameDataset);
-  if (!outcome.created) throw new DuplicateDatasetError(outcome.holder.runId, outcome.holder.status);
+  if (!outcome.created) {
+    await deps.blobs.delete([runKeys(run.runId).plan]); // no run will read it, and it would never expire
+    throw new DuplicateDatasetError(outcome.holder.runId, outcome.holder.status);
+  }
   deps.log('run registered', {
     runId: run.runId,
-    objects: objects.length,
-    bytes: objects.reduce((n, o) => n + o.size, 0),
+    objects: scan.objects,
+    bytes: scan.bytes,
+    shards: scan.shards,
+    lanes: run.dataset.lanes,
   });
-  return { runId: run.runId, prepared: false, objects: objects.length };
+  return registered(run);
 }
 
 /** How long after a wind-down's end (see WIND_DOWN_MS) its MarkFailed may still be marking the run. */
@@ -263,16 +450,17 @@ export async function resumeRun(deps: StepDeps<unknown>, found: Run, execution: 
 }
 
 /**
- * The intermediate files a failed run still needs that are gone: request files of unfinished parts, and
- * the checkpoint a prepare that did not finish resumes from.
+ * The intermediate files a failed run still needs that are gone: request files of unfinished parts, and,
+ * when it was not prepared, the shard plan its lanes read. The plan is the oldest of a run's state
+ * objects (Register writes it before any lane starts), so it is the first the lifecycle rule expires.
+ * Lane checkpoints may be missing: a lane that never started has none.
  */
 async function missingIntermediates(deps: StepDeps<unknown>, run: Run): Promise<string[]> {
   const keys = runKeys(run.runId);
   const needed: string[] = [];
   for (const part of await deps.runs.listParts(run.runId))
     if (part.status !== 'done') needed.push(keys.requests(part.part), keys.lines(part.part));
-  const cp = run.checkpoint;
-  if (!run.prepared && (cp.object > 0 || cp.line > 1)) needed.push(keys.ids(cp.object, cp.line));
+  if (!run.prepared) needed.push(keys.plan);
   const missing: string[] = [];
   for (const key of needed) if (!(await deps.blobs.head(key))) missing.push(key);
   return missing;

@@ -52,10 +52,7 @@ const FINISHED: readonly Run['status'][] = ['completed', 'failed', 'cancelled'];
 
 /** The dataset a resumed execution is given (Register ignores it when resuming; it is for people). */
 function datasetOf(run: Run): string {
-  const keys = run.objects.map((o) => o.key);
-  let common = keys[0] ?? '';
-  for (const key of keys) while (!key.startsWith(common)) common = common.slice(0, -1);
-  return `s3://${run.bucket}/${common}`;
+  return `s3://${run.bucket}/${run.dataset.key}`;
 }
 
 /**

@@ -31,12 +31,12 @@ describe('S3BlobStore', () => {
     const keys = runKeys('run-1');
     const intermediate = 'openai-batch-intermediate';
     await blobs.write(keys.requests(0), chunksOf('{"custom_id":"a"}\n'));
-    await writeAll(blobs, keys.ids(0, 1), new Uint8Array(16));
+    await writeAll(blobs, keys.lane(0), new Uint8Array(16));
     await blobs.write(keys.outputs(0), chunksOf('{"id":"a"}\n'));
     await writeAll(blobs, keys.summary, '{}');
     await blobs.write('inputs/w/data.jsonl', chunksOf('{}\n'));
     expect(await tags(keys.requests(0))).toEqual([{ Key: intermediate, Value: 'running' }]);
-    expect(await tags(keys.ids(0, 1))).toEqual([{ Key: intermediate, Value: 'running' }]);
+    expect(await tags(keys.lane(0))).toEqual([{ Key: intermediate, Value: 'running' }]);
     expect(await tags(keys.outputs(0))).toEqual([]);
     expect(await tags(keys.summary)).toEqual([]);
     expect(await tags('inputs/w/data.jsonl')).toEqual([]);

@@ -391,7 +391,7 @@ describe('resume', () => {
             ...runFixture(runId),
             work: 'e2e-chat',
             bucket: env.s3.bucket,
-            objects: [{ key: 'inputs/e2e-chat/a.jsonl', size: 9, etag: 'e' }],
+            dataset: { ...runFixture(runId).dataset, key: 'inputs/e2e-chat/a.jsonl', bytes: 9 },
             status,
             error: status === 'failed' ? 'InvariantError: it broke' : null,
           },

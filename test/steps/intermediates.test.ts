@@ -98,7 +98,7 @@ describe('marking a run intermediate objects', () => {
       await blobs.write(keys.requests(part), chunksOf('{"custom_id":"a"}\n'));
       await blobs.write(keys.lines(part), chunksOf('1\n'));
     }
-    await writeAll(blobs, keys.ids(0, 100), new Uint8Array(8));
+    await writeAll(blobs, keys.lane(0), new Uint8Array(8));
     await blobs.write(keys.outputs(0), chunksOf('{"id":"a"}\n'));
     await writeAll(blobs, keys.summary, '{}');
     const other = runKeys('mark-10').requests(0); // a run whose id starts with this one's

@@ -7,7 +7,7 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import { executionName } from '../../functions/core/execution-names';
-import type { Part, Run } from '../../functions/core/run';
+import { type Part, type Run, runKeys } from '../../functions/core/run';
 import type { RunSummary } from '../../functions/core/summary';
 import { createHandlers, type Handlers } from '../../functions/handlers';
 import { register } from '../../functions/steps/register';
@@ -314,10 +314,17 @@ describe('resuming a run that failed', () => {
       waiting: 'early',
     });
     const register = handlersOf(time.runOptions(env)).Register;
+    // Its lanes read the shard plan: without it, it is refused, naming it (lane checkpoints need not be there).
+    const { plan } = runKeys('early');
+    await expect(
+      register({ input: { resumeRunId: 'early' }, executionName: 'early-resume-0' }),
+    ).rejects.toThrow(`files it still needs are gone (${plan})`);
+    await env.s3.client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: plan, Body: '{}\n' }));
     expect(await register({ input: { resumeRunId: 'early' }, executionName: 'early-resume-1' })).toEqual({
       runId: 'early',
       prepared: false,
       objects: 1,
+      lanes: [0],
     });
     const revived = (await runs.getRun('early')) as Run;
     expect(revived).toMatchObject({
@@ -327,7 +334,8 @@ describe('resuming a run that failed', () => {
       ticks: 0,
       waiting: null,
       execution: 'early-resume-1',
-      checkpoint: early.checkpoint,
+      dataset: early.dataset,
+      nextPart: early.nextPart,
     });
     expect(await claimOf(revived)).toEqual({ runId: 'early', status: 'running' });
   });
@@ -340,6 +348,7 @@ describe('resuming a run that failed', () => {
       runId: 'busy',
       prepared: true,
       objects: 1,
+      lanes: [0],
     });
     expect(await runs.getRun('busy')).toMatchObject({ status: 'running', execution: 'busy-resume-1' });
     const deps = localDeps(env, loaded.work, options, new RecordingNotifier());

@@ -321,7 +321,7 @@ async function check(s: Scenario): Promise<void> {
       ...fixture,
       status: 'running',
       prepared: true,
-      checkpoint: { ...fixture.checkpoint, nextPart: s.parts },
+      nextPart: s.parts,
     },
     false,
   );

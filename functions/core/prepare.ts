@@ -2,10 +2,9 @@ import { type Counts, zeroCounts } from './accounting';
 import { type PartSummary, partsOf } from './chunker';
 import { type DatasetLine, readDataset } from './dataset';
 import { messageOf } from './errors';
-import type { IdRegistry } from './ids';
 import { type BatchErrorItem, jsonLineOf } from './items';
 import type { LinePosition } from './lines';
-import { buildRequests, type PreparedRequest } from './requests';
+import { buildRequests, type IdClaims, type PreparedRequest } from './requests';
 import type { Work } from './work';
 
 /** Where prepared request lines go: one file per part, several open at once (one per model). */
@@ -53,12 +52,33 @@ export interface PrepareResult {
 export interface PrepareInput<R> {
   readonly source: AsyncIterable<Uint8Array>;
   readonly work: Work<R>;
-  readonly ids: IdRegistry;
+  /** Where custom_ids are claimed: {@link LineIds} (one line), or a registry over the whole dataset. */
+  readonly ids: IdClaims;
   readonly parts: PartSink;
   readonly errors: RecordSink;
   readonly start?: PrepareStart;
   /** Asked before each record; true stops the step there, with every open part closed. */
   readonly shouldPause?: () => boolean;
+}
+
+/**
+ * Claims custom_ids within one dataset line: the same id twice from one line is refused on the spot
+ * (`duplicate_id`); ids used on different lines are Settle's to find (from the id files). Holds the ids
+ * of the current line only.
+ */
+export class LineIds implements IdClaims {
+  private line = 0;
+  private readonly ids = new Set<string>();
+
+  claim(id: string, line: number): number {
+    if (line !== this.line) {
+      this.line = line;
+      this.ids.clear();
+    }
+    if (this.ids.has(id)) return line;
+    this.ids.add(id);
+    return 0;
+  }
 }
 
 /**

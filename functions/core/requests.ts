@@ -1,6 +1,5 @@
 import type { DatasetLine } from './dataset';
 import { messageOf } from './errors';
-import type { IdRegistry } from './ids';
 import { describeIssues } from './issues';
 import {
   type BatchErrorItem,
@@ -14,6 +13,14 @@ import { checkRequestBody } from './request-bodies';
 import { withOutputFormat } from './structured';
 import { estimateInputTokens } from './tokens';
 import { isEmbeddings, type Work } from './work';
+
+/**
+ * Where a request's custom_id is claimed: 0 when it may be used, else the line that used it already.
+ * (An IdRegistry claims over a whole dataset; prepare claims within one line, Settle finds the rest.)
+ */
+export interface IdClaims {
+  claim(id: string, line: number): number;
+}
 
 /** One OpenAI batch input line, ready to be placed in a part. */
 export interface PreparedRequest {
@@ -66,7 +73,7 @@ const ITEM_FIELDS = new Set(['id', 'model', 'body', 'messages', 'input', 'prompt
 export async function* buildRequests<R>(
   lines: AsyncIterable<DatasetLine>,
   work: Work<R>,
-  ids: IdRegistry,
+  ids: IdClaims,
 ): AsyncGenerator<BuildEvent> {
   const { endpoint } = work.settings;
   for await (const entry of lines) {
@@ -140,7 +147,7 @@ function buildOne<R>(
   line: number,
   endpoint: Endpoint,
   work: Work<R>,
-  ids: IdRegistry,
+  ids: IdClaims,
   first: boolean,
 ): BuildEvent {
   const parsed = BatchInputItemSchema.safeParse(raw);

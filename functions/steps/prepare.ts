@@ -1,81 +1,244 @@
-import { addCounts } from '../core/accounting';
-import { CostLimitError, DatasetError, InvariantError } from '../core/errors';
-import { IdRegistry } from '../core/ids';
-import { type PrepareStart, prepareDataset } from '../core/prepare';
-import { costOf } from '../core/prices';
-import { newPart, type PrepareCheckpoint, runKeys } from '../core/run';
+import { addCounts, zeroCounts } from '../core/accounting';
+import { InvariantError } from '../core/errors';
+import { decompressed, type LinePosition } from '../core/lines';
+import { LineIds, prepareDataset } from '../core/prepare';
+import { type LaneCheckpoint, LaneCheckpointSchema, newPart, runKeys } from '../core/run';
+import { countNewlines, firstLineStart, type RangeTally, throughLineAt } from '../core/shard-reader';
+import { firstLineOf, nextLaneShard, planCodec, type Shard, shardPart } from '../core/shards';
 import type { StepDeps } from './deps';
 import { runOf } from './runs';
-import { LazyJsonl, readAll, StoredParts, writeAll } from './storage';
+import {
+  deleteIdFilesFrom,
+  LazyJsonl,
+  readIfThere,
+  readRange,
+  StoredIdFiles,
+  StoredParts,
+  writeAll,
+} from './storage';
 
-/** US dollars for a person: cents, or four significant digits below a cent. */
-export function usd(amount: number): string {
-  return amount >= 0.01 || amount === 0 ? `$${amount.toFixed(2)}` : `$${amount.toPrecision(4)}`;
+/** A lane's checkpoint before its first step: its first shard, nothing read. */
+export function freshLane(lane: number): LaneCheckpoint {
+  return {
+    lane,
+    shard: lane,
+    position: null,
+    nextPart: 0,
+    inflated: false,
+    counts: zeroCounts(),
+    estimatedTokens: 0,
+    done: false,
+  };
 }
 
 /**
- * Prepares a run's dataset into part files, object by object, for as long as its time budget allows,
- * then checkpoints (position, part numbers, counts and the custom_id registry together) and returns;
- * the state machine calls it again until `prepared`. A step that dies is run again from its checkpoint
- * and rewrites the same files. Once all is read, the cost is estimated and checked against `maxCostUsd`
- * before anything is sent to OpenAI.
+ * One step of a prepare lane: lane L of a run prepares shards L, L + lanes, L + 2 * lanes, ... into held
+ * parts (numbered per shard), for as long as its time budget allows (at least one record), going on to
+ * its next shard within the step when time remains. It records an id entry for every request placed (the
+ * id files Settle reads to find ids used more than once), writes refused lines to errors named by the
+ * shard and the step's first line, and writes its checkpoint (`runKeys.lane`) last; the state machine
+ * calls it again until `done`. A step that dies is run again from that checkpoint and rewrites the same
+ * files. It never writes the run record: lanes run at once, and Settle sums their counts.
  */
 export async function prepare<R>(
   deps: StepDeps<R>,
-  input: { runId: string },
-): Promise<{ prepared: boolean }> {
+  input: { runId: string; lane: number },
+): Promise<{ done: boolean }> {
   const started = deps.now();
   const outOfTime = () => deps.now() - started > deps.budgetMs;
-  // A step reads at least one record before it looks at the clock, so that every step progresses.
+  // A step reads at least one record (or counts one range) before it looks at the clock.
   let progressed = false;
   const shouldPause = () => {
     const pause = progressed && outOfTime();
     progressed = true;
     return pause;
   };
-  let run = await runOf(deps.runs, input.runId);
+  const run = await runOf(deps.runs, input.runId);
+  const { dataset } = run;
+  if (input.lane >= dataset.shards) return { done: true };
   const keys = runKeys(run.runId);
-  while (!run.prepared && run.checkpoint.object < run.objects.length) {
-    if (progressed && outOfTime()) return { prepared: false };
-    const cp = run.checkpoint;
-    const object = run.objects[cp.object];
-    if (!object) throw new InvariantError(`run ${run.runId} has no object ${cp.object}`);
-    const resuming = cp.line > 1;
-    const ids =
-      cp.object === 0 && !resuming
-        ? new IdRegistry()
-        : IdRegistry.fromBytes(await readAll(deps.blobs, keys.ids(cp.object, cp.line)));
-    const parts = new StoredParts(deps.blobs, run.runId);
-    const errors = new LazyJsonl(deps.blobs, keys.prepareErrors(cp.object, cp.line));
-    let start: PrepareStart = { firstPart: cp.nextPart };
-    if (resuming)
-      start = cp.gzip
-        ? { ...start, skipLines: cp.line - 1 }
-        : { ...start, position: { line: cp.line, offset: cp.offset } };
-    const source =
-      resuming && !cp.gzip ? deps.blobs.read(object.key, cp.offset) : deps.blobs.read(object.key);
-    const result = await prepareDataset({ source, work: deps.work, ids, parts, errors, start, shouldPause });
+  let cp = (await laneCheckpoint(deps.blobs, run.runId, input.lane)) ?? freshLane(input.lane);
+  if (cp.done) return { done: true };
+  const lane = new Lane(deps, run.runId, dataset.shards, dataset.planWidth, dataset.partitions);
+  /** Inflated copies of gzip shards this step finished, removed once the checkpoint no longer needs them. */
+  const finished: string[] = [];
+
+  while (!cp.done) {
+    if (progressed && outOfTime()) break;
+    const shard = await lane.shard(cp.shard);
+    const step = await lane.step(shard, cp, shouldPause);
+    if (step.kind === 'paused') {
+      cp = step.checkpoint;
+      break;
+    }
+    const next = nextLaneShard(cp.shard, dataset.lanes, dataset.shards);
+    if (shard.gzip) finished.push(keys.inflated(shard.shard));
+    cp = {
+      ...step.checkpoint,
+      shard: next ?? cp.shard,
+      position: null,
+      nextPart: 0,
+      inflated: false,
+      done: next === null,
+    };
+  }
+  await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
+  if (finished.length > 0) await deps.blobs.delete(finished);
+  return { done: cp.done };
+}
+
+/** How a shard's step ended: the shard is finished, or the step paused (the checkpoint says where). */
+type ShardStep = { kind: 'finished' | 'paused'; checkpoint: LaneCheckpoint };
+
+/** A lane's access to its run's plan, dataset and state objects. */
+class Lane<R> {
+  private readonly keys;
+
+  constructor(
+    private readonly deps: StepDeps<R>,
+    private readonly runId: string,
+    private readonly shards: number,
+    private readonly planWidth: number,
+    private readonly partitions: number,
+  ) {
+    this.keys = runKeys(runId);
+  }
+
+  /** Shard `n` of the plan, by one ranged read of its line. */
+  async shard(n: number): Promise<Shard> {
+    if (n < 0 || n >= this.shards) throw new InvariantError(`run ${this.runId} has no shard ${n}`);
+    const bytes = await readRange(this.deps.blobs, this.keys.plan, n * this.planWidth, this.planWidth);
+    const shard = planCodec.decode(bytes);
+    if (shard.shard !== n)
+      throw new InvariantError(`the plan of run ${this.runId} has shard ${shard.shard} at ${n}`);
+    return shard;
+  }
+
+  /** The newline bytes in [0, shard.start) of its object, when stored. */
+  private async storedNewlines(shard: number): Promise<number | null> {
+    const bytes = await readIfThere(this.deps.blobs, this.keys.newlinesBefore(shard));
+    if (bytes === null) return null;
+    const count = Number(Buffer.from(bytes).toString('utf8'));
+    if (!Number.isInteger(count) || count < 0)
+      throw new InvariantError(`bad newline count for shard ${shard}`);
+    return count;
+  }
+
+  private async storeNewlines(shard: number, count: number): Promise<void> {
+    await writeAll(this.deps.blobs, this.keys.newlinesBefore(shard), String(count));
+  }
+
+  /**
+   * The newline bytes in [0, shard.start) of the shard's object: stored, or from the nearest earlier shard
+   * of the object whose count is stored (or that starts at 0), counting the ranges in between and storing
+   * each count as found. Null when the time ran out first (what was counted is stored).
+   */
+  private async newlinesBefore(shard: Shard, shouldPause: () => boolean): Promise<number | null> {
+    if (shard.start === 0) return 0;
+    const own = await this.storedNewlines(shard.shard);
+    if (own !== null) return own;
+    const between: Shard[] = [];
+    let base = 0;
+    for (let n = shard.shard - 1; ; n--) {
+      const earlier = await this.shard(n);
+      if (earlier.key !== shard.key)
+        throw new InvariantError(`shard ${shard.shard} has no start in its object`);
+      between.unshift(earlier);
+      if (earlier.start === 0) break;
+      const count = await this.storedNewlines(n);
+      if (count !== null) {
+        base = count;
+        break;
+      }
+    }
+    for (const range of between) {
+      if (shouldPause()) return null;
+      base += await countNewlines(this.deps.blobs.read(range.key, range.start), range.start, range.end);
+      await this.storeNewlines(range.shard + 1, base);
+    }
+    return base;
+  }
+
+  /** Inflates a gzip shard's object, whole, into its copy (one read of the object). */
+  private async inflate(shard: Shard): Promise<void> {
+    const { chunks } = await decompressed(this.deps.blobs.read(shard.key));
+    await this.deps.blobs.write(this.keys.inflated(shard.shard), chunks);
+  }
+
+  /** Prepares a shard from its checkpoint, until it is finished or the step must pause. */
+  async step(shard: Shard, checkpoint: LaneCheckpoint, shouldPause: () => boolean): Promise<ShardStep> {
+    let cp = checkpoint;
+    const tally: RangeTally = { newlinesBeforeEnd: 0, stoppedAt: null };
+    let source: AsyncIterable<Uint8Array>;
+    let position: LinePosition;
+    if (shard.gzip) {
+      if (!cp.inflated) {
+        await this.inflate(shard);
+        cp = { ...cp, inflated: true };
+        // Kept at once: a step run again reads the copy, not the object.
+        await writeAll(this.deps.blobs, this.keys.lane(cp.lane), JSON.stringify(cp));
+      }
+      position = cp.position ?? { line: 1, offset: 0 };
+      const copy = this.keys.inflated(shard.shard);
+      source = throughLineAt(this.deps.blobs.read(copy, position.offset), position.offset, Infinity, tally);
+    } else if (cp.position) {
+      position = cp.position;
+      source = throughLineAt(
+        this.deps.blobs.read(shard.key, position.offset),
+        position.offset,
+        shard.end,
+        tally,
+      );
+    } else if (shard.start === 0) {
+      position = { line: 1, offset: 0 };
+      source = throughLineAt(this.deps.blobs.read(shard.key), 0, shard.end, tally);
+    } else {
+      const before = await this.newlinesBefore(shard, shouldPause);
+      if (before === null) return { kind: 'paused', checkpoint: cp };
+      const found = await firstLineStart(
+        this.deps.blobs.read(shard.key, shard.start - 1),
+        shard.start,
+        shard.end,
+      );
+      if (!found.owned) {
+        await this.storeNext(shard, before + found.newlines);
+        return { kind: 'finished', checkpoint: cp };
+      }
+      position = { line: firstLineOf(shard, before, found.previousByteIsNewline), offset: found.offset };
+      source = throughLineAt(found.rest, found.offset, shard.end, tally);
+    }
+
+    const startLine = position.line;
+    await deleteIdFilesFrom(this.deps.blobs, this.runId, shard.shard, startLine);
+    const ids = new StoredIdFiles(this.deps.blobs, this.runId, shard.shard, startLine, this.partitions);
+    const parts = new StoredParts(this.deps.blobs, this.runId, (part, request) =>
+      ids.add({
+        id: request.customId,
+        shard: shard.shard,
+        line: request.line,
+        part,
+        bytes: request.bytes,
+        tokens: request.estimatedTokens,
+      }),
+    );
+    const errors = new LazyJsonl(this.deps.blobs, this.keys.prepareErrors(shard.shard, startLine));
+    const result = await prepareDataset({
+      source,
+      work: this.deps.work,
+      ids: new LineIds(),
+      parts,
+      errors,
+      start: { position, firstPart: shardPart(shard.shard, cp.nextPart) },
+      shouldPause,
+    });
     await errors.close();
-    const next: PrepareCheckpoint = result.done
-      ? {
-          object: cp.object + 1,
-          line: 1,
-          offset: 0,
-          gzip: false,
-          nextPart: cp.nextPart + result.parts.length,
-        }
-      : {
-          object: cp.object,
-          line: result.next.line,
-          offset: result.next.offset,
-          gzip: result.gzip,
-          nextPart: cp.nextPart + result.parts.length,
-        };
-    await writeAll(deps.blobs, keys.ids(next.object, next.line), ids.toBytes());
-    await deps.runs.addParts(
-      run.runId,
-      result.parts.map((p) =>
-        newPart({
+    await ids.close();
+    // A shard's parts keep to its span of numbers (this throws past it).
+    if (result.parts.length > 0) shardPart(shard.shard, cp.nextPart + result.parts.length - 1);
+    await this.deps.runs.addParts(
+      this.runId,
+      result.parts.map((p) => ({
+        ...newPart({
           part: p.part,
           generation: 0,
           model: p.model,
@@ -83,49 +246,46 @@ export async function prepare<R>(
           bytes: p.bytes,
           estimatedTokens: p.estimatedTokens,
         }),
-      ),
-    );
-    run = await deps.runs.putRun({
-      ...run,
-      checkpoint: next,
-      counts: addCounts(run.counts, result.counts),
-      estimatedTokens: run.estimatedTokens + result.parts.reduce((n, p) => n + p.estimatedTokens, 0),
-      updatedAt: deps.now(),
-    });
-    deps.log('prepare step', {
-      runId: run.runId,
-      object: cp.object,
-      fromLine: cp.line,
-      toLine: next.line,
-      records: result.counts.records,
-      parts: result.parts.length,
-    });
-  }
-  if (!run.prepared) {
-    if (run.counts.records === 0) {
-      throw new DatasetError(
-        `The dataset has no records: its ${run.objects.length} object(s) hold only blank lines.`,
-      );
-    }
-    const parts = await deps.runs.listParts(run.runId);
-    const expected = deps.work.settings.expectedOutputTokens;
-    const estimate = costOf(
-      parts.map((p) => ({
-        model: p.model,
-        inputTokens: p.estimatedTokens,
-        outputTokens: p.requests * expected,
+        held: true,
       })),
     );
-    const max = deps.work.settings.maxCostUsd;
-    run = await deps.runs.putRun({ ...run, estimatedCostUsd: estimate, updatedAt: deps.now() });
-    if (max !== undefined && estimate !== null && estimate > max) {
-      throw new CostLimitError(
-        `The estimated cost of this run is ${usd(estimate)} (${run.estimatedTokens} input tokens and ${expected} output tokens a request at batch prices), above the work's maxCostUsd of ${usd(max)}. Nothing was sent to OpenAI.`,
-        estimate,
-        max,
-      );
-    }
-    run = await deps.runs.putRun({ ...run, prepared: true, status: 'running', updatedAt: deps.now() });
+    cp = {
+      ...cp,
+      position: result.next,
+      nextPart: cp.nextPart + result.parts.length,
+      counts: addCounts(cp.counts, result.counts),
+      estimatedTokens: cp.estimatedTokens + result.parts.reduce((n, p) => n + p.estimatedTokens, 0),
+    };
+    this.deps.log('prepare step', {
+      runId: this.runId,
+      lane: cp.lane,
+      shard: shard.shard,
+      fromLine: startLine,
+      toLine: result.next.line,
+      records: result.counts.records,
+      parts: result.parts.length,
+      idFiles: ids.files,
+    });
+    if (!result.done) return { kind: 'paused', checkpoint: cp };
+    // The newlines of [0, end) number the next shard's lines, when it is of the same object.
+    if (!shard.gzip && tally.stoppedAt !== null)
+      await this.storeNext(shard, position.line - 1 + tally.newlinesBeforeEnd);
+    return { kind: 'finished', checkpoint: cp };
   }
-  return { prepared: true };
+
+  /** Stores the newline count of [0, shard.end), the next shard's start, when that shard is of the same object. */
+  private async storeNext(shard: Shard, newlines: number): Promise<void> {
+    if (shard.shard + 1 < this.shards && shard.end < shard.size)
+      await this.storeNewlines(shard.shard + 1, newlines);
+  }
+}
+
+/** Reads a lane's checkpoint (for Settle and tests): null before the lane's first step. */
+export async function laneCheckpoint(
+  blobs: StepDeps['blobs'],
+  runId: string,
+  lane: number,
+): Promise<LaneCheckpoint | null> {
+  const bytes = await readIfThere(blobs, runKeys(runId).lane(lane));
+  return bytes ? LaneCheckpointSchema.parse(JSON.parse(Buffer.from(bytes).toString('utf8'))) : null;
 }

@@ -1,5 +1,6 @@
 import { LineWriter } from '../core/channel';
 import type { PartSummary } from '../core/chunker';
+import { type IdEntry, IdFileBuilder } from '../core/id-files';
 import type { BlobStore } from '../core/ports';
 import type { PartSink, RecordSink } from '../core/prepare';
 import type { PreparedRequest } from '../core/requests';
@@ -36,13 +37,17 @@ export class LazyJsonl implements RecordSink {
   }
 }
 
-/** Part files in the store: each part's request lines, and beside them the dataset line of each request. */
+/**
+ * Part files in the store: each part's request lines, and beside them the dataset line of each request.
+ * `placed`, when given, is told of each request written (prepare records an id entry for it).
+ */
 export class StoredParts implements PartSink {
   private readonly open = new Map<number, { requests: LazyJsonl; lines: LazyJsonl }>();
 
   constructor(
     private readonly blobs: BlobStore,
     private readonly runId: string,
+    private readonly placed?: (part: number, request: PreparedRequest) => Promise<void>,
   ) {}
 
   private files(part: number) {
@@ -62,6 +67,7 @@ export class StoredParts implements PartSink {
     const files = this.files(part);
     await files.requests.write(request.json);
     await files.lines.write(String(request.line));
+    await this.placed?.(part, request);
   }
 
   /** Appends a request that is sent again (a resubmission part). */
@@ -78,7 +84,103 @@ export class StoredParts implements PartSink {
   }
 }
 
-/** An object's bytes, whole: for the small state objects (the id registry) only. */
+/**
+ * The id entries of one prepare step of a shard (see core/id-files.ts), written as id files named by the
+ * shard and the step's first line, each with its `.idx`: a file whenever `flushAt` entries are held, and
+ * one with the rest on close. Holds at most `flushAt` entries.
+ */
+export class StoredIdFiles {
+  private readonly builder: IdFileBuilder;
+  private chunk = 0;
+
+  constructor(
+    private readonly blobs: BlobStore,
+    private readonly runId: string,
+    private readonly shard: number,
+    private readonly line: number,
+    partitions: number,
+    private readonly flushAt = ID_FILE_ENTRIES,
+  ) {
+    this.builder = new IdFileBuilder(partitions);
+  }
+
+  /** Id files written so far. */
+  get files(): number {
+    return this.chunk;
+  }
+
+  async add(entry: IdEntry): Promise<void> {
+    this.builder.add(entry);
+    if (this.builder.size >= this.flushAt) await this.flush();
+  }
+
+  /** Writes what is held. */
+  async close(): Promise<void> {
+    if (this.builder.size > 0) await this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    const key = runKeys(this.runId).idFile(this.shard, this.line, this.chunk);
+    this.chunk += 1;
+    const { body, index } = this.builder.take();
+    await this.blobs.write(key, body);
+    await writeAll(this.blobs, `${key}.idx`, JSON.stringify(index)); // its index (core/id-files.ts)
+  }
+}
+
+/** Id entries an id file holds at most (about 20 MiB of them in memory). */
+export const ID_FILE_ENTRIES = 262_144;
+
+/**
+ * Removes the id files of a shard's prepare steps that started at `fromLine` or after (and their
+ * indexes): what an attempt of a step that crashed wrote, before the step is run again.
+ */
+export async function deleteIdFilesFrom(
+  blobs: BlobStore,
+  runId: string,
+  shard: number,
+  fromLine: number,
+): Promise<number> {
+  const keys = runKeys(runId);
+  const sample = keys.idFile(shard, 0, 0);
+  const prefix = sample.slice(0, sample.indexOf('-', keys.idFiles.length) + 1);
+  const stale: string[] = [];
+  for await (const info of blobs.list(prefix)) {
+    const line = Number(info.key.slice(prefix.length).split('-')[0]);
+    if (Number.isInteger(line) && line >= fromLine) stale.push(info.key);
+  }
+  for (let i = 0; i < stale.length; i += 1000) await blobs.delete(stale.slice(i, i + 1000));
+  return stale.length;
+}
+
+/**
+ * `length` bytes of an object from `start` (fewer when it ends first): reads no further than them,
+ * though the store's read runs to the object's end.
+ */
+export async function readRange(
+  blobs: BlobStore,
+  key: string,
+  start: number,
+  length: number,
+): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  let got = 0;
+  if (length <= 0) return Buffer.alloc(0);
+  for await (const chunk of blobs.read(key, start)) {
+    chunks.push(chunk.length > length - got ? chunk.subarray(0, length - got) : chunk);
+    got += chunks.at(-1)?.length ?? 0;
+    if (got >= length) break;
+  }
+  return Buffer.concat(chunks);
+}
+
+/** A small object's bytes, or null when there is no such object. */
+export async function readIfThere(blobs: BlobStore, key: string): Promise<Uint8Array | null> {
+  if ((await blobs.head(key)) === null) return null;
+  return readAll(blobs, key);
+}
+
+/** An object's bytes, whole: for the small state objects (checkpoints, counts) only. */
 export async function readAll(blobs: BlobStore, key: string): Promise<Uint8Array> {
   const chunks: Uint8Array[] = [];
   for await (const chunk of blobs.read(key)) chunks.push(chunk);

@@ -1,112 +1,357 @@
-import { GetObjectCommand, ListObjectsCommand } from '@aws-sdk/client-s3';
+import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import type { RunStore } from '../../functions/core/ports';
+import { type IdEntry, IdFileIndexSchema, parseEntryLine } from '../../functions/core/id-files';
+import { isGzip } from '../../functions/core/lines';
+import type { BlobStore } from '../../functions/core/ports';
+import { type Part, runKeys } from '../../functions/core/run';
+import { planCodec, type Shard, shardOfPart, shardsOf } from '../../functions/core/shards';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
-import { prepare } from '../../functions/steps/prepare';
-import { writeAll } from '../../functions/steps/storage';
+import { laneCheckpoint, prepare } from '../../functions/steps/prepare';
+import { readAll, writeAll } from '../../functions/steps/storage';
 import { localDeps, RecordingNotifier } from '../../local/runner';
 import { localEnvironment } from '../support/local-environment';
 import { runFixture } from '../support/runs';
 
 /**
- * The Prepare step through the real stand-ins: a step that crashed after writing its files and is run
- * again with a shorter budget (it reads less) leaves every request and error line once.
+ * The Prepare lane step through the real stand-ins (s3rver, DynamoDB Local): lanes that prepare the
+ * shards of a plan side by side, a few records a step, give every record one place under its exact line
+ * number, read a gzip object once, and rewrite the same files when a step is run again.
  */
 
 const shared = localEnvironment('openai-batch-prepare-', { kind: 'emulator', options: {} });
 
 const RECORD_MS = 10; // each record's upload hook takes this long, on the manual clock
 
-/** Lines under a prefix, parsed. */
-async function linesUnder(prefix: string): Promise<Record<string, unknown>[]> {
-  const listed = await shared.env.s3.client.send(
-    new ListObjectsCommand({ Bucket: shared.env.s3.bucket, Prefix: prefix }),
-  );
-  const found: Record<string, unknown>[] = [];
-  for (const object of listed.Contents ?? []) {
-    if (!object.Key?.endsWith('.jsonl')) continue;
-    const body = await shared.env.s3.client.send(
-      new GetObjectCommand({ Bucket: shared.env.s3.bucket, Key: object.Key }),
-    );
-    for (const line of ((await body.Body?.transformToString()) ?? '').split('\n'))
-      if (line) found.push(JSON.parse(line));
-  }
-  return found;
+type Deps = StepDeps<Record<string, unknown>>;
+
+/** Step dependencies on the shared stand-ins, with a manual clock the upload hook moves. */
+function depsFor(budgetRecords: number, wrapBlobs?: (blobs: BlobStore) => BlobStore): Deps {
+  const clock = { now: 1_000_000 };
+  const work = defineWork({
+    name: 'prep',
+    model: 'gpt-4o-mini',
+    maxRequestsPerBatch: 4,
+    upload: (record) => {
+      clock.now += RECORD_MS;
+      const ask = { messages: [{ role: 'user', content: String(record.text ?? '') }] };
+      if (record.twice) return [0, 1].map(() => ({ id: String(record.id), ...ask }));
+      return { id: String(record.id), ...ask };
+    },
+  });
+  const base = localDeps(
+    shared.env,
+    work,
+    { now: () => clock.now, budgetMs: budgetRecords * RECORD_MS },
+    new RecordingNotifier(),
+  ) as Deps;
+  return wrapBlobs ? { ...base, blobs: wrapBlobs(base.blobs) } : base;
 }
 
-/** A run store whose first putRun dies: the step's files are written, its checkpoint is not. */
-function crashingOnPutRun(runs: RunStore): RunStore {
-  let armed = true;
-  return new Proxy(runs, {
+interface Input {
+  readonly key: string;
+  readonly body: Buffer;
+}
+
+/** Writes the objects, the shard plan and the run record, as Register would; gives the shards. */
+async function registered(
+  deps: Deps,
+  runId: string,
+  objects: readonly Input[],
+  shardBytes: number,
+  lanes: number,
+): Promise<Shard[]> {
+  const planned = [];
+  for (const object of objects) {
+    await writeAll(deps.blobs, object.key, object.body);
+    const info = await deps.blobs.head(object.key);
+    if (!info) throw new Error(`no ${object.key}`);
+    planned.push({ ...info, gzip: isGzip(object.body) });
+  }
+  const shards = [...shardsOf(planned, shardBytes)];
+  const width = planCodec.width(shards);
+  await writeAll(deps.blobs, runKeys(runId).plan, shards.map((s) => planCodec.encode(s, width)).join(''));
+  const bytes = planned.reduce((n, o) => n + o.size, 0);
+  const dataset = {
+    key: `inputs/${runId}/`,
+    objects: objects.length,
+    bytes,
+    shards: shards.length,
+    planWidth: width,
+    partitions: 3,
+    lanes,
+  };
+  await deps.runs.createRun({ ...runFixture(runId), dataset }, false);
+  return shards;
+}
+
+/** Runs every lane's steps side by side until all are done; gives the number of rounds. */
+async function prepareLanes(deps: Deps, runId: string, lanes: number): Promise<number> {
+  const done = new Set<number>();
+  let rounds = 0;
+  while (done.size < lanes) {
+    if (++rounds > 500) throw new Error('the lanes never finished');
+    await Promise.all(
+      Array.from({ length: lanes }, (_, lane) => lane)
+        .filter((lane) => !done.has(lane))
+        .map(async (lane) => {
+          if ((await prepare(deps, { runId, lane })).done) done.add(lane);
+        }),
+    );
+  }
+  return rounds;
+}
+
+const text = async (deps: Deps, key: string) => Buffer.from(await readAll(deps.blobs, key)).toString('utf8');
+const jsonLines = (body: string) => body.split('\n').filter((l) => l !== '');
+
+/** Every object under a prefix, key to content. */
+async function filesUnder(deps: Deps, prefix: string): Promise<Map<string, string>> {
+  const files = new Map<string, string>();
+  for await (const info of deps.blobs.list(prefix)) files.set(info.key, await text(deps, info.key));
+  return files;
+}
+
+/** What prepare placed: requests by part, each with its dataset line; errors with their shard. */
+async function placed(deps: Deps, runId: string) {
+  const keys = runKeys(runId);
+  const parts = await deps.runs.listParts(runId);
+  const requests: { id: string; line: number; part: Part }[] = [];
+  for (const part of parts) {
+    const lines = jsonLines(await text(deps, keys.lines(part.part))).map(Number);
+    const ids = jsonLines(await text(deps, keys.requests(part.part))).map((l) =>
+      String(JSON.parse(l).custom_id),
+    );
+    expect(ids).toHaveLength(part.requests);
+    expect(lines).toHaveLength(part.requests);
+    ids.forEach((id, i) => {
+      requests.push({ id, line: lines[i] ?? -1, part });
+    });
+  }
+  const errors: { shard: number; line: number; code: string }[] = [];
+  for (const [key, body] of await filesUnder(deps, `runs/${runId}/errors/prepare-`)) {
+    const shard = Number(key.slice(`runs/${runId}/errors/prepare-`.length).split('-')[0]);
+    for (const line of jsonLines(body)) {
+      const error = JSON.parse(line) as { line: number; code: string };
+      errors.push({ shard, line: error.line, code: error.code });
+    }
+  }
+  const entries: IdEntry[] = [];
+  for (const [key, body] of await filesUnder(deps, keys.idFiles)) {
+    if (key.endsWith('.idx')) continue;
+    const index = IdFileIndexSchema.parse(JSON.parse(await text(deps, `${key}.idx`)));
+    const lines = jsonLines(body);
+    expect(index.counts.reduce((a, b) => a + b, 0)).toBe(lines.length);
+    entries.push(...lines.map(parseEntryLine));
+  }
+  return { parts, requests, errors, entries };
+}
+
+/** Lines of JSONL for object `name`: record n carries the id `<name>-<n>`, with some bad and blank lines. */
+function objectLines(name: string, count: number, special: Record<number, string> = {}): string[] {
+  return Array.from({ length: count }, (_, i) => {
+    const line = i + 1;
+    const given = special[line];
+    if (given !== undefined) return given;
+    return JSON.stringify({ id: `${name}-${line}`, text: 'x'.repeat((line * 7) % 40) });
+  });
+}
+
+/** The lanes' counts summed, as Settle sums them. */
+async function laneCounts(deps: Deps, runId: string, lanes: number) {
+  const counts = { records: 0, errors: 0, submittedRequests: 0, invalidRecords: 0, refusedRequests: 0 };
+  let tokens = 0;
+  for (let lane = 0; lane < lanes; lane++) {
+    const cp = await laneCheckpoint(deps.blobs, runId, lane);
+    expect(cp?.done).toBe(true);
+    for (const name of Object.keys(counts) as (keyof typeof counts)[]) counts[name] += cp?.counts[name] ?? 0;
+    tokens += cp?.estimatedTokens ?? 0;
+  }
+  return { counts, tokens };
+}
+
+describe('the Prepare lane step', () => {
+  it('numbers lines exactly per object and places every record once when two lanes prepare byte-range shards a few records a step', async () => {
+    const runId = 'lanes';
+    const deps = depsFor(3);
+    const a = objectLines('a', 80, {
+      7: '{bad',
+      12: '',
+      13: '   ',
+      30: JSON.stringify({ id: 'a-30', text: 'L'.repeat(700) }), // longer than a shard
+      41: JSON.stringify({ id: 'a-41', twice: true }), // the same id twice from one line
+      55: '[1]',
+      79: '{bad',
+    });
+    const b = objectLines('b', 50, {
+      1: '{bad',
+      20: JSON.stringify({ id: 'same', text: 'first' }), // an id used again on another line: Settle's
+      33: JSON.stringify({ id: 'same', text: 'again' }),
+    });
+    const objects = [
+      { key: `inputs/${runId}/a.jsonl`, body: Buffer.from(`${a.join('\n')}\n`) },
+      { key: `inputs/${runId}/b.jsonl`, body: Buffer.from(b.join('\r\n')) }, // CRLF, no final newline
+      { key: `inputs/${runId}/c.jsonl`, body: Buffer.from('{"id":"c-1"}\n') },
+    ];
+    const shards = await registered(deps, runId, objects, 256, 2);
+    expect(shards.length).toBeGreaterThan(10);
+
+    const rounds = await prepareLanes(deps, runId, 2);
+    expect(rounds).toBeGreaterThan(20);
+
+    const objectOf = (shard: number) => shards[shard]?.key.slice(`inputs/${runId}/`.length, -'.jsonl'.length);
+    const { parts, requests, errors, entries } = await placed(deps, runId);
+    // Every record that makes a request is in one part, under its own line, in a part of its own object.
+    const expected: string[] = [];
+    for (const [name, lines] of [
+      ['a', a],
+      ['b', b],
+      ['c', ['{"id":"c-1"}']],
+    ] as const) {
+      lines.forEach((line, i) => {
+        if (line.trim() === '' || !line.startsWith('{"')) return;
+        const id = String(JSON.parse(line).id);
+        expected.push(`${name} ${i + 1} ${id}`);
+      });
+    }
+    const got = requests.map((r) => `${objectOf(shardOfPart(r.part.part))} ${r.line} ${r.id}`);
+    expect(got.sort()).toEqual(expected.sort());
+    expect(parts.every((p) => p.held && p.status === 'pending' && p.generation === 0)).toBe(true);
+    // Bad lines and the id given twice on one line are errors under their own line.
+    expect(errors.map((e) => `${objectOf(e.shard)} ${e.line} ${e.code}`).sort()).toEqual(
+      [
+        'a 7 invalid_json',
+        'a 41 duplicate_id',
+        'a 55 not_an_object',
+        'a 79 invalid_json',
+        'b 1 invalid_json',
+      ].sort(),
+    );
+    // One id entry for each request placed, naming its shard, line and part.
+    expect(entries.map((e) => `${e.id} ${e.shard} ${e.line} ${e.part}`).sort()).toEqual(
+      requests.map((r) => `${r.id} ${shardOfPart(r.part.part)} ${r.line} ${r.part.part}`).sort(),
+    );
+    const { counts, tokens } = await laneCounts(deps, runId, 2);
+    expect(counts).toEqual({
+      records: 80 - 2 + 50 + 1,
+      errors: 5,
+      submittedRequests: requests.length,
+      invalidRecords: 4,
+      refusedRequests: 1,
+    });
+    expect(tokens).toBe(parts.reduce((n, p) => n + p.estimatedTokens, 0));
+    // Prepare leaves the run record to Settle.
+    const run = await deps.runs.getRun(runId);
+    expect(run).toMatchObject({ prepared: false, version: 0, counts: { records: 0 } });
+  });
+
+  it('reads a gzip object once, over several steps, through its inflated copy', async () => {
+    const runId = 'gzip';
+    const key = `inputs/${runId}/data.jsonl.gz`;
+    const read = new Map<string, number>();
+    const deps = depsFor(4, (blobs) => counting(blobs, read));
+    const lines = objectLines('g', 40, { 9: '{bad', 10: '' });
+    const body = gzipSync(Buffer.from(`${lines.join('\n')}\n`));
+    const shards = await registered(deps, runId, [{ key, body }], 64, 1);
+    expect(shards).toHaveLength(1);
+
+    const rounds = await prepareLanes(deps, runId, 1);
+    expect(rounds).toBeGreaterThan(5);
+    expect(read.get(key)).toBe(body.length);
+    const { requests, errors } = await placed(deps, runId);
+    expect(requests.map((r) => `${r.line} ${r.id}`).sort()).toEqual(
+      lines.flatMap((l, i) => (l.startsWith('{"') ? [`${i + 1} g-${i + 1}`] : [])).sort(),
+    );
+    expect(errors.map((e) => e.line)).toEqual([9]);
+    // The inflated copy is removed once the shard is done.
+    expect(await deps.blobs.head(runKeys(runId).inflated(0))).toBeNull();
+  });
+
+  it('rewrites the same files when a step is run again from the same checkpoint, and leaves no stale id entries after a longer attempt', async () => {
+    const runId = 'retried';
+    const lines = objectLines('r', 60, { 5: '{bad', 33: '{bad' });
+    const objects = [
+      { key: `inputs/${runId}/a.jsonl`, body: Buffer.from(`${lines.join('\n')}\n`) },
+      { key: `inputs/${runId}/b.jsonl`, body: Buffer.from(`${objectLines('s', 30).join('\n')}\n`) },
+    ];
+    const short = depsFor(4);
+    await registered(short, runId, objects, 300, 1);
+    const keys = runKeys(runId);
+    const snapshot = () => filesUnder(short, keys.prefix);
+
+    // Two steps in, the same step twice from the same checkpoint gives the same files.
+    await prepare(short, { runId, lane: 0 });
+    await prepare(short, { runId, lane: 0 });
+    const checkpoint = await text(short, keys.lane(0));
+    await prepare(short, { runId, lane: 0 });
+    const once = await snapshot();
+    await writeAll(short.blobs, keys.lane(0), checkpoint);
+    await prepare(short, { runId, lane: 0 });
+    expect(await snapshot()).toEqual(once);
+
+    // An attempt that read much further (into other shards) and died before its checkpoint...
+    await writeAll(short.blobs, keys.lane(0), checkpoint);
+    const crashing = depsFor(40, (blobs) => dyingOnCheckpoint(blobs, keys.lane(0)));
+    await expect(prepare(crashing, { runId, lane: 0 })).rejects.toThrow('Lambda timed out');
+    // ...run again a few records a step, to the end.
+    await prepareLanes(short, runId, 1);
+
+    const { requests, errors, entries } = await placed(short, runId);
+    const expected = [
+      ...lines.flatMap((l, i) => (l.startsWith('{"') ? [`r-${i + 1} ${i + 1}`] : [])),
+      ...Array.from({ length: 30 }, (_, i) => `s-${i + 1} ${i + 1}`),
+    ];
+    expect(requests.map((r) => `${r.id} ${r.line}`).sort()).toEqual(expected.sort());
+    expect(errors.map((e) => e.line).sort()).toEqual([33, 5]);
+    expect(entries.map((e) => `${e.id} ${e.line} ${e.part}`).sort()).toEqual(
+      requests.map((r) => `${r.id} ${r.line} ${r.part.part}`).sort(),
+    );
+    const { counts } = await laneCounts(short, runId, 1);
+    expect(counts).toMatchObject({ records: 90, errors: 2, submittedRequests: 88 });
+  });
+
+  it('is done at once for a lane past the shards, and for a lane already done', async () => {
+    const runId = 'few';
+    const deps = depsFor(100);
+    await registered(
+      deps,
+      runId,
+      [{ key: `inputs/${runId}/a.jsonl`, body: Buffer.from('{"id":"x"}\n') }],
+      1024,
+      1,
+    );
+    expect(await prepare(deps, { runId, lane: 3 })).toEqual({ done: true });
+    expect(await laneCheckpoint(deps.blobs, runId, 3)).toBeNull();
+    expect(await prepare(deps, { runId, lane: 0 })).toEqual({ done: true });
+    expect(await prepare(deps, { runId, lane: 0 })).toEqual({ done: true });
+    expect((await laneCheckpoint(deps.blobs, runId, 0))?.counts.records).toBe(1);
+  });
+});
+
+/** A store that counts the bytes read of each key. */
+function counting(blobs: BlobStore, read: Map<string, number>): BlobStore {
+  return new Proxy(blobs, {
     get: (store, property, receiver) => {
-      if (property !== 'putRun') return Reflect.get(store, property, receiver);
-      return async (...args: Parameters<RunStore['putRun']>) => {
-        if (armed) {
-          armed = false;
-          throw new Error('Lambda timed out');
+      if (property !== 'read') return Reflect.get(store, property, receiver);
+      return async function* (key: string, start?: number) {
+        for await (const chunk of store.read(key, start)) {
+          read.set(key, (read.get(key) ?? 0) + chunk.length);
+          yield chunk;
         }
-        return store.putRun(...args);
       };
     },
   });
 }
 
-describe('the Prepare step', () => {
-  it('writes each error and request once when a step that crashed is run again and reads less', async () => {
-    const runId = 'retried';
-    const key = `inputs/${runId}.jsonl`;
-    const lines = Array.from({ length: 40 }, (_, i) =>
-      i >= 24 && i < 28
-        ? '{bad'
-        : JSON.stringify({ id: `r${i}`, messages: [{ role: 'user', content: 'q' }] }),
-    );
-    let clock = 1_000_000;
-    const work = defineWork({
-      name: 'prep',
-      model: 'gpt-4o-mini',
-      maxRequestsPerBatch: 8,
-      upload: (record) => {
-        clock += RECORD_MS;
-        return record as { id: string };
-      },
-    });
-    const base = localDeps(shared.env, work, { now: () => clock }, new RecordingNotifier()) as StepDeps<
-      Record<string, unknown>
-    >;
-    await writeAll(base.blobs, key, `${lines.join('\n')}\n`);
-    const info = await base.blobs.head(key);
-    if (!info) throw new Error('no dataset');
-    await base.runs.createRun({ ...runFixture(runId), objects: [info] }, false);
-
-    // The first attempt reads the whole dataset in one step, writes its files, and dies before its checkpoint.
-    const crashing = crashingOnPutRun(base.runs);
-    await expect(prepare({ ...base, runs: crashing, budgetMs: 1_000_000 }, { runId })).rejects.toThrow(
-      'Lambda timed out',
-    );
-    expect((await linesUnder(`runs/${runId}/errors/`)).map((e) => e.line)).toEqual([25, 26, 27, 28]);
-
-    // Run again with a budget of about five records a step: the first step reads none of the bad lines.
-    let steps = 0;
-    for (; steps < 50; steps++)
-      if ((await prepare({ ...base, budgetMs: 5 * RECORD_MS }, { runId })).prepared) break;
-    expect(steps).toBeGreaterThan(3);
-
-    const errors = await linesUnder(`runs/${runId}/errors/`);
-    expect(errors.map((e) => e.line).sort()).toEqual([25, 26, 27, 28]);
-    const run = await base.runs.getRun(runId);
-    expect(run?.counts).toMatchObject({ records: 40, errors: 4, invalidRecords: 4, submittedRequests: 36 });
-    // The parts recorded hold each request once (what the crashed attempt wrote beyond them is not a part).
-    const requested: string[] = [];
-    for (const part of await base.runs.listParts(runId)) {
-      const file = await linesUnder(
-        `runs/${runId}/requests/part-${String(part.part).padStart(5, '0')}.jsonl`,
-      );
-      expect(file).toHaveLength(part.requests);
-      requested.push(...file.map((r) => String(r.custom_id)));
-    }
-    expect(requested.sort()).toEqual(
-      lines.flatMap((l) => (l === '{bad' ? [] : [JSON.parse(l).id as string])).sort(),
-    );
+/** A store whose write of `key` dies: the step's files are written, its checkpoint is not. */
+function dyingOnCheckpoint(blobs: BlobStore, key: string): BlobStore {
+  return new Proxy(blobs, {
+    get: (store, property, receiver) => {
+      if (property !== 'write') return Reflect.get(store, property, receiver);
+      return async (written: string, body: AsyncIterable<Uint8Array>) => {
+        if (written === key) throw new Error('Lambda timed out');
+        return store.write(written, body);
+      };
+    },
   });
-});
+}

@@ -24,8 +24,11 @@ export const ExecutionInputSchema = z
 /** What Register receives: the execution input and the execution's name (the run id). */
 export const RegisterEventSchema = z.object({ input: z.unknown(), executionName: z.string().min(1) });
 
-/** What Prepare, Tick, Finalize, CleanUp and Notify receive. */
+/** What Settle, Tick, Finalize, CleanUp and Notify receive. */
 export const RunEventSchema = z.object({ runId: z.string().min(1) });
+
+/** What Prepare receives: the run, and the lane it prepares (an item of the Map over `$.run.lanes`). */
+export const PrepareEventSchema = RunEventSchema.extend({ lane: z.number().int().nonnegative() });
 
 /** What Tick receives: the run, and the execution it runs in (to end an execution that was replaced). */
 export const TickEventSchema = RunEventSchema.extend({ executionName: z.string().min(1).optional() });

@@ -6,6 +6,7 @@ import {
   ContinueEventSchema,
   ExecutionInputSchema,
   MarkFailedEventSchema,
+  PrepareEventSchema,
   RegisterEventSchema,
   RunEventSchema,
   TickEventSchema,
@@ -14,6 +15,7 @@ import type { StepDeps } from './steps/deps';
 import { cleanUp, finalize, markFailed, notifyRun } from './steps/finish';
 import { prepare } from './steps/prepare';
 import { register } from './steps/register';
+import { settle } from './steps/settle';
 import { tick } from './steps/tick';
 
 /** Starts a new execution of the run's state machine (Step Functions in the cloud). */
@@ -48,7 +50,8 @@ export function createHandlers<R>(deps: StepDeps<R>, startExecution: StartExecut
         execution: executionName,
       });
     },
-    Prepare: async (event: unknown) => prepare(deps, parse(RunEventSchema, event, 'Prepare event')),
+    Prepare: async (event: unknown) => prepare(deps, parse(PrepareEventSchema, event, 'Prepare event')),
+    Settle: async (event: unknown) => settle(deps, parse(RunEventSchema, event, 'Settle event')),
     Tick: async (event: unknown) => tick(deps, parse(TickEventSchema, event, 'Tick event')),
     Finalize: async (event: unknown) => finalize(deps, parse(RunEventSchema, event, 'Finalize event')),
     CleanUp: async (event: unknown) => cleanUp(deps, parse(RunEventSchema, event, 'CleanUp event')),

@@ -99,6 +99,7 @@ const handlers = createHandlers(
 
 export const register = flushingMetrics(handlers.Register);
 export const prepare = flushingMetrics(handlers.Prepare);
+export const settle = flushingMetrics(handlers.Settle);
 export const tick = flushingMetrics(handlers.Tick);
 export const finalize = flushingMetrics(handlers.Finalize);
 export const cleanUp = flushingMetrics(handlers.CleanUp);

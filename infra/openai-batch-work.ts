@@ -66,9 +66,10 @@ export interface OpenAIBatchWorkProps {
   /** Ticks one execution runs before the run continues in a new one (the 25,000-event history). @default 1500 */
   readonly maxTicksPerExecution?: number;
   /**
-   * Memory of the Prepare function in MB. Prepare holds a custom_id registry of about 18 bytes a record
-   * at its peak: the default suits runs of up to about 20 million records; give more for larger ones
-   * (10,240 at most: about 500 million). @default partMemory(maxBytesPerBatch), 875 for the default parts
+   * Memory of the Prepare function in MB. A lane's memory does not grow with the dataset (custom_ids go
+   * to id files, not to memory): it holds the part it uploads and up to 262,144 id entries. More memory
+   * also gives Lambda more CPU, so a lane validates and writes requests faster.
+   * (10,240 at most.) @default partMemory(maxBytesPerBatch), 875 for the default parts
    */
   readonly prepareMemoryMb?: number;
   /** Log retention of the functions and the state machine. @default logs.RetentionDays.ONE_MONTH */
@@ -122,6 +123,7 @@ export const WEBHOOK_SIZING = { memorySize: 256, timeout: Duration.seconds(30) }
 export const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }> = {
   Register: { memorySize: 512, timeout: Duration.minutes(5) },
   Prepare: { memorySize: 1024, timeout: Duration.minutes(6) }, // memory: partMemory(maxBytesPerBatch)
+  Settle: { memorySize: 1024, timeout: Duration.minutes(6) }, // rewrites parts that lost a duplicate
   Tick: { memorySize: 1024, timeout: Duration.minutes(6) }, // memory: partMemory(maxBytesPerBatch)
   Finalize: { memorySize: 512, timeout: Duration.minutes(2) },
   CleanUp: { memorySize: 512, timeout: Duration.minutes(5) },
@@ -142,6 +144,7 @@ export function partMemory(maxBytesPerBatch: number): number {
 const HANDLERS: Record<TaskName, string> = {
   Register: 'register',
   Prepare: 'prepare',
+  Settle: 'settle',
   Tick: 'tick',
   Finalize: 'finalize',
   CleanUp: 'cleanUp',
@@ -255,6 +258,7 @@ export class OpenAIBatchWork extends Construct {
             TaskName,
             BatchFunction['function']
           >,
+          settings.prepareConcurrency,
         ),
       ),
       tracingEnabled: true,
@@ -381,12 +385,25 @@ export class OpenAIBatchWork extends Construct {
     // A step run again removes an output or error file it left empty: DeleteObject is part of writing.
     const write = ['s3:PutObject', 's3:PutObjectTagging', 's3:AbortMultipartUpload', 's3:DeleteObject'];
 
-    f.Register.allowObjects(bucket, ['s3:GetObject']);
+    // Register lists the dataset's objects, reads their first bytes (gzip?), and writes the shard plan.
+    f.Register.allowObjects(bucket, [
+      's3:GetObject',
+      's3:PutObject',
+      's3:PutObjectTagging',
+      's3:AbortMultipartUpload',
+    ]);
     f.Register.allowListing(bucket);
     f.Register.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem'], byWork);
 
     f.Prepare.allowObjects(bucket, ['s3:GetObject', ...write]);
+    f.Prepare.allowListing(bucket); // the id files a crashed step of its shard left, to delete them
     f.Prepare.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
+
+    // Settle reads the lanes' id files, rewrites the parts a duplicate is dropped from, and lists and
+    // deletes its own state files (runs/<runId>/state/...).
+    f.Settle.allowObjects(bucket, ['s3:GetObject', ...write]);
+    f.Settle.allowListing(bucket);
+    f.Settle.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
 
     f.Tick.allowObjects(bucket, ['s3:GetObject', ...write]);
     f.Tick.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);

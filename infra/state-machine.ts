@@ -8,6 +8,7 @@ import type { Construct } from 'constructs';
 export const TASKS = [
   'Register',
   'Prepare',
+  'Settle',
   'Tick',
   'Finalize',
   'CleanUp',
@@ -25,6 +26,9 @@ export const WAIT_STATE = 'Wait';
 /** The Wait state between two calls of MarkFailed while it winds a failing run down. */
 export const WIND_DOWN_WAIT_STATE = 'Wind down';
 
+/** The inline Map state that runs the prepare lanes, each looping Prepare until its lane is done. */
+export const PREPARE_MAP_STATE = 'Prepare lanes';
+
 /** Errors that retrying cannot fix: bad input, a refused run, a bug. */
 const FATAL = ['ConfigError', 'DatasetError', 'DuplicateDatasetError', 'CostLimitError', 'InvariantError'];
 
@@ -32,6 +36,7 @@ const FATAL = ['ConfigError', 'DatasetError', 'DuplicateDatasetError', 'CostLimi
 export const TASK_TIMEOUTS: Record<TaskName, Duration> = {
   Register: Duration.minutes(6),
   Prepare: Duration.minutes(7),
+  Settle: Duration.minutes(7),
   Tick: Duration.minutes(7),
   Finalize: Duration.minutes(3),
   CleanUp: Duration.minutes(6),
@@ -41,16 +46,19 @@ export const TASK_TIMEOUTS: Record<TaskName, Duration> = {
 };
 
 /**
- * The run's state machine: Register -> Prepare (again until prepared) -> loop[Tick -> Wait(seconds Tick
- * chose)] -> Finalize -> CleanUp -> Notify, any failure caught into MarkFailed (looping through its own
- * Wait while it winds the run down), and a hand-over to a new
- * execution before the history limit. JSONPath only, inline states, no callbacks, so that
- * aws-local-stepfunctions runs the very same definition. State payloads carry ids and counts, never
- * records.
+ * The run's state machine: Register -> an inline Map over the run's lanes (`$.run.lanes`, at most
+ * `prepareConcurrency` at once), each lane looping Prepare until it is done -> Settle (again until settled)
+ * -> loop[Tick -> Wait(seconds Tick chose)] -> Finalize -> CleanUp -> Notify, any failure caught into
+ * MarkFailed (looping through its own Wait while it winds the run down), and a hand-over to a new
+ * execution before the history limit. JSONPath only, inline states (no Distributed Map, no ItemReader),
+ * no callbacks, so that aws-local-stepfunctions runs the very same definition. State payloads carry ids
+ * and counts, never records: the Map's results are discarded, so its output is its input.
  */
 export function runDefinition(
   scope: Construct,
   functions: Readonly<Record<TaskName, lambda.IFunction>>,
+  /** The work's `prepareConcurrency`: lanes prepared at once (the Map's MaxConcurrency). */
+  prepareConcurrency: number,
 ): sfn.IChainable {
   const task = (name: TaskName, payload: Record<string, unknown>, resultPath: string) =>
     new tasks.LambdaInvoke(scope, name, {
@@ -109,7 +117,6 @@ export function runDefinition(
     task('Register', { 'input.$': '$', 'executionName.$': '$$.Execution.Name' }, '$.run'),
     3,
   );
-  const prepare = guard(task('Prepare', runId, '$.prepare'), 4);
   const tick = guard(task('Tick', { ...runId, 'executionName.$': '$$.Execution.Name' }, '$.tick'), 6);
   const finalize = guard(task('Finalize', runId, '$.summary'), 3);
   const cleanUp = guard(task('CleanUp', runId, '$.cleanUp'), 3);
@@ -140,14 +147,41 @@ export function runDefinition(
       )
       .otherwise(wait.next(tick)),
   );
-  const prepareLoop = prepare.next(
-    new sfn.Choice(scope, 'Prepared?')
-      .when(sfn.Condition.booleanEquals('$.prepare.prepared', true), loop)
+  // Settle, once every lane is done: drops the later uses of a custom_id, checks the cost, releases the parts.
+  const settle = guard(task('Settle', runId, '$.settle'), 4);
+  const settleLoop = settle.next(
+    new sfn.Choice(scope, 'Settled?')
+      .when(sfn.Condition.booleanEquals('$.settle.settled', true), loop)
+      .otherwise(settle),
+  );
+
+  // A lane's own state is `{ runId, lane }`. A Catch cannot leave the Map's processor: a lane that fails
+  // for good fails the Map, whose Catch hands MarkFailed the whole state, as every other task does.
+  const prepare = task('Prepare', { 'runId.$': '$.runId', 'lane.$': '$.lane' }, '$.prepare');
+  prepare.addRetry({ errors: FATAL, maxAttempts: 0 });
+  prepare.addRetry({
+    errors: ['States.ALL'],
+    maxAttempts: 4,
+    interval: Duration.seconds(5),
+    backoffRate: 2,
+    maxDelay: Duration.minutes(2),
+  });
+  const lane = prepare.next(
+    new sfn.Choice(scope, 'Lane done?')
+      .when(sfn.Condition.booleanEquals('$.prepare.done', true), new sfn.Succeed(scope, 'Lane prepared'))
       .otherwise(prepare),
   );
+  const lanes = new sfn.Map(scope, PREPARE_MAP_STATE, {
+    itemsPath: '$.run.lanes',
+    itemSelector: { 'runId.$': '$.run.runId', 'lane.$': '$$.Map.Item.Value' },
+    maxConcurrency: prepareConcurrency,
+    resultPath: sfn.JsonPath.DISCARD,
+  }).itemProcessor(lane);
+  lanes.addCatch(markFailed, { resultPath: '$.error' });
+
   return register.next(
     new sfn.Choice(scope, 'Already prepared?')
       .when(sfn.Condition.booleanEquals('$.run.prepared', true), loop)
-      .otherwise(prepareLoop),
+      .otherwise(lanes.next(settleLoop)),
   );
 }

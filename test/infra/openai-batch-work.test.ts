@@ -75,11 +75,13 @@ describe('OpenAIBatchWork', () => {
         .filter(([, p]) => JSON.stringify(p.Properties.PolicyDocument).includes(action))
         .map(([id]) => id.replace(/Role.*$/, ''))
         .sort();
-    // Prepare and Tick tag what they write as running.
+    // Register (the shard plan), Prepare, Settle and Tick tag what they write as running.
     expect(taggers('s3:PutObjectTagging')).toEqual([
       'WorkFinalize',
       'WorkMarkFailed',
       'WorkPrepare',
+      'WorkRegister',
+      'WorkSettle',
       'WorkTick',
     ]);
     expect(taggers('s3:ListBucket')).toEqual(expect.arrayContaining(['WorkFinalize', 'WorkMarkFailed']));
@@ -100,7 +102,7 @@ describe('OpenAIBatchWork', () => {
 
   it('runs every function on Node.js 22 or later, arm64, traced, with JSON logs kept a month', () => {
     const functions = Object.values(template.findResources('AWS::Lambda::Function'));
-    expect(functions).toHaveLength(8);
+    expect(functions).toHaveLength(9);
     for (const fn of functions) {
       expect(fn.Properties).toMatchObject({
         Runtime: 'nodejs24.x',
@@ -157,7 +159,7 @@ describe('OpenAIBatchWork', () => {
     const environments = Object.values(hooked.findResources('AWS::Lambda::Function')).map((f) =>
       JSON.stringify(f.Properties.Environment ?? {}),
     );
-    expect(environments.length).toBe(9);
+    expect(environments.length).toBe(10);
     for (const environment of environments) {
       expect(environment).toContain('OPENAI_SECRET_ID');
       expect(environment).not.toMatch(/sk-|whsec_|put-your-openai|OPENAI_API_KEY/);

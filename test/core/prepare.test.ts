@@ -6,6 +6,7 @@ import type { PartSummary } from '../../functions/core/chunker';
 import { IdRegistry } from '../../functions/core/ids';
 import type { BatchErrorItem } from '../../functions/core/items';
 import {
+  LineIds,
   type PartSink,
   type PrepareResult,
   type PrepareStart,
@@ -228,5 +229,32 @@ describe('prepareDataset', () => {
     expect({ ...total, parts: 0 }).toEqual({ ...whole.result.counts, parts: 0 });
     const partNumbers = steps.flatMap((s) => s.parts.map((p) => p.part));
     expect(partNumbers).toEqual(partNumbers.map((_, i) => i));
+  });
+
+  it('refuses an id given twice by one line on the spot, and leaves ids of different lines to Settle', async () => {
+    const work = defineWork({
+      name: 'lines',
+      model: 'm',
+      upload: (record) =>
+        (record.ids as string[]).map((id) => ({ id, messages: [{ role: 'user', content: 'q' }] })),
+    });
+    const data = ['{"ids":["a","b","a"]}', '{"ids":["a"]}', '{"ids":["c","c","c"]}'].join('\n');
+    const { result, sinks } = await prepare(data, work, new LineIds());
+    expect(sinks.customIds()).toEqual(['a', 'b', 'a', 'c']);
+    expect((sinks.records as BatchErrorItem[]).map((e) => [e.line, e.code, e.id])).toEqual([
+      [1, 'duplicate_id', 'a'],
+      [3, 'duplicate_id', 'c'],
+      [3, 'duplicate_id', 'c'],
+    ]);
+    expect(result.counts).toMatchObject({ records: 3, submittedRequests: 4, refusedRequests: 3, errors: 3 });
+  });
+
+  it('holds the ids of one line only', () => {
+    const ids = new LineIds();
+    expect(ids.claim('x', 1)).toBe(0);
+    expect(ids.claim('x', 1)).toBe(1);
+    expect(ids.claim('x', 2)).toBe(0);
+    expect(ids.claim('y', 2)).toBe(0);
+    expect(ids.claim('x', 1)).toBe(0); // a line read again (a step run again) starts afresh
   });
 });

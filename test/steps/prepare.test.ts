@@ -8,7 +8,7 @@ import { planCodec, type Shard, shardOfPart, shardsOf } from '../../functions/co
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
 import { laneCheckpoint, prepare } from '../../functions/steps/prepare';
-import { readAll, writeAll } from '../../functions/steps/storage';
+import { deleteIdFilesFrom, readAll, StoredIdFiles, writeAll } from '../../functions/steps/storage';
 import { localDeps, RecordingNotifier } from '../../local/runner';
 import { localEnvironment } from '../support/local-environment';
 import { runFixture } from '../support/runs';
@@ -308,6 +308,48 @@ describe('the Prepare lane step', () => {
     );
     const { counts } = await laneCounts(short, runId, 1);
     expect(counts).toMatchObject({ records: 90, errors: 2, submittedRequests: 88 });
+  });
+
+  it('writes id files of a bounded size with their index, and removes those of a step run again', async () => {
+    const runId = 'idfiles';
+    const deps = depsFor(1);
+    const keys = runKeys(runId);
+    const entry = (n: number, shard: number, line: number): IdEntry => ({
+      id: `id-${n}`,
+      shard,
+      line,
+      part: shard * 100_000,
+      bytes: 10,
+      tokens: 1,
+    });
+    for (const [shard, line] of [
+      [1, 1],
+      [1, 40],
+      [10, 1],
+      [11, 40],
+    ] as const) {
+      const files = new StoredIdFiles(deps.blobs, runId, shard, line, 4, 4);
+      for (let n = 0; n < 10; n++) await files.add(entry(n, shard, line + n));
+      await files.close();
+      expect(files.files).toBe(3);
+    }
+    const index = IdFileIndexSchema.parse(JSON.parse(await text(deps, `${keys.idFile(1, 40, 2)}.idx`)));
+    expect(index.counts.reduce((a, b) => a + b, 0)).toBe(2);
+    expect(index.offsets).toHaveLength(5);
+    // A step of shard 1 run again from line 40 removes its own files only.
+    expect(await deleteIdFilesFrom(deps.blobs, runId, 1, 40)).toBe(6);
+    const left = [...(await filesUnder(deps, keys.idFiles)).keys()].map((k) => k.slice(keys.idFiles.length));
+    expect(left.filter((k) => k.endsWith('.ids'))).toEqual([
+      '000001-0000000001-0000.ids',
+      '000001-0000000001-0001.ids',
+      '000001-0000000001-0002.ids',
+      '000010-0000000001-0000.ids',
+      '000010-0000000001-0001.ids',
+      '000010-0000000001-0002.ids',
+      '000011-0000000040-0000.ids',
+      '000011-0000000040-0001.ids',
+      '000011-0000000040-0002.ids',
+    ]);
   });
 
   it('is done at once for a lane past the shards, and for a lane already done', async () => {

@@ -293,6 +293,9 @@ describe('resuming a run that failed', () => {
     await runs.settleClaim('e2e-chat', 'h-shared', 'first', 'failed');
     const first = (await runs.getRun('first')) as Run;
     await runs.putRun({ ...first, status: 'failed', error: 'Boom: it broke' });
+    await env.s3.client.send(
+      new PutObjectCommand({ Bucket: env.s3.bucket, Key: runKeys('first').plan, Body: '{}\n' }),
+    ); // not prepared: its lanes need their shard plan
     await runs.createRun({ ...runFixture('second', 'h-shared'), work: 'e2e-chat' }, true);
     const register = handlersOf(time.runOptions(env)).Register;
     await expect(register({ input: { resumeRunId: 'first' }, executionName: 'first-again' })).rejects.toThrow(

@@ -13,7 +13,7 @@ import {
   prepareDataset,
   type RecordSink,
 } from '../../functions/core/prepare';
-import type { PreparedRequest } from '../../functions/core/requests';
+import type { IdClaims, PreparedRequest } from '../../functions/core/requests';
 import { defineWork, type Work } from '../../functions/core/work';
 import { chunksOf } from '../support/streams';
 
@@ -77,7 +77,7 @@ const lineArb = fc.oneof(
 async function prepare(
   data: string | Uint8Array,
   work: Work,
-  ids = new IdRegistry(),
+  ids: IdClaims = new IdRegistry(),
   start: PrepareStart = {},
   pauseAfter = Number.POSITIVE_INFINITY,
 ) {

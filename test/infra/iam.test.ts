@@ -140,9 +140,12 @@ beforeAll(async () => {
   ({ definition, template } = await synthesizeDefinition(loaded));
   const put = (key: string, body: string) =>
     env.s3.client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: key, Body: body }));
+  // The last record repeats the first one's id: Settle drops it from its part and writes its error.
   await put(
     'inputs/iam/a.jsonl',
-    Array.from({ length: 50 }, (_, i) => JSON.stringify({ id: `a${i}`, content: 'q' })).join('\n'),
+    [...Array.from({ length: 50 }, (_, i) => ({ id: `a${i}`, content: 'q' })), { id: 'a0', content: 'again' }]
+      .map((r) => JSON.stringify(r))
+      .join('\n'),
   );
   await put('inputs/iam/b.jsonl', '{"id":"b","content":"q"}');
   await put('inputs/iam/c.jsonl', '{"id":"c","content":"q"}');
@@ -277,6 +280,8 @@ describe('IAM least privilege', () => {
       expect(calls).toContain(`Webhook ${call}`);
     for (const call of ['ListObjectsCommand', 'PutObjectTaggingCommand'])
       expect(calls).toContain(`Finalize ${call}`);
+    // Settle rewrote the part the duplicate was in.
+    expect(calls).toContain('Settle PutObjectCommand');
   });
 
   it('grants every call a state made to the function of that state, on its resource', () => {

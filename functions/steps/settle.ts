@@ -1,0 +1,606 @@
+import { addCounts, type Counts, zeroCounts } from '../core/accounting';
+import { type Duplicate, findDuplicates } from '../core/dedup';
+import { CostLimitError, DatasetError, InvariantError } from '../core/errors';
+import { type IdEntry, type IdFileIndex, readIdFileIndex, readIdPartitions } from '../core/id-files';
+import { errorItem } from '../core/items';
+import { type BlobStore, ConflictError } from '../core/ports';
+import { errorLine } from '../core/prepare';
+import { costOf } from '../core/prices';
+import { LaneCheckpointSchema, type Part, type Run, runKeys, type SettleState } from '../core/run';
+import { planCodec, type Shard } from '../core/shards';
+import type { StepDeps } from './deps';
+import { runOf, updateRun } from './runs';
+
+/**
+ * Id entries a partition group holds at most (a group is at least one partition, whatever it holds):
+ * the dedup of 2,000,000 entries takes about 40 MiB (a 4M-slot fingerprint table) plus the colliding ids.
+ */
+export const GROUP_ENTRIES = 2_000_000;
+
+/** US dollars for a person: cents, or four significant digits below a cent. */
+export function usd(amount: number): string {
+  return amount >= 0.01 || amount === 0 ? `$${amount.toFixed(2)}` : `$${amount.toPrecision(4)}`;
+}
+
+/** A request to take out of its part: a later use of an id, as a line of a drops file. */
+interface Drop {
+  readonly part: number;
+  readonly line: number;
+  readonly id: string;
+  readonly shard: number;
+  readonly bytes: number;
+  readonly tokens: number;
+}
+
+/**
+ * Settles a prepared run, once every prepare lane is done, for as long as its time budget allows; the state
+ * machine calls it again until `settled`. In stages, its progress in `run.settle`:
+ *
+ * - (start) the lanes' counts and estimated tokens are summed into the run, once;
+ * - `dedup`: the id files are read partition group by partition group (each group bounded in entries); a
+ *   custom_id used more than once keeps its earliest use (shard, then line), and each later use is written to
+ *   the group's drops file (sorted by part) and as a `duplicate_id` error to the group's errors file, both
+ *   whole, before the run's counts move (submitted -1, refused +1, errors +1 a duplicate) with the group's
+ *   progress in one write;
+ * - `drop`: the drops files are merged in part order, and each part that holds drops is rewritten without
+ *   them (its requests and `.lines` files, through a copy under `state/settle/` so that the two files never
+ *   disagree), its record reduced by what the drops added. A part left with no request is marked done, with
+ *   zero requests, and its files are removed: nothing is sent for it, and Finalize, the summary and the
+ *   reconciliation count it as a part with nothing in it;
+ * - `release`: the "no records" check, the cost estimate and the work's maxCostUsd, then every held part is
+ *   released to Tick, and the run is prepared and running.
+ *
+ * A call that dies anywhere is run again: files are rewritten whole with the same content, drops are found
+ * by (custom_id, line), and a part's record is reduced only while it still counts the dropped requests.
+ */
+export async function settle<R>(
+  deps: StepDeps<R>,
+  input: { runId: string; groupEntries?: number },
+): Promise<{ settled: boolean }> {
+  const started = deps.now();
+  let worked = false;
+  /** True for the call's first unit of work, then while the budget lasts. */
+  const mayWork = (): boolean => {
+    if (!worked) {
+      worked = true;
+      return true;
+    }
+    return deps.now() - started <= deps.budgetMs;
+  };
+  let run = await runOf(deps.runs, input.runId);
+  if (run.prepared) return { settled: true };
+  if (!run.settle) run = await begin(deps, run);
+  const ctx = new SettleContext(deps, run, input.groupEntries ?? GROUP_ENTRIES);
+  for (;;) {
+    const state = run.settle;
+    if (!state) throw new InvariantError(`run ${run.runId} has no settle state`);
+    if (state.stage === 'dedup') {
+      if (state.partition >= run.dataset.partitions) {
+        run = await ctx.advance(state, (r) => ({ ...r, settle: { ...state, stage: 'drop', part: 0 } }));
+        continue;
+      }
+      if (!mayWork()) return { settled: false };
+      run = await ctx.dedupGroup(state);
+    } else if (state.stage === 'drop') {
+      const finished = await ctx.dropAll(state, mayWork);
+      if (!finished) return { settled: false };
+      run = await ctx.advance(ctx.run.settle ?? state, (r) => ({
+        ...r,
+        settle: { ...(r.settle ?? state), stage: 'release', part: 0 },
+      }));
+    } else {
+      return { settled: await ctx.release(mayWork) };
+    }
+    ctx.run = run;
+  }
+}
+
+/** Sums the lanes' checkpoints into the run and starts the dedup stage, once. */
+async function begin<R>(deps: StepDeps<R>, run: Run): Promise<Run> {
+  const keys = runKeys(run.runId);
+  const lanes = await Promise.all(
+    Array.from({ length: run.dataset.lanes }, async (_, lane) => {
+      const checkpoint = LaneCheckpointSchema.parse(JSON.parse(await readText(deps.blobs, keys.lane(lane))));
+      if (!checkpoint.done) throw new InvariantError(`run ${run.runId}: lane ${lane} is not done`);
+      return checkpoint;
+    }),
+  );
+  let counts: Counts = zeroCounts();
+  let estimatedTokens = 0;
+  for (const lane of lanes) {
+    counts = addCounts(counts, lane.counts);
+    estimatedTokens += lane.estimatedTokens;
+  }
+  const settled = await updateRun(deps.runs, run.runId, (r) =>
+    r.settle
+      ? r
+      : {
+          ...r,
+          counts,
+          estimatedTokens,
+          settle: { stage: 'dedup', partition: 0, part: 0, duplicates: 0 },
+          updatedAt: deps.now(),
+        },
+  );
+  deps.log('settle started', { runId: run.runId, lanes: lanes.length, records: counts.records });
+  return settled;
+}
+
+/** What one Settle call keeps between its units of work (the id files' indexes, the shard plan, parts). */
+class SettleContext<R> {
+  private idFiles: { key: string; index: IdFileIndex }[] | null = null;
+  private readonly shards = new Map<number, Shard>();
+  private parts: Map<number, Part> | null = null;
+  private readonly keys: ReturnType<typeof runKeys>;
+
+  constructor(
+    private readonly deps: StepDeps<R>,
+    public run: Run,
+    private readonly groupEntries: number,
+  ) {
+    this.keys = runKeys(run.runId);
+  }
+
+  /** Moves the run on from `from` (when it is still there), re-read and re-applied on a concurrent write. */
+  async advance(from: SettleState, change: (run: Run) => Run): Promise<Run> {
+    this.run = await updateRun(this.deps.runs, this.run.runId, (r) =>
+      r.settle && sameState(r.settle, from) && !r.prepared ? { ...change(r), updatedAt: this.deps.now() } : r,
+    );
+    return this.run;
+  }
+
+  // --- dedup ---
+
+  /** The id files and their indexes, read once a call. */
+  private async indexes(): Promise<{ key: string; index: IdFileIndex }[]> {
+    if (this.idFiles) return this.idFiles;
+    const keys: string[] = [];
+    for await (const object of this.deps.blobs.list(this.keys.idFiles))
+      if (!object.key.endsWith('.idx')) keys.push(object.key);
+    const files = await mapLimit(keys, 16, async (key) => ({
+      key,
+      index: await readIdFileIndex(this.deps.blobs, key),
+    }));
+    for (const file of files) {
+      if (file.index.partitions !== this.run.dataset.partitions)
+        throw new InvariantError(
+          `id file ${file.key} has ${file.index.partitions} partitions, the run ${this.run.dataset.partitions}`,
+        );
+    }
+    this.idFiles = files;
+    return files;
+  }
+
+  /** Finds the duplicates of the partition group that starts at `state.partition`, and records them. */
+  async dedupGroup(state: SettleState): Promise<Run> {
+    const files = await this.indexes();
+    const partitions = this.run.dataset.partitions;
+    const p0 = state.partition;
+    const countOf = (p: number) => files.reduce((n, f) => n + (f.index.counts[p] ?? 0), 0);
+    let entries = countOf(p0);
+    let p1 = p0 + 1;
+    while (p1 < partitions) {
+      const next = countOf(p1);
+      if (entries + next > this.groupEntries) break;
+      entries += next;
+      p1 += 1;
+    }
+    const blobs = this.deps.blobs;
+    const holding = files.filter((f) => f.index.counts.slice(p0, p1).some((n) => n > 0));
+    async function* source(): AsyncGenerator<IdEntry> {
+      for (const file of holding) yield* readIdPartitions(blobs, file.key, file.index, p0, p1);
+    }
+    const duplicates = await findDuplicates(source, entries);
+    const dropsKey = this.keys.drops(p0);
+    const errorsKey = this.keys.duplicateErrors(p0);
+    if (duplicates.length === 0) {
+      await blobs.delete([dropsKey, errorsKey]);
+    } else {
+      const errors: string[] = [];
+      for (const duplicate of duplicates) errors.push(await this.errorOf(duplicate));
+      await blobs.write(errorsKey, linesBody(errors));
+      await blobs.write(
+        dropsKey,
+        linesBody(
+          duplicates.map(({ entry: e }) =>
+            JSON.stringify({
+              part: e.part,
+              line: e.line,
+              id: e.id,
+              shard: e.shard,
+              bytes: e.bytes,
+              tokens: e.tokens,
+            }),
+          ),
+        ),
+      );
+    }
+    const n = duplicates.length;
+    const tokens = duplicates.reduce((sum, d) => sum + d.entry.tokens, 0);
+    this.deps.log('settle dedup', { runId: this.run.runId, partitions: [p0, p1], entries, duplicates: n });
+    return this.advance(state, (r) => ({
+      ...r,
+      counts: {
+        ...r.counts,
+        submittedRequests: r.counts.submittedRequests - n,
+        refusedRequests: r.counts.refusedRequests + n,
+        errors: r.counts.errors + n,
+      },
+      estimatedTokens: Math.max(0, r.estimatedTokens - tokens),
+      settle: { ...state, partition: p1, duplicates: state.duplicates + n },
+    }));
+  }
+
+  /** The errors/ line of a duplicate, through the work's downloadError hook. */
+  private async errorOf({ entry, winner }: Duplicate): Promise<string> {
+    let where = '';
+    if (winner.shard !== entry.shard) {
+      const [mine, theirs] = await Promise.all([this.shard(entry.shard), this.shard(winner.shard)]);
+      if (mine.object !== theirs.object) where = ` of ${theirs.key}`;
+    }
+    const message = `line ${entry.line}: id "${entry.id}" was already used on line ${winner.line}${where}; ids must be unique within a run`;
+    return errorLine(
+      this.deps.work,
+      errorItem({ stage: 'request', id: entry.id, code: 'duplicate_id', message, line: entry.line }),
+    );
+  }
+
+  /** A shard of the plan: one ranged read of its fixed-width line. */
+  private async shard(n: number): Promise<Shard> {
+    const known = this.shards.get(n);
+    if (known) return known;
+    const width = this.run.dataset.planWidth;
+    const bytes = await readRange(this.deps.blobs, this.keys.plan, n * width, width);
+    const shard = planCodec.decode(bytes);
+    if (shard.shard !== n) throw new InvariantError(`the plan holds shard ${shard.shard} where ${n} belongs`);
+    this.shards.set(n, shard);
+    return shard;
+  }
+
+  // --- drop ---
+
+  /** Drops every duplicate from its part, part after part; false when the budget ran out first. */
+  async dropAll(state: SettleState, mayWork: () => boolean): Promise<boolean> {
+    const keys: string[] = [];
+    for await (const object of this.deps.blobs.list(this.keys.dropFiles)) keys.push(object.key);
+    let current = state;
+    for await (const { part, drops } of dropsByPart(this.deps.blobs, keys, current.part)) {
+      if (!mayWork()) return false;
+      await this.dropFrom(part, drops);
+      const from = current;
+      this.run = await this.advance(from, (r) => ({ ...r, settle: { ...from, part: part + 1 } }));
+      if (!this.run.settle || !sameState(this.run.settle, { ...from, part: part + 1 }))
+        throw new ConflictError(`run ${this.run.runId}: its settle state moved under this call`);
+      current = this.run.settle;
+    }
+    return true;
+  }
+
+  private async part(n: number): Promise<Part> {
+    this.parts ??= new Map((await this.deps.runs.listParts(this.run.runId)).map((p) => [p.part, p]));
+    const part = this.parts.get(n);
+    if (!part)
+      throw new InvariantError(`run ${this.run.runId} has drops for part ${n}, which does not exist`);
+    return part;
+  }
+
+  private async putPart(part: Part): Promise<void> {
+    const stored = await this.deps.runs.putPart(this.run.runId, part);
+    if (!stored) throw new ConflictError(`part ${part.part} of run ${this.run.runId} changed meanwhile`);
+    this.parts?.set(stored.part, stored);
+  }
+
+  /**
+   * Rewrites a part without its drops. The kept requests and lines are written to a copy first (its
+   * `.lines` last: the copy is whole once that exists), then copied over the part's files, then the record
+   * is reduced, then the copy is removed: a call that dies at any point finds either the part's files as
+   * they were, or the whole copy to copy again, or the part rewritten.
+   */
+  private async dropFrom(n: number, drops: readonly Drop[]): Promise<void> {
+    const blobs = this.deps.blobs;
+    const part = await this.part(n);
+    const requestsKey = this.keys.requests(n);
+    const linesKey = this.keys.lines(n);
+    const copy = {
+      requests: `${this.keys.prefix}state/settle/part-${String(n).padStart(5, '0')}.jsonl`,
+      lines: `${this.keys.prefix}state/settle/part-${String(n).padStart(5, '0')}.lines`,
+    };
+    if (part.status === 'done' && part.requests === 0) {
+      await blobs.delete([requestsKey, linesKey, copy.requests]); // emptied by an earlier call
+      return;
+    }
+    // Only a part Tick cannot send yet is rewritten (one settled before may have been released since).
+    const held = () => {
+      if (part.status !== 'pending' || !part.held)
+        throw new InvariantError(
+          `part ${n} of run ${this.run.runId} is ${part.status}, not held: it cannot be settled`,
+        );
+    };
+    let kept: number;
+    if (await blobs.head(copy.lines)) {
+      held();
+      kept = (await readLineNumbers(blobs, copy.lines)).length;
+    } else {
+      const lines = await readLineNumbers(blobs, linesKey);
+      const dropped = new Set(drops.map((d) => dropKey(d.id, d.line)));
+      const keptLines: number[] = [];
+      let found = 0;
+      let index = 0;
+      async function* keptRequests(): AsyncGenerator<Uint8Array> {
+        const batch: string[] = [];
+        for await (const json of textLines(blobs.read(requestsKey))) {
+          const line = lines[index++];
+          if (line === undefined) throw new InvariantError(`part ${n} has more requests than lines`);
+          const id = (JSON.parse(json) as { custom_id?: unknown }).custom_id;
+          if (typeof id === 'string' && dropped.has(dropKey(id, line))) {
+            found += 1;
+            continue;
+          }
+          keptLines.push(line);
+          batch.push(`${json}\n`);
+          if (batch.length >= 256) yield Buffer.from(batch.splice(0).join(''));
+        }
+        if (batch.length > 0) yield Buffer.from(batch.join(''));
+      }
+      // Written to the copy as read; a part rewritten before (found 0) leaves a copy that is simply removed.
+      await blobs.write(copy.requests, keptRequests());
+      if (index !== lines.length) throw new InvariantError(`part ${n} has fewer requests than lines`);
+      if (found === 0) {
+        await blobs.delete([copy.requests]);
+        kept = lines.length;
+        await this.reduce(part, kept, drops);
+        return;
+      }
+      held();
+      if (found !== drops.length)
+        throw new InvariantError(`part ${n} holds ${found} of its ${drops.length} drops: it was changed`);
+      kept = keptLines.length;
+      if (kept === 0) {
+        await this.reduce(part, 0, drops);
+        await blobs.delete([copy.requests, requestsKey, linesKey]);
+        return;
+      }
+      await blobs.write(copy.lines, linesBody(keptLines.map(String)));
+    }
+    await blobs.write(requestsKey, blobs.read(copy.requests));
+    await blobs.write(linesKey, blobs.read(copy.lines));
+    await this.reduce(part, kept, drops);
+    await blobs.delete([copy.lines]);
+    await blobs.delete([copy.requests]);
+  }
+
+  /**
+   * Takes the drops out of a part's record, unless it was done before: the record still counts them when
+   * it holds `kept` + drops requests, and holds `kept` once reduced.
+   */
+  private async reduce(part: Part, kept: number, drops: readonly Drop[]): Promise<void> {
+    if (part.requests === kept) return;
+    if (part.requests !== kept + drops.length)
+      throw new InvariantError(
+        `part ${part.part} counts ${part.requests} requests, neither ${kept} kept nor ${kept + drops.length} before its drops`,
+      );
+    const bytes = drops.reduce((sum, d) => sum + d.bytes, 0);
+    const tokens = drops.reduce((sum, d) => sum + d.tokens, 0);
+    await this.putPart({
+      ...part,
+      requests: kept,
+      bytes: Math.max(0, part.bytes - bytes),
+      estimatedTokens: Math.max(0, part.estimatedTokens - tokens),
+      ...(kept === 0 ? { status: 'done' as const, bytes: 0, estimatedTokens: 0 } : {}),
+    });
+    this.deps.log('settle drop', { runId: this.run.runId, part: part.part, dropped: drops.length, kept });
+  }
+
+  // --- release ---
+
+  /** Checks the dataset and the cost, then releases every held part; false when the budget ran out first. */
+  async release(mayWork: () => boolean): Promise<boolean> {
+    const run = this.run;
+    if (run.counts.records === 0) {
+      throw new DatasetError(
+        `The dataset has no records: its ${run.dataset.objects} object(s) hold only blank lines.`,
+      );
+    }
+    const parts = [...(await this.deps.runs.listParts(run.runId))].sort((a, b) => a.part - b.part);
+    const expected = this.deps.work.settings.expectedOutputTokens;
+    const estimate = costOf(
+      parts.map((p) => ({
+        model: p.model,
+        inputTokens: p.estimatedTokens,
+        outputTokens: p.requests * expected,
+      })),
+    );
+    if (estimate !== run.estimatedCostUsd)
+      this.run = await updateRun(this.deps.runs, run.runId, (r) =>
+        r.estimatedCostUsd === estimate
+          ? r
+          : { ...r, estimatedCostUsd: estimate, updatedAt: this.deps.now() },
+      );
+    const max = this.deps.work.settings.maxCostUsd;
+    if (max !== undefined && estimate !== null && estimate > max) {
+      throw new CostLimitError(
+        `The estimated cost of this run is ${usd(estimate)} (${this.run.estimatedTokens} input tokens and ${expected} output tokens a request at batch prices), above the work's maxCostUsd of ${usd(max)}. Nothing was sent to OpenAI.`,
+        estimate,
+        max,
+      );
+    }
+    for (const part of parts) {
+      if (!part.held) continue;
+      if (!mayWork()) return false;
+      const stored = await this.deps.runs.putPart(run.runId, { ...part, held: false });
+      if (!stored) throw new ConflictError(`part ${part.part} of run ${run.runId} changed meanwhile`);
+    }
+    this.run = await updateRun(this.deps.runs, run.runId, (r) =>
+      r.prepared
+        ? r
+        : {
+            ...r,
+            prepared: true,
+            status: r.status === 'preparing' ? 'running' : r.status,
+            updatedAt: this.deps.now(),
+          },
+    );
+    this.deps.log('settled', {
+      runId: run.runId,
+      duplicates: this.run.settle?.duplicates ?? 0,
+      parts: parts.length,
+      estimatedCostUsd: estimate,
+    });
+    return true;
+  }
+}
+
+function sameState(a: SettleState, b: SettleState): boolean {
+  return (
+    a.stage === b.stage && a.partition === b.partition && a.part === b.part && a.duplicates === b.duplicates
+  );
+}
+
+const dropKey = (id: string, line: number) => `${line}\t${id}`;
+
+function compareDrops(a: Drop, b: Drop): number {
+  return a.part - b.part || a.line - b.line || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+/**
+ * The drops of every drops file (each sorted by part, then line, then id), merged in that order and
+ * gathered by part, from part `fromPart` on: a k-way merge over the files' streams, one drop of each held.
+ */
+export async function* dropsByPart(
+  blobs: BlobStore,
+  keys: readonly string[],
+  fromPart: number,
+): AsyncGenerator<{ part: number; drops: Drop[] }> {
+  const streams = keys.map((key) => textLines(blobs.read(key))[Symbol.asyncIterator]());
+  const heap: { drop: Drop; stream: number }[] = [];
+  const pull = async (stream: number) => {
+    const it = streams[stream];
+    if (!it) return;
+    for (;;) {
+      const next = await it.next();
+      if (next.done) return;
+      const drop = JSON.parse(next.value) as Drop;
+      if (drop.part < fromPart) continue;
+      heapPush(heap, { drop, stream });
+      return;
+    }
+  };
+  try {
+    await Promise.all(streams.map((_, i) => pull(i)));
+    let gathering: { part: number; drops: Drop[] } | null = null;
+    let last: Drop | null = null;
+    while (heap.length > 0) {
+      const { drop, stream } = heapPop(heap);
+      await pull(stream);
+      if (last && compareDrops(last, drop) === 0) continue; // the same drop in two files: taken once
+      last = drop;
+      if (gathering && gathering.part !== drop.part) {
+        yield gathering;
+        gathering = null;
+      }
+      gathering ??= { part: drop.part, drops: [] };
+      gathering.drops.push(drop);
+    }
+    if (gathering) yield gathering;
+  } finally {
+    await Promise.all(streams.map((s) => s.return?.(undefined)));
+  }
+}
+
+type HeapItem = { drop: Drop; stream: number };
+
+function heapPush(heap: HeapItem[], item: HeapItem): void {
+  heap.push(item);
+  let i = heap.length - 1;
+  while (i > 0) {
+    const parent = (i - 1) >> 1;
+    if (compareDrops((heap[parent] as HeapItem).drop, item.drop) <= 0) break;
+    heap[i] = heap[parent] as HeapItem;
+    i = parent;
+  }
+  heap[i] = item;
+}
+
+function heapPop(heap: HeapItem[]): HeapItem {
+  const top = heap[0] as HeapItem;
+  const last = heap.pop() as HeapItem;
+  if (heap.length === 0) return top;
+  let i = 0;
+  for (;;) {
+    const left = 2 * i + 1;
+    const right = left + 1;
+    let smallest = i;
+    const at = (k: number) => (k === i ? last : (heap[k] as HeapItem)).drop;
+    if (left < heap.length && compareDrops(at(left), at(smallest)) < 0) smallest = left;
+    if (right < heap.length && compareDrops(at(right), at(smallest)) < 0) smallest = right;
+    if (smallest === i) break;
+    heap[i] = heap[smallest] as HeapItem;
+    i = smallest;
+  }
+  heap[i] = last;
+  return top;
+}
+
+/** The text lines of a byte stream (UTF-8, newline-separated), without their newline; no empty last one. */
+export async function* textLines(chunks: AsyncIterable<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let pending = '';
+  for await (const chunk of chunks) {
+    pending += decoder.decode(chunk, { stream: true });
+    let from = 0;
+    let newline = pending.indexOf('\n');
+    while (newline !== -1) {
+      yield pending.slice(from, newline);
+      from = newline + 1;
+      newline = pending.indexOf('\n', from);
+    }
+    pending = pending.slice(from);
+  }
+  pending += decoder.decode();
+  if (pending.length > 0) yield pending;
+}
+
+/** Lines as an object's body, a few hundred a chunk. */
+async function* linesBody(lines: readonly string[]): AsyncGenerator<Uint8Array> {
+  for (let i = 0; i < lines.length; i += 512) yield Buffer.from(`${lines.slice(i, i + 512).join('\n')}\n`);
+}
+
+async function readText(blobs: BlobStore, key: string): Promise<string> {
+  let text = '';
+  for await (const line of textLines(blobs.read(key))) text += `${line}\n`;
+  return text;
+}
+
+/** The dataset lines of a part's requests (its `.lines` file), in memory: a few bytes a request. */
+async function readLineNumbers(blobs: BlobStore, key: string): Promise<number[]> {
+  const lines: number[] = [];
+  for await (const line of textLines(blobs.read(key))) if (line) lines.push(Number(line));
+  return lines;
+}
+
+/** `length` bytes of an object from `start`. */
+async function readRange(blobs: BlobStore, key: string, start: number, length: number): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let got = 0;
+  for await (const chunk of blobs.read(key, start)) {
+    const piece = chunk.subarray(0, length - got);
+    chunks.push(piece);
+    got += piece.length;
+    if (got >= length) break;
+  }
+  return Buffer.concat(chunks);
+}
+
+/** Maps items with at most `limit` calls at once, keeping their order. */
+async function mapLimit<T, U>(items: readonly T[], limit: number, f: (item: T) => Promise<U>): Promise<U[]> {
+  const out: U[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await f(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}

@@ -81,7 +81,7 @@ describe("autoStart's key, from S3 through EventBridge (moto_server: S3, EventBr
       // The rule's input transformer: {"dataset": <detail.object.key>}, then Register reads it.
       const input = { dataset: event.detail.object.key };
       const { key } = datasetLocation(input.dataset, bucket);
-      found.push(...(await datasetObjects(deps, key)).map((o) => o.key));
+      for await (const object of datasetObjects(deps, key)) found.push(object.key);
     }
     expect(found.sort()).toEqual([...KEYS].sort());
   });

@@ -240,7 +240,7 @@ describe('registering a run', () => {
     ).toEqual({ runId: 'many-1', prepared: false, objects, lanes: [0, 1, 2, 3] });
   }, 60_000);
 
-  it('splits an object larger than shardBytes into byte ranges, keeps a gzip one whole, and a small one whole', async () => {
+  it('splits an object larger than shardBytes into byte ranges, keeps a gzip one whole, and marks every gzip one', async () => {
     const big = jsonl('big', 5000);
     // Random text does not compress: the gzip object is larger than shardBytes.
     const gzip = gzipSync(
@@ -254,11 +254,13 @@ describe('registering a run', () => {
     await put('mixed/b-packed.jsonl.gz', gzip);
     await put('mixed/c-small.jsonl', small);
     await put('mixed/d-empty.jsonl', '');
+    const tiny = gzipSync(Buffer.from('{"id":"tiny"}\n'));
+    await put('mixed/e-tiny.jsonl.gz', tiny);
 
     expect(await registerRun('mixed-1', 's3://register-test/mixed/')).toEqual({
       runId: 'mixed-1',
       prepared: false,
-      objects: 3,
+      objects: 4,
       lanes: [0, 1, 2, 3],
     });
     const bigBytes = Buffer.byteLength(big);
@@ -266,12 +268,12 @@ describe('registering a run', () => {
     const run = await deps.runs.getRun('mixed-1');
     expect(run?.dataset).toMatchObject({
       key: 'mixed/',
-      objects: 3,
-      bytes: bigBytes + gzip.length + small.length,
-      shards: ranges + 2,
+      objects: 4,
+      bytes: bigBytes + gzip.length + small.length + tiny.length,
+      shards: ranges + 3,
     });
-    expect(run?.nextPart).toBe((ranges + 2) * SHARD_PART_SPAN);
-    expect(run?.datasetHash).toMatch(/^sha256:/); // 3 objects, a few KB: read
+    expect(run?.nextPart).toBe((ranges + 3) * SHARD_PART_SPAN);
+    expect(run?.datasetHash).toMatch(/^sha256:/); // 4 objects, a few KB: read
     const plan = await planOf('mixed-1');
     expect(plan.map((s) => [s.shard, s.object, s.key, s.start, s.end, s.gzip])).toEqual([
       ...Array.from({ length: ranges }, (_, r) => [
@@ -284,6 +286,8 @@ describe('registering a run', () => {
       ]),
       [ranges, 1, 'mixed/b-packed.jsonl.gz', 0, gzip.length, true],
       [ranges + 1, 2, 'mixed/c-small.jsonl', 0, small.length, false],
+      // A small gzip object is marked too: Prepare inflates every gzip shard before it reads it.
+      [ranges + 2, 3, 'mixed/e-tiny.jsonl.gz', 0, tiny.length, true],
     ]);
     expect(await shardOf('mixed-1', ranges)).toEqual(plan[ranges]);
   });

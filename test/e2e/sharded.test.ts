@@ -1,0 +1,160 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
+import { type FixtureWork, fixtureWork } from '../support/e2e';
+import { ManualTime } from '../support/manual-time';
+import { outputIds } from '../support/run-checks';
+
+/**
+ * A dataset of two objects cut into many small shards (shardBytes 1,024), prepared three lanes at a
+ * time over many short steps, through the whole state machine on manual time: bad lines in several
+ * shards keep their exact line numbers, custom_ids used again in another shard, within one shard, and in
+ * another object are caught (the earliest use wins), and every other record completes.
+ */
+
+const time = new ManualTime();
+let env: LocalEnvironment;
+let dir: string;
+let work: FixtureWork;
+
+const record = (id: string) => JSON.stringify({ id, content: `question ${id} of the sharded dataset` });
+/** Object a: 120 lines of about 60 bytes, so about 7 shards. */
+const A: Record<number, string> = {};
+for (let line = 1; line <= 120; line++) A[line] = record(`a${line}`);
+A[5] = '{"id":"a5", "content": broken'; // shard 0
+A[70] = '{"id":"a70" "content":"no comma"}'; // a later shard
+A[100] = '["not", "an", "object"]';
+A[50] = record('a2'); // used first on line 2, in shard 0
+A[110] = record('a2'); // a third use
+A[90] = record('a85'); // the same shard, or the one before
+/** Object b: 10 lines, one shard. */
+const B: Record<number, string> = {};
+for (let line = 1; line <= 10; line++) B[line] = record(`b${line}`);
+B[3] = 'not json at all';
+B[7] = record('a10'); // used first in object a
+
+const EXPECTED_ERRORS = [
+  'a:5:invalid_json',
+  'a:50:duplicate_id',
+  'a:70:invalid_json',
+  'a:90:duplicate_id',
+  'a:100:not_an_object',
+  'a:110:duplicate_id',
+  'b:3:invalid_json',
+  'b:7:duplicate_id',
+].sort();
+
+const bodyOf = (lines: Record<number, string>) =>
+  `${Object.keys(lines)
+    .map(Number)
+    .sort((x, y) => x - y)
+    .map((n) => lines[n])
+    .join('\n')}\n`;
+
+async function text(key: string): Promise<string> {
+  const object = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: key }));
+  return (await object.Body?.transformToString()) ?? '';
+}
+
+async function keysUnder(prefix: string): Promise<string[]> {
+  const listed = await env.s3.client.send(
+    new ListObjectsV2Command({ Bucket: env.s3.bucket, Prefix: prefix }),
+  );
+  return (listed.Contents ?? []).map((o) => o.Key ?? '');
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'openai-batch-sharded-'));
+  env = await startLocalEnvironment(
+    dir,
+    time.emulator({ validationMs: 1000, requestsPerSecond: 100, finalizingMs: 10, seed: 3 }),
+  );
+  work = await fixtureWork('sharded');
+  for (const [name, lines] of [
+    ['a', A],
+    ['b', B],
+  ] as const)
+    await env.s3.client.send(
+      new PutObjectCommand({
+        Bucket: env.s3.bucket,
+        Key: `inputs/sharded/${name}.jsonl`,
+        Body: bodyOf(lines),
+      }),
+    );
+}, 60_000);
+
+afterAll(async () => {
+  await env?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('a sharded run', () => {
+  it('prepares shards in parallel lanes, keeps exact lines, catches duplicate ids across shards, loses nothing', async () => {
+    const lanes: number[] = [];
+    const options = time.runOptions(env, {
+      budgetMs: 3,
+      wrap: {
+        handlers: (handlers) => ({
+          ...handlers,
+          Prepare: async (event: unknown) => {
+            lanes.push((event as { lane: number }).lane);
+            return handlers.Prepare(event);
+          },
+        }),
+      },
+    });
+    // The steps' clock moves a millisecond each time it is read, so that a step's budget of 3 ms ends
+    // after a few records and every lane takes many steps (the emulator's batches barely move with it).
+    const now = () => {
+      time.clock.advance(1);
+      return time.clock.now();
+    };
+    const result = await runLocally(
+      env,
+      work.loaded,
+      'inputs/sharded/',
+      'sharded-1',
+      { ...options, now },
+      {
+        definition: work.definition,
+      },
+    );
+
+    const run = await new DynamoRunStore(env.dynamo.client, env.dynamo.table).getRun('sharded-1');
+    expect(run?.dataset).toMatchObject({ objects: 2, lanes: 3 });
+    expect(run?.dataset.shards).toBeGreaterThanOrEqual(7);
+    expect(new Set(lanes)).toEqual(new Set([0, 1, 2]));
+    expect(lanes.length).toBeGreaterThan(20);
+
+    const good = [
+      ...Object.entries(A)
+        .filter(([line]) => ![5, 50, 70, 90, 100, 110].includes(Number(line)))
+        .map(([line]) => `a${line}`),
+      ...Object.entries(B)
+        .filter(([line]) => ![3, 7].includes(Number(line)))
+        .map(([line]) => `b${line}`),
+    ].sort();
+    expect(await outputIds(env, 'sharded-1')).toEqual(good);
+    expect(result.output).toMatchObject({
+      summary: { records: 130, outputs: good.length, errors: 8, balanced: true },
+    });
+
+    // Errors on lines 3 and 7 are object b's (object a's lines 3 and 7 are good).
+    const errors: { line: number; code: string; message: string }[] = [];
+    for (const key of await keysUnder('runs/sharded-1/errors/'))
+      for (const line of (await text(key)).split('\n')) if (line) errors.push(JSON.parse(line));
+    expect(errors.map((e) => `${[3, 7].includes(e.line) ? 'b' : 'a'}:${e.line}:${e.code}`).sort()).toEqual(
+      EXPECTED_ERRORS,
+    );
+    const message = (line: number) =>
+      errors.find((e) => e.line === line && e.code === 'duplicate_id')?.message;
+    expect(message(50)).toContain('already used on line 2');
+    expect(message(110)).toContain('already used on line 2');
+    expect(message(90)).toContain('already used on line 85');
+    expect(message(7)).toContain('already used on line 10 of inputs/sharded/a.jsonl');
+  });
+});

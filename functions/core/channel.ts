@@ -66,12 +66,21 @@ export class Channel<T> implements AsyncIterable<T> {
   }
 }
 
-/** Writes lines into a byte sink in chunks of about `chunkBytes`, through a {@link Channel}. */
+/** A write that did not fill a chunk: nothing to wait for. */
+const WRITTEN: Promise<void> = Promise.resolve();
+/** The most bytes one UTF-16 code unit takes in UTF-8. */
+const MAX_UTF8_PER_UNIT = 3;
+
+/**
+ * Writes lines into a byte sink in chunks of about `chunkBytes`, through a {@link Channel}. Lines are
+ * encoded straight into the chunk's buffer (no joined string, no copy); a line longer than a chunk goes
+ * as a chunk of its own.
+ */
 export class LineWriter {
   private readonly channel = new Channel<Uint8Array>();
   private readonly done: Promise<unknown>;
-  private pending: string[] = [];
-  private pendingBytes = 0;
+  private chunk: Buffer | null = null;
+  private used = 0;
   /** Lines written. */
   lines = 0;
 
@@ -85,18 +94,34 @@ export class LineWriter {
   }
 
   /** Appends one line (a newline is added). */
-  async write(line: string): Promise<void> {
-    this.pending.push(line, '\n');
-    this.pendingBytes += line.length + 1;
+  write(line: string): Promise<void> {
     this.lines += 1;
-    if (this.pendingBytes >= this.chunkBytes) await this.flush();
+    const most = line.length * MAX_UTF8_PER_UNIT + 1;
+    if (this.used + most > this.chunkBytes) {
+      // It may not fit: a full chunk goes first; a line larger than a chunk is a chunk of its own.
+      if (most > this.chunkBytes) return this.writeLarge(line);
+      if (this.used > 0) return this.flush().then(() => this.append(line));
+    }
+    return this.append(line);
+  }
+
+  private append(line: string): Promise<void> {
+    this.chunk ??= Buffer.allocUnsafe(this.chunkBytes);
+    this.used += this.chunk.write(line, this.used);
+    this.chunk[this.used++] = 0x0a;
+    return this.used >= this.chunkBytes ? this.flush() : WRITTEN;
+  }
+
+  private async writeLarge(line: string): Promise<void> {
+    await this.flush();
+    await this.channel.push(Buffer.from(`${line}\n`));
   }
 
   private async flush(): Promise<void> {
-    if (this.pending.length === 0) return;
-    const chunk = Buffer.from(this.pending.join(''));
-    this.pending = [];
-    this.pendingBytes = 0;
+    if (this.used === 0 || !this.chunk) return;
+    const chunk = this.chunk.subarray(0, this.used);
+    this.chunk = null;
+    this.used = 0;
     await this.channel.push(chunk);
   }
 

@@ -1,7 +1,7 @@
 import { messageOf } from './errors';
 import { type ImageSink, isImages, withStoredImages } from './images';
 import { type BatchErrorItem, errorItem, jsonLineOf } from './items';
-import { linesOf } from './lines';
+import { LineSplitter, type RawLine } from './lines';
 import { errorLine, type RecordSink } from './prepare';
 import { isRetryable, readResults } from './results';
 import type { BatchFailure, CollectCursor, Part, TokenTotals } from './run';
@@ -61,25 +61,71 @@ export interface CollectResult {
 
 const MAX_LINE = 256 * 1024 * 1024;
 
+/** A line's bytes as text, as `Buffer.toString` decodes them, without copying them first. */
+const textOf = (bytes: Uint8Array): string =>
+  Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
+
+/** The numbers of a part's lines file, one a call, read a chunk at a time; 0 past its end. */
+class LineNumbers {
+  private readonly chunks: AsyncIterator<Uint8Array>;
+  private readonly splitter = new LineSplitter(64);
+  private lines: Iterator<RawLine> = [][Symbol.iterator]();
+  private ended = false;
+
+  constructor(source: AsyncIterable<Uint8Array>) {
+    this.chunks = source[Symbol.asyncIterator]();
+  }
+
+  async next(): Promise<number> {
+    for (;;) {
+      const line = this.lines.next();
+      if (!line.done) return line.value.bytes === null ? 0 : Number(textOf(line.value.bytes));
+      if (this.ended) return 0;
+      const chunk = await this.chunks.next();
+      if (chunk.done) {
+        this.ended = true;
+        const last = this.splitter.end();
+        if (last) this.lines = [last][Symbol.iterator]();
+      } else this.lines = this.splitter.linesIn(chunk.value);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.chunks.return?.();
+  }
+}
+
+/** One request of a part, with its place in the part's files. */
+interface PartRequest {
+  customId: string;
+  json: string;
+  line: number;
+  index: number;
+}
+
+function partRequestOf(bytes: Uint8Array, line: number, index: number): PartRequest {
+  const json = textOf(bytes);
+  const customId = (JSON.parse(json) as { custom_id: string }).custom_id;
+  return { customId, json, line, index };
+}
+
 /** A part's requests with their custom_id, JSON line and dataset line, streamed. */
-async function* requestsOf<R>(
-  input: CollectInput<R>,
-): AsyncGenerator<{ customId: string; json: string; line: number; index: number }> {
-  const numbers = linesOf(input.lines(), 64)[Symbol.asyncIterator]();
+async function* requestsOf<R>(input: CollectInput<R>): AsyncGenerator<PartRequest> {
+  const numbers = new LineNumbers(input.lines());
+  const splitter = new LineSplitter(MAX_LINE);
   let index = 0;
   try {
-    for await (const raw of linesOf(input.requests(), MAX_LINE)) {
-      if (raw.bytes === null || raw.bytes.length === 0) continue;
-      const json = Buffer.from(raw.bytes).toString('utf8');
-      const number = await numbers.next();
-      const line =
-        number.done || number.value.bytes === null ? 0 : Number(Buffer.from(number.value.bytes).toString());
-      const customId = (JSON.parse(json) as { custom_id: string }).custom_id;
-      index += 1;
-      yield { customId, json, line, index };
+    // A chunk's lines are split without an await each (the numbers are awaited one chunk at a time).
+    for await (const chunk of input.requests()) {
+      for (const raw of splitter.linesIn(chunk)) {
+        if (raw.bytes === null || raw.bytes.length === 0) continue;
+        yield partRequestOf(raw.bytes, await numbers.next(), ++index);
+      }
     }
+    const last = splitter.end();
+    if (last?.bytes && last.bytes.length > 0) yield partRequestOf(last.bytes, await numbers.next(), ++index);
   } finally {
-    await numbers.return?.(undefined);
+    await numbers.close();
   }
 }
 
@@ -178,13 +224,18 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
 
   const datasetLine = new Map<string, number>();
   for await (const request of requestsOf(input)) datasetLine.set(request.customId, request.line);
+  const lineOf = (id: string) => datasetLine.get(id) ?? null;
+  const hookFailed = (id: string, message: string) =>
+    writeError(
+      errorItem({ stage: 'download', id, line: lineOf(id), batchId, code: 'download_hook_failed', message }),
+    );
   const settled = new Set<string>();
   const retry = new Set<string>();
 
   let position = 0;
   for (const file of [input.outputFile, input.errorFile]) {
     if (!file) continue;
-    for await (const event of readResults(file(), batchId, (id) => datasetLine.get(id) ?? null)) {
+    for await (const event of readResults(file(), batchId, lineOf)) {
       position += 1;
       // Results an earlier call handled: only what decides the rest is rebuilt (no hook, no write).
       const replay = position <= (from?.results ?? 0);
@@ -235,22 +286,11 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
         input.images && isImages(work.settings.endpoint)
           ? await withStoredImages(checked.item, input.images)
           : checked.item;
-      const hookFailed = (message: string) =>
-        writeError(
-          errorItem({
-            stage: 'download',
-            id,
-            line: datasetLine.get(id) ?? null,
-            batchId,
-            code: 'download_hook_failed',
-            message,
-          }),
-        );
       let record: unknown;
       try {
         record = await work.download(item);
       } catch (caught) {
-        await hookFailed(`the download hook threw: ${messageOf(caught)}`);
+        await hookFailed(id, `the download hook threw: ${messageOf(caught)}`);
         continue;
       }
       if (record === null || record === undefined) {
@@ -259,7 +299,7 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
       }
       const json = jsonLineOf(record);
       if ('problem' in json) {
-        await hookFailed(`the download hook returned a value JSON cannot hold: ${json.problem}`);
+        await hookFailed(id, `the download hook returned a value JSON cannot hold: ${json.problem}`);
         continue;
       }
       await input.outputs.write(json.line);

@@ -92,35 +92,41 @@ export async function* linesOf(
   maxLineBytes: number,
   start: LinePosition = { line: 1, offset: 0 },
 ): AsyncGenerator<RawLine> {
-  let line = start.line;
-  let offset = start.offset;
-  let pending: Uint8Array[] = [];
-  let pendingLength = 0;
-  let oversize = false;
-  let atStreamStart = start.offset === 0;
+  const splitter = new LineSplitter(maxLineBytes, start);
+  for await (const chunk of chunks) for (const raw of splitter.linesIn(chunk)) yield raw;
+  const last = splitter.end();
+  if (last) yield last;
+}
 
-  const finish = (tail: Uint8Array, consumed: number): RawLine => {
-    const length = pendingLength + tail.length;
-    offset += consumed;
-    let bytes: Uint8Array | null = null;
-    if (!oversize && length <= maxLineBytes) {
-      bytes = pending.length === 0 ? tail : Buffer.concat([...pending, tail], length);
-    }
-    const result: RawLine = { line, end: offset, bytes: bytes && withoutCR(bytes), length };
-    line += 1;
-    pending = [];
-    pendingLength = 0;
-    oversize = false;
-    return result;
-  };
+/**
+ * {@link linesOf} one chunk at a time, for a reader that handles a chunk's lines without an `await` each
+ * (on the hot paths of prepare and collect): feed every chunk to `linesIn` in order, then call `end`.
+ */
+export class LineSplitter {
+  private line: number;
+  private offset: number;
+  private pending: Uint8Array[] = [];
+  private pendingLength = 0;
+  private oversize = false;
+  private atStreamStart: boolean;
 
-  for await (const chunk of chunks) {
+  constructor(
+    private readonly maxLineBytes: number,
+    start: LinePosition = { line: 1, offset: 0 },
+  ) {
+    this.line = start.line;
+    this.offset = start.offset;
+    this.atStreamStart = start.offset === 0;
+  }
+
+  /** The lines a chunk completes; what follows its last newline waits for the next chunk. */
+  *linesIn(chunk: Uint8Array): Generator<RawLine> {
     let view = chunk;
-    if (atStreamStart) {
-      atStreamStart = false;
+    if (this.atStreamStart) {
+      this.atStreamStart = false;
       if (view[0] === 0xef && view[1] === 0xbb && view[2] === 0xbf) {
         view = view.subarray(3);
-        offset += 3;
+        this.offset += 3;
       }
     }
     let position = 0;
@@ -128,23 +134,41 @@ export async function* linesOf(
       const newline = view.indexOf(NEWLINE, position);
       if (newline === -1) {
         const rest = view.subarray(position);
-        pendingLength += rest.length;
-        if (oversize || pendingLength > maxLineBytes) {
-          oversize = true;
-          pending = [];
+        this.pendingLength += rest.length;
+        if (this.oversize || this.pendingLength > this.maxLineBytes) {
+          this.oversize = true;
+          this.pending = [];
         } else {
-          pending.push(Buffer.from(rest)); // copied: the producer may reuse its chunk
+          this.pending.push(Buffer.from(rest)); // copied: the producer may reuse its chunk
         }
-        offset += rest.length;
-        break;
+        this.offset += rest.length;
+        return;
       }
-      yield finish(view.subarray(position, newline), newline + 1 - position);
+      yield this.finish(view.subarray(position, newline), newline + 1 - position);
       position = newline + 1;
     }
   }
-  if (pendingLength > 0 || oversize) {
-    offset -= pendingLength;
-    yield finish(new Uint8Array(0), pendingLength);
+
+  /** The stream ended: its last line when it had no newline, else null. */
+  end(): RawLine | null {
+    if (this.pendingLength === 0 && !this.oversize) return null;
+    this.offset -= this.pendingLength;
+    return this.finish(new Uint8Array(0), this.pendingLength);
+  }
+
+  private finish(tail: Uint8Array, consumed: number): RawLine {
+    const length = this.pendingLength + tail.length;
+    this.offset += consumed;
+    let bytes: Uint8Array | null = null;
+    if (!this.oversize && length <= this.maxLineBytes) {
+      bytes = this.pending.length === 0 ? tail : Buffer.concat([...this.pending, tail], length);
+    }
+    const result: RawLine = { line: this.line, end: this.offset, bytes: bytes && withoutCR(bytes), length };
+    this.line += 1;
+    if (this.pending.length > 0) this.pending = [];
+    this.pendingLength = 0;
+    this.oversize = false;
+    return result;
   }
 }
 
@@ -154,8 +178,8 @@ function withoutCR(bytes: Uint8Array): Uint8Array {
 
 /** True when a line holds only spaces and tabs (or nothing). */
 export function isBlank(bytes: Uint8Array): boolean {
-  for (const byte of bytes) {
-    if (byte !== 0x20 && byte !== 0x09) return false;
+  for (let i = 0; i < bytes.length; i++) {
+    if (bytes[i] !== 0x20 && bytes[i] !== 0x09) return false;
   }
   return true;
 }

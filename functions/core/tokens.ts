@@ -9,19 +9,20 @@ const CHARS_PER_TOKEN = 4;
  * estimate within tens of percent is enough; the `estimate` command counts with a real tokenizer.
  */
 export function estimateInputTokens(input: unknown): number {
-  let characters = 0;
-  let messages = 0;
-  const visit = (value: unknown, depth: number): void => {
-    if (typeof value === 'string') {
-      // Images and audio sent inline count as their own token rate at OpenAI; a data URL is not text.
-      characters += value.startsWith('data:') ? 0 : value.length;
-    } else if (Array.isArray(value)) {
-      for (const element of value) visit(element, depth + 1);
-    } else if (value !== null && typeof value === 'object') {
-      if (depth === 1 && 'role' in value) messages += 1;
-      for (const element of Object.values(value)) visit(element, depth + 1);
-    }
-  };
-  visit(input, 0);
-  return Math.ceil(characters / CHARS_PER_TOKEN) + messages * PER_MESSAGE_TOKENS;
+  const tally = { characters: 0, messages: 0 };
+  visit(input, 0, tally);
+  return Math.ceil(tally.characters / CHARS_PER_TOKEN) + tally.messages * PER_MESSAGE_TOKENS;
+}
+
+/** Adds a value's text characters and chat messages to `tally` (a module function: no closure a call). */
+function visit(value: unknown, depth: number, tally: { characters: number; messages: number }): void {
+  if (typeof value === 'string') {
+    // Images and audio sent inline count as their own token rate at OpenAI; a data URL is not text.
+    if (!value.startsWith('data:')) tally.characters += value.length;
+  } else if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) visit(value[i], depth + 1, tally);
+  } else if (value !== null && typeof value === 'object') {
+    if (depth === 1 && 'role' in value) tally.messages += 1;
+    for (const element of Object.values(value)) visit(element, depth + 1, tally);
+  }
 }

@@ -1,6 +1,13 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { errorItem } from '../../functions/core/items';
-import { isRetryable, type ResultEvent, readResults } from '../../functions/core/results';
+import {
+  isRetryable,
+  type ResultEvent,
+  ResultLineSchema,
+  readResults,
+  resultOf,
+} from '../../functions/core/results';
 import { chunksOf, collect } from '../support/streams';
 
 const jsonl = (...lines: unknown[]) =>
@@ -178,6 +185,59 @@ describe('readResults', () => {
         'line 4 of the result file of batch batch_1 is not valid JSON (truncated or corrupt file)',
       ],
     ]);
+  });
+});
+
+describe('readResults on lines of every shape', () => {
+  it('gives what the result line schema gives (the common shapes are checked by hand, the rest by it)', async () => {
+    const text = fc.option(fc.constantFrom('', 'x', 'req_1'), { nil: undefined });
+    const loose = fc.oneof(
+      fc.constant(null),
+      fc.constant(undefined),
+      fc.integer(),
+      fc.boolean(),
+      fc.string(),
+    );
+    const field = <T>(arb: fc.Arbitrary<T>) => fc.oneof(arb, loose, fc.constant([]));
+    const response = fc.record(
+      {
+        status_code: field(fc.constantFrom(200, 400, 500, 200.5, 2 ** 60)),
+        request_id: field(text),
+        body: fc.oneof(
+          loose,
+          fc.constant({ model: 'm', error: { code: 'c', message: 'm' } }),
+          fc.constant([1]),
+        ),
+      },
+      { requiredKeys: [] },
+    );
+    const error = fc.record({ code: field(text), message: field(text) }, { requiredKeys: [] });
+    const line = fc.oneof(
+      fc.record(
+        {
+          id: field(text),
+          custom_id: field(fc.constantFrom('a', 'b', '')),
+          response: field(response),
+          error: field(error),
+          extra: loose,
+        },
+        { requiredKeys: [] },
+      ),
+      loose,
+      fc.constant([{ custom_id: 'a' }]),
+    );
+    await fc.assert(
+      fc.asyncProperty(line, async (value) => {
+        const lineOf = (id: string) => (id === 'a' ? 7 : null);
+        const events = await collect(
+          readResults(chunksOf(`${JSON.stringify(value) ?? 'null'}\n`), 'b1', lineOf),
+        );
+        const parsed = ResultLineSchema.safeParse(JSON.parse(JSON.stringify(value) ?? 'null'));
+        if (!parsed.success) expect(events.map((event) => event.kind)).toEqual(['malformed']);
+        else expect(events).toEqual([resultOf(parsed.data, 'b1', lineOf(parsed.data.custom_id))]);
+      }),
+      { numRuns: 2000 },
+    );
   });
 });
 

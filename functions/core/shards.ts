@@ -44,7 +44,9 @@ export const SHARD_PART_SPAN = 100_000;
 /** The part number of a shard's k-th part. */
 export function shardPart(shard: number, k: number): number {
   if (k >= SHARD_PART_SPAN)
-    throw new InvariantError(`shard ${shard} has more than ${SHARD_PART_SPAN} parts: make shardBytes smaller`);
+    throw new InvariantError(
+      `shard ${shard} has more than ${SHARD_PART_SPAN} parts: make shardBytes smaller`,
+    );
   return shard * SHARD_PART_SPAN + k;
 }
 
@@ -61,7 +63,13 @@ export function* shardsOf(objects: Iterable<PlannedObject>, shardBytes: number):
   let shard = 0;
   let index = 0;
   for (const object of objects) {
-    const base = { object: index++, key: object.key, size: object.size, etag: object.etag, gzip: object.gzip };
+    const base = {
+      object: index++,
+      key: object.key,
+      size: object.size,
+      etag: object.etag,
+      gzip: object.gzip,
+    };
     if (object.size === 0) continue;
     if (object.gzip || object.size <= shardBytes) {
       yield { shard: shard++, ...base, start: 0, end: object.size };

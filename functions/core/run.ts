@@ -188,6 +188,11 @@ export const LaneCheckpointSchema = z.object({
   counts: CountsSchema,
   estimatedTokens: z.number().int().nonnegative(),
   done: z.boolean(),
+  /**
+   * Lane 0 only: shard 0 was settled on its own as soon as it was prepared (its duplicate ids dropped, the
+   * duplicates counted here), and its parts released to Tick while the other shards are still preparing.
+   */
+  firstShardSettled: z.boolean().default(false),
 });
 
 /** Where a prepare lane is. */
@@ -205,6 +210,8 @@ export const SettleStateSchema = z.object({
   part: z.number().int().nonnegative(),
   /** Duplicates found so far. */
   duplicates: z.number().int().nonnegative(),
+  /** Shard 0 was settled early (see LaneCheckpoint.firstShardSettled): its own duplicates are not found again. */
+  firstShardSettled: z.boolean().default(false),
 });
 
 /** Where Settle is. */
@@ -316,6 +323,8 @@ export const runKeys = (runId: string) => ({
   /** Duplicates found in a partition group starting at `partition`, in part order (Settle). */
   drops: (partition: number) => `runs/${runId}/state/drops/${String(partition).padStart(5, '0')}.jsonl`,
   dropFiles: `runs/${runId}/state/drops/`,
+  /** The duplicate_id errors of shard 0, found when it was settled on its own (see settleFirstShard). */
+  firstShardDuplicateErrors: `runs/${runId}/errors/duplicates-shard-0.jsonl`,
   /** The duplicate_id errors Settle wrote for a partition group starting at `partition`. */
   duplicateErrors: (partition: number) =>
     `runs/${runId}/errors/duplicates-${String(partition).padStart(5, '0')}.jsonl`,

@@ -7,6 +7,7 @@ import { countNewlines, firstLineStart, type RangeTally, throughLineAt } from '.
 import { firstLineOf, nextLaneShard, planCodec, type Shard, shardPart } from '../core/shards';
 import type { StepDeps } from './deps';
 import { runOf } from './runs';
+import { settleFirstShard } from './settle';
 import {
   deleteIdFilesFrom,
   LazyJsonl,
@@ -28,6 +29,7 @@ export function freshLane(lane: number): LaneCheckpoint {
     counts: zeroCounts(),
     estimatedTokens: 0,
     done: false,
+    firstShardSettled: false,
   };
 }
 
@@ -58,7 +60,11 @@ export async function prepare<R>(
   if (input.lane >= dataset.shards) return { done: true };
   const keys = runKeys(run.runId);
   let cp = (await laneCheckpoint(deps.blobs, run.runId, input.lane)) ?? freshLane(input.lane);
-  if (cp.done) return { done: true };
+  // Shard 0 is settled on its own once prepared, so that its parts are sent while the rest prepares;
+  // not when a cost limit must see the whole dataset first, nor when shard 0 is the whole dataset.
+  const early = input.lane === 0 && dataset.shards > 1 && deps.work.settings.maxCostUsd === undefined;
+  const firstShardDue = (c: LaneCheckpoint) => early && !c.firstShardSettled && (c.done || c.shard !== 0);
+  if (cp.done && !firstShardDue(cp)) return { done: true };
   const lane = new Lane(deps, run.runId, dataset.shards, dataset.planWidth, dataset.partitions);
   /** Inflated copies of gzip shards this step finished, removed once the checkpoint no longer needs them. */
   const finished: string[] = [];
@@ -84,6 +90,22 @@ export async function prepare<R>(
   }
   await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
   if (finished.length > 0) await deps.blobs.delete(finished);
+  if (firstShardDue(cp)) {
+    const { duplicates, tokens } = await settleFirstShard(deps, run);
+    const counts = cp.counts;
+    cp = {
+      ...cp,
+      counts: {
+        ...counts,
+        submittedRequests: counts.submittedRequests - duplicates,
+        refusedRequests: counts.refusedRequests + duplicates,
+        errors: counts.errors + duplicates,
+      },
+      estimatedTokens: Math.max(0, cp.estimatedTokens - tokens),
+      firstShardSettled: true,
+    };
+    await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
+  }
   return { done: cp.done };
 }
 

@@ -7,7 +7,7 @@ import { type BlobStore, ConflictError } from '../core/ports';
 import { errorLine } from '../core/prepare';
 import { costOf } from '../core/prices';
 import { LaneCheckpointSchema, type Part, type Run, runKeys, type SettleState } from '../core/run';
-import { planCodec, type Shard } from '../core/shards';
+import { planCodec, type Shard, shardOfPart } from '../core/shards';
 import type { StepDeps } from './deps';
 import { runOf, updateRun } from './runs';
 
@@ -95,6 +95,20 @@ export async function settle<R>(
   }
 }
 
+/**
+ * Settles shard 0 on its own, as soon as lane 0 has prepared it, so that its parts go to OpenAI while the
+ * other shards are still preparing (the first batch after about one shard, not after the whole dataset):
+ * the earliest use of any id in shard 0 is in shard 0, so what it drops there no later shard changes, and
+ * Settle later skips shard 0's own duplicates. Answers what lane 0 counts: the duplicates and their tokens.
+ * Run again after a crash, it writes the same errors file and finds its drops done.
+ */
+export async function settleFirstShard<R>(
+  deps: StepDeps<R>,
+  run: Run,
+): Promise<{ duplicates: number; tokens: number }> {
+  return new SettleContext(deps, run, GROUP_ENTRIES).settleFirst();
+}
+
 /** Sums the lanes' checkpoints into the run and starts the dedup stage, once. */
 async function begin<R>(deps: StepDeps<R>, run: Run): Promise<Run> {
   const keys = runKeys(run.runId);
@@ -118,7 +132,13 @@ async function begin<R>(deps: StepDeps<R>, run: Run): Promise<Run> {
           ...r,
           counts,
           estimatedTokens,
-          settle: { stage: 'dedup', partition: 0, part: 0, duplicates: 0 },
+          settle: {
+            stage: 'dedup',
+            partition: 0,
+            part: 0,
+            duplicates: 0,
+            firstShardSettled: lanes[0]?.firstShardSettled ?? false,
+          },
           updatedAt: deps.now(),
         },
   );
@@ -152,10 +172,10 @@ class SettleContext<R> {
   // --- dedup ---
 
   /** The id files and their indexes, read once a call. */
-  private async indexes(): Promise<{ key: string; index: IdFileIndex }[]> {
+  private async indexes(prefix = this.keys.idFiles): Promise<{ key: string; index: IdFileIndex }[]> {
     if (this.idFiles) return this.idFiles;
     const keys: string[] = [];
-    for await (const object of this.deps.blobs.list(this.keys.idFiles))
+    for await (const object of this.deps.blobs.list(prefix))
       if (!object.key.endsWith('.idx')) keys.push(object.key);
     const files = await mapLimit(keys, 16, async (key) => ({
       key,
@@ -190,7 +210,10 @@ class SettleContext<R> {
     async function* source(): AsyncGenerator<IdEntry> {
       for (const file of holding) yield* readIdPartitions(blobs, file.key, file.index, p0, p1);
     }
-    const duplicates = await findDuplicates(source, entries);
+    // Shard 0's own duplicates were dropped when it was settled early; its entries still name the winners.
+    const duplicates = (await findDuplicates(source, entries)).filter(
+      (d) => !(state.firstShardSettled && d.entry.shard === 0),
+    );
     const dropsKey = this.keys.drops(p0);
     const errorsKey = this.keys.duplicateErrors(p0);
     if (duplicates.length === 0) {
@@ -229,6 +252,43 @@ class SettleContext<R> {
       estimatedTokens: Math.max(0, r.estimatedTokens - tokens),
       settle: { ...state, partition: p1, duplicates: state.duplicates + n },
     }));
+  }
+
+  /**
+   * Settles shard 0 alone: its duplicates (the earliest use of an id is always in it, so no later shard
+   * can change them), dropped from its parts, written as errors, then its parts released.
+   */
+  async settleFirst(): Promise<{ duplicates: number; tokens: number }> {
+    const blobs = this.deps.blobs;
+    const partitions = this.run.dataset.partitions;
+    const files = await this.indexes(`${this.keys.idFiles}${String(0).padStart(6, '0')}-`);
+    const entries = files.reduce((n, f) => n + f.index.counts.reduce((a, b) => a + b, 0), 0);
+    async function* source(): AsyncGenerator<IdEntry> {
+      for (const file of files) yield* readIdPartitions(blobs, file.key, file.index, 0, partitions);
+    }
+    const duplicates = (await findDuplicates(source, entries)).filter((d) => d.entry.shard === 0);
+    const errorsKey = this.keys.firstShardDuplicateErrors;
+    if (duplicates.length === 0) await blobs.delete([errorsKey]);
+    else {
+      const errors: string[] = [];
+      for (const duplicate of duplicates) errors.push(await this.errorOf(duplicate));
+      await blobs.write(errorsKey, linesBody(errors));
+    }
+    const byPart = new Map<number, Drop[]>();
+    for (const { entry: e } of duplicates) {
+      const drops = byPart.get(e.part) ?? [];
+      drops.push({ part: e.part, line: e.line, id: e.id, shard: e.shard, bytes: e.bytes, tokens: e.tokens });
+      byPart.set(e.part, drops);
+    }
+    for (const [part, drops] of [...byPart].sort(([a], [b]) => a - b)) await this.dropFrom(part, drops);
+    for (const part of (await this.deps.runs.listParts(this.run.runId)).sort((a, b) => a.part - b.part)) {
+      if (!part.held || shardOfPart(part.part) !== 0) continue;
+      const stored = await this.deps.runs.putPart(this.run.runId, { ...part, held: false });
+      if (!stored) throw new ConflictError(`part ${part.part} of run ${this.run.runId} changed meanwhile`);
+    }
+    const tokens = duplicates.reduce((sum, d) => sum + d.entry.tokens, 0);
+    this.deps.log('first shard settled', { runId: this.run.runId, entries, duplicates: duplicates.length });
+    return { duplicates: duplicates.length, tokens };
   }
 
   /** The errors/ line of a duplicate, through the work's downloadError hook. */

@@ -22,6 +22,12 @@ export interface Ticked {
   readonly continueAsNew: boolean;
   /** Another execution drives the run now (a webhook woke it, or it continued): this one ends. */
   readonly superseded: boolean;
+  /**
+   * The run is still preparing (in the same execution, beside these ticks): Tick sends what is released
+   * (shard 0's parts) and comes back at the shortest poll, and neither hands over nor lets a webhook
+   * replace the execution before the lanes and Settle are done.
+   */
+  readonly preparing?: boolean;
 }
 
 /**
@@ -244,7 +250,9 @@ export async function tick<R>(
         // part not sent yet in errors, so that nothing of it is silently dropped.
         if (run.cancelRequested) {
           await cancelActive(pass);
-          for (const part of [...parts.values()].filter((p) => p.status === 'pending')) {
+          // While the run prepares, parts not sent stay as they are: Settle may still change them. They go
+          // to errors at the first Tick after it released them.
+          for (const part of [...parts.values()].filter((p) => p.status === 'pending' && run.prepared)) {
             await save({
               ...part,
               status: 'collecting',
@@ -286,7 +294,9 @@ export async function tick<R>(
     ? 0
     : blocked
       ? Math.min(settings.maxPollSeconds, Math.max(settings.minPollSeconds, run.waitSeconds * 2))
-      : nextWait(sendable(parts), moved, run.waitSeconds, settings, deps.now());
+      : !run.prepared
+        ? settings.minPollSeconds // parts are released as shard 0 and then Settle finish
+        : nextWait(sendable(parts), moved, run.waitSeconds, settings, deps.now());
   // A webhook that came while this Tick ran: the next Tick comes a second later, whatever the poll
   // interval (with webhooks it may be an hour: the news must not wait for it).
   // A Tick whose execution was replaced while it ran (a webhook) leaves the wake fields to the new one.
@@ -304,7 +314,10 @@ export async function tick<R>(
       blocked: parts.size > 0 ? blockedAfter(r.blocked, blocked, now) : r.blocked,
       executionSince:
         driving && r.executionSince?.name !== execution ? { name: execution, at: started } : r.executionSince,
-      ...(driving ? { wakePending: false, waiting: done ? null : (input.executionName ?? null) } : {}),
+      // A preparing execution is never replaced by a webhook: its lanes would be stopped mid-step.
+      ...(driving
+        ? { wakePending: false, waiting: done || !r.prepared ? null : (input.executionName ?? null) }
+        : {}),
     };
   });
   const stalledMs = Math.max(
@@ -329,8 +342,10 @@ export async function tick<R>(
     waitSeconds,
     continueAsNew:
       !done &&
+      run.prepared &&
       (run.ticks >= deps.maxTicksPerExecution || executionAge + waitSeconds * 1000 >= EXECUTION_HAND_OVER_MS),
     superseded: false,
+    preparing: !run.prepared,
   };
 }
 

@@ -95,15 +95,38 @@ afterAll(async () => {
 describe('a sharded run', () => {
   it('prepares shards in parallel lanes, keeps exact lines, catches duplicate ids across shards, loses nothing', async () => {
     const lanes: number[] = [];
+    /** What happened, in order: a Prepare step, the first Settle call, a batch created. */
+    const events: string[] = [];
     const options = time.runOptions(env, {
       budgetMs: 3,
+      onState: (state) => { if (process.env.DEBUG_STATES) process.stderr.write(`${state}\n`); },
       wrap: {
         handlers: (handlers) => ({
           ...handlers,
           Prepare: async (event: unknown) => {
             lanes.push((event as { lane: number }).lane);
-            return handlers.Prepare(event);
+            const prepared = await handlers.Prepare(event);
+            events.push('prepare');
+            return prepared;
           },
+          Settle: async (event: unknown) => {
+            events.push('settle');
+            return handlers.Settle(event);
+          },
+        }),
+        openai: (api) => ({
+          ...api,
+          createBatch: async (input) => {
+            events.push('create');
+            return api.createBatch(input);
+          },
+          uploadFile: (name, body) => api.uploadFile(name, body),
+          getBatch: (id) => api.getBatch(id),
+          recentBatches: (since) => api.recentBatches(since),
+          cancelBatch: (id) => api.cancelBatch(id),
+          fileContent: (id) => api.fileContent(id),
+          deleteFile: (id) => api.deleteFile(id),
+          filesNamed: (prefix) => api.filesNamed(prefix),
         }),
       },
     });
@@ -129,6 +152,11 @@ describe('a sharded run', () => {
     expect(run?.dataset.shards).toBeGreaterThanOrEqual(7);
     expect(new Set(lanes)).toEqual(new Set([0, 1, 2]));
     expect(lanes.length).toBeGreaterThan(20);
+    // Shard 0's parts went to OpenAI while later shards were still preparing, before Settle.
+    const firstCreate = events.indexOf('create');
+    expect(firstCreate).toBeGreaterThan(-1);
+    expect(firstCreate).toBeLessThan(events.indexOf('settle'));
+    expect(events.slice(firstCreate).filter((e) => e === 'prepare').length).toBeGreaterThan(3);
 
     const good = [
       ...Object.entries(A)

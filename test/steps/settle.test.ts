@@ -90,6 +90,7 @@ const laneCheckpoint = (lane: number, fields: Partial<Counts>, estimatedTokens: 
   counts: counts(fields),
   estimatedTokens,
   done: true,
+  firstShardSettled: false,
 });
 
 function workOf(maxCostUsd?: number) {

@@ -4,10 +4,10 @@ import { describeIssues } from './issues';
 import {
   type BatchErrorItem,
   type BatchInputItem,
-  BatchInputItemSchema,
   type Endpoint,
   errorItem,
   jsonLineOf,
+  parseInputItem,
 } from './items';
 import { checkRequestBody } from './request-bodies';
 import { withOutputFormat } from './structured';
@@ -150,7 +150,7 @@ function buildOne<R>(
   ids: IdClaims,
   first: boolean,
 ): BuildEvent {
-  const parsed = BatchInputItemSchema.safeParse(raw);
+  const parsed = parseInputItem(raw);
   if (!parsed.success) {
     const problems = describeIssues(parsed.error, raw, false).join('; ');
     const id = idOf(raw);

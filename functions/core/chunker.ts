@@ -46,34 +46,47 @@ function fits(open: OpenPart, request: PreparedRequest, limits: PartLimits): boo
   );
 }
 
+/** Where a request was placed: its part, and the part of its model it closed first, if any. */
+export interface Placement {
+  readonly part: number;
+  readonly closed: PartSummary | null;
+}
+
 /**
- * Splits a stream of requests into parts that keep every limit and hold one model each. One part is
- * open per model at a time, so interleaved models do not fragment into tiny parts; a part closes when
- * the next request for its model would not fit, and all open parts close, in the order they were opened,
- * when the stream ends. Requests are passed through, never held: the consumer writes each to its part.
+ * Splits requests into parts that keep every limit and hold one model each. One part is open per model
+ * at a time, so interleaved models do not fragment into tiny parts; a part closes when the next request
+ * for its model would not fit, and all open parts close, in the order they were opened, at the end.
+ * Requests are placed, never held: the caller writes each to its part.
  */
-export async function* partsOf(
-  requests: AsyncIterable<PreparedRequest>,
-  limits: PartLimits,
-  firstPart = 0,
-): AsyncGenerator<ChunkEvent> {
-  const open = new Map<string, OpenPart>();
-  let next = firstPart;
-  for await (const request of requests) {
+export class Chunker {
+  private readonly open = new Map<string, OpenPart>();
+  private next: number;
+
+  constructor(
+    private readonly limits: PartLimits,
+    firstPart = 0,
+  ) {
+    this.next = firstPart;
+  }
+
+  /** Places a request in its model's open part, closing that part first when the request does not fit. */
+  place(request: PreparedRequest): Placement {
+    const { limits, open } = this;
     if (request.bytes > limits.maxBytesPerBatch || request.inputs > limits.maxEmbeddingInputsPerBatch) {
       throw new InvariantError(
         `request "${request.customId}" does not fit in any part; the builder should have refused it`,
       );
     }
+    let closed: PartSummary | null = null;
     let current = open.get(request.model);
     if (current && !fits(current, request, limits)) {
       open.delete(request.model);
-      yield { kind: 'close', summary: { ...current } };
+      closed = { ...current };
       current = undefined;
     }
     if (!current) {
       current = {
-        part: next++,
+        part: this.next++,
         model: request.model,
         requests: 0,
         bytes: 0,
@@ -89,8 +102,28 @@ export async function* partsOf(
     current.inputs += request.inputs;
     current.estimatedTokens += request.estimatedTokens;
     current.lastLine = request.line;
-    yield { kind: 'request', part: current.part, request };
+    return { part: current.part, closed };
   }
-  const remaining = [...open.values()].sort((a, b) => a.part - b.part);
-  for (const part of remaining) yield { kind: 'close', summary: { ...part } };
+
+  /** Closes every open part: their summaries, in the order they were opened. */
+  finish(): PartSummary[] {
+    const remaining = [...this.open.values()].sort((a, b) => a.part - b.part);
+    this.open.clear();
+    return remaining.map((part) => ({ ...part }));
+  }
+}
+
+/** {@link Chunker} over a stream of requests: each request's placement, and each part as it closes. */
+export async function* partsOf(
+  requests: AsyncIterable<PreparedRequest>,
+  limits: PartLimits,
+  firstPart = 0,
+): AsyncGenerator<ChunkEvent> {
+  const chunker = new Chunker(limits, firstPart);
+  for await (const request of requests) {
+    const { part, closed } = chunker.place(request);
+    if (closed) yield { kind: 'close', summary: closed };
+    yield { kind: 'request', part, request };
+  }
+  for (const summary of chunker.finish()) yield { kind: 'close', summary };
 }

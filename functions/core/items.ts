@@ -38,6 +38,61 @@ export const BatchInputItemSchema = z
   })
   .catchall(z.unknown());
 
+/** The keys {@link BatchInputItemSchema} names, in its order (its output keeps this order, then the rest). */
+const ITEM_KEYS = new Set(['id', 'model', 'body', 'messages', 'input', 'prompt']);
+
+/**
+ * `BatchInputItemSchema.safeParse`, with the common shape taken by hand (it is on the per-request path):
+ * a plain object with a string or safe-integer id, a non-empty model or none, no `body`, and `messages`
+ * a non-empty array or none. Anything else goes to the schema, which words the issues.
+ */
+export function parseInputItem(raw: unknown): ReturnType<typeof BatchInputItemSchema.safeParse> {
+  const item = commonItem(raw);
+  return item ? { success: true, data: item } : BatchInputItemSchema.safeParse(raw);
+}
+
+/** The schema's output for a value of the common shape (a new object, keys in the schema's order), else null. */
+function commonItem(raw: unknown): BatchInputItem | null {
+  if (raw === null || typeof raw !== 'object') return null;
+  const prototype = Object.getPrototypeOf(raw);
+  if (prototype !== Object.prototype && prototype !== null) return null;
+  const value = raw as Record<string, unknown>;
+  const rawId = value.id;
+  let id: string;
+  if (typeof rawId === 'string') {
+    if (rawId.length === 0 || rawId.length > 512) return null;
+    id = rawId;
+  } else if (Number.isSafeInteger(rawId)) {
+    id = String(rawId);
+  } else {
+    return null;
+  }
+  const item: Record<string, unknown> = { id };
+  const model = value.model;
+  if (model !== undefined && (typeof model !== 'string' || model.length === 0)) return null;
+  if ('model' in value) item.model = model;
+  if (value.body !== undefined) return null;
+  if ('body' in value) item.body = undefined;
+  const messages = value.messages;
+  if (messages !== undefined) {
+    if (!Array.isArray(messages) || messages.length === 0) return null;
+    // The schema gives a copy of the array (holes read as undefined); so does this.
+    const copy = new Array<unknown>(messages.length);
+    for (let i = 0; i < messages.length; i++) copy[i] = messages[i];
+    item.messages = copy;
+  } else if ('messages' in value) {
+    item.messages = undefined;
+  }
+  const input = value.input;
+  if (input !== undefined || 'input' in value) item.input = input;
+  const prompt = value.prompt;
+  if (prompt !== undefined || 'prompt' in value) item.prompt = prompt;
+  for (const key in value) {
+    if (!ITEM_KEYS.has(key) && key !== '__proto__') item[key] = value[key];
+  }
+  return item as BatchInputItem;
+}
+
 /** A request as the `upload` hook may write it (an integer id is accepted). */
 export type BatchInputItemInput = z.input<typeof BatchInputItemSchema>;
 /** A request after validation (the id is a string). */

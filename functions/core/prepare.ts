@@ -1,16 +1,27 @@
 import { type Counts, zeroCounts } from './accounting';
-import { type PartSummary, partsOf } from './chunker';
-import { type DatasetLine, readDataset } from './dataset';
+import { Chunker, type PartSummary } from './chunker';
+import { readDataset } from './dataset';
 import { messageOf } from './errors';
 import { type BatchErrorItem, jsonLineOf } from './items';
 import type { LinePosition } from './lines';
-import { buildRequests, type IdClaims, type PreparedRequest } from './requests';
+import {
+  type BuildEvent,
+  buildRequest,
+  type IdClaims,
+  itemsOf,
+  type PreparedRequest,
+  recordOf,
+  uploadFailure,
+} from './requests';
 import type { Work } from './work';
 
 /** Where prepared request lines go: one file per part, several open at once (one per model). */
 export interface PartSink {
-  /** Appends a request to a part (its `json` is the JSONL line), opening the part's file on its first one. */
-  write(part: number, request: PreparedRequest): Promise<void>;
+  /**
+   * Appends a request to a part (its `json` is the JSONL line), opening the part's file on its first one.
+   * Returns a promise only when there is something to wait for (a chunk being sent).
+   */
+  write(part: number, request: PreparedRequest): Promise<void> | undefined;
   /** The part is complete: finish its file. */
   close(summary: PartSummary): Promise<void>;
 }
@@ -91,63 +102,107 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
   const { work, start = {} } = input;
   const counts = zeroCounts();
   const parts: PartSummary[] = [];
+  const chunker = new Chunker(work.settings, start.firstPart ?? 0);
   let next: LinePosition = start.position ?? { line: 1, offset: 0 };
   let gzip = false;
   let done = true;
 
-  async function* lines(): AsyncGenerator<DatasetLine> {
-    const reader = readDataset(input.source, {
-      maxRecordBytes: work.settings.maxRecordBytes,
-      ...(start.position ? { start: start.position } : {}),
-      ...(start.skipLines ? { skipLines: start.skipLines } : {}),
-      onFormat: (format) => {
-        gzip = format.gzip;
-      },
-    });
-    for await (const entry of reader) {
-      if (input.shouldPause?.()) {
-        done = false;
-        return;
-      }
-      counts.records += 1;
-      yield entry;
-      next = { line: entry.line + 1, offset: entry.end };
+  /** Counts an error and writes its line. */
+  async function refuse(error: BatchErrorItem): Promise<void> {
+    const { stage } = error;
+    if (stage === 'dataset') counts.invalidRecords += 1;
+    else if (stage === 'upload') counts.failedRecords += 1;
+    else {
+      counts.requests += 1;
+      counts.refusedRequests += 1;
     }
+    await input.errors.write(await errorLine(work, error));
+    counts.errors += 1;
   }
 
-  async function* requests(): AsyncGenerator<PreparedRequest> {
-    for await (const event of buildRequests(lines(), work, input.ids)) {
-      if (event.kind === 'request') {
-        counts.requests += 1;
-        counts.submittedRequests += 1;
-        yield event.request;
-      } else if (event.kind === 'skip') {
-        counts.skippedRecords += 1;
-      } else {
-        const { stage } = event.error;
-        if (stage === 'dataset') counts.invalidRecords += 1;
-        else if (stage === 'upload') counts.failedRecords += 1;
-        else {
-          counts.requests += 1;
-          counts.refusedRequests += 1;
-        }
-        await input.errors.write(await errorLine(work, event.error));
-        counts.errors += 1;
-      }
-    }
+  async function closePart(summary: PartSummary): Promise<void> {
+    await input.parts.close(summary);
+    parts.push(summary);
+    counts.parts += 1;
   }
 
-  for await (const event of partsOf(requests(), work.settings, start.firstPart ?? 0)) {
+  async function closeThenWrite(closed: PartSummary, part: number, request: PreparedRequest): Promise<void> {
+    await closePart(closed);
+    await input.parts.write(part, request);
+  }
+
+  /** Takes what the builder gave; a promise only when there is something to wait for. */
+  function take(event: BuildEvent): Promise<void> | undefined {
     if (event.kind === 'request') {
-      await input.parts.write(event.part, event.request);
-    } else {
-      await input.parts.close(event.summary);
-      parts.push(event.summary);
-      counts.parts += 1;
+      counts.requests += 1;
+      counts.submittedRequests += 1;
+      const { part, closed } = chunker.place(event.request);
+      if (closed) return closeThenWrite(closed, part, event.request);
+      return input.parts.write(part, event.request);
     }
+    if (event.kind === 'skip') {
+      counts.skippedRecords += 1;
+      return undefined;
+    }
+    return refuse(event.error);
   }
+
+  const reader = readDataset(input.source, {
+    maxRecordBytes: work.settings.maxRecordBytes,
+    ...(start.position ? { start: start.position } : {}),
+    ...(start.skipLines ? { skipLines: start.skipLines } : {}),
+    onFormat: (format) => {
+      gzip = format.gzip;
+    },
+  });
+  // One loop from line to part, awaiting only what returns a promise (a hook may be async, a sink may flush).
+  for await (const entry of reader) {
+    if (input.shouldPause?.()) {
+      done = false;
+      break;
+    }
+    counts.records += 1;
+    const { line } = entry;
+    if (entry.kind === 'invalid') {
+      await refuse(entry.error);
+    } else {
+      const checked = recordOf(entry, work);
+      if ('refused' in checked) {
+        await take(checked.refused);
+      } else {
+        let result: unknown;
+        let threw = false;
+        try {
+          result = work.upload(checked.record, { line });
+          if (isThenable(result)) result = await result;
+        } catch (caught) {
+          threw = true;
+          await take(uploadFailure(line, caught));
+        }
+        const items = threw ? [] : itemsOf(result);
+        if (items === null) take({ kind: 'skip', line });
+        else {
+          for (let i = 0; i < items.length; i++) {
+            const pending = take(buildRequest(items[i], line, work, input.ids, i === 0));
+            if (pending) await pending;
+          }
+        }
+      }
+    }
+    next = { line: line + 1, offset: entry.end };
+  }
+  for (const summary of chunker.finish()) await closePart(summary);
   parts.sort((a, b) => a.part - b.part);
   return { done, next, gzip, parts, counts };
+}
+
+/** Whether `await` would wait on a value: a promise or another thenable. */
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (
+    value !== null &&
+    (typeof value === 'object' || typeof value === 'function') &&
+    typeof (value as { then?: unknown }).then === 'function'
+  );
 }
 
 /**

@@ -178,7 +178,29 @@ function compile(node: Node): Check {
 function typeCheck(types: Set<string>): Check {
   const expected = [...types].filter((t) => t !== 'null').map((t) => A[t] ?? t);
   const words = expected.length > 1 ? `one of ${expected.join(' or ')}` : (expected[0] ?? 'null');
+  // What is taken without naming the value's type (a Set lookup a value, on every node of every body).
+  const string = types.has('string');
+  const number = types.has('number');
+  const integer = number || types.has('integer');
+  const boolean = types.has('boolean');
+  const object = types.has('object');
+  const array = types.has('array');
+  const nil = types.has('null');
   return (value) => {
+    switch (typeof value) {
+      case 'string':
+        if (string) return undefined;
+        break;
+      case 'number':
+        if (number || (integer && Number.isInteger(value))) return undefined;
+        break;
+      case 'boolean':
+        if (boolean) return undefined;
+        break;
+      case 'object':
+        if (value === null ? nil : Array.isArray(value) ? array : object) return undefined;
+        break;
+    }
     const type = jsonType(value);
     if (accepts(types, type)) return undefined;
     return fail(

@@ -4,10 +4,10 @@ import { describeIssues } from './issues';
 import {
   type BatchErrorItem,
   type BatchInputItem,
-  BatchInputItemSchema,
   type Endpoint,
   errorItem,
   jsonLineOf,
+  parseInputItem,
 } from './items';
 import { checkRequestBody } from './request-bodies';
 import { withOutputFormat } from './structured';
@@ -75,52 +75,64 @@ export async function* buildRequests<R>(
   work: Work<R>,
   ids: IdClaims,
 ): AsyncGenerator<BuildEvent> {
-  const { endpoint } = work.settings;
   for await (const entry of lines) {
     if (entry.kind === 'invalid') {
       yield { kind: 'error', error: entry.error, record: true };
       continue;
     }
-    const { line } = entry;
-    let record: R;
-    if (work.record) {
-      const parsed = work.record.safeParse(entry.record);
-      if (!parsed.success) {
-        const problems = describeIssues(parsed.error, entry.record, false).join('; ');
-        yield recordError(
-          line,
-          'invalid_record',
-          `line ${line} does not match the work's record schema: ${problems}`,
-        );
-        continue;
-      }
-      record = parsed.data;
-    } else {
-      record = entry.record as R;
-    }
-    let result: Awaited<ReturnType<Work<R>['upload']>>;
-    try {
-      result = await work.upload(record, { line });
-    } catch (caught) {
-      yield recordError(
-        line,
-        'upload_hook_failed',
-        `line ${line}: the upload hook threw: ${messageOf(caught)}`,
-      );
+    const checked = recordOf(entry, work);
+    if ('refused' in checked) {
+      yield checked.refused;
       continue;
     }
-    if (result === null || result === undefined || (Array.isArray(result) && result.length === 0)) {
+    const { line } = entry;
+    let result: unknown;
+    try {
+      result = await work.upload(checked.record, { line });
+    } catch (caught) {
+      yield uploadFailure(line, caught);
+      continue;
+    }
+    const items = itemsOf(result);
+    if (items === null) {
       yield { kind: 'skip', line };
       continue;
     }
-    const items: readonly unknown[] = Array.isArray(result) ? result : [result];
-    let first = true;
-    for (const raw of items) {
-      const event = buildOne(raw, line, endpoint, work, ids, first);
-      first = false;
-      yield event;
-    }
+    for (let i = 0; i < items.length; i++) yield buildRequest(items[i], line, work, ids, i === 0);
   }
+}
+
+/**
+ * A dataset record as the work's `upload` hook is given it (checked against the work's record schema,
+ * when it has one), or the error that refuses it.
+ */
+export function recordOf<R>(
+  entry: Extract<DatasetLine, { kind: 'record' }>,
+  work: Work<R>,
+): { readonly record: R } | { readonly refused: BuildEvent } {
+  if (!work.record) return { record: entry.record as R };
+  const parsed = work.record.safeParse(entry.record);
+  if (parsed.success) return { record: parsed.data };
+  const { line } = entry;
+  const problems = describeIssues(parsed.error, entry.record, false).join('; ');
+  return {
+    refused: recordError(
+      line,
+      'invalid_record',
+      `line ${line} does not match the work's record schema: ${problems}`,
+    ),
+  };
+}
+
+/** The error of a record whose `upload` hook threw (or returned a promise that rejected). */
+export function uploadFailure(line: number, caught: unknown): BuildEvent {
+  return recordError(line, 'upload_hook_failed', `line ${line}: the upload hook threw: ${messageOf(caught)}`);
+}
+
+/** The items the `upload` hook returned for a record, or null when it returned none (a skip). */
+export function itemsOf(result: unknown): readonly unknown[] | null {
+  if (result === null || result === undefined || (Array.isArray(result) && result.length === 0)) return null;
+  return Array.isArray(result) ? result : [result];
 }
 
 function recordError(line: number, code: string, message: string): BuildEvent {
@@ -142,15 +154,19 @@ function requestError(
   };
 }
 
-function buildOne<R>(
+/**
+ * The request one item of a record becomes, or the error that refuses it. `first` is true for the
+ * record's first item: its error counts the record as failed.
+ */
+export function buildRequest<R>(
   raw: unknown,
   line: number,
-  endpoint: Endpoint,
   work: Work<R>,
   ids: IdClaims,
   first: boolean,
 ): BuildEvent {
-  const parsed = BatchInputItemSchema.safeParse(raw);
+  const { endpoint } = work.settings;
+  const parsed = parseInputItem(raw);
   if (!parsed.success) {
     const problems = describeIssues(parsed.error, raw, false).join('; ');
     const id = idOf(raw);

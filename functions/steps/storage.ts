@@ -25,10 +25,10 @@ export class LazyJsonl implements RecordSink {
     return this.writer?.lines ?? 0;
   }
 
-  /** Appends a line that is already JSON. */
-  async write(line: string): Promise<void> {
+  /** Appends a line that is already JSON (the writer's own promise: no async wrapper on the per-line path). */
+  write(line: string): Promise<void> {
     this.writer ??= new LineWriter((body) => this.blobs.write(this.key, body));
-    await this.writer.write(line);
+    return this.writer.write(line);
   }
 
   async close(): Promise<void> {
@@ -47,7 +47,7 @@ export class StoredParts implements PartSink {
   constructor(
     private readonly blobs: BlobStore,
     private readonly runId: string,
-    private readonly placed?: (part: number, request: PreparedRequest) => Promise<void>,
+    private readonly placed?: (part: number, request: PreparedRequest) => Promise<void> | undefined,
   ) {}
 
   private files(part: number) {
@@ -67,7 +67,8 @@ export class StoredParts implements PartSink {
     const files = this.files(part);
     await files.requests.write(request.json);
     await files.lines.write(String(request.line));
-    await this.placed?.(part, request);
+    const placing = this.placed?.(part, request);
+    if (placing) await placing;
   }
 
   /** Appends a request that is sent again (a resubmission part). */
@@ -109,9 +110,10 @@ export class StoredIdFiles {
     return this.chunk;
   }
 
-  async add(entry: IdEntry): Promise<void> {
+  /** Adds an entry; a promise only when it fills an id file, which is written then. */
+  add(entry: IdEntry): Promise<void> | undefined {
     this.builder.add(entry);
-    if (this.builder.size >= this.flushAt) await this.flush();
+    return this.builder.size >= this.flushAt ? this.flush() : undefined;
   }
 
   /** Writes what is held. */

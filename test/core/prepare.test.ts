@@ -133,6 +133,37 @@ describe('prepareDataset', () => {
     );
   });
 
+  it('takes an async upload hook, a thenable and a rejected promise as it takes a plain hook', async () => {
+    const plain = testWork({ maxRecordBytes: 200 });
+    const async: Work = { ...plain, upload: async (record, context) => plain.upload(record, context) };
+    const thenable: Work = {
+      ...plain,
+      upload: (record, context) =>
+        ({
+          // biome-ignore lint/suspicious/noThenProperty: a thenable is what this test gives the hook
+          then(resolve: (value: unknown) => void, reject: (error: unknown) => void) {
+            try {
+              resolve(plain.upload(record, context));
+            } catch (caught) {
+              reject(caught);
+            }
+          },
+        }) as unknown as ReturnType<Work['upload']>,
+    };
+    await fc.assert(
+      fc.asyncProperty(fc.array(lineArb, { maxLength: 30 }), async (lines) => {
+        const data = lines.join('\n');
+        const expected = await prepare(data, plain);
+        for (const work of [async, thenable]) {
+          const { result, sinks } = await prepare(data, work);
+          expect(result).toEqual(expected.result);
+          expect(sinks).toEqual(expected.sinks);
+        }
+      }),
+      { numRuns: 100 },
+    );
+  });
+
   it('writes errors through the downloadError hook, and keeps the error when the hook throws', async () => {
     const work = defineWork({
       name: 'err',

@@ -33,6 +33,8 @@ describe('defineWork', () => {
       maxOutputRetries: 0,
       maxRecordBytes: 10 * 1024 * 1024,
       expectedOutputTokens: 200,
+      prepareConcurrency: 4,
+      shardBytes: 64 * 1024 * 1024,
     });
     expect(typeof work.upload).toBe('function');
   });

@@ -19,6 +19,7 @@ import { injectSdkFaults, type SdkFaultCounts } from '../support/sdk-faults';
  */
 
 const RECORDS = 90;
+const time = new ManualTime();
 let env: LocalEnvironment;
 let dir: string;
 let loaded: Awaited<ReturnType<typeof loadWork>>;
@@ -28,17 +29,17 @@ let dynamoFaults: SdkFaultCounts;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'openai-batch-faults-'));
-  env = await startLocalEnvironment(dir, {
-    kind: 'emulator',
-    options: {
-      validationMs: 20,
+  // On manual time: the run takes the same steps, and so meets the same seeded faults, whatever the load.
+  env = await startLocalEnvironment(
+    dir,
+    time.emulator({
+      validationMs: 1000,
       requestsPerSecond: 20_000,
       finalizingMs: 10,
-      tickMs: 10,
       faults: { rate: 0.2, seed: 5, slowMs: 100 },
       seed: 11,
-    },
-  });
+    }),
+  );
   loaded = await loadWork(new URL('../fixtures/works/chat.ts', import.meta.url).pathname);
   definition = (await synthesizeDefinition(loaded)).definition;
   const ids = Array.from({ length: RECORDS }, (_, i) => `f${i}`);
@@ -76,12 +77,7 @@ describe('faults from outside', () => {
       loaded,
       'inputs/faults.jsonl',
       'faulty',
-      {
-        waitMs: 20,
-        lostCreateGraceMs: 1_000,
-        log: (m, f) =>
-          console.log(new Date().toISOString().slice(14, 23), m, JSON.stringify(f ?? {}).slice(0, 200)),
-      },
+      time.runOptions(env, { lostCreateGraceMs: 1_000 }),
       { definition },
     );
     expect(result.output).toMatchObject({

@@ -410,7 +410,24 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
       'inputs/e2e-chat/steps.jsonl',
       Array.from({ length: 90 }, (_, i) => ({ id: `s${i}`, content: `q${i}` })),
     );
-    const result = await run('chat', 'inputs/e2e-chat/steps.jsonl', 'steps-1', { budgetMs: 5 });
+    // The steps' clock moves a millisecond at each reading, so that a step's 5 ms budget ends after a
+    // few records whatever the machine's load (a wall clock made this test slow, and its steps vary).
+    let clock = Date.now();
+    let prepareSteps = 0;
+    const result = await run('chat', 'inputs/e2e-chat/steps.jsonl', 'steps-1', {
+      budgetMs: 5,
+      now: () => (clock += 1),
+      wrap: {
+        handlers: (handlers) => ({
+          ...handlers,
+          Prepare: async (event: unknown) => {
+            prepareSteps += 1;
+            return handlers.Prepare(event);
+          },
+        }),
+      },
+    });
     expect(result.output).toMatchObject({ summary: { records: 90, outputs: 90, balanced: true } });
+    expect(prepareSteps).toBeGreaterThan(10);
   });
 });

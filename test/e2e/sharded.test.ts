@@ -99,7 +99,9 @@ describe('a sharded run', () => {
     const events: string[] = [];
     const options = time.runOptions(env, {
       budgetMs: 3,
-      onState: (state) => { if (process.env.DEBUG_STATES) process.stderr.write(`${state}\n`); },
+      onState: (state) => {
+        if (process.env.DEBUG_STATES) process.stderr.write(`${state}\n`);
+      },
       wrap: {
         handlers: (handlers) => ({
           ...handlers,

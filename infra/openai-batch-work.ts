@@ -398,6 +398,7 @@ export class OpenAIBatchWork extends Construct {
     f.Prepare.allowObjects(bucket, ['s3:GetObject', ...write]);
     f.Prepare.allowListing(bucket); // the id files a crashed step of its shard left, to delete them
     f.Prepare.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
+    f.Prepare.allowSecret(this.apiKeySecret); // lane 0 sends shard 0's parts while the rest prepares
 
     // Settle reads the lanes' id files, rewrites the parts a duplicate is dropped from, and lists and
     // deletes its own state files (runs/<runId>/state/...).

@@ -23,9 +23,6 @@ export type TaskName = (typeof TASKS)[number];
 /** The Wait state between ticks (its time comes from Tick). */
 export const WAIT_STATE = 'Wait';
 
-/** The Parallel state that prepares the run and ticks it at once. */
-export const RUN_STATE = 'Run';
-
 /** The Wait state between two calls of MarkFailed while it winds a failing run down. */
 export const WIND_DOWN_WAIT_STATE = 'Wind down';
 
@@ -120,6 +117,7 @@ export function runDefinition(
     task('Register', { 'input.$': '$', 'executionName.$': '$$.Execution.Name' }, '$.run'),
     3,
   );
+  const tick = guard(task('Tick', { ...runId, 'executionName.$': '$$.Execution.Name' }, '$.tick'), 6);
   const finalize = guard(task('Finalize', runId, '$.summary'), 3);
   const cleanUp = guard(task('CleanUp', runId, '$.cleanUp'), 3);
   const notify = guard(task('Notify', runId, '$.notify'), 3);
@@ -135,42 +133,39 @@ export function runDefinition(
     ),
     3,
   );
-
-  // Inside the Parallel below, a Catch cannot leave its branch: its tasks retry, and a task that fails for
-  // good fails the Parallel, whose Catch hands MarkFailed the whole state, as every other task does.
-  const retried = (state: tasks.LambdaInvoke, attempts: number) => {
-    state.addRetry({ errors: FATAL, maxAttempts: 0 });
-    state.addRetry({
-      errors: ['States.ALL'],
-      maxAttempts: attempts,
-      interval: Duration.seconds(5),
-      backoffRate: 2,
-      maxDelay: Duration.minutes(2),
-    });
-    return state;
-  };
-
-  // The ticks: send what is released, poll, collect, wait as Tick chose, until the run is done.
-  const tick = retried(task('Tick', { ...runId, 'executionName.$': '$$.Execution.Name' }, '$.tick'), 6);
   const wait = new sfn.Wait(scope, WAIT_STATE, { time: sfn.WaitTime.secondsPath('$.tick.waitSeconds') });
-  const ticks = tick.next(
+
+  const finish = finalize.next(cleanUp).next(notify).next(new sfn.Succeed(scope, 'Done'));
+  const loop = tick.next(
     new sfn.Choice(scope, 'Run done?')
-      .when(sfn.Condition.booleanEquals('$.tick.done', true), new sfn.Succeed(scope, 'Ticks done'))
+      .when(sfn.Condition.booleanEquals('$.tick.done', true), finish)
       // A webhook started a new execution for the run (see steps/webhook.ts): this one ends here.
-      .when(
-        sfn.Condition.booleanEquals('$.tick.superseded', true),
-        new sfn.Succeed(scope, 'Ticks superseded'),
-      )
+      .when(sfn.Condition.booleanEquals('$.tick.superseded', true), new sfn.Succeed(scope, 'Superseded'))
       .when(
         sfn.Condition.booleanEquals('$.tick.continueAsNew', true),
-        new sfn.Succeed(scope, 'Ticks handed over'),
+        continueRun.next(new sfn.Succeed(scope, 'Continued')),
       )
       .otherwise(wait.next(tick)),
   );
+  // Settle, once every lane is done: drops the later uses of a custom_id, checks the cost, releases the parts.
+  const settle = guard(task('Settle', runId, '$.settle'), 4);
+  const settleLoop = settle.next(
+    new sfn.Choice(scope, 'Settled?')
+      .when(sfn.Condition.booleanEquals('$.settle.settled', true), loop)
+      .otherwise(settle),
+  );
 
-  // The preparation: the lanes (an inline Map over the run's lane ids, each looping Prepare until done),
-  // then Settle until settled. A lane's own state is `{ runId, lane }`.
-  const prepare = retried(task('Prepare', { 'runId.$': '$.runId', 'lane.$': '$.lane' }, '$.prepare'), 4);
+  // A lane's own state is `{ runId, lane }`. A Catch cannot leave the Map's processor: a lane that fails
+  // for good fails the Map, whose Catch hands MarkFailed the whole state, as every other task does.
+  const prepare = task('Prepare', { 'runId.$': '$.runId', 'lane.$': '$.lane' }, '$.prepare');
+  prepare.addRetry({ errors: FATAL, maxAttempts: 0 });
+  prepare.addRetry({
+    errors: ['States.ALL'],
+    maxAttempts: 4,
+    interval: Duration.seconds(5),
+    backoffRate: 2,
+    maxDelay: Duration.minutes(2),
+  });
   const lane = prepare.next(
     new sfn.Choice(scope, 'Lane done?')
       .when(sfn.Condition.booleanEquals('$.prepare.done', true), new sfn.Succeed(scope, 'Lane prepared'))
@@ -182,40 +177,11 @@ export function runDefinition(
     maxConcurrency: prepareConcurrency,
     resultPath: sfn.JsonPath.DISCARD,
   }).itemProcessor(lane);
-  // Settle, once every lane is done: drops the later uses of a custom_id, checks the cost, releases the parts.
-  const settle = retried(task('Settle', runId, '$.settle'), 4);
-  const preparation = new sfn.Choice(scope, 'Already prepared?')
-    .when(sfn.Condition.booleanEquals('$.run.prepared', true), new sfn.Succeed(scope, 'Nothing to prepare'))
-    .otherwise(
-      lanes
-        .next(settle)
-        .next(
-          new sfn.Choice(scope, 'Settled?')
-            .when(sfn.Condition.booleanEquals('$.settle.settled', true), new sfn.Succeed(scope, 'Prepared'))
-            .otherwise(settle),
-        ),
-    );
+  lanes.addCatch(markFailed, { resultPath: '$.error' });
 
-  // Both at once: the ticks send shard 0's parts (released as soon as lane 0 has prepared and settled it)
-  // while the other shards are still preparing. Tick neither ends nor hands over before the run is
-  // prepared, so the ticks' outcome is the run's.
-  const running = new sfn.Parallel(scope, RUN_STATE, {
-    resultSelector: {
-      'done.$': '$[1].tick.done',
-      'superseded.$': '$[1].tick.superseded',
-      'continueAsNew.$': '$[1].tick.continueAsNew',
-    },
-    resultPath: '$.tick',
-  })
-    .branch(preparation)
-    .branch(ticks);
-  running.addCatch(markFailed, { resultPath: '$.error' });
-
-  const finish = finalize.next(cleanUp).next(notify).next(new sfn.Succeed(scope, 'Done'));
-  return register.next(running).next(
-    new sfn.Choice(scope, 'Ended how?')
-      .when(sfn.Condition.booleanEquals('$.tick.done', true), finish)
-      .when(sfn.Condition.booleanEquals('$.tick.superseded', true), new sfn.Succeed(scope, 'Superseded'))
-      .otherwise(continueRun.next(new sfn.Succeed(scope, 'Continued'))),
+  return register.next(
+    new sfn.Choice(scope, 'Already prepared?')
+      .when(sfn.Condition.booleanEquals('$.run.prepared', true), loop)
+      .otherwise(lanes.next(settleLoop)),
   );
 }

@@ -314,6 +314,8 @@ export const runKeys = (runId: string) => ({
   lane: (lane: number) => `runs/${runId}/state/lanes/${lane}.json`,
   /** Newline bytes in [0, shard.start) of a shard's object, once known (a decimal number). */
   newlinesBefore: (shard: number) => `runs/${runId}/state/newlines/${shard}`,
+  /** Newline bytes in a shard's own range [start, end) (a decimal number), once counted. */
+  newlinesIn: (shard: number) => `runs/${runId}/state/newlines-in/${shard}`,
   /** A gzip shard's content, inflated once so that later steps resume it by byte offset. */
   inflated: (shard: number) => `runs/${runId}/state/inflated/${shard}.jsonl`,
   /** The id entries of the prepare step of a shard that started at `line`, its `chunk`-th file. */

@@ -17,6 +17,7 @@ import {
   StoredParts,
   writeAll,
 } from './storage';
+import { sendReleased } from './tick';
 
 /** A lane's checkpoint before its first step: its first shard, nothing read. */
 export function freshLane(lane: number): LaneCheckpoint {
@@ -87,6 +88,8 @@ export async function prepare<R>(
       inflated: false,
       done: next === null,
     };
+    // Shard 0 done: the step ends here, so that settling it and sending its parts have time left.
+    if (firstShardDue(cp)) break;
   }
   await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
   if (finished.length > 0) await deps.blobs.delete(finished);
@@ -105,6 +108,7 @@ export async function prepare<R>(
       firstShardSettled: true,
     };
     await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
+    await sendReleased(deps, run.runId, () => !outOfTime());
   }
   return { done: cp.done };
 }
@@ -137,27 +141,30 @@ class Lane<R> {
   }
 
   /** The newline bytes in [0, shard.start) of its object, when stored. */
-  private async storedNewlines(shard: number): Promise<number | null> {
-    const bytes = await readIfThere(this.deps.blobs, this.keys.newlinesBefore(shard));
+  /** A stored newline count (a decimal number), or null. */
+  private async storedCount(key: string): Promise<number | null> {
+    const bytes = await readIfThere(this.deps.blobs, key);
     if (bytes === null) return null;
     const count = Number(Buffer.from(bytes).toString('utf8'));
-    if (!Number.isInteger(count) || count < 0)
-      throw new InvariantError(`bad newline count for shard ${shard}`);
+    if (!Number.isInteger(count) || count < 0) throw new InvariantError(`bad newline count at ${key}`);
     return count;
   }
 
-  private async storeNewlines(shard: number, count: number): Promise<void> {
-    await writeAll(this.deps.blobs, this.keys.newlinesBefore(shard), String(count));
+  private async storeCount(key: string, count: number): Promise<void> {
+    await writeAll(this.deps.blobs, key, String(count));
   }
 
   /**
    * The newline bytes in [0, shard.start) of the shard's object: stored, or from the nearest earlier shard
-   * of the object whose count is stored (or that starts at 0), counting the ranges in between and storing
-   * each count as found. Null when the time ran out first (what was counted is stored).
+   * of the object whose count is stored (or that starts at 0) plus the newlines of each range in between.
+   * Those ranges are taken from the nearest back, each count stored as found and looked for before
+   * counting: lanes start side by side, and lane k counts range k-1 while lane k-1 counts range k-2, so
+   * that each range is counted about once, not once a lane after it. Null when the time ran out first
+   * (what was counted is stored).
    */
   private async newlinesBefore(shard: Shard, shouldPause: () => boolean): Promise<number | null> {
     if (shard.start === 0) return 0;
-    const own = await this.storedNewlines(shard.shard);
+    const own = await this.storedCount(this.keys.newlinesBefore(shard.shard));
     if (own !== null) return own;
     const between: Shard[] = [];
     let base = 0;
@@ -165,18 +172,30 @@ class Lane<R> {
       const earlier = await this.shard(n);
       if (earlier.key !== shard.key)
         throw new InvariantError(`shard ${shard.shard} has no start in its object`);
-      between.unshift(earlier);
+      between.push(earlier);
       if (earlier.start === 0) break;
-      const count = await this.storedNewlines(n);
+      const count = await this.storedCount(this.keys.newlinesBefore(n));
       if (count !== null) {
         base = count;
         break;
       }
     }
+    const counts: number[] = [];
     for (const range of between) {
-      if (shouldPause()) return null;
-      base += await countNewlines(this.deps.blobs.read(range.key, range.start), range.start, range.end);
-      await this.storeNewlines(range.shard + 1, base);
+      let count = await this.storedCount(this.keys.newlinesIn(range.shard));
+      if (count === null) {
+        if (shouldPause()) return null;
+        count = await countNewlines(this.deps.blobs.read(range.key, range.start), range.start, range.end);
+        await this.storeCount(this.keys.newlinesIn(range.shard), count);
+      }
+      counts.push(count);
+    }
+    // Nearest first: add them up from the base, storing the count before each shard on the way.
+    for (let i = between.length - 1; i >= 0; i--) {
+      const range = between[i];
+      if (!range) continue;
+      base += counts[i] ?? 0;
+      await this.storeCount(this.keys.newlinesBefore(range.shard + 1), base);
     }
     return base;
   }
@@ -298,7 +317,7 @@ class Lane<R> {
   /** Stores the newline count of [0, shard.end), the next shard's start, when that shard is of the same object. */
   private async storeNext(shard: Shard, newlines: number): Promise<void> {
     if (shard.shard + 1 < this.shards && shard.end < shard.size)
-      await this.storeNewlines(shard.shard + 1, newlines);
+      await this.storeCount(this.keys.newlinesBefore(shard.shard + 1), newlines);
   }
 }
 

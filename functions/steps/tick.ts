@@ -22,12 +22,6 @@ export interface Ticked {
   readonly continueAsNew: boolean;
   /** Another execution drives the run now (a webhook woke it, or it continued): this one ends. */
   readonly superseded: boolean;
-  /**
-   * The run is still preparing (in the same execution, beside these ticks): Tick sends what is released
-   * (shard 0's parts) and comes back at the shortest poll, and neither hands over nor lets a webhook
-   * replace the execution before the lanes and Settle are done.
-   */
-  readonly preparing?: boolean;
 }
 
 /**
@@ -250,9 +244,7 @@ export async function tick<R>(
         // part not sent yet in errors, so that nothing of it is silently dropped.
         if (run.cancelRequested) {
           await cancelActive(pass);
-          // While the run prepares, parts not sent stay as they are: Settle may still change them. They go
-          // to errors at the first Tick after it released them.
-          for (const part of [...parts.values()].filter((p) => p.status === 'pending' && run.prepared)) {
+          for (const part of [...parts.values()].filter((p) => p.status === 'pending')) {
             await save({
               ...part,
               status: 'collecting',
@@ -294,9 +286,7 @@ export async function tick<R>(
     ? 0
     : blocked
       ? Math.min(settings.maxPollSeconds, Math.max(settings.minPollSeconds, run.waitSeconds * 2))
-      : !run.prepared
-        ? settings.minPollSeconds // parts are released as shard 0 and then Settle finish
-        : nextWait(sendable(parts), moved, run.waitSeconds, settings, deps.now());
+      : nextWait(sendable(parts), moved, run.waitSeconds, settings, deps.now());
   // A webhook that came while this Tick ran: the next Tick comes a second later, whatever the poll
   // interval (with webhooks it may be an hour: the news must not wait for it).
   // A Tick whose execution was replaced while it ran (a webhook) leaves the wake fields to the new one.
@@ -314,10 +304,7 @@ export async function tick<R>(
       blocked: parts.size > 0 ? blockedAfter(r.blocked, blocked, now) : r.blocked,
       executionSince:
         driving && r.executionSince?.name !== execution ? { name: execution, at: started } : r.executionSince,
-      // A preparing execution is never replaced by a webhook: its lanes would be stopped mid-step.
-      ...(driving
-        ? { wakePending: false, waiting: done || !r.prepared ? null : (input.executionName ?? null) }
-        : {}),
+      ...(driving ? { wakePending: false, waiting: done ? null : (input.executionName ?? null) } : {}),
     };
   });
   const stalledMs = Math.max(
@@ -342,11 +329,47 @@ export async function tick<R>(
     waitSeconds,
     continueAsNew:
       !done &&
-      run.prepared &&
       (run.ticks >= deps.maxTicksPerExecution || executionAge + waitSeconds * 1000 >= EXECUTION_HAND_OVER_MS),
     superseded: false,
-    preparing: !run.prepared,
   };
+}
+
+/**
+ * Sends the released parts there is room for, outside a Tick: lane 0 calls it once shard 0 is settled, so
+ * that the first batches go out while the other shards are still preparing. Only sends: polling and
+ * collecting are the Ticks', which start once the run is prepared; a part whose create was lost is found
+ * by metadata there. OpenAI unavailable, a refused key or an exhausted quota stop it quietly: the parts
+ * stay pending and Tick sends them. Answers how many parts it sent.
+ */
+export async function sendReleased<R>(
+  deps: StepDeps<R>,
+  runId: string,
+  mayGoOn: () => boolean,
+): Promise<number> {
+  const run = await runOf(deps.runs, runId);
+  if (run.cancelRequested) return 0;
+  const parts = new Map((await deps.runs.listParts(runId)).map((p) => [p.part, p]));
+  const save = async (part: Part): Promise<Part | null> => {
+    const saved = await deps.runs.putPart(runId, part);
+    if (saved) parts.set(saved.part, saved);
+    return saved;
+  };
+  let sent = 0;
+  await whileOpenAIAnswers(
+    deps,
+    runId,
+    'OpenAI cannot be used now; Tick sends the first parts later',
+    async () => {
+      const api = await deps.openai();
+      for (const part of admit(sendable(parts), deps.work.settings, deps.now())) {
+        if (!mayGoOn()) break;
+        await submit(deps, api, run, part, save);
+        sent += 1;
+      }
+    },
+  );
+  if (sent > 0) deps.log('first parts sent while the run prepares', { runId, parts: sent });
+  return sent;
 }
 
 /** The parts Tick may send: every one but those Settle still holds. */

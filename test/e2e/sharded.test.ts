@@ -26,6 +26,7 @@ const record = (id: string) => JSON.stringify({ id, content: `question ${id} of 
 const A: Record<number, string> = {};
 for (let line = 1; line <= 120; line++) A[line] = record(`a${line}`);
 A[5] = '{"id":"a5", "content": broken'; // shard 0
+A[8] = record('a3'); // used first on line 3, in shard 0 too (settled with shard 0, before the rest)
 A[70] = '{"id":"a70" "content":"no comma"}'; // a later shard
 A[100] = '["not", "an", "object"]';
 A[50] = record('a2'); // used first on line 2, in shard 0
@@ -39,6 +40,7 @@ B[7] = record('a10'); // used first in object a
 
 const EXPECTED_ERRORS = [
   'a:5:invalid_json',
+  'a:8:duplicate_id',
   'a:50:duplicate_id',
   'a:70:invalid_json',
   'a:90:duplicate_id',
@@ -162,7 +164,7 @@ describe('a sharded run', () => {
 
     const good = [
       ...Object.entries(A)
-        .filter(([line]) => ![5, 50, 70, 90, 100, 110].includes(Number(line)))
+        .filter(([line]) => ![5, 8, 50, 70, 90, 100, 110].includes(Number(line)))
         .map(([line]) => `a${line}`),
       ...Object.entries(B)
         .filter(([line]) => ![3, 7].includes(Number(line)))
@@ -170,7 +172,7 @@ describe('a sharded run', () => {
     ].sort();
     expect(await outputIds(env, 'sharded-1')).toEqual(good);
     expect(result.output).toMatchObject({
-      summary: { records: 130, outputs: good.length, errors: 8, balanced: true },
+      summary: { records: 130, outputs: good.length, errors: 9, balanced: true },
     });
 
     // Errors on lines 3 and 7 are object b's (object a's lines 3 and 7 are good).
@@ -182,6 +184,7 @@ describe('a sharded run', () => {
     );
     const message = (line: number) =>
       errors.find((e) => e.line === line && e.code === 'duplicate_id')?.message;
+    expect(message(8)).toContain('already used on line 3');
     expect(message(50)).toContain('already used on line 2');
     expect(message(110)).toContain('already used on line 2');
     expect(message(90)).toContain('already used on line 85');

@@ -78,33 +78,8 @@ export class ManualTime {
           return options.wrap?.openai?.(settled) ?? settled;
         },
         handlers: (handlers) => {
-          // The steps that prepare the run beside its ticks (the Parallel state): a Tick of a run still
-          // preparing waits for one of them to end before its Wait, so that ticks keep pace with the
-          // preparation instead of spinning through zero-length Waits.
-          let preparing = 0;
-          let stepEnded: () => void = () => {};
-          let nextStepEnd = new Promise<void>((resolve) => {
-            stepEnded = resolve;
-          });
-          const preparation =
-            <E, T>(handler: (event: E) => Promise<T>) =>
-            async (event: E): Promise<T> => {
-              preparing += 1;
-              try {
-                return await handler(event);
-              } finally {
-                preparing -= 1;
-                const ended = stepEnded;
-                nextStepEnd = new Promise<void>((resolve) => {
-                  stepEnded = resolve;
-                });
-                ended();
-              }
-            };
           const wrapped = {
             ...handlers,
-            Prepare: preparation(handlers.Prepare),
-            Settle: preparation(handlers.Settle),
             Tick: async (event: unknown) => {
               this.ticks += 1;
               if (this.ticks > maxTicks) {
@@ -115,7 +90,6 @@ export class ManualTime {
               }
               const ticked = await handlers.Tick(event);
               await hooks.afterTick?.(ticked, this.ticks);
-              if (ticked.preparing && preparing > 0) await nextStepEnd;
               if (!ticked.done && !ticked.superseded && !ticked.continueAsNew) {
                 // The Wait that follows: the clock moves by what Tick asked, and batches move with it.
                 this.waits.push(ticked.waitSeconds);

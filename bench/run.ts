@@ -3,8 +3,9 @@
  *
  *   npm run bench [-- --quick] [-- --json FILE]
  *
- * `--quick` (under five minutes) uses 300 MB instead of 1 GB as the large size and 20,000 requests for
- * the end-to-end run. `--json FILE` writes the headline figures with exactly the keys of BenchFigures.
+ * `--quick` (under five minutes) uses 300 MB instead of 1 GB as the large size, 20,000 requests for
+ * the end-to-end run, and SCALE_QUICK instead of SCALE_FULL records for the sharded prepare (bench/scale.ts).
+ * `--json FILE` writes the headline figures with exactly the keys of BenchFigures.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -17,6 +18,15 @@ export interface BenchFigures {
   memory: { peakRssMiB: { small: number; large: number } };
   cost: { usdPer1MRequests: number; usdPer1MRequestsAt100Parts: number };
   e2e: { secondsPer100kRequests: number };
+  /**
+   * A sharded prepare through the real steps (Register, the lanes each in its own process, Settle) of short
+   * records: 10,000,000 in full mode, SCALE_QUICK (fewer) with `--quick`; `records` says how many. Peak
+   * RSS is the largest of the step processes' (each is one Lambda on AWS); checkpointMaxBytes the larger of
+   * the run record and the largest lane checkpoint.
+   */
+  scale: { records: number; prepareSeconds: number; preparePeakRssMiB: number; checkpointMaxBytes: number };
+  /** A gzip dataset prepared over many steps of a small time budget: bytes of it read / its size. */
+  gzip: { bytesReadRatio: number };
 }
 
 const args = process.argv.slice(2);
@@ -27,6 +37,12 @@ if (jsonAt >= 0 && !jsonFile) throw new Error('--json needs a file name');
 const SMALL = 100e6;
 const LARGE = quick ? 300e6 : 1e9;
 const E2E_REQUESTS = quick ? 20_000 : 100_000;
+/** Records of the sharded prepare; quick takes fewer to stay within about five minutes in all. */
+const SCALE_FULL = 10_000_000;
+const SCALE_QUICK = 1_000_000;
+const SCALE_RECORDS = quick ? SCALE_QUICK : SCALE_FULL;
+/** Records of the gzip prepare (one shard, one lane, a 250 ms budget a step). */
+const GZIP_RECORDS = quick ? 200_000 : 1_000_000;
 const mb = (bytes: number) => `${bytes / 1e6} MB`;
 
 interface PathFigure {
@@ -143,6 +159,51 @@ console.log(
   `\nend to end, local, emulator at full speed: ${e2e.requests} requests in ${e2e.seconds} s, ${e2e.secondsPer100kRequests} s per 100,000`,
 );
 
+interface ScaleFigure {
+  records: number;
+  shards: number;
+  lanes: number;
+  parts: number;
+  laneSteps: number;
+  settleSteps: number;
+  seconds: number;
+  registerSeconds: number;
+  lanesSeconds: number;
+  settleSeconds: number;
+  recordsPerSecond: number;
+  laneRecordsPerSecond: number;
+  peakRssMiB: number;
+  memory: Record<'register' | 'lane' | 'settle', { peakRssMiB: number }>;
+  checkpointMaxBytes: number;
+  state: Record<string, { count: number; bytes: number; maxBytes: number }>;
+  datasetBytes: number;
+  bytesReadRatio: number;
+}
+const scale = runScript<ScaleFigure>('scale.ts', [String(SCALE_RECORDS)]);
+const zipped = runScript<ScaleFigure>('scale.ts', ['--gzip', String(GZIP_RECORDS)]);
+console.log(
+  '\nsharded prepare of short records (Register, the lanes and Settle each in its own process, as in Lambdas; s3rver and DynamoDB Local beside):',
+);
+console.table(
+  [scale, zipped].map((f, i) => ({
+    dataset: `${i === 0 ? 'JSONL' : 'gzip'} ${mb(f.datasetBytes)}`,
+    records: f.records,
+    'shards/lanes': `${f.shards}/${f.lanes}`,
+    steps: f.laneSteps + f.settleSteps + 1,
+    seconds: f.seconds,
+    'register/lanes/settle s': `${f.registerSeconds}/${f.lanesSeconds}/${f.settleSeconds}`,
+    'records/s': f.recordsPerSecond,
+    'peak RSS MiB (register/lane/settle)': `${f.memory.register.peakRssMiB}/${f.memory.lane.peakRssMiB}/${f.memory.settle.peakRssMiB}`,
+    'largest checkpoint bytes': f.checkpointMaxBytes,
+    'id files': f.state['ids/*.ids']?.count ?? 0,
+    'id file MB': mb(Math.round((f.state['ids/*.ids']?.bytes ?? 0) / 1e4) * 1e4),
+    'bytes read / size': f.bytesReadRatio,
+  })),
+);
+console.log(
+  `goal: peak RSS at most 256 MiB a step process, checkpoints O(1) or O(parts), gzip bytes read at most 1.2 of the object${quick ? ` (quick: ${SCALE_QUICK.toLocaleString('en-US')} records, not ${SCALE_FULL.toLocaleString('en-US')})` : ''}`,
+);
+
 const large = (mode: string) => {
   const figure = paths.find((p) => p.mode === mode && p.bytes === LARGE && p.kind === 'chat');
   if (!figure) throw new Error(`no ${mode} figure`);
@@ -154,6 +215,13 @@ const figures: BenchFigures = {
   memory: { peakRssMiB: memory },
   cost: { usdPer1MRequests: cost.usdPer1MRequests, usdPer1MRequestsAt100Parts: waves.usdPer1MRequests },
   e2e: { secondsPer100kRequests: e2e.secondsPer100kRequests },
+  scale: {
+    records: scale.records,
+    prepareSeconds: scale.seconds,
+    preparePeakRssMiB: scale.peakRssMiB,
+    checkpointMaxBytes: scale.checkpointMaxBytes,
+  },
+  gzip: { bytesReadRatio: zipped.bytesReadRatio },
 };
 if (jsonFile) {
   mkdirSync(dirname(jsonFile), { recursive: true });

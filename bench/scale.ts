@@ -1,14 +1,23 @@
 /**
- * A whole prepare of a large dataset through the real steps: Register, the Prepare lanes (side by side in
- * this process, as the Map state runs them in Lambdas), then Settle, against s3rver (in its own process)
- * and DynamoDB Local. Prints one JSON line: records, seconds, this process's peak RSS, and the largest
- * checkpoint (a lane's checkpoint object or the run record).
+ * A whole prepare of a large dataset through the real steps, each in a process of its own as each runs in
+ * a Lambda of its own on AWS: Register, then the Prepare lanes side by side (one process a lane, which
+ * runs the lane's steps one after the other, as the Map state's iterations do in a warm Lambda), then
+ * Settle, against s3rver (in its own process) and DynamoDB Local (Java). The dataset is written by
+ * another process. Prints one JSON line: records, seconds (Register, the lanes, Settle), the peak RSS of
+ * each kind of step process (the largest is `peakRssMiB`), the largest checkpoint (a lane's checkpoint
+ * object or the run record), and what the run left under `runs/<id>/state/`.
  *
  *   tsx bench/scale.ts RECORDS            short records ({"id":"r1","text":"..."}, about 50 bytes each)
  *   tsx bench/scale.ts --gzip RECORDS     the same records gzipped, prepared with a small time budget:
- *                                         prints how many bytes of the gzip object the steps read
+ *                                         `bytesReadRatio` is the bytes of the gzip object the Prepare
+ *                                         and Settle steps read over its size (Register's reads of the
+ *                                         dataset, its first bytes and its content hash, not counted)
+ *
+ * SCALE_TRACE=1 prints each step process's memory (RSS, heap used, external, array buffers) every second
+ * to stderr; SCALE_STEP_FLAGS adds Node flags to the step processes (say `--max-old-space-size=128`, to
+ * tell what a step holds from what the collector has not yet taken back).
  */
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,12 +32,13 @@ import type { StepDeps } from '../functions/steps/deps';
 import { prepare } from '../functions/steps/prepare';
 import { register } from '../functions/steps/register';
 import { settle } from '../functions/steps/settle';
-import { localS3Client, startDynamo } from '../local/stand-ins';
+import { localDynamoClient, localS3Client, startDynamo } from '../local/stand-ins';
 import { startS3Process } from './processes';
 
 const BUCKET = 'bench';
 const TABLE = 'bench-runs';
 const RUN = 'scale';
+const MiB = 1024 * 1024;
 
 /** Short records to embed: the case where per-record costs (ids, counts, part lines) weigh most. */
 const work = defineWork<{ id: string; text: string }>({
@@ -58,7 +68,7 @@ async function seed(endpoint: string, key: string, records: number, gzip: boolea
   await blobs.write(key, body);
 }
 
-/** Counts the bytes read from one key. */
+/** Counts the bytes read from one key (the bytes the step took from the stream). */
 function counting(blobs: BlobStore, key: string): { store: BlobStore; read: () => number } {
   let read = 0;
   const store: BlobStore = {
@@ -81,10 +91,164 @@ function counting(blobs: BlobStore, key: string): { store: BlobStore; read: () =
   return { store, read: () => read };
 }
 
+/** The steps' dependencies against the stand-ins, with reads of the dataset key counted. */
+function stepDeps(s3Endpoint: string, dynamoEndpoint: string, key: string, gzip: boolean) {
+  const counted = counting(new S3BlobStore(localS3Client(s3Endpoint), BUCKET), key);
+  const noOpenAI = async (): Promise<BatchApi> => {
+    throw new Error('a prepare does not call OpenAI');
+  };
+  const deps: StepDeps<{ id: string; text: string }> = {
+    work,
+    bucket: BUCKET,
+    blobs: counted.store,
+    runs: new DynamoRunStore(localDynamoClient(dynamoEndpoint), TABLE),
+    openai: noOpenAI,
+    notifier: { notify: async () => {} },
+    now: () => Date.now(),
+    // gzip: a small budget, so that the dataset is prepared over many steps.
+    budgetMs: gzip ? 250 : 20_000,
+    maxTicksPerExecution: 1500,
+    lostCreateGraceMs: 120_000,
+    log: () => {},
+    metric: () => {},
+  };
+  return { deps, bytesRead: counted.read };
+}
+
+/** The largest memory figures of this process, sampled every 250 ms (and its peak RSS from the kernel). */
+function sampleMemory(trace: string | null) {
+  const peak = { heapUsed: 0, external: 0, arrayBuffers: 0 };
+  const take = () => {
+    const m = process.memoryUsage();
+    peak.heapUsed = Math.max(peak.heapUsed, m.heapUsed);
+    peak.external = Math.max(peak.external, m.external);
+    peak.arrayBuffers = Math.max(peak.arrayBuffers, m.arrayBuffers);
+    return m;
+  };
+  const timer = setInterval(take, 250);
+  let ticks = 0;
+  const printer = trace
+    ? setInterval(() => {
+        const m = take();
+        ticks += 1;
+        const mib = (n: number) => Math.round(n / MiB);
+        process.stderr.write(
+          `${trace} ${ticks}s rss ${mib(m.rss)} heapUsed ${mib(m.heapUsed)} heapTotal ${mib(m.heapTotal)} external ${mib(m.external)} arrayBuffers ${mib(m.arrayBuffers)} MiB\n`,
+        );
+      }, 1000)
+    : null;
+  return () => {
+    take();
+    clearInterval(timer);
+    if (printer) clearInterval(printer);
+    const mib = (n: number) => Math.round(n / MiB);
+    return {
+      peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
+      peakHeapUsedMiB: mib(peak.heapUsed),
+      peakExternalMiB: mib(peak.external),
+      peakArrayBuffersMiB: mib(peak.arrayBuffers),
+    };
+  };
+}
+
+/** What a step process prints: its steps, the dataset bytes it read, and its memory. */
+interface StepReport {
+  steps: number;
+  lanes: number;
+  bytesRead: number;
+  seconds: number;
+  peakRssMiB: number;
+  peakHeapUsedMiB: number;
+  peakExternalMiB: number;
+  peakArrayBuffersMiB: number;
+}
+
+/** Runs one kind of step in this process, as one Lambda would: Register once, a lane's steps, or Settle's. */
+async function runStep(kind: string, s3: string, dynamo: string, key: string, gzip: boolean, lane: number) {
+  const { deps, bytesRead } = stepDeps(s3, dynamo, key, gzip);
+  const memory = sampleMemory(process.env.SCALE_TRACE ? `${kind}${kind === 'lane' ? ` ${lane}` : ''}` : null);
+  const started = performance.now();
+  let steps = 0;
+  let lanes = 0;
+  if (kind === 'register') {
+    const registered = await register(deps as StepDeps<unknown>, {
+      dataset: key,
+      runId: RUN,
+      resume: false,
+      execution: 'bench',
+    });
+    steps = 1;
+    lanes = registered.lanes.length;
+  } else if (kind === 'lane') {
+    for (;;) {
+      steps += 1;
+      if ((await prepare(deps, { runId: RUN, lane })).done) break;
+    }
+  } else if (kind === 'settle') {
+    for (;;) {
+      steps += 1;
+      if ((await settle(deps, { runId: RUN })).settled) break;
+    }
+  } else {
+    throw new Error(`no step ${kind}`);
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const report: StepReport = { steps, lanes, bytesRead: bytesRead(), seconds, ...memory() };
+  console.log(JSON.stringify(report));
+}
+
+/** Runs a step process and waits for its report. */
+function stepProcess(args: readonly string[]): Promise<StepReport> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      process.execPath,
+      [
+        ...(process.env.SCALE_STEP_FLAGS?.split(' ').filter(Boolean) ?? []),
+        '--import',
+        'tsx',
+        'bench/scale.ts',
+        '--step',
+        ...args,
+      ],
+      { encoding: 'utf8', maxBuffer: 16 * MiB },
+      (error, stdout, stderr) => {
+        if (stderr) process.stderr.write(stderr);
+        if (error) return reject(error);
+        const last = stdout.trim().split('\n').at(-1);
+        if (!last) return reject(new Error(`step ${args[0]} printed nothing`));
+        resolve(JSON.parse(last) as StepReport);
+      },
+    );
+  });
+}
+
+/**
+ * Objects under a prefix, grouped by the folder after it and by their extension (`ids/*.ids`,
+ * `ids/*.idx`, `*.jsonl`, ...): how many, their bytes, and the largest.
+ */
+async function objectsUnder(blobs: BlobStore, prefix: string) {
+  const groups: Record<string, { count: number; bytes: number; maxBytes: number }> = {};
+  for await (const object of blobs.list(prefix)) {
+    const rest = object.key.slice(prefix.length);
+    const folder = rest.includes('/') ? `${rest.slice(0, rest.indexOf('/'))}/` : '';
+    const name = rest.slice(folder.length);
+    const group = `${folder}${name.includes('.') ? `*${name.slice(name.lastIndexOf('.'))}` : name.includes('/') || folder ? '*' : name}`;
+    const g = groups[group] ?? { count: 0, bytes: 0, maxBytes: 0 };
+    g.count += 1;
+    g.bytes += object.size;
+    g.maxBytes = Math.max(g.maxBytes, object.size);
+    groups[group] = g;
+  }
+  return groups;
+}
+
 const args = process.argv.slice(2);
 if (args[0] === '--seed') {
   const [endpoint = '', seedKey = '', count = '0', zipped = 'false'] = args.slice(1);
   await seed(endpoint, seedKey, Number(count), zipped === 'true');
+} else if (args[0] === '--step') {
+  const [kind = '', s3 = '', dynamo = '', key = '', zipped = 'false', lane = '0'] = args.slice(1);
+  await runStep(kind, s3, dynamo, key, zipped === 'true', Number(lane));
 } else {
   const gzip = args[0] === '--gzip';
   const records = Number(gzip ? args[1] : args[0]);
@@ -93,6 +257,8 @@ if (args[0] === '--seed') {
   const dir = mkdtempSync(join(tmpdir(), 'openai-batch-scale-'));
   const s3 = await startS3Process(dir, BUCKET);
   const dynamo = await startDynamo(TABLE);
+  let result: Record<string, unknown> = {};
+  let s3PeakRssMiB = 0;
   try {
     const seeded = spawnSync(
       process.execPath,
@@ -100,77 +266,84 @@ if (args[0] === '--seed') {
       { stdio: 'inherit' },
     );
     if (seeded.status !== 0) throw new Error('seeding the dataset failed');
-    const counted = counting(new S3BlobStore(s3.client, BUCKET), key);
-    const noOpenAI = async (): Promise<BatchApi> => {
-      throw new Error('a prepare does not call OpenAI');
-    };
-    const deps: StepDeps<{ id: string; text: string }> = {
-      work,
-      bucket: BUCKET,
-      blobs: counted.store,
-      runs: new DynamoRunStore(dynamo.client, dynamo.table),
-      openai: noOpenAI,
-      notifier: { notify: async () => {} },
-      now: () => Date.now(),
-      // gzip: a small budget, so that the dataset is prepared over many steps.
-      budgetMs: gzip ? 250 : 20_000,
-      maxTicksPerExecution: 1500,
-      lostCreateGraceMs: 120_000,
-      log: () => {},
-      metric: () => {},
-    };
+    const step = (kind: string, lane = 0) =>
+      stepProcess([kind, s3.endpoint, dynamo.endpoint, key, String(gzip), String(lane)]);
     const started = performance.now();
-    const registered = await register(deps as StepDeps<unknown>, {
-      dataset: key,
-      runId: RUN,
-      resume: false,
-      execution: 'bench',
-    });
-    const afterRegister = counted.read();
-    let steps = 0;
-    await Promise.all(
-      registered.lanes.map(async (lane) => {
-        for (;;) {
-          steps += 1;
-          if ((await prepare(deps, { runId: RUN, lane })).done) return;
-        }
-      }),
+    const registered = await step('register');
+    const lanesStarted = performance.now();
+    const lanes = await Promise.all(
+      Array.from({ length: registered.lanes }, (_, lane) => step('lane', lane)),
     );
-    for (;;) {
-      steps += 1;
-      if ((await settle(deps, { runId: RUN })).settled) break;
-    }
-    const seconds = (performance.now() - started) / 1000;
-    const peakRssMiB = Math.round(process.resourceUsage().maxRSS / 1024);
+    const settleStarted = performance.now();
+    const settled = await step('settle');
+    const ended = performance.now();
+    const seconds = (ended - started) / 1000;
+
+    const { deps } = stepDeps(s3.endpoint, dynamo.endpoint, key, gzip);
     const run = await deps.runs.getRun(RUN);
     if (!run) throw new Error('the run is gone');
+    if (!run.prepared) throw new Error('the run was not prepared');
     const keys = runKeys(RUN);
-    let checkpointMaxBytes = Buffer.byteLength(JSON.stringify(run));
+    const runRecordBytes = Buffer.byteLength(JSON.stringify(run));
+    let laneCheckpointMaxBytes = 0;
     for (let lane = 0; lane < run.dataset.lanes; lane++) {
       const info = await deps.blobs.head(keys.lane(lane));
-      checkpointMaxBytes = Math.max(checkpointMaxBytes, info?.size ?? 0);
+      laneCheckpointMaxBytes = Math.max(laneCheckpointMaxBytes, info?.size ?? 0);
     }
+    const state = await objectsUnder(deps.blobs, `${keys.prefix}state/`);
+    const requests = await objectsUnder(deps.blobs, `${keys.prefix}requests/`);
     const size = (await deps.blobs.head(key))?.size ?? 0;
-    console.log(
-      JSON.stringify({
-        records: run.counts.records,
-        requests: run.counts.submittedRequests,
-        parts: run.counts.parts,
-        shards: run.dataset.shards,
-        lanes: run.dataset.lanes,
-        steps,
-        seconds: Number(seconds.toFixed(2)),
-        recordsPerSecond: Math.round(run.counts.records / seconds),
-        peakRssMiB,
-        checkpointMaxBytes,
-        datasetBytes: size,
-        // Bytes of the dataset object the prepare steps read (Register's content hash not counted).
-        bytesReadRatio: Number(((counted.read() - afterRegister) / size).toFixed(3)),
-      }),
-    );
+    const parts = await deps.runs.listParts(RUN);
+    const lanePeak = Math.max(...lanes.map((l) => l.peakRssMiB));
+    const laneMax = (f: (l: StepReport) => number) => Math.max(...lanes.map(f));
+    const bytesRead = lanes.reduce((n, l) => n + l.bytesRead, 0) + settled.bytesRead;
+    const mem = (r: StepReport) => ({
+      peakRssMiB: r.peakRssMiB,
+      peakHeapUsedMiB: r.peakHeapUsedMiB,
+      peakExternalMiB: r.peakExternalMiB,
+      peakArrayBuffersMiB: r.peakArrayBuffersMiB,
+    });
+    result = {
+      records: run.counts.records,
+      requests: run.counts.submittedRequests,
+      duplicates: run.settle?.duplicates ?? 0,
+      parts: parts.length,
+      shards: run.dataset.shards,
+      lanes: run.dataset.lanes,
+      partitions: run.dataset.partitions,
+      laneSteps: lanes.reduce((n, l) => n + l.steps, 0),
+      settleSteps: settled.steps,
+      seconds: Number(seconds.toFixed(2)),
+      registerSeconds: Number(((lanesStarted - started) / 1000).toFixed(2)),
+      lanesSeconds: Number(((settleStarted - lanesStarted) / 1000).toFixed(2)),
+      settleSeconds: Number(((ended - settleStarted) / 1000).toFixed(2)),
+      recordsPerSecond: Math.round(run.counts.records / seconds),
+      /** Records a second of one lane, in its own process (its records over its own time). */
+      laneRecordsPerSecond: Math.round(run.counts.records / lanes.reduce((n, l) => n + l.seconds, 0)),
+      peakRssMiB: Math.max(registered.peakRssMiB, lanePeak, settled.peakRssMiB),
+      memory: {
+        register: mem(registered),
+        lane: {
+          peakRssMiB: lanePeak,
+          peakHeapUsedMiB: laneMax((l) => l.peakHeapUsedMiB),
+          peakExternalMiB: laneMax((l) => l.peakExternalMiB),
+          peakArrayBuffersMiB: laneMax((l) => l.peakArrayBuffersMiB),
+        },
+        settle: mem(settled),
+      },
+      checkpointMaxBytes: Math.max(runRecordBytes, laneCheckpointMaxBytes),
+      runRecordBytes,
+      laneCheckpointMaxBytes,
+      state,
+      requestFiles: requests,
+      datasetBytes: size,
+      datasetBytesRead: bytesRead,
+      bytesReadRatio: Number((bytesRead / size).toFixed(3)),
+    };
   } finally {
     await dynamo.stop();
-    await s3.stop();
+    s3PeakRssMiB = await s3.stop();
     rmSync(dir, { recursive: true, force: true });
   }
+  console.log(JSON.stringify({ ...result, s3PeakRssMiB }));
 }

@@ -25,6 +25,7 @@ import { Readable } from 'node:stream';
 import { createGzip } from 'node:zlib';
 import { DynamoRunStore } from '../functions/adapters/dynamo-run-store';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
+import { OpenAIUnavailableError } from '../functions/core/errors';
 import type { BatchApi, BlobStore } from '../functions/core/ports';
 import { runKeys } from '../functions/core/run';
 import { defineWork } from '../functions/core/work';
@@ -94,8 +95,9 @@ function counting(blobs: BlobStore, key: string): { store: BlobStore; read: () =
 /** The steps' dependencies against the stand-ins, with reads of the dataset key counted. */
 function stepDeps(s3Endpoint: string, dynamoEndpoint: string, key: string, gzip: boolean) {
   const counted = counting(new S3BlobStore(localS3Client(s3Endpoint), BUCKET), key);
+  // No OpenAI here: lane 0's early send of shard 0's parts finds it unavailable and leaves them to Tick.
   const noOpenAI = async (): Promise<BatchApi> => {
-    throw new Error('a prepare does not call OpenAI');
+    throw new OpenAIUnavailableError('no OpenAI in this benchmark', 'openai_unavailable');
   };
   const deps: StepDeps<{ id: string; text: string }> = {
     work,

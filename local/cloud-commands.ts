@@ -8,8 +8,10 @@ import { DynamoRunStore } from '../functions/adapters/dynamo-run-store';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
 import { ConfigError } from '../functions/core/errors';
 import { checkRunId, executionName } from '../functions/core/execution-names';
-import type { Part, Run } from '../functions/core/run';
+import type { BlobStore } from '../functions/core/ports';
+import type { LaneCheckpoint, Part, Run } from '../functions/core/run';
 import { runCounts } from '../functions/core/summary';
+import { laneCheckpoint } from '../functions/steps/prepare';
 import { updateRun } from '../functions/steps/runs';
 
 /** Where a deployed work is, and how to reach it. */
@@ -309,8 +311,44 @@ function duration(ms: number): string {
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
 
+/** How far a run's preparation is, from its lanes' checkpoints (the run record counts only once settled). */
+export interface Preparation {
+  readonly records: number;
+  readonly shardsDone: number;
+}
+
+/** The shards a lane has finished, from its checkpoint: those of its shards before the one it is on. */
+export function shardsDoneBy(checkpoint: LaneCheckpoint, lanes: number, shards: number): number {
+  const before = checkpoint.done ? shards : checkpoint.shard;
+  return before > checkpoint.lane ? Math.ceil((before - checkpoint.lane) / lanes) : 0;
+}
+
+/** Sums the lanes' checkpoints of a run that is preparing. */
+export async function preparationOf(blobs: BlobStore, run: Run): Promise<Preparation> {
+  let records = 0;
+  let shardsDone = 0;
+  for (let lane = 0; lane < run.dataset.lanes; lane++) {
+    const checkpoint = await laneCheckpoint(blobs, run.runId, lane);
+    if (!checkpoint) continue;
+    records += checkpoint.counts.records;
+    shardsDone += shardsDoneBy(checkpoint, run.dataset.lanes, run.dataset.shards);
+  }
+  return { records, shardsDone };
+}
+
+const SETTLE_WORDS = {
+  dedup: 'looking for ids used more than once',
+  drop: 'taking the later uses of an id out of their batch files',
+  release: 'checking the cost and releasing the batch files',
+} as const;
+
 /** The lines `status` shows for one run: a bar per batch, and the whole run's with elapsed time and ETA. */
-export function statusLines(run: Run, parts: readonly Part[], now: number): string[] {
+export function statusLines(
+  run: Run,
+  parts: readonly Part[],
+  now: number,
+  preparation: Preparation | null = null,
+): string[] {
   const elapsed = now - run.createdAt;
   const lines = [
     `run ${run.runId} (${run.work}): ${run.status}${run.cancelRequested && run.status !== 'cancelled' ? ', cancelling' : ''}, ${duration(elapsed)} elapsed`,
@@ -319,8 +357,19 @@ export function statusLines(run: Run, parts: readonly Part[], now: number): stri
     lines.push(
       `  ${blockedLine(run.blocked, `${clockTime(run.blocked.since, now)}, ${duration(now - run.blocked.since)} ago`)}`,
     );
-  if (!run.prepared)
-    lines.push(`  preparing: ${run.counts.records} records read, ${parts.length} batch file(s) written`);
+  if (!run.prepared) {
+    const records = run.settle ? run.counts.records : (preparation?.records ?? run.counts.records);
+    const shards = run.settle
+      ? `all ${run.dataset.shards} shard(s)`
+      : `${preparation?.shardsDone ?? 0} of ${run.dataset.shards} shard(s), ${run.dataset.lanes} at a time`;
+    lines.push(
+      `  preparing: ${records.toLocaleString('en-US')} records read (${shards}), ${parts.length} batch file(s) written`,
+    );
+    if (run.settle)
+      lines.push(
+        `  settling: ${SETTLE_WORDS[run.settle.stage]}${run.settle.stage === 'dedup' ? ` (partition ${run.settle.partition + 1} of ${run.dataset.partitions})` : ''}, ${run.settle.duplicates} found`,
+      );
+  }
   let done = 0;
   let total = 0;
   for (const part of [...parts].sort((a, b) => a.part - b.part)) {
@@ -379,7 +428,8 @@ export async function showStatus(
       continue;
     }
     const run = await runOf(cloud, runId);
-    const lines = statusLines(run, await cloud.runs.listParts(runId), Date.now());
+    const preparation = run.prepared || run.settle ? null : await preparationOf(cloud.blobs, run);
+    const lines = statusLines(run, await cloud.runs.listParts(runId), Date.now(), preparation);
     const frame = lines.join('\n');
     if (out.isTTY) {
       // Move up over the last frame and clear it, then draw the new one.

@@ -18,9 +18,10 @@ import {
 } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
-import type { Run } from '../../functions/core/run';
+import { zeroCounts } from '../../functions/core/accounting';
+import type { LaneCheckpoint, Run } from '../../functions/core/run';
 import { loadWork } from '../../infra/works';
-import { statusLines } from '../../local/cloud-commands';
+import { shardsDoneBy, statusLines } from '../../local/cloud-commands';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
@@ -484,6 +485,66 @@ describe('status of a run that waits for OpenAI', () => {
     );
     expect(waiting({ reason: 'key_refused', message: 'refused', since }, 'failed').join('\n')).not.toContain(
       'waiting:',
+    );
+  });
+});
+
+describe('status of a run that is preparing', () => {
+  const at = Date.UTC(2026, 10, 26, 12, 0);
+  const preparing = (fields: Partial<Run>): Run => ({
+    ...runFixture('big', 'h', at),
+    status: 'preparing',
+    prepared: false,
+    dataset: {
+      key: 'inputs/big/',
+      objects: 3,
+      bytes: 10,
+      shards: 10,
+      planWidth: 99,
+      partitions: 4,
+      lanes: 3,
+    },
+    ...fields,
+  });
+  const lane = (l: number, shard: number, done = false): LaneCheckpoint => ({
+    lane: l,
+    shard,
+    position: null,
+    nextPart: 0,
+    inflated: false,
+    counts: zeroCounts(),
+    estimatedTokens: 0,
+    done,
+    firstShardSettled: false,
+  });
+
+  it('counts the shards each lane has finished: those of its shards before the one it is on', () => {
+    // 10 shards, 3 lanes: lane 0 has 0, 3, 6, 9; lane 1 has 1, 4, 7; lane 2 has 2, 5, 8.
+    expect(shardsDoneBy(lane(0, 0), 3, 10)).toBe(0);
+    expect(shardsDoneBy(lane(0, 6), 3, 10)).toBe(2);
+    expect(shardsDoneBy(lane(0, 9, true), 3, 10)).toBe(4);
+    expect(shardsDoneBy(lane(1, 7), 3, 10)).toBe(2);
+    expect(shardsDoneBy(lane(2, 8, true), 3, 10)).toBe(3);
+    expect(shardsDoneBy(lane(2, 2), 3, 10)).toBe(0);
+  });
+
+  it('shows the records the lanes read and the shards they finished, then what Settle is doing', () => {
+    expect(statusLines(preparing({}), [], at + 60_000, { records: 1_234_567, shardsDone: 4 })).toContain(
+      '  preparing: 1,234,567 records read (4 of 10 shard(s), 3 at a time), 0 batch file(s) written',
+    );
+    const settling = statusLines(
+      preparing({
+        counts: { ...zeroCounts(), records: 2_000_000 },
+        settle: { stage: 'dedup', partition: 1, part: 0, duplicates: 12, firstShardSettled: false },
+      }),
+      [],
+      at + 60_000,
+    );
+    expect(settling).toContain(
+      '  preparing: 2,000,000 records read (all 10 shard(s)), 0 batch file(s) written',
+    );
+    expect(settling).toContain(
+      '  settling: looking for ids used more than once (partition 2 of 4), 12 found',
     );
   });
 });

@@ -58,6 +58,18 @@ const SECTIONS: [heading: string, files: string[]][] = [
     ['test/steps/prepare.test.ts', 'test/steps/collect-part.test.ts'],
   ],
   ['Crash walks of the resubmission, cancel and webhook-wake paths', ['test/e2e/crash-paths.test.ts']],
+  [
+    'Datasets cut into shards: parallel lanes, exact line numbers, ids used twice across shards, the crash walk of the shard steps',
+    [
+      'test/e2e/sharded.test.ts',
+      'test/e2e/crash-shards.test.ts',
+      'test/steps/settle.test.ts',
+      'test/core/shard-reader.test.ts',
+      'test/core/dedup.test.ts',
+      'test/core/id-files.test.ts',
+      'test/steps/register.test.ts',
+    ],
+  ],
   ['Cancelling a run', ['test/e2e/cancel.test.ts']],
   ['Bad input at the command line', ['test/local/commands.test.ts']],
   ['Bad dataset lines, gzip read errors', ['test/core/dataset.test.ts', 'test/core/lines.test.ts']],

@@ -193,6 +193,8 @@ export const LaneCheckpointSchema = z.object({
    * duplicates counted here), and its parts released to Tick while the other shards are still preparing.
    */
   firstShardSettled: z.boolean().default(false),
+  /** Lane 0 only: shard 0's released parts were sent (as many as there was room for; Tick sends the rest). */
+  firstPartsSent: z.boolean().default(false),
 });
 
 /** Where a prepare lane is. */

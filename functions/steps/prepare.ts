@@ -31,6 +31,7 @@ export function freshLane(lane: number): LaneCheckpoint {
     estimatedTokens: 0,
     done: false,
     firstShardSettled: false,
+    firstPartsSent: false,
   };
 }
 
@@ -65,6 +66,15 @@ export async function prepare<R>(
   // not when a cost limit must see the whole dataset first, nor when shard 0 is the whole dataset.
   const early = input.lane === 0 && dataset.shards > 1 && deps.work.settings.maxCostUsd === undefined;
   const firstShardDue = (c: LaneCheckpoint) => early && !c.firstShardSettled && (c.done || c.shard !== 0);
+  // Shard 0's parts are sent at the start of the step after the one that settled it, on a fresh budget.
+  const firstPartsDue = (c: LaneCheckpoint) => early && c.firstShardSettled && !c.firstPartsSent;
+  if (firstPartsDue(cp)) {
+    let sent = 0;
+    await sendReleased(deps, run.runId, () => sent++ === 0 || !outOfTime());
+    cp = { ...cp, firstPartsSent: true };
+    await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
+    if (cp.done || outOfTime()) return { done: cp.done };
+  }
   if (cp.done && !firstShardDue(cp)) return { done: true };
   const lane = new Lane(deps, run.runId, dataset.shards, dataset.planWidth, dataset.partitions);
   /** Inflated copies of gzip shards this step finished, removed once the checkpoint no longer needs them. */
@@ -108,7 +118,7 @@ export async function prepare<R>(
       firstShardSettled: true,
     };
     await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
-    await sendReleased(deps, run.runId, () => !outOfTime());
+    return { done: false }; // the next step sends shard 0's parts
   }
   return { done: cp.done };
 }

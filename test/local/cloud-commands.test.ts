@@ -516,6 +516,7 @@ describe('status of a run that is preparing', () => {
     estimatedTokens: 0,
     done,
     firstShardSettled: false,
+    firstPartsSent: false,
   });
 
   it('counts the shards each lane has finished: those of its shards before the one it is on', () => {

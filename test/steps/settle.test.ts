@@ -91,6 +91,7 @@ const laneCheckpoint = (lane: number, fields: Partial<Counts>, estimatedTokens: 
   estimatedTokens,
   done: true,
   firstShardSettled: false,
+  firstPartsSent: false,
 });
 
 function workOf(maxCostUsd?: number) {

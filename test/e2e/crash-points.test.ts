@@ -1,7 +1,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GetObjectCommand, ListObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { ListObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadWork } from '../../infra/works';
@@ -11,7 +11,7 @@ import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../
 import { CrashPlan } from '../support/crash';
 import { ManualTime } from '../support/manual-time';
 import { type CrashRow, RELIABILITY_DIR } from '../support/reliability';
-import { outputIds, partsPaidTwice } from '../support/run-checks';
+import { errorLines, outputIds, partsPaidTwice } from '../support/run-checks';
 
 /**
  * Every crash point of a run: for each side effect a run makes (an S3 write or delete, a DynamoDB write,
@@ -105,9 +105,9 @@ async function crashRun(n: number | null): Promise<{ row: CrashRow; plan: CrashP
     `crash point ${n} after ${plan.crashed}: ${completed ? 'completed' : 'NOT completed'}\n`,
   );
   const found = await outputIds(env, runId);
-  const errorLines = await errorLinesOf(runId);
+  const errored = await errorLines(env, runId);
   // Each record is one line somewhere: a good one in outputs (by id), a bad one in errors (by line).
-  const written = [...found, ...errorLines.map((line) => `line ${line}`)];
+  const written = [...found, ...errored.map((line) => `line ${line}`)];
   const unique = new Set(written);
   const expected = [...ids, ...BAD_LINES.map((line) => `line ${line}`)];
   const outputFiles =
@@ -129,20 +129,6 @@ async function crashRun(n: number | null): Promise<{ row: CrashRow; plan: CrashP
       partsPaidTwice: paidTwice,
     },
   };
-}
-
-/** The dataset line of every error line of a run, as often as it appears. */
-async function errorLinesOf(runId: string): Promise<number[]> {
-  const listed = await env.s3.client.send(
-    new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: `runs/${runId}/errors/` }),
-  );
-  const found: number[] = [];
-  for (const object of listed.Contents ?? []) {
-    const body = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: object.Key }));
-    for (const line of ((await body.Body?.transformToString()) ?? '').split('\n'))
-      if (line) found.push(Number((JSON.parse(line) as { line: unknown }).line));
-  }
-  return found.sort((a, b) => a - b);
 }
 
 /** A seed from a run id: emulators with one seed make the same batch ids, and the run table is shared. */

@@ -1,4 +1,4 @@
-import { GetObjectCommand, ListObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
 import { startEmulator } from '../../local/emulator/server';
@@ -7,7 +7,7 @@ import { CrashPlan } from '../support/crash';
 import { type FixtureWork, fixtureWork } from '../support/e2e';
 import { localEnvironment } from '../support/local-environment';
 import { ManualTime } from '../support/manual-time';
-import { outputIds, partsPaidTwice } from '../support/run-checks';
+import { errorLines, outputIds, partsPaidTwice } from '../support/run-checks';
 
 /**
  * The crash walk over the shard steps: a dataset cut into many small shards (the `sharded` fixture work:
@@ -57,19 +57,6 @@ const GOOD_LINES = Array.from({ length: LINES }, (_, i) => i + 1).filter(
 );
 const ERROR_LINES = [...BAD, ...Object.keys(REPEATS).map(Number)].sort((a, b) => a - b);
 
-async function errorLinesOf(env: LocalEnvironment, runId: string): Promise<number[]> {
-  const listed = await env.s3.client.send(
-    new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: `runs/${runId}/errors/` }),
-  );
-  const found: number[] = [];
-  for (const object of listed.Contents ?? []) {
-    const body = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: object.Key }));
-    for (const line of ((await body.Body?.transformToString()) ?? '').split('\n'))
-      if (line) found.push(Number((JSON.parse(line) as { line: unknown }).line));
-  }
-  return found.sort((a, b) => a - b);
-}
-
 async function crashRun(n: number | null): Promise<{ plan: CrashPlan; ok: boolean; problem: string }> {
   const env = shared.env;
   const runId = `shards-${n ?? 'none'}`;
@@ -116,7 +103,7 @@ async function crashRun(n: number | null): Promise<{ plan: CrashPlan; ok: boolea
   const expected = GOOD_LINES.map((line) => `${runId}-${line}`).sort();
   if (JSON.stringify(outputs) !== JSON.stringify(expected))
     problem += ` outputs ${outputs.length}/${expected.length}`;
-  const errors = await errorLinesOf(env, runId);
+  const errors = await errorLines(env, runId);
   if (JSON.stringify(errors) !== JSON.stringify(ERROR_LINES)) problem += ` error lines ${errors.join(',')}`;
   return { plan, ok: problem === '', problem };
 }

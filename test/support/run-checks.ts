@@ -30,3 +30,17 @@ export async function partsPaidTwice(client: OpenAI, runId: string): Promise<num
   }
   return [...seen.values()].filter((n) => n > 1).length;
 }
+
+/** The dataset line of every error line of a run, as often as it appears, sorted. */
+export async function errorLines(env: LocalEnvironment, runId: string): Promise<number[]> {
+  const listed = await env.s3.client.send(
+    new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: `runs/${runId}/errors/` }),
+  );
+  const found: number[] = [];
+  for (const object of listed.Contents ?? []) {
+    const body = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: object.Key }));
+    for (const line of ((await body.Body?.transformToString()) ?? '').split('\n'))
+      if (line) found.push(Number((JSON.parse(line) as { line: unknown }).line));
+  }
+  return found.sort((a, b) => a - b);
+}

@@ -1,14 +1,19 @@
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import {
+  AbortMultipartUploadCommand,
+  type CompletedPart,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
   DeleteObjectsCommand,
   GetObjectCommand,
   type GetObjectCommandOutput,
   HeadObjectCommand,
   ListObjectsCommand,
+  PutObjectCommand,
   PutObjectTaggingCommand,
   type S3Client,
+  UploadPartCommand,
 } from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
 import type { BlobInfo, BlobStore, IntermediateMark } from '../core/ports';
 import { isIntermediateKey } from '../core/run';
 
@@ -31,9 +36,146 @@ export const INTERMEDIATE_TAG = {
   ended: 'ended',
 } as const satisfies { key: string } & Record<IntermediateMark, IntermediateMark>;
 
+/** The size of an upload's parts: S3's smallest but for the last. */
+const PART_BYTES = 5 * 1024 * 1024;
+/** A body up to this size is sent as the chunks it came in; a larger one is copied into a part buffer. */
+const SMALL_BYTES = 64 * 1024;
+/** Part buffers a process keeps for its next uploads. */
+const SPARE_PIECES = 4;
+const spare: Buffer[] = [];
+
 /**
- * A {@link BlobStore} on one S3 bucket: streamed reads (from a byte offset), streamed multipart writes
- * that hold one 5 MiB part at a time, listing and batched deletes.
+ * A part buffer, reused from an earlier upload when there is one: a write that made a new 5 MiB buffer
+ * (and dropped the writer's chunks after a copy of them) each time left tens of MiB of dead array buffers
+ * for the collector's next full pass, which is what bounded a step's memory.
+ */
+function takePieceBuffer(): Buffer {
+  return spare.pop() ?? Buffer.allocUnsafeSlow(PART_BYTES);
+}
+
+function givePieceBuffer(piece: Buffer): void {
+  if (spare.length < SPARE_PIECES) spare.push(piece);
+}
+
+/**
+ * One object's upload from its chunks: those of a small body are sent as they came, in one PutObject;
+ * past SMALL_BYTES they are copied into a part buffer, sent as a part of a multipart upload each time it is
+ * full and more bytes follow (so a body of one part or less is still one PutObject).
+ */
+class PartUpload {
+  private small: Uint8Array[] = [];
+  private smallBytes = 0;
+  private piece: Buffer | null = null;
+  private used = 0;
+  private uploadId: string | null = null;
+  private readonly parts: CompletedPart[] = [];
+
+  constructor(
+    private readonly s3: S3Client,
+    private readonly bucket: string,
+    private readonly key: string,
+  ) {}
+
+  async add(chunk: Uint8Array): Promise<void> {
+    if (!this.piece && this.smallBytes + chunk.length <= SMALL_BYTES) {
+      this.small.push(chunk);
+      this.smallBytes += chunk.length;
+      return;
+    }
+    if (!this.piece) {
+      this.piece = takePieceBuffer();
+      for (const held of this.small) await this.fill(held);
+      this.small = [];
+    }
+    await this.fill(chunk);
+  }
+
+  /** Copies bytes into the part buffer, sending it each time it is full and more bytes follow. */
+  private async fill(chunk: Uint8Array): Promise<void> {
+    const piece = this.piece ?? takePieceBuffer();
+    this.piece = piece;
+    let from = 0;
+    while (from < chunk.length) {
+      if (this.used === PART_BYTES) await this.sendPart();
+      const n = Math.min(PART_BYTES - this.used, chunk.length - from);
+      piece.set(chunk.subarray(from, from + n), this.used);
+      this.used += n;
+      from += n;
+    }
+  }
+
+  private async sendPart(): Promise<void> {
+    const target = { Bucket: this.bucket, Key: this.key };
+    const piece = this.piece;
+    if (!piece) return;
+    if (this.uploadId === null) {
+      const checksum = (await this.s3.config.requestChecksumCalculation()) === 'WHEN_SUPPORTED';
+      const created = await this.s3.send(
+        new CreateMultipartUploadCommand({ ...target, ...(checksum ? { ChecksumAlgorithm: 'CRC32' } : {}) }),
+      );
+      if (!created.UploadId) throw new Error(`S3 gave no upload id for ${this.key}`);
+      this.uploadId = created.UploadId;
+    }
+    const PartNumber = this.parts.length + 1;
+    const sent = await this.s3.send(
+      new UploadPartCommand({
+        ...target,
+        UploadId: this.uploadId,
+        PartNumber,
+        Body: piece.subarray(0, this.used),
+      }),
+    );
+    if (!sent.ETag) throw new Error(`S3 gave no ETag for part ${PartNumber} of ${this.key}`);
+    this.parts.push({
+      PartNumber,
+      ETag: sent.ETag,
+      ...(sent.ChecksumCRC32 ? { ChecksumCRC32: sent.ChecksumCRC32 } : {}),
+      ...(sent.ChecksumCRC32C ? { ChecksumCRC32C: sent.ChecksumCRC32C } : {}),
+      ...(sent.ChecksumCRC64NVME ? { ChecksumCRC64NVME: sent.ChecksumCRC64NVME } : {}),
+      ...(sent.ChecksumSHA1 ? { ChecksumSHA1: sent.ChecksumSHA1 } : {}),
+      ...(sent.ChecksumSHA256 ? { ChecksumSHA256: sent.ChecksumSHA256 } : {}),
+    });
+    this.used = 0;
+  }
+
+  /** Sends what is left and completes the object; its part buffer goes back to the pool. */
+  async end(): Promise<void> {
+    const target = { Bucket: this.bucket, Key: this.key };
+    if (this.uploadId === null) {
+      const whole = this.piece
+        ? this.piece.subarray(0, this.used)
+        : ((this.small.length === 1 ? this.small[0] : undefined) ?? Buffer.concat(this.small));
+      await this.s3.send(new PutObjectCommand({ ...target, Body: whole }));
+    } else {
+      await this.sendPart();
+      await this.s3.send(
+        new CompleteMultipartUploadCommand({
+          ...target,
+          UploadId: this.uploadId,
+          MultipartUpload: { Parts: this.parts },
+        }),
+      );
+      this.uploadId = null;
+    }
+    if (this.piece) givePieceBuffer(this.piece);
+    this.piece = null;
+  }
+
+  /** Drops the parts sent of an upload that failed (its part buffer is not reused: a request may hold it). */
+  async abort(): Promise<void> {
+    if (this.uploadId === null) return;
+    const UploadId = this.uploadId;
+    this.uploadId = null;
+    await this.s3
+      .send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.key, UploadId }))
+      .catch(() => {}); // the upload's own error is the one to report
+  }
+}
+
+/**
+ * A {@link BlobStore} on one S3 bucket: streamed reads (from a byte offset), streamed writes that copy the
+ * body into one 5 MiB part buffer (from a small pool) and send it each time it fills (a multipart upload;
+ * a body of one part or less goes as one PutObject), listing and batched deletes.
  */
 export class S3BlobStore implements BlobStore {
   constructor(
@@ -59,24 +201,27 @@ export class S3BlobStore implements BlobStore {
   }
 
   async write(key: string, body: AsyncIterable<Uint8Array>): Promise<number> {
+    const upload = new PartUpload(this.s3, this.bucket, key);
     let bytes = 0;
-    async function* counted(): AsyncGenerator<Uint8Array> {
+    try {
       for await (const chunk of body) {
         bytes += chunk.length;
-        yield chunk;
+        await upload.add(chunk);
       }
+      await upload.end();
+    } catch (caught) {
+      await upload.abort();
+      throw caught;
     }
-    const upload = new Upload({
-      client: this.s3,
-      params: { Bucket: this.bucket, Key: key, Body: Readable.from(counted()) },
-      partSize: 5 * 1024 * 1024,
-      queueSize: 1,
-      // Tagged after the upload (PutObjectTagging): running, until its run's end marks it for the lifecycle rule.
-      ...(isIntermediateKey(key)
-        ? { tags: [{ Key: INTERMEDIATE_TAG.key, Value: INTERMEDIATE_TAG.running }] }
-        : {}),
-    });
-    await upload.done();
+    // Tagged after the upload (PutObjectTagging): running, until its run's end marks it for the lifecycle rule.
+    if (isIntermediateKey(key))
+      await this.s3.send(
+        new PutObjectTaggingCommand({
+          Bucket: this.bucket,
+          Key: key,
+          Tagging: { TagSet: [{ Key: INTERMEDIATE_TAG.key, Value: INTERMEDIATE_TAG.running }] },
+        }),
+      );
     return bytes;
   }
 

@@ -58,4 +58,36 @@ describe('S3BlobStore', () => {
     expect(Buffer.concat(await collect(blobs.read('ranged.txt', 4))).toString()).toBe('456789');
     expect(await collect(blobs.read('ranged.txt', 10))).toEqual([]);
   });
+
+  it('writes bodies of several parts, exactly one part and none, each read back byte for byte', async () => {
+    const part = 5 * 1024 * 1024;
+    const bytes = (n: number, seed: number) => {
+      const out = Buffer.allocUnsafe(n);
+      for (let i = 0; i < n; i++) out[i] = (i * 31 + seed) & 0xff;
+      return out;
+    };
+    async function* inChunks(data: Buffer, size: number): AsyncGenerator<Uint8Array> {
+      for (let i = 0; i < data.length; i += size) yield data.subarray(i, i + size);
+    }
+    // One after another, so that the second reuses the first's part buffer.
+    const cases = [
+      { key: 'parts/several', data: bytes(2 * part + 12_345, 1), chunk: 256 * 1024 },
+      { key: 'parts/several-again', data: bytes(2 * part + 1, 2), chunk: 3 * part },
+      { key: 'parts/one', data: bytes(part, 3), chunk: 100_000 },
+      { key: 'parts/small', data: bytes(70_000, 4), chunk: 1000 },
+      { key: 'parts/empty', data: Buffer.alloc(0), chunk: 1 },
+    ];
+    for (const c of cases) expect(await blobs.write(c.key, inChunks(c.data, c.chunk))).toBe(c.data.length);
+    for (const c of cases)
+      expect(Buffer.concat(await collect(blobs.read(c.key))).equals(c.data), c.key).toBe(true);
+  });
+
+  it("fails with the body's error and leaves no object when the body fails after a part was sent", async () => {
+    async function* failing(): AsyncGenerator<Uint8Array> {
+      yield Buffer.alloc(6 * 1024 * 1024, 1);
+      throw new Error('the reader failed');
+    }
+    await expect(blobs.write('parts/failed', failing())).rejects.toThrow('the reader failed');
+    expect(await blobs.head('parts/failed')).toBeNull();
+  });
 });

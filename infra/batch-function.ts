@@ -36,6 +36,20 @@ export interface BatchFunctionProps {
    * @default true when memorySize is 512 MB or more
    */
   readonly sourceMaps?: boolean;
+  /**
+   * The most V8's old space may take (MB), when set (`--max-old-space-size`): V8 otherwise grows its heap
+   * towards the function's memory, holding garbage it has not yet collected.
+   */
+  readonly maxOldSpaceMb?: number;
+}
+
+/** NODE_OPTIONS for source maps and a bounded old space, when either is asked for. */
+function nodeOptions(sourceMaps: boolean, maxOldSpaceMb: number | undefined): Record<string, string> {
+  const options = [
+    ...(sourceMaps ? ['--enable-source-maps'] : []),
+    ...(maxOldSpaceMb ? [`--max-old-space-size=${maxOldSpaceMb}`] : []),
+  ];
+  return options.length > 0 ? { NODE_OPTIONS: options.join(' ') } : {};
 }
 
 /** The smallest memory (MB) at which a function maps its stack traces to the source by default. */
@@ -78,7 +92,7 @@ export class BatchFunction extends Construct {
       role: this.role,
       logGroup: this.logGroup,
       loggingFormat: lambda.LoggingFormat.JSON,
-      environment: { ...(sourceMaps ? { NODE_OPTIONS: '--enable-source-maps' } : {}), ...props.environment },
+      environment: { ...nodeOptions(sourceMaps, props.maxOldSpaceMb), ...props.environment },
       bundling: {
         format: OutputFormat.ESM,
         target: 'node22',

@@ -9,7 +9,12 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { describe, expect, it } from 'vitest';
 import { defineWork } from '../../functions/core/work';
-import { OpenAIBatchWork, type OpenAIBatchWorkProps, partMemory } from '../../infra/openai-batch-work';
+import {
+  OpenAIBatchWork,
+  type OpenAIBatchWorkProps,
+  partMemory,
+  STEP_OLD_SPACE_MB,
+} from '../../infra/openai-batch-work';
 
 const work = defineWork({ name: 'unit', model: 'gpt-4o-mini' });
 const workModule = new URL('../fixtures/works/chat.ts', import.meta.url).pathname;
@@ -457,6 +462,24 @@ describe('OpenAIBatchWork on a real account', () => {
       'WorkWebhook',
     ]);
     for (const fn of withMaps) expect(fn).toEqual({ ...fn, maps: fn.memory >= 512 });
+  });
+
+  it('bounds the old space of Prepare and Settle only, beside their source maps', () => {
+    const { template } = synth();
+    const options = Object.entries(template.findResources('AWS::Lambda::Function')).map(([id, fn]) => ({
+      name: id.replace(/Function.*$/, ''),
+      options: (fn.Properties.Environment?.Variables?.NODE_OPTIONS as string | undefined) ?? '',
+    }));
+    expect(
+      options
+        .filter((o) => o.options.includes('--max-old-space-size'))
+        .map((o) => o.name)
+        .sort(),
+    ).toEqual(['WorkPrepare', 'WorkSettle']);
+    for (const name of ['WorkPrepare', 'WorkSettle'])
+      expect(options.find((o) => o.name === name)?.options).toBe(
+        `--enable-source-maps --max-old-space-size=${STEP_OLD_SPACE_MB}`,
+      );
   });
 });
 

@@ -71,27 +71,16 @@ async function crashRun(n: number | null): Promise<{ row: CrashRow; plan: CrashP
   let completed = false;
   let paidTwice = 0;
   try {
-    const options = time.runOptions(target, {
+    const options = plan.runOptions(time, target, {
       budgetMs: BUDGET_MS,
       // A create that may have been lost is looked for this long before its part is sent again.
       lostCreateGraceMs: 10_000,
-      wrap: plan.ports,
-      onState: (state) => {
-        plan.state = state;
-      },
     });
     const result = await within(
       RUN_LIMIT_MS,
-      runLocally(
-        target,
-        loaded,
-        `inputs/${runId}.jsonl`,
-        runId,
-        { ...options, now: plan.clock(options.now) },
-        {
-          definition,
-        },
-      ),
+      runLocally(target, loaded, `inputs/${runId}.jsonl`, runId, options, {
+        definition,
+      }),
     );
     completed = (result.output.summary as { balanced?: boolean } | undefined)?.balanced === true;
   } catch (caught) {

@@ -72,24 +72,13 @@ async function crashRun(n: number | null): Promise<{ plan: CrashPlan; ok: boolea
   };
   let problem = '';
   try {
-    const options = time.runOptions(target, {
+    const options = plan.runOptions(time, target, {
       budgetMs: 20_000,
       lostCreateGraceMs: 10_000,
-      wrap: plan.ports,
-      onState: (state) => {
-        plan.state = state;
-      },
     });
-    const result = await runLocally(
-      target,
-      work.loaded,
-      key,
-      runId,
-      { ...options, now: plan.clock(options.now) },
-      {
-        definition: work.definition,
-      },
-    );
+    const result = await runLocally(target, work.loaded, key, runId, options, {
+      definition: work.definition,
+    });
     if ((result.output.summary as { balanced?: boolean } | undefined)?.balanced !== true)
       problem = 'not balanced';
   } catch (caught) {

@@ -1,5 +1,7 @@
 import type { BatchApi, BlobStore, RunStore } from '../../functions/core/ports';
 import type { Handlers } from '../../functions/handlers';
+import type { LocalEnvironment, LocalRunOptions } from '../../local/runner';
+import type { ManualTime } from './manual-time';
 
 /** The calls that change something outside the handler: where a crash can leave work half done. */
 const SIDE_EFFECTS = {
@@ -55,6 +57,21 @@ export class CrashPlan {
     private readonly crashAfter: number | null,
     private readonly retryClock: RetryClock | null = null,
   ) {}
+
+  /**
+   * The options of a crash run on manual time: the ports wrapped, the state followed, and the steps'
+   * clock this plan's (see {@link clock}).
+   */
+  runOptions(time: ManualTime, target: LocalEnvironment, options: LocalRunOptions): LocalRunOptions {
+    const timed = time.runOptions(target, {
+      ...options,
+      wrap: this.ports,
+      onState: (state) => {
+        this.state = state;
+      },
+    });
+    return { ...timed, now: this.clock(timed.now) };
+  }
 
   /** The steps' clock over `base`: the same, except during the retry of the crashed invocation (see RetryClock). */
   clock(base: () => number = Date.now): () => number {

@@ -11,8 +11,8 @@ import { checkRunId, executionName } from '../functions/core/execution-names';
 import type { BlobStore } from '../functions/core/ports';
 import type { LaneCheckpoint, Part, Run } from '../functions/core/run';
 import { runCounts } from '../functions/core/summary';
-import { laneCheckpoint } from '../functions/steps/prepare';
 import { updateRun } from '../functions/steps/runs';
+import { laneCheckpoint } from '../functions/steps/storage';
 
 /** Where a deployed work is, and how to reach it. */
 export interface CloudOptions {

@@ -2,17 +2,18 @@ import { addCounts, zeroCounts } from '../core/accounting';
 import { InvariantError } from '../core/errors';
 import { decompressed, type LinePosition } from '../core/lines';
 import { LineIds, prepareDataset } from '../core/prepare';
-import { type LaneCheckpoint, LaneCheckpointSchema, newPart, runKeys } from '../core/run';
+import { type LaneCheckpoint, newPart, type Run, runKeys } from '../core/run';
 import { countNewlines, firstLineStart, type RangeTally, throughLineAt } from '../core/shard-reader';
-import { firstLineOf, nextLaneShard, planCodec, type Shard, shardPart } from '../core/shards';
+import { firstLineOf, nextLaneShard, type Shard, shardPart } from '../core/shards';
 import type { StepDeps } from './deps';
 import { runOf } from './runs';
 import { settleFirstShard } from './settle';
 import {
   deleteIdFilesFrom,
   LazyJsonl,
+  laneCheckpoint,
+  planShard,
   readIfThere,
-  readRange,
   StoredIdFiles,
   StoredParts,
   writeAll,
@@ -76,7 +77,7 @@ export async function prepare<R>(
     if (cp.done || outOfTime()) return { done: cp.done };
   }
   if (cp.done && !firstShardDue(cp)) return { done: true };
-  const lane = new Lane(deps, run.runId, dataset.shards, dataset.planWidth, dataset.partitions);
+  const lane = new Lane(deps, run);
   /** Inflated copies of gzip shards this step finished, removed once the checkpoint no longer needs them. */
   const finished: string[] = [];
 
@@ -105,14 +106,13 @@ export async function prepare<R>(
   if (finished.length > 0) await deps.blobs.delete(finished);
   if (firstShardDue(cp)) {
     const { duplicates, tokens } = await settleFirstShard(deps, run);
-    const counts = cp.counts;
     cp = {
       ...cp,
       counts: {
-        ...counts,
-        submittedRequests: counts.submittedRequests - duplicates,
-        refusedRequests: counts.refusedRequests + duplicates,
-        errors: counts.errors + duplicates,
+        ...cp.counts,
+        submittedRequests: cp.counts.submittedRequests - duplicates,
+        refusedRequests: cp.counts.refusedRequests + duplicates,
+        errors: cp.counts.errors + duplicates,
       },
       estimatedTokens: Math.max(0, cp.estimatedTokens - tokens),
       firstShardSettled: true,
@@ -129,25 +129,19 @@ type ShardStep = { kind: 'finished' | 'paused'; checkpoint: LaneCheckpoint };
 /** A lane's access to its run's plan, dataset and state objects. */
 class Lane<R> {
   private readonly keys;
+  private readonly runId: string;
 
   constructor(
     private readonly deps: StepDeps<R>,
-    private readonly runId: string,
-    private readonly shards: number,
-    private readonly planWidth: number,
-    private readonly partitions: number,
+    private readonly run: Run,
   ) {
-    this.keys = runKeys(runId);
+    this.runId = run.runId;
+    this.keys = runKeys(run.runId);
   }
 
-  /** Shard `n` of the plan, by one ranged read of its line. */
-  async shard(n: number): Promise<Shard> {
-    if (n < 0 || n >= this.shards) throw new InvariantError(`run ${this.runId} has no shard ${n}`);
-    const bytes = await readRange(this.deps.blobs, this.keys.plan, n * this.planWidth, this.planWidth);
-    const shard = planCodec.decode(bytes);
-    if (shard.shard !== n)
-      throw new InvariantError(`the plan of run ${this.runId} has shard ${shard.shard} at ${n}`);
-    return shard;
+  /** Shard `n` of the plan. */
+  shard(n: number): Promise<Shard> {
+    return planShard(this.deps.blobs, this.run, n);
   }
 
   /** The newline bytes in [0, shard.start) of its object, when stored. */
@@ -261,7 +255,13 @@ class Lane<R> {
 
     const startLine = position.line;
     await deleteIdFilesFrom(this.deps.blobs, this.runId, shard.shard, startLine);
-    const ids = new StoredIdFiles(this.deps.blobs, this.runId, shard.shard, startLine, this.partitions);
+    const ids = new StoredIdFiles(
+      this.deps.blobs,
+      this.runId,
+      shard.shard,
+      startLine,
+      this.run.dataset.partitions,
+    );
     const parts = new StoredParts(this.deps.blobs, this.runId, (part, request) =>
       ids.add({
         id: request.customId,
@@ -326,17 +326,7 @@ class Lane<R> {
 
   /** Stores the newline count of [0, shard.end), the next shard's start, when that shard is of the same object. */
   private async storeNext(shard: Shard, newlines: number): Promise<void> {
-    if (shard.shard + 1 < this.shards && shard.end < shard.size)
+    if (shard.shard + 1 < this.run.dataset.shards && shard.end < shard.size)
       await this.storeCount(this.keys.newlinesBefore(shard.shard + 1), newlines);
   }
-}
-
-/** Reads a lane's checkpoint (for Settle and tests): null before the lane's first step. */
-export async function laneCheckpoint(
-  blobs: StepDeps['blobs'],
-  runId: string,
-  lane: number,
-): Promise<LaneCheckpoint | null> {
-  const bytes = await readIfThere(blobs, runKeys(runId).lane(lane));
-  return bytes ? LaneCheckpointSchema.parse(JSON.parse(Buffer.from(bytes).toString('utf8'))) : null;
 }

@@ -6,10 +6,11 @@ import { errorItem } from '../core/items';
 import { type BlobStore, ConflictError } from '../core/ports';
 import { errorLine } from '../core/prepare';
 import { costOf } from '../core/prices';
-import { LaneCheckpointSchema, type Part, type Run, runKeys, type SettleState } from '../core/run';
-import { planCodec, type Shard, shardOfPart } from '../core/shards';
+import { type Part, type Run, runKeys, type SettleState } from '../core/run';
+import { type Shard, shardOfPart } from '../core/shards';
 import type { StepDeps } from './deps';
 import { runOf, updateRun } from './runs';
+import { laneCheckpoint, planShard } from './storage';
 
 /**
  * Id entries a partition group holds at most (a group is at least one partition, whatever it holds):
@@ -111,11 +112,10 @@ export async function settleFirstShard<R>(
 
 /** Sums the lanes' checkpoints into the run and starts the dedup stage, once. */
 async function begin<R>(deps: StepDeps<R>, run: Run): Promise<Run> {
-  const keys = runKeys(run.runId);
   const lanes = await Promise.all(
     Array.from({ length: run.dataset.lanes }, async (_, lane) => {
-      const checkpoint = LaneCheckpointSchema.parse(JSON.parse(await readText(deps.blobs, keys.lane(lane))));
-      if (!checkpoint.done) throw new InvariantError(`run ${run.runId}: lane ${lane} is not done`);
+      const checkpoint = await laneCheckpoint(deps.blobs, run.runId, lane);
+      if (!checkpoint?.done) throw new InvariantError(`run ${run.runId}: lane ${lane} is not done`);
       return checkpoint;
     }),
   );
@@ -309,10 +309,7 @@ class SettleContext<R> {
   private async shard(n: number): Promise<Shard> {
     const known = this.shards.get(n);
     if (known) return known;
-    const width = this.run.dataset.planWidth;
-    const bytes = await readRange(this.deps.blobs, this.keys.plan, n * width, width);
-    const shard = planCodec.decode(bytes);
-    if (shard.shard !== n) throw new InvariantError(`the plan holds shard ${shard.shard} where ${n} belongs`);
+    const shard = await planShard(this.deps.blobs, this.run, n);
     this.shards.set(n, shard);
     return shard;
   }
@@ -625,30 +622,11 @@ async function* linesBody(lines: readonly string[]): AsyncGenerator<Uint8Array> 
   for (let i = 0; i < lines.length; i += 512) yield Buffer.from(`${lines.slice(i, i + 512).join('\n')}\n`);
 }
 
-async function readText(blobs: BlobStore, key: string): Promise<string> {
-  let text = '';
-  for await (const line of textLines(blobs.read(key))) text += `${line}\n`;
-  return text;
-}
-
 /** The dataset lines of a part's requests (its `.lines` file), in memory: a few bytes a request. */
 async function readLineNumbers(blobs: BlobStore, key: string): Promise<number[]> {
   const lines: number[] = [];
   for await (const line of textLines(blobs.read(key))) if (line) lines.push(Number(line));
   return lines;
-}
-
-/** `length` bytes of an object from `start`. */
-async function readRange(blobs: BlobStore, key: string, start: number, length: number): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  let got = 0;
-  for await (const chunk of blobs.read(key, start)) {
-    const piece = chunk.subarray(0, length - got);
-    chunks.push(piece);
-    got += piece.length;
-    if (got >= length) break;
-  }
-  return Buffer.concat(chunks);
 }
 
 /** Maps items with at most `limit` calls at once, keeping their order. */

@@ -1,10 +1,12 @@
 import { LineWriter } from '../core/channel';
 import type { PartSummary } from '../core/chunker';
+import { InvariantError } from '../core/errors';
 import { type IdEntry, IdFileBuilder } from '../core/id-files';
 import type { BlobStore } from '../core/ports';
 import type { PartSink, RecordSink } from '../core/prepare';
 import type { PreparedRequest } from '../core/requests';
-import { runKeys } from '../core/run';
+import { type LaneCheckpoint, LaneCheckpointSchema, type Run, runKeys } from '../core/run';
+import { planCodec, type Shard } from '../core/shards';
 
 /**
  * A JSONL object in the store, opened on its first line. One that got no line is removed on close rather
@@ -195,4 +197,28 @@ export async function writeAll(blobs: BlobStore, key: string, bytes: Uint8Array 
     yield typeof bytes === 'string' ? Buffer.from(bytes) : bytes;
   }
   await blobs.write(key, one());
+}
+
+/** Shard `n` of a run's plan, by one ranged read of its fixed-width line. */
+export async function planShard(
+  blobs: BlobStore,
+  run: Pick<Run, 'runId' | 'dataset'>,
+  n: number,
+): Promise<Shard> {
+  if (n < 0 || n >= run.dataset.shards) throw new InvariantError(`run ${run.runId} has no shard ${n}`);
+  const width = run.dataset.planWidth;
+  const shard = planCodec.decode(await readRange(blobs, runKeys(run.runId).plan, n * width, width));
+  if (shard.shard !== n)
+    throw new InvariantError(`the plan of run ${run.runId} has shard ${shard.shard} at ${n}`);
+  return shard;
+}
+
+/** Reads a lane's checkpoint: null before the lane's first step. */
+export async function laneCheckpoint(
+  blobs: BlobStore,
+  runId: string,
+  lane: number,
+): Promise<LaneCheckpoint | null> {
+  const bytes = await readIfThere(blobs, runKeys(runId).lane(lane));
+  return bytes ? LaneCheckpointSchema.parse(JSON.parse(Buffer.from(bytes).toString('utf8'))) : null;
 }

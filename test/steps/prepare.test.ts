@@ -7,8 +7,14 @@ import { type Part, runKeys } from '../../functions/core/run';
 import { planCodec, type Shard, shardOfPart, shardsOf } from '../../functions/core/shards';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
-import { laneCheckpoint, prepare } from '../../functions/steps/prepare';
-import { deleteIdFilesFrom, readAll, StoredIdFiles, writeAll } from '../../functions/steps/storage';
+import { prepare } from '../../functions/steps/prepare';
+import {
+  deleteIdFilesFrom,
+  laneCheckpoint,
+  readAll,
+  StoredIdFiles,
+  writeAll,
+} from '../../functions/steps/storage';
 import { localDeps, RecordingNotifier } from '../../local/runner';
 import { localEnvironment } from '../support/local-environment';
 import { runFixture } from '../support/runs';

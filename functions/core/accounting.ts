@@ -52,6 +52,19 @@ export function zeroCounts(): Counts {
   };
 }
 
+/**
+ * Counts after `n` requests placed in parts turned out to reuse an earlier custom_id: they are refused
+ * instead of submitted, and each is an error.
+ */
+export function withDuplicates(counts: Counts, n: number): Counts {
+  return {
+    ...counts,
+    submittedRequests: counts.submittedRequests - n,
+    refusedRequests: counts.refusedRequests + n,
+    errors: counts.errors + n,
+  };
+}
+
 /** The sum of two sets of counts (a resumed step adds to what the earlier ones counted). */
 export function addCounts(a: Counts, b: Counts): Counts {
   const sum = zeroCounts();

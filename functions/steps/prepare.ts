@@ -1,4 +1,4 @@
-import { addCounts, zeroCounts } from '../core/accounting';
+import { addCounts, withDuplicates, zeroCounts } from '../core/accounting';
 import { InvariantError } from '../core/errors';
 import { decompressed, type LinePosition } from '../core/lines';
 import { LineIds, prepareDataset } from '../core/prepare';
@@ -108,12 +108,7 @@ export async function prepare<R>(
     const { duplicates, tokens } = await settleFirstShard(deps, run);
     cp = {
       ...cp,
-      counts: {
-        ...cp.counts,
-        submittedRequests: cp.counts.submittedRequests - duplicates,
-        refusedRequests: cp.counts.refusedRequests + duplicates,
-        errors: cp.counts.errors + duplicates,
-      },
+      counts: withDuplicates(cp.counts, duplicates),
       estimatedTokens: Math.max(0, cp.estimatedTokens - tokens),
       firstShardSettled: true,
     };

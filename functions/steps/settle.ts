@@ -1,4 +1,4 @@
-import { addCounts, type Counts, zeroCounts } from '../core/accounting';
+import { addCounts, type Counts, withDuplicates, zeroCounts } from '../core/accounting';
 import { type Duplicate, findDuplicates } from '../core/dedup';
 import { CostLimitError, DatasetError, InvariantError } from '../core/errors';
 import { type IdEntry, type IdFileIndex, readIdFileIndex, readIdPartitions } from '../core/id-files';
@@ -243,12 +243,7 @@ class SettleContext<R> {
     this.deps.log('settle dedup', { runId: this.run.runId, partitions: [p0, p1], entries, duplicates: n });
     return this.advance(state, (r) => ({
       ...r,
-      counts: {
-        ...r.counts,
-        submittedRequests: r.counts.submittedRequests - n,
-        refusedRequests: r.counts.refusedRequests + n,
-        errors: r.counts.errors + n,
-      },
+      counts: withDuplicates(r.counts, n),
       estimatedTokens: Math.max(0, r.estimatedTokens - tokens),
       settle: { ...state, partition: p1, duplicates: state.duplicates + n },
     }));

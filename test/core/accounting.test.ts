@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { addCounts, type Counts, reconcile, zeroCounts } from '../../functions/core/accounting';
+import {
+  addCounts,
+  type Counts,
+  reconcile,
+  withDuplicates,
+  zeroCounts,
+} from '../../functions/core/accounting';
 
 const counts = (fields: Partial<Counts>): Counts => ({ ...zeroCounts(), ...fields });
 
@@ -35,6 +41,13 @@ describe('reconcile', () => {
   it('adds the counts of resumed steps field by field', () => {
     expect(addCounts(counts({ records: 2, parts: 1 }), counts({ records: 3, errors: 1 }))).toEqual(
       counts({ records: 5, parts: 1, errors: 1 }),
+    );
+  });
+
+  it('moves duplicates found after prepare from submitted to refused, each an error', () => {
+    const before = counts({ records: 10, requests: 10, submittedRequests: 9, refusedRequests: 1, errors: 1 });
+    expect(withDuplicates(before, 3)).toEqual(
+      counts({ records: 10, requests: 10, submittedRequests: 6, refusedRequests: 4, errors: 4 }),
     );
   });
 });

@@ -251,31 +251,43 @@ function numberCheck(node: Node, types: Set<string> | null): Check | undefined {
   };
 }
 
+/**
+ * What OpenAI answers for a string or an array whose length is out of its bounds (the same rule and
+ * wording for both), or undefined when it is within them.
+ */
+function lengthFailure(
+  noun: 'string' | 'array',
+  length: number,
+  min: number | undefined,
+  max: number | undefined,
+): Failure | undefined {
+  const a = noun === 'array' ? 'an' : 'a';
+  if (min !== undefined && length < min) {
+    if (length === 0)
+      return fail(
+        `empty_${noun}`,
+        (param) =>
+          `Invalid '${param}': empty ${noun}. Expected ${a} ${noun} with minimum length ${min}, but got an empty ${noun} instead.`,
+      );
+    return fail(
+      `${noun}_below_min_length`,
+      (param) =>
+        `Invalid '${param}': ${noun} too short. Expected ${a} ${noun} with minimum length ${min}, but got ${a} ${noun} with length ${length} instead.`,
+    );
+  }
+  if (max !== undefined && length > max)
+    return fail(
+      `${noun}_above_max_length`,
+      (param) =>
+        `Invalid '${param}': ${noun} too long. Expected ${a} ${noun} with maximum length ${max}, but got ${a} ${noun} with length ${length} instead.`,
+    );
+  return undefined;
+}
+
 function stringCheck(node: Node): Check {
   const { minLength, maxLength } = node;
-  return (value) => {
-    if (typeof value !== 'string') return undefined;
-    if (minLength !== undefined && value.length < minLength) {
-      if (value.length === 0)
-        return fail(
-          'empty_string',
-          (param) =>
-            `Invalid '${param}': empty string. Expected a string with minimum length ${minLength}, but got an empty string instead.`,
-        );
-      return fail(
-        'string_below_min_length',
-        (param) =>
-          `Invalid '${param}': string too short. Expected a string with minimum length ${minLength}, but got a string with length ${value.length} instead.`,
-      );
-    }
-    if (maxLength !== undefined && value.length > maxLength)
-      return fail(
-        'string_above_max_length',
-        (param) =>
-          `Invalid '${param}': string too long. Expected a string with maximum length ${maxLength}, but got a string with length ${value.length} instead.`,
-      );
-    return undefined;
-  };
+  return (value) =>
+    typeof value === 'string' ? lengthFailure('string', value.length, minLength, maxLength) : undefined;
 }
 
 function arrayCheck(node: Node): Check {
@@ -283,25 +295,8 @@ function arrayCheck(node: Node): Check {
   const items = node.items ? compile(node.items) : null;
   return (value) => {
     if (!Array.isArray(value)) return undefined;
-    if (minItems !== undefined && value.length < minItems) {
-      if (value.length === 0)
-        return fail(
-          'empty_array',
-          (param) =>
-            `Invalid '${param}': empty array. Expected an array with minimum length ${minItems}, but got an empty array instead.`,
-        );
-      return fail(
-        'array_below_min_length',
-        (param) =>
-          `Invalid '${param}': array too short. Expected an array with minimum length ${minItems}, but got an array with length ${value.length} instead.`,
-      );
-    }
-    if (maxItems !== undefined && value.length > maxItems)
-      return fail(
-        'array_above_max_length',
-        (param) =>
-          `Invalid '${param}': array too long. Expected an array with maximum length ${maxItems}, but got an array with length ${value.length} instead.`,
-      );
+    const outOfBounds = lengthFailure('array', value.length, minItems, maxItems);
+    if (outOfBounds) return outOfBounds;
     if (items) {
       for (let i = 0; i < value.length; i++) {
         const failure = items(value[i]);

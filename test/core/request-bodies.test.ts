@@ -155,6 +155,29 @@ describe('checkRequestBody', () => {
     if (message) expect(problem?.message).toBe(message);
   });
 
+  it('refuses strings and arrays out of their length bounds with the words OpenAI uses for each', () => {
+    const edit = (fields: Record<string, unknown>) =>
+      checkRequestBody('/v1/images/edits', { images: [{ file_id: 'f' }], prompt: 'p', ...fields });
+    expect(edit({ prompt: '' })).toEqual({
+      code: 'empty_string',
+      param: 'prompt',
+      message:
+        "Invalid 'prompt': empty string. Expected a string with minimum length 1, but got an empty string instead.",
+    });
+    expect(edit({ prompt: 'p'.repeat(32_001) })).toEqual({
+      code: 'string_above_max_length',
+      param: 'prompt',
+      message:
+        "Invalid 'prompt': string too long. Expected a string with maximum length 32000, but got a string with length 32001 instead.",
+    });
+    expect(edit({ images: Array.from({ length: 17 }, () => ({ file_id: 'f' })) })).toEqual({
+      code: 'array_above_max_length',
+      param: 'images',
+      message:
+        "Invalid 'images': array too long. Expected an array with maximum length 16, but got an array with length 17 instead.",
+    });
+  });
+
   it('refuses bad bodies of the other endpoints too', () => {
     expect(checkRequestBody('/v1/embeddings', { model: 'm', input: 'x', dimensions: 0 })).toMatchObject({
       code: 'integer_below_min_value',

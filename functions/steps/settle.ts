@@ -148,7 +148,8 @@ async function begin<R>(deps: StepDeps<R>, run: Run): Promise<Run> {
 
 /** What one Settle call keeps between its units of work (the id files' indexes, the shard plan, parts). */
 class SettleContext<R> {
-  private idFiles: { key: string; index: IdFileIndex }[] | null = null;
+  /** The id files under a prefix and their indexes, read once a call. */
+  private readonly idFiles = new Map<string, { key: string; index: IdFileIndex }[]>();
   private readonly shards = new Map<number, Shard>();
   private parts: Map<number, Part> | null = null;
   private readonly keys: ReturnType<typeof runKeys>;
@@ -173,7 +174,8 @@ class SettleContext<R> {
 
   /** The id files and their indexes, read once a call. */
   private async indexes(prefix = this.keys.idFiles): Promise<{ key: string; index: IdFileIndex }[]> {
-    if (this.idFiles) return this.idFiles;
+    const known = this.idFiles.get(prefix);
+    if (known) return known;
     const keys: string[] = [];
     for await (const object of this.deps.blobs.list(prefix))
       if (!object.key.endsWith('.idx')) keys.push(object.key);
@@ -187,7 +189,7 @@ class SettleContext<R> {
           `id file ${file.key} has ${file.index.partitions} partitions, the run ${this.run.dataset.partitions}`,
         );
     }
-    this.idFiles = files;
+    this.idFiles.set(prefix, files);
     return files;
   }
 

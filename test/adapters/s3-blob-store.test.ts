@@ -1,12 +1,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GetObjectTaggingCommand } from '@aws-sdk/client-s3';
+import { GetObjectTaggingCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
 import { runKeys } from '../../functions/core/run';
 import { writeAll } from '../../functions/steps/storage';
-import { type LocalS3, startS3 } from '../../local/stand-ins';
+import { type LocalS3, localS3Client, startS3 } from '../../local/stand-ins';
 import { chunksOf, collect } from '../support/streams';
 
 let s3: LocalS3;
@@ -80,6 +80,73 @@ describe('S3BlobStore', () => {
     for (const c of cases) expect(await blobs.write(c.key, inChunks(c.data, c.chunk))).toBe(c.data.length);
     for (const c of cases)
       expect(Buffer.concat(await collect(blobs.read(c.key))).equals(c.data), c.key).toBe(true);
+  });
+
+  it('leaves the bodies of PutObject and UploadPart out of the signature, and nothing else', async () => {
+    // The headers as signed and sent, read from the client's own stack after signing.
+    const sent: { command: string; sha256: string | undefined }[] = [];
+    const probe = new S3BlobStore(localS3Client(s3.endpoint), s3.bucket);
+    const client = (probe as unknown as { s3: S3Client }).s3;
+    client.middlewareStack.add(
+      (next, context) => (args) => {
+        const headers = (args.request as { headers?: Record<string, string> }).headers ?? {};
+        sent.push({ command: String(context.commandName), sha256: headers['x-amz-content-sha256'] });
+        return next(args);
+      },
+      { step: 'finalizeRequest', priority: 'low', name: 'probe' },
+    );
+    await probe.write('unsigned/small', chunksOf('{"a":1}\n'));
+    await probe.write('unsigned/large', chunksOf('x'.repeat(6 * 1024 * 1024)));
+    await probe.head('unsigned/small');
+    const by = (command: string) => sent.filter((s) => s.command === command).map((s) => s.sha256);
+    expect(by('PutObjectCommand')).toEqual(['UNSIGNED-PAYLOAD']);
+    expect(by('UploadPartCommand')).toEqual(['UNSIGNED-PAYLOAD', 'UNSIGNED-PAYLOAD']);
+    expect(by('HeadObjectCommand')).not.toContain('UNSIGNED-PAYLOAD');
+    expect(Buffer.concat(await collect(probe.read('unsigned/large'))).length).toBe(6 * 1024 * 1024);
+  });
+
+  it("fills the next part while one is sent, and fails with S3's refusal of a part, leaving no object", async () => {
+    const part = 5 * 1024 * 1024;
+    // Part 1's UploadPart is held until the body has given the bytes of part 3: a writer that waited for
+    // each part before filling the next would never get there (and the test would time out).
+    let reachedThird!: () => void;
+    const third = new Promise<void>((resolve) => {
+      reachedThird = resolve;
+    });
+    const probe = new S3BlobStore(localS3Client(s3.endpoint), s3.bucket);
+    const client = (probe as unknown as { s3: S3Client }).s3;
+    let refuse = 0;
+    client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const input = args.input as { PartNumber?: number };
+        if (context.commandName === 'UploadPartCommand' && input.PartNumber === 1) await third;
+        // A refusal s3rver cannot be made to give: a mock of S3's answer, the only one in this file.
+        if (context.commandName === 'UploadPartCommand' && input.PartNumber === refuse)
+          throw Object.assign(new Error('part refused'), { name: 'InternalError' });
+        return next(args);
+      },
+      { step: 'initialize', name: 'hold' },
+    );
+    async function* body(): AsyncGenerator<Uint8Array> {
+      yield Buffer.alloc(part, 1);
+      yield Buffer.alloc(part, 2);
+      reachedThird();
+      yield Buffer.alloc(part, 3);
+      yield Buffer.alloc(10, 4);
+    }
+    expect(await probe.write('pipelined/whole', body())).toBe(3 * part + 10);
+    const back = Buffer.concat(await collect(probe.read('pipelined/whole')));
+    expect([back.length, back[0], back[part], back[2 * part], back[3 * part]]).toEqual([
+      3 * part + 10,
+      1,
+      2,
+      3,
+      4,
+    ]);
+
+    refuse = 2;
+    await expect(probe.write('pipelined/refused', body())).rejects.toThrow('part refused');
+    expect(await probe.head('pipelined/refused')).toBeNull();
   });
 
   it("fails with the body's error and leaves no object when the body fails after a part was sent", async () => {

@@ -120,8 +120,16 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
     counts.errors += 1;
   }
 
+  /**
+   * A part's close (its last upload and the object's completion) runs while the next part fills: one at a
+   * time, and every one is awaited before the step returns, so no part is counted before it is whole.
+   */
+  let closing: Promise<void> | null = null;
   async function closePart(summary: PartSummary): Promise<void> {
-    await input.parts.close(summary);
+    if (closing) await closing;
+    const closed = input.parts.close(summary);
+    closed.catch(() => {}); // thrown where it is awaited: above, or before the step returns
+    closing = closed;
     parts.push(summary);
     counts.parts += 1;
   }
@@ -192,6 +200,7 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
     next = { line: line + 1, offset: entry.end };
   }
   for (const summary of chunker.finish()) await closePart(summary);
+  if (closing) await closing;
   parts.sort((a, b) => a.part - b.part);
   return { done, next, gzip, parts, counts };
 }

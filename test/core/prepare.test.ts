@@ -133,6 +133,66 @@ describe('prepareDataset', () => {
     );
   });
 
+  it("closes a part while the next one fills, and returns only once every part's close is done", async () => {
+    const events: string[] = [];
+    const pending: (() => void)[] = [];
+    const sink: PartSink & RecordSink = {
+      write(part: number | string) {
+        if (typeof part === 'number' && events.at(-1) !== `write ${part}`) events.push(`write ${part}`);
+        return Promise.resolve();
+      },
+      close(summary: PartSummary) {
+        events.push(`close ${summary.part}`);
+        // Part 0's close is held until part 1 has been written to: a prepare that waited would never get there.
+        return new Promise<void>((resolve) =>
+          pending.push(() => {
+            events.push(`closed ${summary.part}`);
+            resolve();
+          }),
+        );
+      },
+    };
+    const lines = Array.from({ length: 10 }, (_, i) => JSON.stringify({ id: i, mode: 'one', text: 't' }));
+    const done = prepareDataset({
+      source: chunksOf(lines.join('\n'), 13),
+      work: testWork({ maxRequestsPerBatch: 5 }),
+      ids: new IdRegistry(),
+      parts: sink,
+      errors: sink,
+    });
+    let returned = false;
+    void done.then(() => {
+      returned = true;
+    });
+    while (pending.length < 1 || !events.includes('write 1')) await new Promise((r) => setImmediate(r));
+    expect(events).toEqual(['write 0', 'close 0', 'write 1']);
+    pending.shift()?.();
+    while (pending.length < 1) await new Promise((r) => setImmediate(r));
+    expect(returned).toBe(false); // part 1's close is still held
+    pending.shift()?.();
+    const result = await done;
+    expect(events).toEqual(['write 0', 'close 0', 'write 1', 'closed 0', 'close 1', 'closed 1']);
+    expect(result.parts.map((p) => p.requests)).toEqual([5, 5]);
+  });
+
+  it('fails the step with a part close that failed while the next part filled', async () => {
+    let closes = 0;
+    const sink: PartSink & RecordSink = {
+      write: () => Promise.resolve(),
+      close: () => (closes++ === 0 ? Promise.reject(new Error('S3 refused the part')) : Promise.resolve()),
+    };
+    const lines = Array.from({ length: 12 }, (_, i) => JSON.stringify({ id: i, mode: 'one', text: 't' }));
+    await expect(
+      prepareDataset({
+        source: chunksOf(lines.join('\n'), 13),
+        work: testWork({ maxRequestsPerBatch: 5 }),
+        ids: new IdRegistry(),
+        parts: sink,
+        errors: sink,
+      }),
+    ).rejects.toThrow('S3 refused the part');
+  });
+
   it('takes an async upload hook, a thenable and a rejected promise as it takes a plain hook', async () => {
     const plain = testWork({ maxRecordBytes: 200 });
     const async: Work = { ...plain, upload: async (record, context) => plain.upload(record, context) };

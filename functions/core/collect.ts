@@ -96,17 +96,53 @@ class LineNumbers {
 }
 
 /** One request of a part, with its place in the part's files. */
-interface PartRequest {
-  customId: string;
-  json: string;
-  line: number;
-  index: number;
+class PartRequest {
+  readonly customId: string;
+
+  constructor(
+    private readonly bytes: Uint8Array,
+    readonly line: number,
+    readonly index: number,
+  ) {
+    this.customId = customIdOf(bytes);
+  }
+
+  /**
+   * The request's JSON line, decoded only for a request that is sent again. Read it before the next
+   * request is read: its bytes may be a view of the reader's chunk.
+   */
+  get json(): string {
+    return textOf(this.bytes);
+  }
 }
 
-function partRequestOf(bytes: Uint8Array, line: number, index: number): PartRequest {
-  const json = textOf(bytes);
-  const customId = (JSON.parse(json) as { custom_id: string }).custom_id;
-  return { customId, json, line, index };
+/** `{"custom_id":"`: how every request line prepare writes begins (JSON.stringify keeps key order). */
+const ID_PREFIX = Buffer.from('{"custom_id":"');
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+
+/**
+ * A request line's custom_id. Collect reads a part's whole request file for its ids only, so the id is
+ * taken from the line's start (its JSON string, parsed alone) rather than by parsing the whole line; a
+ * line that does not start the way prepare writes them is parsed whole.
+ */
+export function customIdOf(bytes: Uint8Array): string {
+  let prefixed = bytes.length > ID_PREFIX.length;
+  for (let i = 0; prefixed && i < ID_PREFIX.length; i++) prefixed = bytes[i] === ID_PREFIX[i];
+  if (prefixed) {
+    for (let i = ID_PREFIX.length; i < bytes.length; i++) {
+      const byte = bytes[i];
+      if (byte === BACKSLASH) i += 1;
+      else if (byte === QUOTE) {
+        // The next byte must end the key's value, as in every line JSON.stringify writes.
+        if (bytes[i + 1] !== 0x2c && bytes[i + 1] !== 0x7d) break;
+        const id: unknown = JSON.parse(textOf(bytes.subarray(ID_PREFIX.length - 1, i + 1)));
+        if (typeof id === 'string') return id;
+        break;
+      }
+    }
+  }
+  return (JSON.parse(textOf(bytes)) as { custom_id: string }).custom_id;
 }
 
 /** A part's requests with their custom_id, JSON line and dataset line, streamed. */
@@ -119,11 +155,12 @@ async function* requestsOf<R>(input: CollectInput<R>): AsyncGenerator<PartReques
     for await (const chunk of input.requests()) {
       for (const raw of splitter.linesIn(chunk)) {
         if (raw.bytes === null || raw.bytes.length === 0) continue;
-        yield partRequestOf(raw.bytes, await numbers.next(), ++index);
+        yield new PartRequest(raw.bytes, await numbers.next(), ++index);
       }
     }
     const last = splitter.end();
-    if (last?.bytes && last.bytes.length > 0) yield partRequestOf(last.bytes, await numbers.next(), ++index);
+    if (last?.bytes && last.bytes.length > 0)
+      yield new PartRequest(last.bytes, await numbers.next(), ++index);
   } finally {
     await numbers.close();
   }

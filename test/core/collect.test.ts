@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type CollectInput, collectPart } from '../../functions/core/collect';
+import { type CollectInput, collectPart, customIdOf } from '../../functions/core/collect';
 import type { BatchErrorItem, BatchOutputItem } from '../../functions/core/items';
 import { type CollectCursor, newPart, type Part } from '../../functions/core/run';
 import { defineWork, type WorkConfig } from '../../functions/core/work';
@@ -303,5 +303,33 @@ describe('collectPart', () => {
     });
     expect(second.outputs).toHaveLength(1);
     expect(second.result.paused).toMatchObject({ chunk: 2, results: 2, outputs: 2 });
+  });
+});
+
+describe('customIdOf', () => {
+  const bytes = (line: string) => Buffer.from(line);
+  it('reads the custom_id of any line prepare writes, as parsing the whole line would', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.string(),
+          fc.string({ unit: 'binary' }),
+          fc.constantFrom('a"b', 'a\\', '\\"', '"', '}', ',"x":"'),
+        ),
+        fc.jsonValue(),
+        (id, body) => {
+          const line = JSON.stringify({ custom_id: id, method: 'POST', url: '/v1/embeddings', body });
+          expect(customIdOf(bytes(line))).toBe(id);
+        },
+      ),
+    );
+  });
+
+  it('parses lines written otherwise whole: other key order, spaces, an id that is not alone', () => {
+    expect(customIdOf(bytes('{"method":"POST","custom_id":"x"}'))).toBe('x');
+    expect(customIdOf(bytes('{ "custom_id": "x" }'))).toBe('x');
+    expect(customIdOf(bytes('{"custom_id":"a"  ,"b":1}'))).toBe('a');
+    expect(customIdOf(bytes('{"custom_id":"a\\u0062"}'))).toBe('ab');
+    expect(customIdOf(bytes('{"custom_id":"only"}'))).toBe('only');
   });
 });

@@ -168,11 +168,19 @@ if (first === '--seed') {
     const blobs = new S3BlobStore(s3.client, BUCKET);
     const objectKeys =
       mode === 'prepare' ? [INPUT] : collectPlan(bytes).map(({ part }) => `openai/output-${part}.jsonl`);
+    const s3Before = s3.cpuSeconds();
+    const cpuBefore = process.cpuUsage();
     const baseline = await rawRead(blobs, objectKeys);
+    const baselineCpu = process.cpuUsage(cpuBefore);
+    const s3Baseline = s3.cpuSeconds();
+    const cpuStarted = process.cpuUsage();
     const started = performance.now();
     const records =
       mode === 'prepare' ? await preparePath(blobs, kind) : await collectPath(blobs, bytes, kind);
     const seconds = (performance.now() - started) / 1000;
+    const pathCpu = process.cpuUsage(cpuStarted);
+    const s3Path = s3.cpuSeconds();
+    const cpu = (usage: NodeJS.CpuUsage) => Number(((usage.user + usage.system) / 1e6).toFixed(2));
     const peakRssMiB = Math.round(process.resourceUsage().maxRSS / 1024);
     const s3PeakRssMiB = await s3.stop();
     console.log(
@@ -185,6 +193,13 @@ if (first === '--seed') {
         recordsPerSecond: Math.round(records / seconds),
         baselineLinesPerSecond: Math.round(baseline.lines / baseline.seconds),
         baselineRatio: Number((baseline.seconds / seconds).toFixed(3)),
+        // CPU seconds of this process and of s3rver's, for the path and for the baseline: when s3rver is
+        // near `seconds`, the stand-in (one core, MD5 of every upload) is what bounds the path.
+        cpuSeconds: cpu(pathCpu),
+        s3CpuSeconds: Number((s3Path - s3Baseline).toFixed(2)),
+        baselineSeconds: Number(baseline.seconds.toFixed(2)),
+        baselineCpuSeconds: cpu(baselineCpu),
+        baselineS3CpuSeconds: Number((s3Baseline - s3Before).toFixed(2)),
         peakRssMiB,
         s3PeakRssMiB,
       }),

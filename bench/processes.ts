@@ -1,5 +1,6 @@
 /** Helpers for benchmarks that run their pieces in processes of their own. */
 import { execFileSync, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { localS3Client } from '../local/stand-ins';
@@ -20,6 +21,8 @@ export function runScript<T>(script: string, args: readonly string[]): T {
 export interface S3Process {
   readonly endpoint: string;
   readonly client: S3Client;
+  /** CPU seconds (user and system) the server has used so far; NaN where /proc is missing. */
+  cpuSeconds(): number;
   /** Stops the server; resolves to its peak RSS in MiB. */
   stop(): Promise<number>;
 }
@@ -35,10 +38,22 @@ export async function startS3Process(directory: string, bucket: string): Promise
   return {
     endpoint,
     client: localS3Client(endpoint),
+    cpuSeconds: () => processCpuSeconds(child.pid),
     async stop() {
       child.stdin.end();
       const last = await lines.next();
       return last.done ? 0 : (JSON.parse(last.value) as { peakRssMiB: number }).peakRssMiB;
     },
   };
+}
+
+/** A process's CPU seconds from /proc/PID/stat (utime and stime, in clock ticks of 1/100 s on Linux). */
+function processCpuSeconds(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return Number.NaN;
+  }
 }

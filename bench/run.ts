@@ -54,6 +54,8 @@ interface PathFigure {
   recordsPerSecond: number;
   baselineLinesPerSecond: number;
   baselineRatio: number;
+  cpuSeconds: number;
+  s3CpuSeconds: number;
   peakRssMiB: number;
   s3PeakRssMiB: number;
 }
@@ -80,6 +82,8 @@ console.table(
     'records/s': p.recordsPerSecond,
     'raw read lines/s': p.baselineLinesPerSecond,
     'ratio to raw read': p.baselineRatio,
+    'CPU s': p.cpuSeconds,
+    's3rver CPU s': p.s3CpuSeconds,
     'peak RSS MiB': p.peakRssMiB,
   })),
 );

@@ -40,20 +40,45 @@ export function entryLine(entry: IdEntry): string {
   return `${JSON.stringify(entry.id)}\t${entry.shard}\t${entry.line}\t${entry.part}\t${entry.bytes}\t${entry.tokens}\n`;
 }
 
-/** An entry from its line (without the newline). */
+/**
+ * An entry from its line (without the newline). Settle reads every entry of a run twice, so this reads the
+ * line by hand: an id JSON.stringify wrote without a backslash is the text between its quotes, and the
+ * numbers are read digit by digit.
+ */
 export function parseEntryLine(line: string): IdEntry {
   const tab = line.lastIndexOf('"') + 1;
-  const id: unknown = JSON.parse(line.slice(0, tab));
-  const [shard, at, part, bytes, tokens] = line
-    .slice(tab + 1)
-    .split('\t')
-    .map((n) => Number(n));
-  if (
-    typeof id !== 'string' ||
-    [shard, at, part, bytes, tokens].some((n) => n === undefined || !Number.isInteger(n))
-  )
+  const quoted = line.slice(0, tab);
+  let id: unknown;
+  if (tab >= 2 && line.charCodeAt(0) === 0x22 && !quoted.includes('\\')) id = quoted.slice(1, -1);
+  else {
+    try {
+      id = JSON.parse(quoted);
+    } catch {
+      id = undefined;
+    }
+  }
+  const numbers = [0, 0, 0, 0, 0];
+  let field = -1;
+  let digits = 0;
+  for (let i = tab; i < line.length; i++) {
+    const c = line.charCodeAt(i);
+    if (c === 0x09) {
+      if (field >= 0 && digits === 0) break;
+      field += 1;
+      digits = 0;
+      if (field >= numbers.length) break;
+    } else if (c >= 0x30 && c <= 0x39 && field >= 0) {
+      numbers[field] = (numbers[field] ?? 0) * 10 + (c - 0x30);
+      digits += 1;
+    } else {
+      field = numbers.length; // not a number
+      break;
+    }
+  }
+  if (typeof id !== 'string' || field !== numbers.length - 1 || digits === 0)
     throw new Error(`not an id entry: ${line.length} characters`);
-  return { id, shard: shard ?? 0, line: at ?? 0, part: part ?? 0, bytes: bytes ?? 0, tokens: tokens ?? 0 };
+  const [shard = 0, at = 0, part = 0, bytes = 0, tokens = 0] = numbers;
+  return { id, shard, line: at, part, bytes, tokens };
 }
 
 /** The bytes of one partition's entries a builder holds: chunks, the last one filled up to `used`. */

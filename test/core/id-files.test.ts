@@ -1,5 +1,12 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type IdEntry, IdFileBuilder, parseEntryLine, partitionOf } from '../../functions/core/id-files';
+import {
+  entryLine,
+  type IdEntry,
+  IdFileBuilder,
+  parseEntryLine,
+  partitionOf,
+} from '../../functions/core/id-files';
 
 /** The body of a taken file, whole. */
 async function bytesOf(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
@@ -70,5 +77,45 @@ describe('IdFileBuilder', () => {
         .map((e) => e.id),
     ).toEqual(['b']);
     expect(index.counts.reduce((a, b) => a + b, 0)).toBe(1);
+  });
+});
+
+describe('parseEntryLine', () => {
+  const entry = fc.record({
+    id: fc.oneof(
+      fc.string(),
+      fc.string({ unit: 'binary' }),
+      fc.constantFrom('"', '\\', 'a\tb', '\n', '"\t1'),
+    ),
+    shard: fc.nat(),
+    line: fc.nat(),
+    part: fc.nat({ max: 2 ** 40 }),
+    bytes: fc.nat(),
+    tokens: fc.nat(),
+  });
+
+  it('reads back every entry entryLine writes', () => {
+    fc.assert(
+      fc.property(entry, (e) => {
+        expect(parseEntryLine(entryLine(e).slice(0, -1))).toEqual(e);
+      }),
+    );
+  });
+
+  it('refuses what is not an entry line: a bad id, a missing or extra number, a sign or a fraction', () => {
+    const bad = [
+      '',
+      'r1\t0\t1\t2\t3\t4',
+      '"r1"\t0\t1\t2\t3',
+      '"r1"\t0\t1\t2\t3\t4\t5',
+      '"r1"\t0\t1\t2\t3\t',
+      '"r1"\t0\t\t2\t3\t4',
+      '"r1"\t-1\t1\t2\t3\t4',
+      '"r1"\t0\t1.5\t2\t3\t4',
+      '"r\\x"\t0\t1\t2\t3\t4',
+      '"r1" \t0\t1\t2\t3\t4',
+    ];
+    for (const line of bad)
+      expect(() => parseEntryLine(line), JSON.stringify(line)).toThrow('not an id entry');
   });
 });

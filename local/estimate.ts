@@ -1,12 +1,18 @@
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
+import { appendFile, mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { countTokens as cl100k } from 'gpt-tokenizer/encoding/cl100k_base';
 import { countTokens as o200k } from 'gpt-tokenizer/encoding/o200k_base';
 import { partsOf } from '../functions/core/chunker';
 import { readDataset } from '../functions/core/dataset';
-import { IdRegistry } from '../functions/core/ids';
+import { findDuplicates } from '../functions/core/dedup';
+import { IdFileBuilder, parseEntryLine, partitionsFor } from '../functions/core/id-files';
 import { isImages } from '../functions/core/images';
+import { linesOf } from '../functions/core/lines';
+import { LineIds } from '../functions/core/prepare';
 import { costOf, imagePriceOf, imagesRequestCostOf, priceOf } from '../functions/core/prices';
-import { buildRequests, type PreparedRequest } from '../functions/core/requests';
+import { buildRequests, type IdClaims, type PreparedRequest } from '../functions/core/requests';
 import { formatPromptOf } from '../functions/core/structured';
 import type { Work } from '../functions/core/work';
 
@@ -17,12 +23,18 @@ const REPLY_PRIMING = 3;
 const MAX_LISTED = 20;
 
 /** The tokenizer of a model: o200k for the GPT-4o, 4.1, 5 and o-series families, cl100k for older ones. */
-export function tokenizerOf(model: string): { name: string; count: (text: string) => number } {
+export function tokenizerOf(model: string): Tokenizer {
   const old = /^(gpt-4(?!o|\.)|gpt-3\.5|text-embedding-|text-davinci|davinci|babbage)/.test(model);
-  return old
-    ? { name: 'cl100k_base', count: (t) => cl100k(t) }
-    : { name: 'o200k_base', count: (t) => o200k(t) };
+  return old ? CL100K : O200K;
 }
+
+/** A tokenizer by name (made once: `tokenizerOf` is asked for each request). */
+interface Tokenizer {
+  readonly name: string;
+  readonly count: (text: string) => number;
+}
+const CL100K: Tokenizer = { name: 'cl100k_base', count: (t) => cl100k(t) };
+const O200K: Tokenizer = { name: 'o200k_base', count: (t) => o200k(t) };
 
 /** All text in a value (message contents, inputs, prompts), skipping inline data. */
 function textsOf(value: unknown, out: string[] = []): string[] {
@@ -88,12 +100,124 @@ export interface Estimate {
   readonly costUsd: number | null;
 }
 
+/** Id entries held in memory before they are appended to their partitions' files. */
+const ENTRIES_HELD = 262_144;
+
+/** How an estimate keeps its id files (tests make them small, to cross their bounds). */
+export interface EstimateOptions {
+  /** Id entries held in memory before they are written out. @default 262,144 */
+  readonly entriesHeld?: number;
+  /** Partitions of the id files. @default one per 64 MiB of dataset, up to 1,024 */
+  readonly partitions?: number;
+}
+
+/**
+ * Claims ids as a run does, numbering every request that reaches its id check: an id given twice by one
+ * line is refused there (as prepare does); any other use goes to `use`, with its number, which says
+ * whether it is refused (the line of the first use) or not (0).
+ */
+class NumberedClaims implements IdClaims {
+  private next = 0;
+  private readonly line = new LineIds();
+
+  constructor(private readonly use: (id: string, line: number, seq: number) => number) {}
+
+  claim(id: string, line: number): number {
+    const sameLine = this.line.claim(id, line);
+    if (sameLine !== 0) return sameLine;
+    return this.use(id, line, this.next++);
+  }
+}
+
 /**
  * Reads a local dataset through the work's `upload` hook, the request builder and the chunker, exactly as
  * Prepare does, and counts requests, parts and input tokens with a real tokenizer for each model. Output
  * tokens are the work's `expectedOutputTokens` a request (none for embeddings and moderations).
+ *
+ * Memory does not grow with the dataset. As in a run, an id given twice by one line is refused on the
+ * spot, and ids used on different lines are found exactly afterwards: each request's id goes to id files
+ * by partition in a temporary directory, read back one partition at a time. When some were used more than
+ * once, the dataset is read a second time, refusing every use after the first (as a run's Settle does),
+ * so that the figures are those of what a run would send.
  */
-export async function estimate<R>(work: Work<R>, datasetPath: string): Promise<Estimate> {
+export async function estimate<R>(
+  work: Work<R>,
+  datasetPath: string,
+  options: EstimateOptions = {},
+): Promise<Estimate> {
+  const scratch = await mkdtemp(join(tmpdir(), 'openai-batch-estimate-'));
+  try {
+    const partitions = options.partitions ?? partitionsFor((await stat(datasetPath)).size);
+    const ids = new IdFileBuilder(partitions);
+    const entriesHeld = options.entriesHeld ?? ENTRIES_HELD;
+    const partitionFile = (p: number) => join(scratch, `ids-${p}`);
+    /** The write of the entries taken from the builder, while it lasts. */
+    let flushing: Promise<void> | null = null;
+    const flushIds = async () => {
+      const { body, index } = ids.take();
+      const held: Uint8Array[] = [];
+      for await (const piece of body) held.push(piece);
+      const all = Buffer.concat(held);
+      for (let p = 0; p < partitions; p++) {
+        const from = index.offsets[p] ?? 0;
+        const to = index.offsets[p + 1] ?? from;
+        if (to > from) await appendFile(partitionFile(p), all.subarray(from, to));
+      }
+    };
+    const first = await tally(
+      work,
+      datasetPath,
+      new NumberedClaims((id, line, seq) => {
+        ids.add({ id, shard: 0, line, part: seq, bytes: 0, tokens: 0 });
+        if (ids.size >= entriesHeld && !flushing)
+          flushing = flushIds().finally(() => {
+            flushing = null;
+          });
+        return 0;
+      }),
+      () => flushing ?? undefined,
+    );
+    if (flushing) await flushing;
+    if (ids.size > 0) await flushIds();
+
+    // Every use of an id after its first, by request number, with the line of the first use.
+    const duplicates: { seq: number; firstLine: number }[] = [];
+    for (let p = 0; p < partitions; p++) {
+      const file = partitionFile(p);
+      if (!existsSync(file)) continue;
+      const found = await findDuplicates(async function* () {
+        for await (const raw of linesOf(createReadStream(file), Number.MAX_SAFE_INTEGER))
+          if (raw.bytes && raw.bytes.length > 0)
+            yield parseEntryLine(Buffer.from(raw.bytes).toString('utf8'));
+      });
+      for (const { entry, winner } of found) duplicates.push({ seq: entry.part, firstLine: winner.line });
+    }
+    if (duplicates.length === 0) return first;
+    duplicates.sort((a, b) => a.seq - b.seq);
+    let at = 0;
+    return await tally(
+      work,
+      datasetPath,
+      new NumberedClaims((_id, _line, seq) => {
+        const duplicate = duplicates[at];
+        if (duplicate?.seq !== seq) return 0;
+        at += 1;
+        return duplicate.firstLine;
+      }),
+      () => undefined,
+    );
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
+/** One read of the dataset, its ids claimed by `claims`; `pending` is awaited after each record's requests. */
+async function tally<R>(
+  work: Work<R>,
+  datasetPath: string,
+  claims: IdClaims,
+  pending: () => Promise<void> | undefined,
+): Promise<Estimate> {
   const source = createReadStream(datasetPath);
   const byModel = new Map<
     string,
@@ -117,7 +241,7 @@ export async function estimate<R>(work: Work<R>, datasetPath: string): Promise<E
         yield line;
       }
     }
-    for await (const event of buildRequests(counted(), work, new IdRegistry())) {
+    for await (const event of buildRequests(counted(), work, claims)) {
       if (event.kind === 'error' && event.error.stage === 'request') refused += 1;
       if (event.kind === 'error' && event.error.code === 'invalid_request_body') {
         invalidBodies.count += 1;
@@ -151,6 +275,8 @@ export async function estimate<R>(work: Work<R>, datasetPath: string): Promise<E
       }
       byModel.set(entry.model, entry);
       yield event.request;
+      const waiting = pending();
+      if (waiting) await waiting;
     }
   }
   let parts = 0;

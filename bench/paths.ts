@@ -12,11 +12,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
 import { collectPart } from '../functions/core/collect';
-import { IdRegistry } from '../functions/core/ids';
+import { partitionsFor } from '../functions/core/id-files';
 import { linesOf } from '../functions/core/lines';
-import { prepareDataset } from '../functions/core/prepare';
+import { LineIds, prepareDataset } from '../functions/core/prepare';
 import { newPart, runKeys } from '../functions/core/run';
-import { LazyJsonl, StoredParts } from '../functions/steps/storage';
+import { LazyJsonl, StoredIdFiles, StoredParts } from '../functions/steps/storage';
 import { localS3Client } from '../local/stand-ins';
 import { chatDataset } from './generate';
 import { startS3Process } from './processes';
@@ -109,17 +109,29 @@ async function rawRead(
   return { lines, seconds: (performance.now() - started) / 1000 };
 }
 
-async function preparePath(blobs: S3BlobStore, kind: BenchKind): Promise<number> {
-  const parts = new StoredParts(blobs, 'bench');
+/** A prepare lane's path over one shard: ids claimed within a line, every request's id entry to id files. */
+async function preparePath(blobs: S3BlobStore, kind: BenchKind, bytes: number): Promise<number> {
+  const ids = new StoredIdFiles(blobs, 'bench', 0, 1, partitionsFor(bytes));
+  const parts = new StoredParts(blobs, 'bench', (part, request) =>
+    ids.add({
+      id: request.customId,
+      shard: 0,
+      line: request.line,
+      part,
+      bytes: request.bytes,
+      tokens: request.estimatedTokens,
+    }),
+  );
   const errors = new LazyJsonl(blobs, keys.prepareErrors(0, 1));
   const result = await prepareDataset({
     source: blobs.read(INPUT),
     work: benchWork(kind),
-    ids: new IdRegistry(),
+    ids: new LineIds(),
     parts,
     errors,
   });
   await errors.close();
+  await ids.close();
   return result.counts.records;
 }
 
@@ -176,7 +188,7 @@ if (first === '--seed') {
     const cpuStarted = process.cpuUsage();
     const started = performance.now();
     const records =
-      mode === 'prepare' ? await preparePath(blobs, kind) : await collectPath(blobs, bytes, kind);
+      mode === 'prepare' ? await preparePath(blobs, kind, bytes) : await collectPath(blobs, bytes, kind);
     const seconds = (performance.now() - started) / 1000;
     const pathCpu = process.cpuUsage(cpuStarted);
     const s3Path = s3.cpuSeconds();

@@ -28,6 +28,7 @@ import { API_KEY_PLACEHOLDER, WEBHOOK_SECRET_PLACEHOLDER } from '../functions/ad
 import type { WorkSettings } from '../functions/core/work';
 import { BatchFunction } from './batch-function';
 import { runDefinition, TASKS, type TaskName } from './state-machine';
+import { STEP_OLD_SPACE_MB } from './step-memory';
 
 /**
  * Props of {@link OpenAIBatchWork}. A brought resource is typed as CDK's interface or its class: under
@@ -119,13 +120,7 @@ const known = (value: string, pseudo: string) => (Token.isUnresolved(value) ? ps
 /** The webhook receiver's function: small and quick, it only records and restarts. */
 export const WEBHOOK_SIZING = { memorySize: 256, timeout: Duration.seconds(30) };
 
-/**
- * The old space of Prepare and Settle (MB). What they hold live is bounded (a lane: under 50 MiB of heap at
- * 10 million records; Settle: one partition group), so a bounded old space keeps a step's peak RSS near
- * 200 MiB whatever the dataset, instead of V8 letting garbage pile up towards the function's memory; it
- * leaves room for records of up to `maxRecordBytes` (10 MiB by default). See BENCHMARKS.md.
- */
-export const STEP_OLD_SPACE_MB = 160;
+export { STEP_OLD_SPACE_MB };
 
 /** Memory and timeout per state: Prepare and Tick stream files and upload parts of up to 200 MB. */
 export const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }> = {

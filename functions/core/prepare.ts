@@ -133,6 +133,10 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
     parts.push(summary);
     counts.parts += 1;
   }
+  /** Waits for a close still running, whatever its end (for a step that failed). */
+  const closeEnded = async () => {
+    await closing?.catch(() => {});
+  };
 
   async function closeThenWrite(closed: PartSummary, part: number, request: PreparedRequest): Promise<void> {
     await closePart(closed);
@@ -163,41 +167,47 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
       gzip = format.gzip;
     },
   });
-  // One loop from line to part, awaiting only what returns a promise (a hook may be async, a sink may flush).
-  for await (const entry of reader) {
-    if (input.shouldPause?.()) {
-      done = false;
-      break;
-    }
-    counts.records += 1;
-    const { line } = entry;
-    if (entry.kind === 'invalid') {
-      await refuse(entry.error);
-    } else {
-      const checked = recordOf(entry, work);
-      if ('refused' in checked) {
-        await take(checked.refused);
+  try {
+    // One loop from line to part, awaiting only what returns a promise (a hook may be async, a sink may flush).
+    for await (const entry of reader) {
+      if (input.shouldPause?.()) {
+        done = false;
+        break;
+      }
+      counts.records += 1;
+      const { line } = entry;
+      if (entry.kind === 'invalid') {
+        await refuse(entry.error);
       } else {
-        let result: unknown;
-        let threw = false;
-        try {
-          result = work.upload(checked.record, { line });
-          if (isThenable(result)) result = await result;
-        } catch (caught) {
-          threw = true;
-          await take(uploadFailure(line, caught));
-        }
-        const items = threw ? [] : itemsOf(result);
-        if (items === null) take({ kind: 'skip', line });
-        else {
-          for (let i = 0; i < items.length; i++) {
-            const pending = take(buildRequest(items[i], line, work, input.ids, i === 0));
-            if (pending) await pending;
+        const checked = recordOf(entry, work);
+        if ('refused' in checked) {
+          await take(checked.refused);
+        } else {
+          let result: unknown;
+          let threw = false;
+          try {
+            result = work.upload(checked.record, { line });
+            if (isThenable(result)) result = await result;
+          } catch (caught) {
+            threw = true;
+            await take(uploadFailure(line, caught));
+          }
+          const items = threw ? [] : itemsOf(result);
+          if (items === null) take({ kind: 'skip', line });
+          else {
+            for (let i = 0; i < items.length; i++) {
+              const pending = take(buildRequest(items[i], line, work, input.ids, i === 0));
+              if (pending) await pending;
+            }
           }
         }
       }
+      next = { line: line + 1, offset: entry.end };
     }
-    next = { line: line + 1, offset: entry.end };
+  } catch (caught) {
+    // A part's close still running is waited for: none is left to finish after the step has failed.
+    await closeEnded();
+    throw caught;
   }
   for (const summary of chunker.finish()) await closePart(summary);
   if (closing) await closing;

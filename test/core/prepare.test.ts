@@ -193,6 +193,39 @@ describe('prepareDataset', () => {
     ).rejects.toThrow('S3 refused the part');
   });
 
+  it('fails a step only once the part close running beside the failure has ended', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let closeEnded = false;
+    const sink: PartSink & RecordSink = {
+      write: (part: number | string) =>
+        part === 1 ? Promise.reject(new Error('S3 refused a write')) : Promise.resolve(),
+      close: () =>
+        held.then(() => {
+          closeEnded = true;
+        }),
+    };
+    const lines = Array.from({ length: 8 }, (_, i) => JSON.stringify({ id: i, mode: 'one', text: 't' }));
+    let settled = false;
+    const step = prepareDataset({
+      source: chunksOf(lines.join('\n'), 13),
+      work: testWork({ maxRequestsPerBatch: 5 }),
+      ids: new IdRegistry(),
+      parts: sink,
+      errors: sink,
+    }).finally(() => {
+      settled = true;
+    });
+    step.catch(() => {});
+    for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+    expect(settled).toBe(false); // part 1's write failed, part 0's close still runs
+    release();
+    await expect(step).rejects.toThrow('S3 refused a write');
+    expect(closeEnded).toBe(true);
+  });
+
   it('takes an async upload hook, a thenable and a rejected promise as it takes a plain hook', async () => {
     const plain = testWork({ maxRecordBytes: 200 });
     const async: Work = { ...plain, upload: async (record, context) => plain.upload(record, context) };

@@ -40,6 +40,15 @@ export function entryLine(entry: IdEntry): string {
   return `${JSON.stringify(entry.id)}\t${entry.shard}\t${entry.line}\t${entry.part}\t${entry.bytes}\t${entry.tokens}\n`;
 }
 
+/** Whether JSON.stringify wrote a string's text as is: no quote, backslash or control character in it. */
+function writtenAsIs(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x20 || c === 0x22 || c === 0x5c) return false;
+  }
+  return true;
+}
+
 /**
  * An entry from its line (without the newline). Settle reads every entry of a run twice, so this reads the
  * line by hand: an id JSON.stringify wrote without a backslash is the text between its quotes, and the
@@ -48,8 +57,9 @@ export function entryLine(entry: IdEntry): string {
 export function parseEntryLine(line: string): IdEntry {
   const tab = line.lastIndexOf('"') + 1;
   const quoted = line.slice(0, tab);
+  const inner = quoted.slice(1, -1);
   let id: unknown;
-  if (tab >= 2 && line.charCodeAt(0) === 0x22 && !quoted.includes('\\')) id = quoted.slice(1, -1);
+  if (tab >= 2 && line.charCodeAt(0) === 0x22 && writtenAsIs(inner)) id = inner;
   else {
     try {
       id = JSON.parse(quoted);

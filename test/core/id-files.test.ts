@@ -114,6 +114,8 @@ describe('parseEntryLine', () => {
       '"r1"\t0\t1.5\t2\t3\t4',
       '"r\\x"\t0\t1\t2\t3\t4',
       '"r1" \t0\t1\t2\t3\t4',
+      '"a"b"\t0\t1\t2\t3\t4',
+      '"a\tb"\t0\t1\t2\t3\t4',
     ];
     for (const line of bad)
       expect(() => parseEntryLine(line), JSON.stringify(line)).toThrow('not an id entry');

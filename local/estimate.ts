@@ -1,20 +1,19 @@
-import { createReadStream, existsSync } from 'node:fs';
-import { appendFile, mkdtemp, rm, stat } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { countTokens as cl100k } from 'gpt-tokenizer/encoding/cl100k_base';
 import { countTokens as o200k } from 'gpt-tokenizer/encoding/o200k_base';
 import { partsOf } from '../functions/core/chunker';
 import { readDataset } from '../functions/core/dataset';
-import { findDuplicates } from '../functions/core/dedup';
-import { IdFileBuilder, parseEntryLine, partitionsFor } from '../functions/core/id-files';
+import { partitionsFor } from '../functions/core/id-files';
 import { isImages } from '../functions/core/images';
-import { linesOf } from '../functions/core/lines';
 import { LineIds } from '../functions/core/prepare';
 import { costOf, imagePriceOf, imagesRequestCostOf, priceOf } from '../functions/core/prices';
 import { buildRequests, type IdClaims, type PreparedRequest } from '../functions/core/requests';
 import { formatPromptOf } from '../functions/core/structured';
 import type { Work } from '../functions/core/work';
+import { EstimateIds } from './estimate-ids';
 
 /** Tokens a chat message adds around its content, and the tokens that prime the reply (OpenAI's cookbook). */
 const MESSAGE_OVERHEAD = 3;
@@ -135,10 +134,11 @@ class NumberedClaims implements IdClaims {
  * tokens are the work's `expectedOutputTokens` a request (none for embeddings and moderations).
  *
  * Memory does not grow with the dataset. As in a run, an id given twice by one line is refused on the
- * spot, and ids used on different lines are found exactly afterwards: each request's id goes to id files
- * by partition in a temporary directory, read back one partition at a time. When some were used more than
- * once, the dataset is read a second time, refusing every use after the first (as a run's Settle does),
- * so that the figures are those of what a run would send.
+ * spot, and ids used on different lines are found exactly afterwards ({@link EstimateIds}: id files by
+ * partition in a temporary directory, read back one partition at a time). When some were used more than
+ * once, the dataset is read a second time (the upload hook runs twice on each record then), refusing
+ * every use after the first (as a run's Settle does), so that the figures are those of what a run would
+ * send.
  */
 export async function estimate<R>(
   work: Work<R>,
@@ -146,67 +146,31 @@ export async function estimate<R>(
   options: EstimateOptions = {},
 ): Promise<Estimate> {
   const scratch = await mkdtemp(join(tmpdir(), 'openai-batch-estimate-'));
+  const partitions = options.partitions ?? partitionsFor((await stat(datasetPath)).size);
+  const ids = new EstimateIds(scratch, partitions, options.entriesHeld ?? ENTRIES_HELD);
   try {
-    const partitions = options.partitions ?? partitionsFor((await stat(datasetPath)).size);
-    const ids = new IdFileBuilder(partitions);
-    const entriesHeld = options.entriesHeld ?? ENTRIES_HELD;
-    const partitionFile = (p: number) => join(scratch, `ids-${p}`);
-    /** The write of the entries taken from the builder, while it lasts. */
-    let flushing: Promise<void> | null = null;
-    const flushIds = async () => {
-      const { body, index } = ids.take();
-      const held: Uint8Array[] = [];
-      for await (const piece of body) held.push(piece);
-      const all = Buffer.concat(held);
-      for (let p = 0; p < partitions; p++) {
-        const from = index.offsets[p] ?? 0;
-        const to = index.offsets[p + 1] ?? from;
-        if (to > from) await appendFile(partitionFile(p), all.subarray(from, to));
-      }
-    };
     const first = await tally(
       work,
       datasetPath,
       new NumberedClaims((id, line, seq) => {
-        ids.add({ id, shard: 0, line, part: seq, bytes: 0, tokens: 0 });
-        if (ids.size >= entriesHeld && !flushing)
-          flushing = flushIds().finally(() => {
-            flushing = null;
-          });
+        ids.record(id, line, seq);
         return 0;
       }),
-      () => flushing ?? undefined,
+      () => ids.pending(),
     );
-    if (flushing) await flushing;
-    if (ids.size > 0) await flushIds();
-
-    // Every use of an id after its first, by request number, with the line of the first use.
-    const duplicates: { seq: number; firstLine: number }[] = [];
-    for (let p = 0; p < partitions; p++) {
-      const file = partitionFile(p);
-      if (!existsSync(file)) continue;
-      const found = await findDuplicates(async function* () {
-        for await (const raw of linesOf(createReadStream(file), Number.MAX_SAFE_INTEGER))
-          if (raw.bytes && raw.bytes.length > 0)
-            yield parseEntryLine(Buffer.from(raw.bytes).toString('utf8'));
-      });
-      for (const { entry, winner } of found) duplicates.push({ seq: entry.part, firstLine: winner.line });
-    }
-    if (duplicates.length === 0) return first;
-    duplicates.sort((a, b) => a.seq - b.seq);
-    let at = 0;
-    return await tally(
+    if ((await ids.findDuplicates()) === 0) return first;
+    // Some ids were used on several lines: the second read refuses every use after the first.
+    const second = await tally(
       work,
       datasetPath,
-      new NumberedClaims((_id, _line, seq) => {
-        const duplicate = duplicates[at];
-        if (duplicate?.seq !== seq) return 0;
-        at += 1;
-        return duplicate.firstLine;
-      }),
+      new NumberedClaims((id, _line, seq) => ids.refusal(id, seq)),
       () => undefined,
     );
+    ids.checkAllMet();
+    return second;
   } finally {
+    await ids.settled().catch(() => {});
+    ids.close();
     await rm(scratch, { recursive: true, force: true });
   }
 }

@@ -8,6 +8,7 @@ import { readDataset } from '../../functions/core/dataset';
 import { buildRequests, type IdClaims } from '../../functions/core/requests';
 import { defineWork } from '../../functions/core/work';
 import { estimate } from '../../local/estimate';
+import { UnstableUploadError } from '../../local/estimate-ids';
 import { chunksOf } from '../support/streams';
 
 let dir: string;
@@ -107,5 +108,24 @@ describe('estimate', () => {
     expect(figures).toMatchObject({ records: 5, requests: 3, refused: 3, parts: 1 });
     // The later uses were of another model: only the first uses count.
     expect(figures.byModel.map((m) => [m.model, m.requests])).toEqual([['gpt-4o-mini', 3]]);
+  });
+
+  it('refuses to give figures when the upload hook gives other requests on the second read', async () => {
+    const file = join(dir, 'unstable.jsonl');
+    writeFileSync(file, ['{"n":1}', '{"n":2}', '{"n":3}'].join('\n'));
+    let calls = 0;
+    // The first read gives one id on every line (so a second read is made), the second read others.
+    const unstable = defineWork({
+      name: 'unstable',
+      model: 'gpt-4o-mini',
+      upload: () => {
+        calls += 1;
+        return { id: calls <= 3 ? 'same' : `other-${calls}`, messages: [{ role: 'user', content: 'x' }] };
+      },
+    });
+    await expect(estimate(unstable, file, { entriesHeld: 2, partitions: 3 })).rejects.toThrow(
+      UnstableUploadError,
+    );
+    expect(calls).toBeGreaterThan(3); // a second read was made, and told apart from the first
   });
 });

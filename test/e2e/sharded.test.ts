@@ -189,5 +189,5 @@ describe('a sharded run', () => {
     expect(message(110)).toContain('already used on line 2');
     expect(message(90)).toContain('already used on line 85');
     expect(message(7)).toContain('already used on line 10 of inputs/sharded/a.jsonl');
-  });
+  }, 240_000);
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FingerprintTable, findDuplicates } from '../../functions/core/dedup';
+import { type DedupHeld, duplicatesIn, FingerprintTable, findDuplicates } from '../../functions/core/dedup';
 import type { IdEntry } from '../../functions/core/id-files';
 
 const use = (id: string, shard: number, line: number, part = shard * 10): IdEntry => ({
@@ -95,6 +95,61 @@ describe('findDuplicates', () => {
     const found = await findDuplicates(() => entries, 4);
     expect(found).toHaveLength(20);
     expect(found.every((d) => d.winner.shard === 0 && d.entry.shard === 1)).toBe(true);
+  });
+});
+
+describe('duplicatesIn', () => {
+  const all = async (source: Parameters<typeof duplicatesIn>[0], held?: DedupHeld) => {
+    const out = [];
+    for await (const d of duplicatesIn(source, 1024, held)) out.push(d);
+    return out;
+  };
+
+  it('holds one id, not its uses, for an id used 120,000 times, giving each later use once', async () => {
+    const n = 120_000;
+    const source = function* () {
+      for (let i = 1; i <= n; i++) {
+        yield use('same', 0, i);
+        if (i % 1000 === 0) yield use('same', 0, i); // a repeat, right after what it repeats
+      }
+      yield use('other', 1, 1);
+    };
+    const held: DedupHeld = { ids: 0, uses: 0 };
+    let count = 0;
+    let previous = 1;
+    for await (const d of duplicatesIn(source, n, held)) {
+      count += 1;
+      expect(d.winner).toEqual({ shard: 0, line: 1 });
+      expect(d.entry.line).toBe(previous + 1); // each later use once, in order
+      previous = d.entry.line;
+    }
+    expect(count).toBe(n - 1);
+    expect(held).toEqual({ ids: 1, uses: 0 });
+  });
+
+  it('remembers the uses given only of an id whose uses come out of order', async () => {
+    const held: DedupHeld = { ids: 0, uses: 0 };
+    const found = await all(
+      () => [use('s', 1, 3), use('s', 0, 4), use('s', 1, 2), use('s', 1, 3), use('t', 0, 1), use('t', 0, 2)],
+      held,
+    );
+    expect(found.map((d) => `${d.entry.id}@${d.entry.shard}:${d.entry.line}`)).toEqual([
+      's@1:3',
+      's@1:2',
+      't@0:2',
+    ]);
+    expect(held).toEqual({ ids: 2, uses: 2 });
+  });
+
+  it('refuses entries whose order changed between reads', async () => {
+    let reads = 0;
+    const source = () => {
+      reads += 1;
+      return reads < 3
+        ? [use('a', 0, 1), use('a', 0, 2), use('a', 0, 3)]
+        : [use('a', 0, 1), use('a', 0, 3), use('a', 0, 2)];
+    };
+    await expect(all(source)).rejects.toThrow(/changed between two reads/);
   });
 });
 

@@ -324,9 +324,17 @@ export const runKeys = (runId: string) => ({
   idFile: (shard: number, line: number, chunk: number) =>
     `runs/${runId}/state/ids/${String(shard).padStart(6, '0')}-${String(line).padStart(10, '0')}-${String(chunk).padStart(4, '0')}.ids`,
   idFiles: `runs/${runId}/state/ids/`,
-  /** Duplicates found in a partition group starting at `partition`, in part order (Settle). */
-  drops: (partition: number) => `runs/${runId}/state/drops/${String(partition).padStart(5, '0')}.jsonl`,
+  /**
+   * Duplicates found in a partition group starting at `partition` (Settle), in sorted runs: the `run`-th,
+   * in part order. A group's runs are the objects under `dropRuns(partition)`.
+   */
+  drops: (partition: number, run: number) =>
+    `runs/${runId}/state/drops/${String(partition).padStart(5, '0')}-${String(run).padStart(6, '0')}.jsonl`,
+  dropRuns: (partition: number) => `runs/${runId}/state/drops/${String(partition).padStart(5, '0')}-`,
   dropFiles: `runs/${runId}/state/drops/`,
+  /** Shard 0's own duplicates, in sorted runs, when it was settled on its own (see settleFirstShard). */
+  firstShardDrops: (run: number) => `runs/${runId}/state/drops-shard-0/${String(run).padStart(6, '0')}.jsonl`,
+  firstShardDropFiles: `runs/${runId}/state/drops-shard-0/`,
   /** The duplicate_id errors of shard 0, found when it was settled on its own (see settleFirstShard). */
   firstShardDuplicateErrors: `runs/${runId}/errors/duplicates-shard-0.jsonl`,
   /** The duplicate_id errors Settle wrote for a partition group starting at `partition`. */

@@ -1,5 +1,5 @@
 import { addCounts, type Counts, withDuplicates, zeroCounts } from '../core/accounting';
-import { type Duplicate, findDuplicates } from '../core/dedup';
+import { type DedupHeld, type Duplicate, duplicatesIn } from '../core/dedup';
 import { CostLimitError, DatasetError, InvariantError } from '../core/errors';
 import { type IdEntry, type IdFileIndex, readIdFileIndex, readIdPartitions } from '../core/id-files';
 import { errorItem } from '../core/items';
@@ -17,6 +17,12 @@ import { laneCheckpoint, planShard } from './storage';
  * the dedup of 2,000,000 entries takes about 40 MiB (a 4M-slot fingerprint table) plus the colliding ids.
  */
 export const GROUP_ENTRIES = 2_000_000;
+
+/**
+ * Drops Settle holds at most before it writes them, sorted, as a run of its own (a few MiB): a group's
+ * duplicates are never all held, however many uses an id has.
+ */
+export const DROP_RUN = 50_000;
 
 /** US dollars for a person: cents, or four significant digits below a cent. */
 export function usd(amount: number): string {
@@ -56,7 +62,7 @@ interface Drop {
  */
 export async function settle<R>(
   deps: StepDeps<R>,
-  input: { runId: string; groupEntries?: number },
+  input: { runId: string; groupEntries?: number; dropRun?: number },
 ): Promise<{ settled: boolean }> {
   const started = deps.now();
   let worked = false;
@@ -71,7 +77,7 @@ export async function settle<R>(
   let run = await runOf(deps.runs, input.runId);
   if (run.prepared) return { settled: true };
   if (!run.settle) run = await begin(deps, run);
-  const ctx = new SettleContext(deps, run, input.groupEntries ?? GROUP_ENTRIES);
+  const ctx = new SettleContext(deps, run, input.groupEntries ?? GROUP_ENTRIES, input.dropRun ?? DROP_RUN);
   for (;;) {
     const state = run.settle;
     if (!state) throw new InvariantError(`run ${run.runId} has no settle state`);
@@ -106,8 +112,9 @@ export async function settle<R>(
 export async function settleFirstShard<R>(
   deps: StepDeps<R>,
   run: Run,
+  dropRun = DROP_RUN,
 ): Promise<{ duplicates: number; tokens: number }> {
-  return new SettleContext(deps, run, GROUP_ENTRIES).settleFirst();
+  return new SettleContext(deps, run, GROUP_ENTRIES, dropRun).settleFirst();
 }
 
 /** Sums the lanes' checkpoints into the run and starts the dedup stage, once. */
@@ -158,6 +165,7 @@ class SettleContext<R> {
     private readonly deps: StepDeps<R>,
     public run: Run,
     private readonly groupEntries: number,
+    private readonly dropRun: number,
   ) {
     this.keys = runKeys(run.runId);
   }
@@ -208,41 +216,35 @@ class SettleContext<R> {
       p1 += 1;
     }
     const blobs = this.deps.blobs;
+    // In key order (as listed): each id's uses come in (shard, line) order, as duplicatesIn wants them.
     const holding = files.filter((f) => f.index.counts.slice(p0, p1).some((n) => n > 0));
     async function* source(): AsyncGenerator<IdEntry> {
       for (const file of holding) yield* readIdPartitions(blobs, file.key, file.index, p0, p1);
     }
     // Shard 0's own duplicates were dropped when it was settled early; its entries still name the winners.
-    const duplicates = (await findDuplicates(source, entries)).filter(
-      (d) => !(state.firstShardSettled && d.entry.shard === 0),
-    );
-    const dropsKey = this.keys.drops(p0);
-    const errorsKey = this.keys.duplicateErrors(p0);
-    if (duplicates.length === 0) {
-      await blobs.delete([dropsKey, errorsKey]);
-    } else {
-      const errors: string[] = [];
-      for (const duplicate of duplicates) errors.push(await this.errorOf(duplicate));
-      await blobs.write(errorsKey, linesBody(errors));
-      await blobs.write(
-        dropsKey,
-        linesBody(
-          duplicates.map(({ entry: e }) =>
-            JSON.stringify({
-              part: e.part,
-              line: e.line,
-              id: e.id,
-              shard: e.shard,
-              bytes: e.bytes,
-              tokens: e.tokens,
-            }),
-          ),
-        ),
-      );
+    const skipFirst = state.firstShardSettled;
+    const found: DedupHeld = { ids: 0, uses: 0 };
+    async function* duplicates(): AsyncGenerator<Duplicate> {
+      for await (const d of duplicatesIn(source, entries, found))
+        if (!(skipFirst && d.entry.shard === 0)) yield d;
     }
-    const n = duplicates.length;
-    const tokens = duplicates.reduce((sum, d) => sum + d.entry.tokens, 0);
-    this.deps.log('settle dedup', { runId: this.run.runId, partitions: [p0, p1], entries, duplicates: n });
+    const written = await this.writeDuplicates(
+      duplicates(),
+      this.keys.duplicateErrors(p0),
+      (k) => this.keys.drops(p0, k),
+      this.keys.dropRuns(p0),
+    );
+    const { n, tokens } = written;
+    this.deps.log('settle dedup', {
+      runId: this.run.runId,
+      partitions: [p0, p1],
+      entries,
+      duplicates: n,
+      dropRuns: written.runs,
+      heldDrops: written.held,
+      heldIds: found.ids,
+      heldUses: found.uses,
+    });
     return this.advance(state, (r) => ({
       ...r,
       counts: withDuplicates(r.counts, n),
@@ -263,29 +265,102 @@ class SettleContext<R> {
     async function* source(): AsyncGenerator<IdEntry> {
       for (const file of files) yield* readIdPartitions(blobs, file.key, file.index, 0, partitions);
     }
-    const duplicates = (await findDuplicates(source, entries)).filter((d) => d.entry.shard === 0);
-    const errorsKey = this.keys.firstShardDuplicateErrors;
-    if (duplicates.length === 0) await blobs.delete([errorsKey]);
-    else {
-      const errors: string[] = [];
-      for (const duplicate of duplicates) errors.push(await this.errorOf(duplicate));
-      await blobs.write(errorsKey, linesBody(errors));
+    const found: DedupHeld = { ids: 0, uses: 0 };
+    async function* duplicates(): AsyncGenerator<Duplicate> {
+      for await (const d of duplicatesIn(source, entries, found)) if (d.entry.shard === 0) yield d;
     }
-    const byPart = new Map<number, Drop[]>();
-    for (const { entry: e } of duplicates) {
-      const drops = byPart.get(e.part) ?? [];
-      drops.push({ part: e.part, line: e.line, id: e.id, shard: e.shard, bytes: e.bytes, tokens: e.tokens });
-      byPart.set(e.part, drops);
-    }
-    for (const [part, drops] of [...byPart].sort(([a], [b]) => a - b)) await this.dropFrom(part, drops);
+    const written = await this.writeDuplicates(
+      duplicates(),
+      this.keys.firstShardDuplicateErrors,
+      (k) => this.keys.firstShardDrops(k),
+      this.keys.firstShardDropFiles,
+    );
+    // Read back by part from the runs just written: one part's drops held at a time.
+    const runs: string[] = [];
+    for await (const object of blobs.list(this.keys.firstShardDropFiles)) runs.push(object.key);
+    for await (const { part, drops } of dropsByPart(blobs, runs, 0)) await this.dropFrom(part, drops);
     for (const part of (await this.deps.runs.listParts(this.run.runId)).sort((a, b) => a.part - b.part)) {
       if (!part.held || shardOfPart(part.part) !== 0) continue;
       const stored = await this.deps.runs.putPart(this.run.runId, { ...part, held: false });
       if (!stored) throw new ConflictError(`part ${part.part} of run ${this.run.runId} changed meanwhile`);
     }
-    const tokens = duplicates.reduce((sum, d) => sum + d.entry.tokens, 0);
-    this.deps.log('first shard settled', { runId: this.run.runId, entries, duplicates: duplicates.length });
-    return { duplicates: duplicates.length, tokens };
+    this.deps.log('first shard settled', {
+      runId: this.run.runId,
+      entries,
+      duplicates: written.n,
+      dropRuns: written.runs,
+      heldDrops: written.held,
+      heldIds: found.ids,
+      heldUses: found.uses,
+    });
+    return { duplicates: written.n, tokens: written.tokens };
+  }
+
+  /**
+   * Writes a stream of duplicates as they come: each as an errors/ line of `errorsKey`, and as a drop in
+   * runs of at most `dropRun` drops, each sorted by part, then line, then id, and written as `runKey(k)`
+   * (the k-th run) while the errors are written; the errors file is whole once every run is. Then removes
+   * whatever else is under `runsPrefix` (the runs of an earlier attempt beyond these), and with no
+   * duplicate the errors file too. The same stream writes the same files: a call that died is run again.
+   */
+  private async writeDuplicates(
+    duplicates: AsyncIterable<Duplicate>,
+    errorsKey: string,
+    runKey: (run: number) => string,
+    runsPrefix: string,
+  ): Promise<{ n: number; tokens: number; runs: number; held: number }> {
+    const blobs = this.deps.blobs;
+    const dropRun = this.dropRun;
+    const errorOf = (d: Duplicate) => this.errorOf(d);
+    const written = { n: 0, tokens: 0, runs: 0, held: 0 };
+    const buffer: Drop[] = [];
+    const flush = async () => {
+      buffer.sort(compareDrops);
+      await blobs.write(runKey(written.runs), linesBody(buffer.map(dropLine)));
+      written.runs += 1;
+      buffer.length = 0;
+    };
+    const stream = duplicates[Symbol.asyncIterator]();
+    const first = await stream.next();
+    async function* errorLines(): AsyncGenerator<Uint8Array> {
+      const lines: string[] = [];
+      try {
+        for (let next = first; !next.done; next = await stream.next()) {
+          const { entry: e } = next.value;
+          written.n += 1;
+          written.tokens += e.tokens;
+          lines.push(await errorOf(next.value));
+          buffer.push({
+            part: e.part,
+            line: e.line,
+            id: e.id,
+            shard: e.shard,
+            bytes: e.bytes,
+            tokens: e.tokens,
+          });
+          written.held = Math.max(written.held, buffer.length);
+          if (lines.length >= 512) yield Buffer.from(`${lines.splice(0).join('\n')}\n`);
+          if (buffer.length >= dropRun) await flush();
+        }
+        if (lines.length > 0) yield Buffer.from(`${lines.join('\n')}\n`);
+        if (buffer.length > 0) await flush();
+      } finally {
+        await stream.return?.(undefined);
+      }
+    }
+    if (!first.done) {
+      try {
+        await blobs.write(errorsKey, errorLines());
+      } finally {
+        await stream.return?.(undefined); // a write that failed before reading its body leaves it open
+      }
+    }
+    const runs = new Set(Array.from({ length: written.runs }, (_, k) => runKey(k)));
+    const stale: string[] = [];
+    for await (const object of blobs.list(runsPrefix)) if (!runs.has(object.key)) stale.push(object.key);
+    if (written.n === 0) stale.push(errorsKey);
+    for (let i = 0; i < stale.length; i += 1000) await blobs.delete(stale.slice(i, i + 1000));
+    return written;
   }
 
   /** The errors/ line of a duplicate, through the work's downloadError hook. */
@@ -511,6 +586,10 @@ function sameState(a: SettleState, b: SettleState): boolean {
 }
 
 const dropKey = (id: string, line: number) => `${line}\t${id}`;
+
+/** A drop as its line of a drops file. */
+const dropLine = (d: Drop) =>
+  JSON.stringify({ part: d.part, line: d.line, id: d.id, shard: d.shard, bytes: d.bytes, tokens: d.tokens });
 
 function compareDrops(a: Drop, b: Drop): number {
   return a.part - b.part || a.line - b.line || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);

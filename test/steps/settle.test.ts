@@ -109,6 +109,7 @@ function depsOf(
   options: {
     budgetMs?: number;
     maxCostUsd?: number;
+    log?: (message: string, fields?: Record<string, unknown>) => void;
     wrap?: { blobs?: (b: BlobStore) => BlobStore; runs?: (r: RunStore) => RunStore };
   } = {},
 ): Deps {
@@ -119,6 +120,7 @@ function depsOf(
     {
       now: () => ++clock, // a millisecond a look: a budget of 0 allows one unit of work a call
       budgetMs: options.budgetMs ?? 600_000,
+      ...(options.log ? { log: options.log } : {}),
       ...(options.wrap ? { wrap: options.wrap } : {}),
     },
     new RecordingNotifier(),
@@ -148,7 +150,11 @@ async function prepared(deps: Deps, runId: string, requests: readonly Placed[] =
     await writeAll(deps.blobs, `${file.key}.idx`, JSON.stringify(index));
   }
   const byPart = new Map<number, Placed[]>();
-  for (const r of requests) byPart.set(r.part, [...(byPart.get(r.part) ?? []), r]);
+  for (const r of requests) {
+    const inPart = byPart.get(r.part);
+    if (inPart) inPart.push(r);
+    else byPart.set(r.part, [r]);
+  }
   for (const [part, placedIn] of byPart) {
     await writeAll(deps.blobs, keys.requests(part), placedIn.map((r) => `${requestJson(r.id)}\n`).join(''));
     await writeAll(deps.blobs, keys.lines(part), placedIn.map((r) => `${r.line}\n`).join(''));
@@ -217,9 +223,15 @@ async function prepared(deps: Deps, runId: string, requests: readonly Placed[] =
 }
 
 /** Calls Settle until it answers settled; the number of calls. */
-async function settleAll(deps: Deps, runId: string, groupEntries?: number): Promise<number> {
+async function settleAll(
+  deps: Deps,
+  runId: string,
+  groupEntries?: number,
+  dropRun?: number,
+): Promise<number> {
   for (let calls = 1; calls < 500; calls++) {
-    if ((await settle(deps, { runId, ...(groupEntries ? { groupEntries } : {}) })).settled) return calls;
+    const sizes = { ...(groupEntries ? { groupEntries } : {}), ...(dropRun ? { dropRun } : {}) };
+    if ((await settle(deps, { runId, ...sizes })).settled) return calls;
   }
   throw new Error('Settle never settled');
 }
@@ -481,6 +493,71 @@ describe('the Settle step', () => {
         }),
       );
     }
+  }, 120_000);
+
+  it('holds a bounded number of drops for one id used by 120,000 lines, writing them as sorted runs', async () => {
+    const logged: Record<string, unknown>[] = [];
+    const deps = depsOf({ log: (message, fields) => logged.push({ message, ...fields }) });
+    // One id on every line: 40,000 lines a shard, in parts of 10,000 (shard 1 goes on in a.jsonl after shard
+    // 0, so that its id file holds its lines in order, as a prepare step writes them).
+    const lines = 40_000;
+    const requests: Placed[] = [];
+    for (const shard of [0, 1, 2]) {
+      const from = shard === 1 ? lines : 0;
+      for (let k = 0; k < lines; k++)
+        requests.push(placed(shard, from + k + 1, 'same', Math.floor(k / 10_000)));
+    }
+    await prepared(deps, 'one-id', requests);
+    const keys = runKeys('one-id');
+    // A run an earlier attempt wrote beyond those this one writes: removed.
+    await writeAll(
+      deps.blobs,
+      keys.drops(0, 99),
+      '{"part":0,"line":1,"id":"same","shard":0,"bytes":1,"tokens":1}\n',
+    );
+    const dropRun = 7_000;
+    expect(await settleAll(deps, 'one-id', undefined, dropRun)).toBe(1);
+
+    const later = requests.length - 1;
+    const dedup = logged.filter((l) => l.message === 'settle dedup');
+    expect(dedup.reduce((n, l) => n + Number(l.duplicates), 0)).toBe(later);
+    for (const l of dedup) {
+      expect(Number(l.heldDrops)).toBeLessThanOrEqual(dropRun); // never more drops held than a run
+      expect(Number(l.heldIds)).toBeLessThanOrEqual(1); // one id held, not its uses
+      expect(l.heldUses).toBe(0);
+    }
+
+    const runs: string[] = [];
+    for await (const object of deps.blobs.list(keys.dropFiles)) runs.push(object.key);
+    expect(runs).toHaveLength(Math.ceil(later / dropRun));
+    expect(runs).not.toContain(keys.drops(0, 99));
+    const dropped = new Set<string>();
+    for (const key of runs) {
+      let text = '';
+      for await (const chunk of deps.blobs.read(key)) text += Buffer.from(chunk).toString('utf8');
+      const drops = linesOf(text).map((l) => JSON.parse(l) as { part: number; line: number; shard: number });
+      expect(drops.length).toBeLessThanOrEqual(dropRun);
+      const order = drops.map((d) => d.part * 1e6 + d.line);
+      expect(order).toEqual([...order].sort((a, b) => a - b)); // each run sorted by part, then line
+      for (const d of drops) dropped.add(`${d.shard}:${d.line}`);
+    }
+    expect(dropped.size).toBe(later);
+    expect(dropped.has('0:1')).toBe(false); // the earliest use is kept
+
+    const errors: { line: number }[] = [];
+    for await (const object of deps.blobs.list(`${keys.prefix}errors/duplicates-`)) {
+      let text = '';
+      for await (const chunk of deps.blobs.read(object.key)) text += Buffer.from(chunk).toString('utf8');
+      for (const line of linesOf(text)) errors.push(JSON.parse(line) as { line: number });
+    }
+    expect(errors).toHaveLength(later); // one error line a later use
+
+    const parts = await deps.runs.listParts('one-id');
+    expect(parts.reduce((n, p) => n + p.requests, 0)).toBe(1);
+    expect(parts.filter((p) => p.requests > 0).map((p) => p.part)).toEqual([0]);
+    const run = await deps.runs.getRun('one-id');
+    expect(run?.settle?.duplicates).toBe(later);
+    expect(run?.prepared).toBe(true);
   }, 120_000);
 
   it('stops on the cost limit before releasing a part', async () => {

@@ -45,10 +45,12 @@ interface Drop {
  *
  * - (start) the lanes' counts and estimated tokens are summed into the run, once;
  * - `dedup`: the id files are read partition group by partition group (each group bounded in entries); a
- *   custom_id used more than once keeps its earliest use (shard, then line), and each later use is written to
- *   the group's drops file (sorted by part) and as a `duplicate_id` error to the group's errors file, both
- *   whole, before the run's counts move (submitted -1, refused +1, errors +1 a duplicate) with the group's
- *   progress in one write;
+ *   custom_id used more than once keeps its earliest use (shard, then line), and each later use is written,
+ *   as it is found, as a `duplicate_id` error to the group's errors file and as a drop to the group's drop
+ *   runs (at most `DROP_RUN` drops held, each run sorted by part), all whole (and any run of an earlier
+ *   attempt beyond them removed) before the run's counts move (submitted -1, refused +1, errors +1 a
+ *   duplicate) with the group's progress in one write. Memory grows with the distinct ids used more than
+ *   once, never with their uses;
  * - `drop`: the drops files are merged in part order, and each part that holds drops is rewritten without
  *   them (its requests and `.lines` files, through a copy under `state/settle/` so that the two files never
  *   disagree), its record reduced by what the drops added. A part left with no request is marked done, with

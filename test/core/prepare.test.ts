@@ -95,6 +95,18 @@ async function prepare(
   return { result, sinks };
 }
 
+/** Prepares `count` one-request records into `sink` (parts of 5 requests): the step's promise. */
+function prepareInto(sink: PartSink & RecordSink, count: number): Promise<PrepareResult> {
+  const lines = Array.from({ length: count }, (_, i) => JSON.stringify({ id: i, mode: 'one', text: 't' }));
+  return prepareDataset({
+    source: chunksOf(lines.join('\n'), 13),
+    work: testWork({ maxRequestsPerBatch: 5 }),
+    ids: new IdRegistry(),
+    parts: sink,
+    errors: sink,
+  });
+}
+
 describe('prepareDataset', () => {
   it('puts every record and request in exactly one place: a part, errors, or skipped', async () => {
     await fc.assert(
@@ -152,14 +164,7 @@ describe('prepareDataset', () => {
         );
       },
     };
-    const lines = Array.from({ length: 10 }, (_, i) => JSON.stringify({ id: i, mode: 'one', text: 't' }));
-    const done = prepareDataset({
-      source: chunksOf(lines.join('\n'), 13),
-      work: testWork({ maxRequestsPerBatch: 5 }),
-      ids: new IdRegistry(),
-      parts: sink,
-      errors: sink,
-    });
+    const done = prepareInto(sink, 10);
     let returned = false;
     void done.then(() => {
       returned = true;
@@ -181,16 +186,7 @@ describe('prepareDataset', () => {
       write: () => Promise.resolve(),
       close: () => (closes++ === 0 ? Promise.reject(new Error('S3 refused the part')) : Promise.resolve()),
     };
-    const lines = Array.from({ length: 12 }, (_, i) => JSON.stringify({ id: i, mode: 'one', text: 't' }));
-    await expect(
-      prepareDataset({
-        source: chunksOf(lines.join('\n'), 13),
-        work: testWork({ maxRequestsPerBatch: 5 }),
-        ids: new IdRegistry(),
-        parts: sink,
-        errors: sink,
-      }),
-    ).rejects.toThrow('S3 refused the part');
+    await expect(prepareInto(sink, 12)).rejects.toThrow('S3 refused the part');
   });
 
   it('fails a step only once the part close running beside the failure has ended', async () => {
@@ -207,15 +203,8 @@ describe('prepareDataset', () => {
           closeEnded = true;
         }),
     };
-    const lines = Array.from({ length: 8 }, (_, i) => JSON.stringify({ id: i, mode: 'one', text: 't' }));
     let settled = false;
-    const step = prepareDataset({
-      source: chunksOf(lines.join('\n'), 13),
-      work: testWork({ maxRequestsPerBatch: 5 }),
-      ids: new IdRegistry(),
-      parts: sink,
-      errors: sink,
-    }).finally(() => {
+    const step = prepareInto(sink, 8).finally(() => {
       settled = true;
     });
     step.catch(() => {});

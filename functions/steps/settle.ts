@@ -597,16 +597,25 @@ function compareDrops(a: Drop, b: Drop): number {
   return a.part - b.part || a.line - b.line || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 }
 
+/** What a merge of drop files holds of each at most, in all (the pieces it reads them by). */
+const MERGE_BYTES = 16 * 1024 * 1024;
+
 /**
  * The drops of every drops file (each sorted by part, then line, then id), merged in that order and
- * gathered by part, from part `fromPart` on: a k-way merge over the files' streams, one drop of each held.
+ * gathered by part, from part `fromPart` on: a k-way merge over the files, one drop of each held. Each
+ * file is read a piece at a time, and one piece at a time in all ({@link pieceLines}): a merge of more
+ * files than the S3 client has connections would otherwise hold one open a file and wait forever.
  */
 export async function* dropsByPart(
   blobs: BlobStore,
   keys: readonly string[],
   fromPart: number,
 ): AsyncGenerator<{ part: number; drops: Drop[] }> {
-  const streams = keys.map((key) => textLines(blobs.read(key))[Symbol.asyncIterator]());
+  const pieceBytes = Math.min(
+    1024 * 1024,
+    Math.max(16 * 1024, Math.floor(MERGE_BYTES / Math.max(1, keys.length))),
+  );
+  const streams = keys.map((key) => pieceLines(blobs, key, pieceBytes)[Symbol.asyncIterator]());
   const heap: { drop: Drop; stream: number }[] = [];
   const pull = async (stream: number) => {
     const it = streams[stream];
@@ -621,7 +630,7 @@ export async function* dropsByPart(
     }
   };
   try {
-    await Promise.all(streams.map((_, i) => pull(i)));
+    for (let i = 0; i < streams.length; i++) await pull(i); // one read at a time
     let gathering: { part: number; drops: Drop[] } | null = null;
     let last: Drop | null = null;
     while (heap.length > 0) {
@@ -693,6 +702,39 @@ export async function* textLines(chunks: AsyncIterable<Uint8Array>): AsyncGenera
   }
   pending += decoder.decode();
   if (pending.length > 0) yield pending;
+}
+
+/**
+ * The lines of an object, read a piece of about `pieceBytes` at a time from where the last piece ended,
+ * with no read left open between pieces (each read is closed once its piece is taken).
+ */
+export async function* pieceLines(blobs: BlobStore, key: string, pieceBytes: number): AsyncGenerator<string> {
+  let offset = 0;
+  let tail: Buffer = Buffer.alloc(0);
+  for (;;) {
+    const chunks: Uint8Array[] = [tail];
+    let got = 0;
+    const reader = blobs.read(key, offset)[Symbol.asyncIterator]();
+    try {
+      while (got < pieceBytes) {
+        const next = await reader.next();
+        if (next.done) break;
+        chunks.push(next.value);
+        got += next.value.length;
+      }
+    } finally {
+      await reader.return?.(undefined);
+    }
+    if (got === 0) {
+      if (tail.length > 0) yield tail.toString('utf8');
+      return;
+    }
+    offset += got;
+    const piece = Buffer.concat(chunks);
+    const end = piece.lastIndexOf(0x0a);
+    tail = Buffer.from(piece.subarray(end + 1)); // a copy: the piece is let go
+    if (end >= 0) yield* piece.subarray(0, end).toString('utf8').split('\n');
+  }
 }
 
 /** Lines as an object's body, a few hundred a chunk. */

@@ -2,18 +2,21 @@ import { GetObjectCommand, ListObjectsCommand } from '@aws-sdk/client-s3';
 import type OpenAI from 'openai';
 import type { LocalEnvironment } from '../../local/runner';
 
-/** The ids in a run's outputs in S3, as often as they appear, sorted. */
-export async function outputIds(env: LocalEnvironment, runId: string): Promise<string[]> {
-  const listed = await env.s3.client.send(
-    new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: `runs/${runId}/outputs/` }),
-  );
-  const ids: string[] = [];
+/** The JSON lines of every object under a prefix, parsed, in key order. */
+async function jsonLinesUnder(env: LocalEnvironment, prefix: string): Promise<Record<string, unknown>[]> {
+  const listed = await env.s3.client.send(new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: prefix }));
+  const values: Record<string, unknown>[] = [];
   for (const object of listed.Contents ?? []) {
     const body = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: object.Key }));
     for (const line of ((await body.Body?.transformToString()) ?? '').split('\n'))
-      if (line) ids.push(String((JSON.parse(line) as { id: unknown }).id));
+      if (line) values.push(JSON.parse(line) as Record<string, unknown>);
   }
-  return ids.sort();
+  return values;
+}
+
+/** The ids in a run's outputs in S3, as often as they appear, sorted. */
+export async function outputIds(env: LocalEnvironment, runId: string): Promise<string[]> {
+  return (await jsonLinesUnder(env, `runs/${runId}/outputs/`)).map((o) => String(o.id)).sort();
 }
 
 /**
@@ -33,14 +36,7 @@ export async function partsPaidTwice(client: OpenAI, runId: string): Promise<num
 
 /** The dataset line of every error line of a run, as often as it appears, sorted. */
 export async function errorLines(env: LocalEnvironment, runId: string): Promise<number[]> {
-  const listed = await env.s3.client.send(
-    new ListObjectsCommand({ Bucket: env.s3.bucket, Prefix: `runs/${runId}/errors/` }),
-  );
-  const found: number[] = [];
-  for (const object of listed.Contents ?? []) {
-    const body = await env.s3.client.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: object.Key }));
-    for (const line of ((await body.Body?.transformToString()) ?? '').split('\n'))
-      if (line) found.push(Number((JSON.parse(line) as { line: unknown }).line));
-  }
-  return found.sort((a, b) => a - b);
+  return (await jsonLinesUnder(env, `runs/${runId}/errors/`))
+    .map((e) => Number(e.line))
+    .sort((a, b) => a - b);
 }

@@ -1,40 +1,26 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { GetObjectTaggingCommand, type S3Client } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
 import { runKeys } from '../../functions/core/run';
 import { writeAll } from '../../functions/steps/storage';
-import { type LocalS3, localS3Client, startS3 } from '../../local/stand-ins';
+import { localS3Client } from '../../local/stand-ins';
+import { localS3 } from '../support/local-environment';
 import { chunksOf, collect } from '../support/streams';
 
-let s3: LocalS3;
-let dir: string;
-let blobs: S3BlobStore;
+const shared = localS3('openai-batch-blobs-', 'blobs');
 const tags = async (key: string) =>
-  (await s3.client.send(new GetObjectTaggingCommand({ Bucket: s3.bucket, Key: key }))).TagSet ?? [];
-
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'openai-batch-blobs-'));
-  s3 = await startS3(dir, 'blobs');
-  blobs = new S3BlobStore(s3.client, s3.bucket);
-});
-
-afterAll(async () => {
-  await s3?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+  (await shared.s3.client.send(new GetObjectTaggingCommand({ Bucket: shared.s3.bucket, Key: key }))).TagSet ??
+  [];
 
 describe('S3BlobStore', () => {
   it('tags request files and checkpoints as running, and leaves results and datasets untagged', async () => {
     const keys = runKeys('run-1');
     const intermediate = 'openai-batch-intermediate';
-    await blobs.write(keys.requests(0), chunksOf('{"custom_id":"a"}\n'));
-    await writeAll(blobs, keys.lane(0), new Uint8Array(16));
-    await blobs.write(keys.outputs(0), chunksOf('{"id":"a"}\n'));
-    await writeAll(blobs, keys.summary, '{}');
-    await blobs.write('inputs/w/data.jsonl', chunksOf('{}\n'));
+    await shared.blobs.write(keys.requests(0), chunksOf('{"custom_id":"a"}\n'));
+    await writeAll(shared.blobs, keys.lane(0), new Uint8Array(16));
+    await shared.blobs.write(keys.outputs(0), chunksOf('{"id":"a"}\n'));
+    await writeAll(shared.blobs, keys.summary, '{}');
+    await shared.blobs.write('inputs/w/data.jsonl', chunksOf('{}\n'));
     expect(await tags(keys.requests(0))).toEqual([{ Key: intermediate, Value: 'running' }]);
     expect(await tags(keys.lane(0))).toEqual([{ Key: intermediate, Value: 'running' }]);
     expect(await tags(keys.outputs(0))).toEqual([]);
@@ -44,19 +30,19 @@ describe('S3BlobStore', () => {
 
   it('marks an intermediate object ended and running again, and says when the object is gone', async () => {
     const key = runKeys('run-2').requests(3);
-    await blobs.write(key, chunksOf('{"custom_id":"a"}\n'));
-    expect(await blobs.markIntermediate(key, 'ended')).toBe(true);
+    await shared.blobs.write(key, chunksOf('{"custom_id":"a"}\n'));
+    expect(await shared.blobs.markIntermediate(key, 'ended')).toBe(true);
     expect(await tags(key)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
-    expect(await blobs.markIntermediate(key, 'running')).toBe(true);
+    expect(await shared.blobs.markIntermediate(key, 'running')).toBe(true);
     expect(await tags(key)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'running' }]);
-    await blobs.delete([key]);
-    expect(await blobs.markIntermediate(key, 'ended')).toBe(false);
+    await shared.blobs.delete([key]);
+    expect(await shared.blobs.markIntermediate(key, 'ended')).toBe(false);
   });
 
   it('reads from a byte offset, and nothing from the very end', async () => {
-    await blobs.write('ranged.txt', chunksOf('0123456789'));
-    expect(Buffer.concat(await collect(blobs.read('ranged.txt', 4))).toString()).toBe('456789');
-    expect(await collect(blobs.read('ranged.txt', 10))).toEqual([]);
+    await shared.blobs.write('ranged.txt', chunksOf('0123456789'));
+    expect(Buffer.concat(await collect(shared.blobs.read('ranged.txt', 4))).toString()).toBe('456789');
+    expect(await collect(shared.blobs.read('ranged.txt', 10))).toEqual([]);
   });
 
   it('writes bodies of several parts, exactly one part and none, each read back byte for byte', async () => {
@@ -77,15 +63,16 @@ describe('S3BlobStore', () => {
       { key: 'parts/small', data: bytes(70_000, 4), chunk: 1000 },
       { key: 'parts/empty', data: Buffer.alloc(0), chunk: 1 },
     ];
-    for (const c of cases) expect(await blobs.write(c.key, inChunks(c.data, c.chunk))).toBe(c.data.length);
     for (const c of cases)
-      expect(Buffer.concat(await collect(blobs.read(c.key))).equals(c.data), c.key).toBe(true);
+      expect(await shared.blobs.write(c.key, inChunks(c.data, c.chunk))).toBe(c.data.length);
+    for (const c of cases)
+      expect(Buffer.concat(await collect(shared.blobs.read(c.key))).equals(c.data), c.key).toBe(true);
   });
 
   it('leaves the bodies of PutObject and UploadPart out of the signature, and nothing else', async () => {
     // The headers as signed and sent, read from the client's own stack after signing.
     const sent: { command: string; sha256: string | undefined }[] = [];
-    const probe = new S3BlobStore(localS3Client(s3.endpoint), s3.bucket);
+    const probe = new S3BlobStore(localS3Client(shared.s3.endpoint), shared.s3.bucket);
     const client = (probe as unknown as { s3: S3Client }).s3;
     client.middlewareStack.add(
       (next, context) => (args) => {
@@ -113,7 +100,7 @@ describe('S3BlobStore', () => {
     const third = new Promise<void>((resolve) => {
       reachedThird = resolve;
     });
-    const probe = new S3BlobStore(localS3Client(s3.endpoint), s3.bucket);
+    const probe = new S3BlobStore(localS3Client(shared.s3.endpoint), shared.s3.bucket);
     const client = (probe as unknown as { s3: S3Client }).s3;
     let refuse = 0;
     client.middlewareStack.add(
@@ -154,7 +141,7 @@ describe('S3BlobStore', () => {
       yield Buffer.alloc(6 * 1024 * 1024, 1);
       throw new Error('the reader failed');
     }
-    await expect(blobs.write('parts/failed', failing())).rejects.toThrow('the reader failed');
-    expect(await blobs.head('parts/failed')).toBeNull();
+    await expect(shared.blobs.write('parts/failed', failing())).rejects.toThrow('the reader failed');
+    expect(await shared.blobs.head('parts/failed')).toBeNull();
   });
 });

@@ -603,7 +603,7 @@ const MERGE_BYTES = 16 * 1024 * 1024;
 /**
  * The drops of every drops file (each sorted by part, then line, then id), merged in that order and
  * gathered by part, from part `fromPart` on: a k-way merge over the files, one drop of each held. Each
- * file is read a piece at a time, and one piece at a time in all ({@link pieceLines}): a merge of more
+ * file is read a piece at a time, and one piece at a time in all ({@link pieceChunks}): a merge of more
  * files than the S3 client has connections would otherwise hold one open a file and wait forever.
  */
 export async function* dropsByPart(
@@ -615,7 +615,7 @@ export async function* dropsByPart(
     1024 * 1024,
     Math.max(16 * 1024, Math.floor(MERGE_BYTES / Math.max(1, keys.length))),
   );
-  const streams = keys.map((key) => pieceLines(blobs, key, pieceBytes)[Symbol.asyncIterator]());
+  const streams = keys.map((key) => textLines(pieceChunks(blobs, key, pieceBytes))[Symbol.asyncIterator]());
   const heap: { drop: Drop; stream: number }[] = [];
   const pull = async (stream: number) => {
     const it = streams[stream];
@@ -705,14 +705,17 @@ export async function* textLines(chunks: AsyncIterable<Uint8Array>): AsyncGenera
 }
 
 /**
- * The lines of an object, read a piece of about `pieceBytes` at a time from where the last piece ended,
+ * The bytes of an object, read a piece of about `pieceBytes` at a time from where the last piece ended,
  * with no read left open between pieces (each read is closed once its piece is taken).
  */
-export async function* pieceLines(blobs: BlobStore, key: string, pieceBytes: number): AsyncGenerator<string> {
+export async function* pieceChunks(
+  blobs: BlobStore,
+  key: string,
+  pieceBytes: number,
+): AsyncGenerator<Uint8Array> {
   let offset = 0;
-  let tail: Buffer = Buffer.alloc(0);
   for (;;) {
-    const chunks: Uint8Array[] = [tail];
+    const chunks: Uint8Array[] = [];
     let got = 0;
     const reader = blobs.read(key, offset)[Symbol.asyncIterator]();
     try {
@@ -725,15 +728,9 @@ export async function* pieceLines(blobs: BlobStore, key: string, pieceBytes: num
     } finally {
       await reader.return?.(undefined);
     }
-    if (got === 0) {
-      if (tail.length > 0) yield tail.toString('utf8');
-      return;
-    }
+    if (got === 0) return;
     offset += got;
-    const piece = Buffer.concat(chunks);
-    const end = piece.lastIndexOf(0x0a);
-    tail = Buffer.from(piece.subarray(end + 1)); // a copy: the piece is let go
-    if (end >= 0) yield* piece.subarray(0, end).toString('utf8').split('\n');
+    yield* chunks;
   }
 }
 

@@ -1,28 +1,11 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import fc from 'fast-check';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
+import { describe, expect, it } from 'vitest';
 import type { BlobStore } from '../../functions/core/ports';
-import { dropsByPart, pieceLines } from '../../functions/steps/settle';
+import { dropsByPart, pieceChunks, textLines } from '../../functions/steps/settle';
 import { writeAll } from '../../functions/steps/storage';
-import { type LocalS3, startS3 } from '../../local/stand-ins';
+import { localS3 } from '../support/local-environment';
 
-let s3: LocalS3;
-let dir: string;
-let blobs: S3BlobStore;
-
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'openai-batch-drops-'));
-  s3 = await startS3(dir, 'drops');
-  blobs = new S3BlobStore(s3.client, s3.bucket);
-});
-
-afterAll(async () => {
-  await s3?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+const shared = localS3('openai-batch-drops-', 'drops');
 
 /** The store, refusing a read while another is open: an S3 client has so many connections, no more. */
 function oneReadAtATime(store: BlobStore): BlobStore & { most: number } {
@@ -57,9 +40,9 @@ describe('dropsByPart', () => {
     const keys = files.map((_, f) => `merge/run-${String(f).padStart(3, '0')}.jsonl`);
     for (const [f, drops] of files.entries()) {
       const body = drops.map((d) => JSON.stringify({ ...d, shard: 0, bytes: 10, tokens: 1 })).join('\n');
-      await writeAll(blobs, keys[f] as string, `${body}\n`);
+      await writeAll(shared.blobs, keys[f] as string, `${body}\n`);
     }
-    const guarded = oneReadAtATime(blobs);
+    const guarded = oneReadAtATime(shared.blobs);
     const merged: { part: number; drops: { part: number; id: string }[] }[] = [];
     for await (const group of dropsByPart(guarded, keys, 3)) merged.push(group);
     expect(guarded.most).toBe(1);
@@ -89,8 +72,8 @@ function rechunked(store: BlobStore, size: number): BlobStore {
   return wrapped;
 }
 
-describe('pieceLines', () => {
-  it('gives every line of an object, whatever the piece and chunk sizes, characters split across pieces', async () => {
+describe('pieceChunks', () => {
+  it('gives every line of an object through textLines, whatever the piece and chunk sizes, characters split across pieces', async () => {
     await fc.assert(
       fc.asyncProperty(
         fc.array(
@@ -105,10 +88,10 @@ describe('pieceLines', () => {
         fc.integer({ min: 1, max: 7 }),
         async (lines, trailingNewline, pieceBytes, chunkBytes) => {
           const text = lines.join('\n') + (trailingNewline ? '\n' : '');
-          await writeAll(blobs, 'pieces/object.txt', text);
+          await writeAll(shared.blobs, 'pieces/object.txt', text);
           const got: string[] = [];
-          for await (const line of pieceLines(rechunked(blobs, chunkBytes), 'pieces/object.txt', pieceBytes))
-            got.push(line);
+          const chunks = pieceChunks(rechunked(shared.blobs, chunkBytes), 'pieces/object.txt', pieceBytes);
+          for await (const line of textLines(chunks)) got.push(line);
           const body = Buffer.from(text).toString('utf8'); // lone surrogates as UTF-8 makes them
           // What follows the last newline is a line when it is not empty.
           const want = body.split('\n');

@@ -112,16 +112,7 @@ async function rawRead(
 /** A prepare lane's path over one shard: ids claimed within a line, every request's id entry to id files. */
 async function preparePath(blobs: S3BlobStore, kind: BenchKind, bytes: number): Promise<number> {
   const ids = new StoredIdFiles(blobs, 'bench', 0, 1, partitionsFor(bytes));
-  const parts = new StoredParts(blobs, 'bench', (part, request) =>
-    ids.add({
-      id: request.customId,
-      shard: 0,
-      line: request.line,
-      part,
-      bytes: request.bytes,
-      tokens: request.estimatedTokens,
-    }),
-  );
+  const parts = new StoredParts(blobs, 'bench', (part, request) => ids.place(part, request));
   const errors = new LazyJsonl(blobs, keys.prepareErrors(0, 1));
   const result = await prepareDataset({
     source: blobs.read(INPUT),

@@ -257,16 +257,7 @@ class Lane<R> {
       startLine,
       this.run.dataset.partitions,
     );
-    const parts = new StoredParts(this.deps.blobs, this.runId, (part, request) =>
-      ids.add({
-        id: request.customId,
-        shard: shard.shard,
-        line: request.line,
-        part,
-        bytes: request.bytes,
-        tokens: request.estimatedTokens,
-      }),
-    );
+    const parts = new StoredParts(this.deps.blobs, this.runId, (part, request) => ids.place(part, request));
     const errors = new LazyJsonl(this.deps.blobs, this.keys.prepareErrors(shard.shard, startLine));
     const result = await prepareDataset({
       source,

@@ -112,6 +112,18 @@ export class StoredIdFiles {
     return this.chunk;
   }
 
+  /** Adds the entry of a request placed in `part`; a promise only when it fills an id file. */
+  place(part: number, request: PreparedRequest): Promise<void> | undefined {
+    return this.add({
+      id: request.customId,
+      shard: this.shard,
+      line: request.line,
+      part,
+      bytes: request.bytes,
+      tokens: request.estimatedTokens,
+    });
+  }
+
   /** Adds an entry; a promise only when it fills an id file, which is written then. */
   add(entry: IdEntry): Promise<void> | undefined {
     this.builder.add(entry);

@@ -13,6 +13,7 @@ import { costOf, imagePriceOf, imagesRequestCostOf, priceOf } from '../functions
 import { buildRequests, type IdClaims, type PreparedRequest } from '../functions/core/requests';
 import { formatPromptOf } from '../functions/core/structured';
 import type { Work } from '../functions/core/work';
+import { ID_FILE_ENTRIES } from '../functions/steps/storage';
 import { EstimateIds } from './estimate-ids';
 
 /** Tokens a chat message adds around its content, and the tokens that prime the reply (OpenAI's cookbook). */
@@ -99,9 +100,6 @@ export interface Estimate {
   readonly costUsd: number | null;
 }
 
-/** Id entries held in memory before they are appended to their partitions' files. */
-const ENTRIES_HELD = 262_144;
-
 /** How an estimate keeps its id files (tests make them small, to cross their bounds). */
 export interface EstimateOptions {
   /** Id entries held in memory before they are written out. @default 262,144 */
@@ -147,7 +145,7 @@ export async function estimate<R>(
 ): Promise<Estimate> {
   const scratch = await mkdtemp(join(tmpdir(), 'openai-batch-estimate-'));
   const partitions = options.partitions ?? partitionsFor((await stat(datasetPath)).size);
-  const ids = new EstimateIds(scratch, partitions, options.entriesHeld ?? ENTRIES_HELD);
+  const ids = new EstimateIds(scratch, partitions, options.entriesHeld ?? ID_FILE_ENTRIES);
   try {
     const first = await tally(
       work,

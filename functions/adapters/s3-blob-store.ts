@@ -207,9 +207,8 @@ class PartUpload {
         new CompleteMultipartUploadCommand({
           ...target,
           UploadId: this.uploadId,
-          MultipartUpload: {
-            Parts: [...this.parts].sort((a, b) => (a.PartNumber ?? 0) - (b.PartNumber ?? 0)),
-          },
+          // In order: a part is sent only once the one before it is in.
+          MultipartUpload: { Parts: this.parts },
         }),
       );
       this.uploadId = null;

@@ -95,6 +95,14 @@ export class LineWriter {
 
   /** Appends one line (a newline is added). */
   write(line: string): Promise<void> {
+    return this.add(line) ?? WRITTEN;
+  }
+
+  /**
+   * Appends one line (a newline is added); returns a promise only when there is something to wait for (a
+   * full chunk being handed on), so that a caller on the per-record path awaits only then.
+   */
+  add(line: string): Promise<void> | undefined {
     this.lines += 1;
     const most = line.length * MAX_UTF8_PER_UNIT + 1;
     if (this.used + most > this.chunkBytes) {
@@ -105,11 +113,11 @@ export class LineWriter {
     return this.append(line);
   }
 
-  private append(line: string): Promise<void> {
+  private append(line: string): Promise<void> | undefined {
     this.chunk ??= Buffer.allocUnsafe(this.chunkBytes);
     this.used += this.chunk.write(line, this.used);
     this.chunk[this.used++] = 0x0a;
-    return this.used >= this.chunkBytes ? this.flush() : WRITTEN;
+    return this.used >= this.chunkBytes ? this.flush() : undefined;
   }
 
   private async writeLarge(line: string): Promise<void> {

@@ -2,8 +2,8 @@ import { messageOf } from './errors';
 import { type ImageSink, isImages, withStoredImages } from './images';
 import { type BatchErrorItem, errorItem, jsonLineOf } from './items';
 import { LineSplitter, type RawLine } from './lines';
-import { errorLine, type RecordSink } from './prepare';
-import { isRetryable, readResults } from './results';
+import { errorLine, isThenable, type RecordSink } from './prepare';
+import { isRetryable, readResultChunks } from './results';
 import type { BatchFailure, CollectCursor, Part, TokenTotals } from './run';
 import { checkOutput } from './structured';
 import type { Work } from './work';
@@ -76,6 +76,13 @@ class LineNumbers {
     this.chunks = source[Symbol.asyncIterator]();
   }
 
+  /** The next number when the chunk read last still holds one; undefined when `next` must read on. */
+  take(): number | undefined {
+    const line = this.lines.next();
+    if (line.done) return undefined;
+    return line.value.bytes === null ? 0 : Number(textOf(line.value.bytes));
+  }
+
   async next(): Promise<number> {
     for (;;) {
       const line = this.lines.next();
@@ -109,7 +116,7 @@ class PartRequest {
 
   /**
    * The request's JSON line, decoded only for a request that is sent again. Read it before the next
-   * request is read: its bytes may be a view of the reader's chunk.
+   * chunk of requests is read: its bytes may be a view of the reader's chunk.
    */
   get json(): string {
     return textOf(this.bytes);
@@ -145,25 +152,35 @@ export function customIdOf(bytes: Uint8Array): string {
   return (JSON.parse(textOf(bytes)) as { custom_id: string }).custom_id;
 }
 
-/** A part's requests with their custom_id, JSON line and dataset line, streamed. */
-async function* requestsOf<R>(input: CollectInput<R>): AsyncGenerator<PartRequest> {
+/**
+ * A part's requests with their custom_id, JSON line and dataset line, streamed a chunk of the request
+ * file at a time: the pass over every request of a part awaits once a chunk, not once a request.
+ */
+async function* requestChunks<R>(input: CollectInput<R>): AsyncGenerator<PartRequest[]> {
   const numbers = new LineNumbers(input.lines());
   const splitter = new LineSplitter(MAX_LINE);
   let index = 0;
   try {
-    // A chunk's lines are split without an await each (the numbers are awaited one chunk at a time).
     for await (const chunk of input.requests()) {
+      const requests: PartRequest[] = [];
       for (const raw of splitter.linesIn(chunk)) {
         if (raw.bytes === null || raw.bytes.length === 0) continue;
-        yield new PartRequest(raw.bytes, await numbers.next(), ++index);
+        const line = numbers.take() ?? (await numbers.next());
+        requests.push(new PartRequest(raw.bytes, line, ++index));
       }
+      if (requests.length > 0) yield requests;
     }
     const last = splitter.end();
     if (last?.bytes && last.bytes.length > 0)
-      yield new PartRequest(last.bytes, await numbers.next(), ++index);
+      yield [new PartRequest(last.bytes, numbers.take() ?? (await numbers.next()), ++index)];
   } finally {
     await numbers.close();
   }
+}
+
+/** A part's requests one at a time (for the passes that may call a hook or pause on each). */
+async function* requestsOf<R>(input: CollectInput<R>): AsyncGenerator<PartRequest> {
+  for await (const requests of requestChunks(input)) yield* requests;
 }
 
 /**
@@ -260,7 +277,8 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
   }
 
   const datasetLine = new Map<string, number>();
-  for await (const request of requestsOf(input)) datasetLine.set(request.customId, request.line);
+  for await (const requests of requestChunks(input))
+    for (const request of requests) datasetLine.set(request.customId, request.line);
   const lineOf = (id: string) => datasetLine.get(id) ?? null;
   const hookFailed = (id: string, message: string) =>
     writeError(
@@ -272,75 +290,78 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
   let position = 0;
   for (const file of [input.outputFile, input.errorFile]) {
     if (!file) continue;
-    for await (const event of readResults(file(), batchId, lineOf)) {
-      position += 1;
-      // Results an earlier call handled: only what decides the rest is rebuilt (no hook, no write).
-      const replay = position <= (from?.results ?? 0);
-      if (!replay && pauseHere()) return result(cursor(position - 1, 0));
-      if (event.kind === 'malformed') {
-        malformed += 1;
-        continue;
-      }
-      const id = event.item.id;
-      if (id === null || !datasetLine.has(id) || settled.has(id) || retry.has(id)) {
-        ignored += 1;
-        continue;
-      }
-      if (event.kind === 'error') {
-        const resend =
-          isRetryable(event.item) ||
-          (input.resendCancelled === true && event.item.code === 'batch_cancelled');
-        if (input.resubmit && resend) retry.add(id);
-        else {
-          settled.add(id);
-          if (!replay) await writeError(event.item);
+    for await (const events of readResultChunks(file(), batchId, lineOf)) {
+      for (const event of events) {
+        position += 1;
+        // Results an earlier call handled: only what decides the rest is rebuilt (no hook, no write).
+        const replay = position <= (from?.results ?? 0);
+        if (!replay && pauseHere()) return result(cursor(position - 1, 0));
+        if (event.kind === 'malformed') {
+          malformed += 1;
+          continue;
         }
-        continue;
-      }
-      // Paid for whether or not its answer can be used.
-      if (event.item.usage) {
-        usage.inputTokens += event.item.usage.inputTokens;
-        usage.outputTokens += event.item.usage.outputTokens;
-        usage.cachedTokens += event.item.usage.cachedTokens;
-      }
-      const checked = work.structured
-        ? checkOutput(work.structured, event.item, datasetLine.get(id) ?? null)
-        : { item: { ...event.item, parsed: undefined } };
-      if ('error' in checked) {
-        // An answer that came back unusable (not the schema, refused, cut off): sent again while
-        // output retries last, each time in a new part.
-        if (input.resubmit && part.generation < work.settings.maxOutputRetries) retry.add(id);
-        else {
-          settled.add(id);
-          if (!replay) await writeError(checked.error);
+        const id = event.item.id;
+        if (id === null || !datasetLine.has(id) || settled.has(id) || retry.has(id)) {
+          ignored += 1;
+          continue;
         }
-        continue;
+        if (event.kind === 'error') {
+          const resend =
+            isRetryable(event.item) ||
+            (input.resendCancelled === true && event.item.code === 'batch_cancelled');
+          if (input.resubmit && resend) retry.add(id);
+          else {
+            settled.add(id);
+            if (!replay) await writeError(event.item);
+          }
+          continue;
+        }
+        // Paid for whether or not its answer can be used.
+        if (event.item.usage) {
+          usage.inputTokens += event.item.usage.inputTokens;
+          usage.outputTokens += event.item.usage.outputTokens;
+          usage.cachedTokens += event.item.usage.cachedTokens;
+        }
+        const checked = work.structured
+          ? checkOutput(work.structured, event.item, datasetLine.get(id) ?? null)
+          : { item: { ...event.item, parsed: undefined } };
+        if ('error' in checked) {
+          // An answer that came back unusable (not the schema, refused, cut off): sent again while
+          // output retries last, each time in a new part.
+          if (input.resubmit && part.generation < work.settings.maxOutputRetries) retry.add(id);
+          else {
+            settled.add(id);
+            if (!replay) await writeError(checked.error);
+          }
+          continue;
+        }
+        settled.add(id);
+        if (replay) continue;
+        // An answer's images become objects of their own before any hook sees it: no base64 in outputs.
+        const item =
+          input.images && isImages(work.settings.endpoint)
+            ? await withStoredImages(checked.item, input.images)
+            : checked.item;
+        let record: unknown;
+        try {
+          record = work.download(item);
+          if (isThenable(record)) record = await record;
+        } catch (caught) {
+          await hookFailed(id, `the download hook threw: ${messageOf(caught)}`);
+          continue;
+        }
+        if (record === null || record === undefined) {
+          skippedOutputs += 1;
+          continue;
+        }
+        const json = jsonLineOf(record);
+        if ('problem' in json) {
+          await hookFailed(id, `the download hook returned a value JSON cannot hold: ${json.problem}`);
+          continue;
+        }
+        await input.outputs.write(json.line);
+        outputs += 1;
       }
-      settled.add(id);
-      if (replay) continue;
-      // An answer's images become objects of their own before any hook sees it: no base64 in outputs.
-      const item =
-        input.images && isImages(work.settings.endpoint)
-          ? await withStoredImages(checked.item, input.images)
-          : checked.item;
-      let record: unknown;
-      try {
-        record = await work.download(item);
-      } catch (caught) {
-        await hookFailed(id, `the download hook threw: ${messageOf(caught)}`);
-        continue;
-      }
-      if (record === null || record === undefined) {
-        skippedOutputs += 1;
-        continue;
-      }
-      const json = jsonLineOf(record);
-      if ('problem' in json) {
-        await hookFailed(id, `the download hook returned a value JSON cannot hold: ${json.problem}`);
-        continue;
-      }
-      await input.outputs.write(json.line);
-      outputs += 1;
     }
   }
 

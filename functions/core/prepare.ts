@@ -216,7 +216,7 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
 }
 
 /** Whether `await` would wait on a value: a promise or another thenable. */
-function isThenable(value: unknown): value is PromiseLike<unknown> {
+export function isThenable(value: unknown): value is PromiseLike<unknown> {
   return (
     value !== null &&
     (typeof value === 'object' || typeof value === 'function') &&

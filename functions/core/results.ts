@@ -49,17 +49,30 @@ export async function* readResults(
   batchId: string | null,
   lineOf: (customId: string) => number | null = () => null,
 ): AsyncGenerator<ResultEvent> {
-  // A chunk's lines are split without an await each: one generator less on the per-result path.
+  for await (const events of readResultChunks(chunks, batchId, lineOf)) yield* events;
+}
+
+/**
+ * {@link readResults} a chunk of the file at a time: the results its lines complete, so that a reader
+ * awaits once a chunk rather than once a result.
+ */
+export async function* readResultChunks(
+  chunks: AsyncIterable<Uint8Array>,
+  batchId: string | null,
+  lineOf: (customId: string) => number | null = () => null,
+): AsyncGenerator<ResultEvent[]> {
   const splitter = new LineSplitter(MAX_RESULT_LINE_BYTES);
   for await (const chunk of chunks) {
+    const events: ResultEvent[] = [];
     for (const raw of splitter.linesIn(chunk)) {
       const event = resultEventOf(raw, batchId, lineOf);
-      if (event) yield event;
+      if (event) events.push(event);
     }
+    if (events.length > 0) yield events;
   }
   const last = splitter.end();
   const event = last && resultEventOf(last, batchId, lineOf);
-  if (event) yield event;
+  if (event) yield [event];
 }
 
 /** What one line of a result file is; null for an empty line. */

@@ -29,8 +29,17 @@ export class LazyJsonl implements RecordSink {
 
   /** Appends a line that is already JSON (the writer's own promise: no async wrapper on the per-line path). */
   write(line: string): Promise<void> {
+    return this.opened().write(line);
+  }
+
+  /** Appends a line that is already JSON; a promise only when there is something to wait for. */
+  add(line: string): Promise<void> | undefined {
+    return this.opened().add(line);
+  }
+
+  private opened(): LineWriter {
     this.writer ??= new LineWriter((body) => this.blobs.write(this.key, body));
-    return this.writer.write(line);
+    return this.writer;
   }
 
   async close(): Promise<void> {
@@ -65,12 +74,34 @@ export class StoredParts implements PartSink {
     return files;
   }
 
-  async write(part: number, request: PreparedRequest): Promise<void> {
+  /**
+   * Appends a request, its dataset line, and tells `placed`. Called once a request on the per-record path:
+   * it returns a promise only when one of them has something to wait for (a chunk handed on), and then
+   * goes on, in the same order, once that is done.
+   */
+  write(part: number, request: PreparedRequest): Promise<void> | undefined {
     const files = this.files(part);
-    await files.requests.write(request.json);
+    const sending = files.requests.add(request.json);
+    if (sending) return this.writeAfter(sending, files, part, request);
+    const lining = files.lines.add(String(request.line));
+    if (lining) return this.placeAfter(lining, part, request);
+    return this.placed?.(part, request);
+  }
+
+  private async writeAfter(
+    sending: Promise<void>,
+    files: { lines: LazyJsonl },
+    part: number,
+    request: PreparedRequest,
+  ): Promise<void> {
+    await sending;
     await files.lines.write(String(request.line));
-    const placing = this.placed?.(part, request);
-    if (placing) await placing;
+    await this.placed?.(part, request);
+  }
+
+  private async placeAfter(lining: Promise<void>, part: number, request: PreparedRequest): Promise<void> {
+    await lining;
+    await this.placed?.(part, request);
   }
 
   /** Appends a request that is sent again (a resubmission part). */

@@ -1,4 +1,4 @@
-import { messageOf } from './errors';
+import { InvariantError, messageOf } from './errors';
 import { type ImageSink, isImages, withStoredImages } from './images';
 import { type BatchErrorItem, errorItem, jsonLineOf } from './items';
 import { LineSplitter, type RawLine } from './lines';
@@ -10,7 +10,7 @@ import type { Work } from './work';
 
 /** Where requests that are sent again go (a new part), with the dataset line each came from. */
 export interface ResubmitSink {
-  write(json: string, datasetLine: number): Promise<void>;
+  write(json: string, datasetLine: number, customId: string): Promise<void>;
 }
 
 /** What collecting a part reads and where it writes. */
@@ -19,7 +19,10 @@ export interface CollectInput<R> {
   readonly part: Part;
   /** The part's request file (read more than once). */
   readonly requests: () => AsyncIterable<Uint8Array>;
-  /** The dataset line of each request, one number a line, aligned with the request file. */
+  /**
+   * The part's lines file, aligned with the request file: each request's dataset line and custom_id
+   * ({@link partLine}), or its dataset line alone in a file written before entries carried the id.
+   */
   readonly lines: () => AsyncIterable<Uint8Array>;
   readonly outputFile: (() => AsyncIterable<Uint8Array>) | null;
   readonly errorFile: (() => AsyncIterable<Uint8Array>) | null;
@@ -65,10 +68,43 @@ const MAX_LINE = 256 * 1024 * 1024;
 const textOf = (bytes: Uint8Array): string =>
   Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
 
-/** The numbers of a part's lines file, one a call, read a chunk at a time; 0 past its end. */
-class LineNumbers {
+/**
+ * A request's entry in its part's lines file: the dataset line it came from, a tab, and its custom_id as
+ * JSON. Collect joins results to dataset lines from this file alone, without reading the request file
+ * (as large as the part's share of the dataset) again.
+ */
+export function partLine(line: number, customId: string): string {
+  return `${line}\t${JSON.stringify(customId)}`;
+}
+
+/** An entry of a part's lines file; `id` is null in a file written before entries carried it. */
+export interface PartLine {
+  readonly line: number;
+  readonly id: string | null;
+}
+
+/** An entry of a part's lines file, from its text: `12` (an older file) or `12<tab>"r12"`. */
+export function parsePartLine(text: string): PartLine {
+  const tab = text.indexOf('\t');
+  if (tab === -1) return { line: Number(text), id: null };
+  const line = Number(text.slice(0, tab));
+  const json = text.slice(tab + 1);
+  // An id JSON.stringify wrote without a backslash is the text between its quotes.
+  if (json.length >= 2 && json.charCodeAt(0) === 0x22 && json.indexOf('\\') === -1)
+    return { line, id: json.slice(1, -1) };
+  const id: unknown = JSON.parse(json);
+  if (typeof id !== 'string')
+    throw new InvariantError(`a lines file entry holds no custom_id (line ${line})`);
+  return { line, id };
+}
+
+/** Past the end of a lines file. */
+const NO_LINE: PartLine = { line: 0, id: null };
+
+/** The entries of a part's lines file, one a call, read a chunk at a time; line 0 past its end. */
+class PartLines {
   private readonly chunks: AsyncIterator<Uint8Array>;
-  private readonly splitter = new LineSplitter(64);
+  private readonly splitter = new LineSplitter(64 * 1024);
   private lines: Iterator<RawLine> = [][Symbol.iterator]();
   private ended = false;
 
@@ -76,18 +112,18 @@ class LineNumbers {
     this.chunks = source[Symbol.asyncIterator]();
   }
 
-  /** The next number when the chunk read last still holds one; undefined when `next` must read on. */
-  take(): number | undefined {
+  /** The next entry when the chunk read last still holds one; undefined when `next` must read on. */
+  take(): PartLine | undefined {
     const line = this.lines.next();
     if (line.done) return undefined;
-    return line.value.bytes === null ? 0 : Number(textOf(line.value.bytes));
+    return line.value.bytes === null ? NO_LINE : parsePartLine(textOf(line.value.bytes));
   }
 
-  async next(): Promise<number> {
+  async next(): Promise<PartLine> {
     for (;;) {
-      const line = this.lines.next();
-      if (!line.done) return line.value.bytes === null ? 0 : Number(textOf(line.value.bytes));
-      if (this.ended) return 0;
+      const line = this.take();
+      if (line) return line;
+      if (this.ended) return NO_LINE;
       const chunk = await this.chunks.next();
       if (chunk.done) {
         this.ended = true;
@@ -104,21 +140,19 @@ class LineNumbers {
 
 /** One request of a part, with its place in the part's files. */
 class PartRequest {
-  readonly customId: string;
-
   constructor(
-    private readonly bytes: Uint8Array,
+    readonly customId: string,
     readonly line: number,
     readonly index: number,
-  ) {
-    this.customId = customIdOf(bytes);
-  }
+    private readonly bytes: Uint8Array | null,
+  ) {}
 
   /**
    * The request's JSON line, decoded only for a request that is sent again. Read it before the next
    * chunk of requests is read: its bytes may be a view of the reader's chunk.
    */
   get json(): string {
+    if (!this.bytes) throw new InvariantError('a request read from its lines file alone has no JSON line');
     return textOf(this.bytes);
   }
 }
@@ -154,33 +188,72 @@ export function customIdOf(bytes: Uint8Array): string {
 
 /**
  * A part's requests with their custom_id, JSON line and dataset line, streamed a chunk of the request
- * file at a time: the pass over every request of a part awaits once a chunk, not once a request.
+ * file at a time: a pass over every request of a part awaits once a chunk, not once a request.
  */
 async function* requestChunks<R>(input: CollectInput<R>): AsyncGenerator<PartRequest[]> {
-  const numbers = new LineNumbers(input.lines());
+  const lines = new PartLines(input.lines());
   const splitter = new LineSplitter(MAX_LINE);
   let index = 0;
+  const request = (bytes: Uint8Array, entry: PartLine) =>
+    new PartRequest(entry.id ?? customIdOf(bytes), entry.line, ++index, bytes);
   try {
     for await (const chunk of input.requests()) {
       const requests: PartRequest[] = [];
       for (const raw of splitter.linesIn(chunk)) {
         if (raw.bytes === null || raw.bytes.length === 0) continue;
-        const line = numbers.take() ?? (await numbers.next());
-        requests.push(new PartRequest(raw.bytes, line, ++index));
+        requests.push(request(raw.bytes, lines.take() ?? (await lines.next())));
       }
       if (requests.length > 0) yield requests;
     }
     const last = splitter.end();
     if (last?.bytes && last.bytes.length > 0)
-      yield [new PartRequest(last.bytes, numbers.take() ?? (await numbers.next()), ++index)];
+      yield [request(last.bytes, lines.take() ?? (await lines.next()))];
   } finally {
-    await numbers.close();
+    await lines.close();
   }
 }
 
-/** A part's requests one at a time (for the passes that may call a hook or pause on each). */
+/** A part's requests one at a time, with their JSON line (for the passes that send requests again). */
 async function* requestsOf<R>(input: CollectInput<R>): AsyncGenerator<PartRequest> {
   for await (const requests of requestChunks(input)) yield* requests;
+}
+
+/**
+ * A part's requests with their custom_id and dataset line but no JSON line, a chunk at a time: from the
+ * lines file alone when its entries carry the ids, else (a file written before they did) beside the
+ * request file.
+ */
+async function* idChunks<R>(input: CollectInput<R>): AsyncGenerator<PartRequest[]> {
+  const lines = new PartLines(input.lines());
+  try {
+    const first = await lines.next();
+    if (first.line !== 0 && first.id === null) {
+      await lines.close();
+      yield* requestChunks(input);
+      return;
+    }
+    let index = 0;
+    let chunk: PartRequest[] = [];
+    let entry = first;
+    while (entry.line !== 0) {
+      if (entry.id === null)
+        throw new InvariantError(`part ${input.part.part}: an entry of its lines file has no custom_id`);
+      chunk.push(new PartRequest(entry.id, entry.line, ++index, null));
+      if (chunk.length >= 4096) {
+        yield chunk;
+        chunk = [];
+      }
+      entry = lines.take() ?? (await lines.next());
+    }
+    if (chunk.length > 0) yield chunk;
+  } finally {
+    await lines.close();
+  }
+}
+
+/** {@link idChunks} one request at a time (for the passes that may call a hook or pause on each). */
+async function* idsOf<R>(input: CollectInput<R>): AsyncGenerator<PartRequest> {
+  for await (const requests of idChunks(input)) yield* requests;
 }
 
 /**
@@ -243,8 +316,8 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
     writeError(
       errorItem({ stage: 'openai', id: request.customId, line: request.line, batchId, code, message }),
     );
-  const resend = async (json: string, line: number) => {
-    await input.resubmit?.write(json, line);
+  const resend = async (request: PartRequest) => {
+    await input.resubmit?.write(request.json, request.line, request.customId);
     resubmitted += 1;
   };
 
@@ -257,7 +330,7 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
     }
     const failureOf = (index: number) => byLine.get(index) ?? general;
     // Errors first (their hook may be slow, so this pass may pause), then what is sent again, in one go.
-    for await (const request of requestsOf(input)) {
+    for await (const request of idsOf(input)) {
       if (request.index <= (from?.requests ?? 0)) continue;
       const failure = failureOf(request.index);
       if (!failure && input.resubmit) continue;
@@ -270,14 +343,13 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
       );
     }
     if (input.resubmit) {
-      for await (const request of requestsOf(input))
-        if (!failureOf(request.index)) await resend(request.json, request.line);
+      for await (const request of requestsOf(input)) if (!failureOf(request.index)) await resend(request);
     }
     return result(null);
   }
 
   const datasetLine = new Map<string, number>();
-  for await (const requests of requestChunks(input))
+  for await (const requests of idChunks(input))
     for (const request of requests) datasetLine.set(request.customId, request.line);
   const lineOf = (id: string) => datasetLine.get(id) ?? null;
   const hookFailed = (id: string, message: string) =>
@@ -368,9 +440,9 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
   if (settled.size < datasetLine.size) {
     if (input.resubmit) {
       for await (const request of requestsOf(input))
-        if (!settled.has(request.customId)) await resend(request.json, request.line);
+        if (!settled.has(request.customId)) await resend(request);
     } else {
-      for await (const request of requestsOf(input)) {
+      for await (const request of idsOf(input)) {
         if (settled.has(request.customId) || request.index <= (from?.requests ?? 0)) continue;
         if (pauseHere()) return result(cursor(position, request.index - 1));
         await requestFailed(

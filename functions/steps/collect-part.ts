@@ -49,7 +49,8 @@ export async function collect<R>(
     errorFile: part.errorFileId ? () => api.fileContent(part.errorFileId ?? '') : null,
     outputs,
     errors,
-    resubmit: resent && child !== null ? { write: (json, line) => resent.writeRaw(child, json, line) } : null,
+    resubmit:
+      resent && child !== null ? { write: (json, line, id) => resent.writeRaw(child, json, line, id) } : null,
     images: {
       write: async (name, bytes) => {
         const key = keys.images(name);

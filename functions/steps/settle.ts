@@ -1,4 +1,5 @@
 import { addCounts, type Counts, withDuplicates, zeroCounts } from '../core/accounting';
+import { parsePartLine } from '../core/collect';
 import { type DedupHeld, type Duplicate, duplicatesIn } from '../core/dedup';
 import { CostLimitError, DatasetError, InvariantError } from '../core/errors';
 import { type IdEntry, type IdFileIndex, readIdFileIndex, readIdPartitions } from '../core/id-files';
@@ -450,24 +451,25 @@ class SettleContext<R> {
     let kept: number;
     if (await blobs.head(copy.lines)) {
       held();
-      kept = (await readLineNumbers(blobs, copy.lines)).length;
+      kept = (await readPartLines(blobs, copy.lines)).length;
     } else {
-      const lines = await readLineNumbers(blobs, linesKey);
+      const lines = await readPartLines(blobs, linesKey);
       const dropped = new Set(drops.map((d) => dropKey(d.id, d.line)));
-      const keptLines: number[] = [];
+      const keptLines: string[] = [];
       let found = 0;
       let index = 0;
       async function* keptRequests(): AsyncGenerator<Uint8Array> {
         const batch: string[] = [];
         for await (const json of textLines(blobs.read(requestsKey))) {
-          const line = lines[index++];
-          if (line === undefined) throw new InvariantError(`part ${n} has more requests than lines`);
-          const id = (JSON.parse(json) as { custom_id?: unknown }).custom_id;
+          const entry = lines[index++];
+          if (entry === undefined) throw new InvariantError(`part ${n} has more requests than lines`);
+          const { line, id: written } = parsePartLine(entry);
+          const id = written ?? (JSON.parse(json) as { custom_id?: unknown }).custom_id;
           if (typeof id === 'string' && dropped.has(dropKey(id, line))) {
             found += 1;
             continue;
           }
-          keptLines.push(line);
+          keptLines.push(entry);
           batch.push(`${json}\n`);
           if (batch.length >= 256) yield Buffer.from(batch.splice(0).join(''));
         }
@@ -491,7 +493,7 @@ class SettleContext<R> {
         await blobs.delete([copy.requests, requestsKey, linesKey]);
         return;
       }
-      await blobs.write(copy.lines, linesBody(keptLines.map(String)));
+      await blobs.write(copy.lines, linesBody(keptLines));
     }
     await blobs.write(requestsKey, blobs.read(copy.requests));
     await blobs.write(linesKey, blobs.read(copy.lines));
@@ -739,10 +741,13 @@ async function* linesBody(lines: readonly string[]): AsyncGenerator<Uint8Array> 
   for (let i = 0; i < lines.length; i += 512) yield Buffer.from(`${lines.slice(i, i + 512).join('\n')}\n`);
 }
 
-/** The dataset lines of a part's requests (its `.lines` file), in memory: a few bytes a request. */
-async function readLineNumbers(blobs: BlobStore, key: string): Promise<number[]> {
-  const lines: number[] = [];
-  for await (const line of textLines(blobs.read(key))) if (line) lines.push(Number(line));
+/**
+ * The entries of a part's `.lines` file (a request's dataset line and custom_id, see `partLine`), as
+ * written, in memory: a few bytes a request.
+ */
+async function readPartLines(blobs: BlobStore, key: string): Promise<string[]> {
+  const lines: string[] = [];
+  for await (const line of textLines(blobs.read(key))) if (line) lines.push(line);
   return lines;
 }
 

@@ -1,5 +1,6 @@
 import { LineWriter } from '../core/channel';
 import type { PartSummary } from '../core/chunker';
+import { partLine } from '../core/collect';
 import { InvariantError } from '../core/errors';
 import { type IdEntry, IdFileBuilder } from '../core/id-files';
 import type { BlobStore } from '../core/ports';
@@ -49,7 +50,8 @@ export class LazyJsonl implements RecordSink {
 }
 
 /**
- * Part files in the store: each part's request lines, and beside them the dataset line of each request.
+ * Part files in the store: each part's request lines, and beside them each request's dataset line and
+ * custom_id (`partLine`), so that collect joins results to lines without reading the requests again.
  * `placed`, when given, is told of each request written (prepare records an id entry for it).
  */
 export class StoredParts implements PartSink {
@@ -83,7 +85,7 @@ export class StoredParts implements PartSink {
     const files = this.files(part);
     const sending = files.requests.add(request.json);
     if (sending) return this.writeAfter(sending, files, part, request);
-    const lining = files.lines.add(String(request.line));
+    const lining = files.lines.add(partLine(request.line, request.customId));
     if (lining) return this.placeAfter(lining, part, request);
     return this.placed?.(part, request);
   }
@@ -95,7 +97,7 @@ export class StoredParts implements PartSink {
     request: PreparedRequest,
   ): Promise<void> {
     await sending;
-    await files.lines.write(String(request.line));
+    await files.lines.write(partLine(request.line, request.customId));
     await this.placed?.(part, request);
   }
 
@@ -105,10 +107,10 @@ export class StoredParts implements PartSink {
   }
 
   /** Appends a request that is sent again (a resubmission part). */
-  async writeRaw(part: number, json: string, line: number): Promise<void> {
+  async writeRaw(part: number, json: string, line: number, customId: string): Promise<void> {
     const files = this.files(part);
     await files.requests.write(json);
-    await files.lines.write(String(line));
+    await files.lines.write(partLine(line, customId));
   }
 
   async close(summary: Pick<PartSummary, 'part'>): Promise<void> {

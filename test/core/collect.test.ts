@@ -1,6 +1,12 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type CollectInput, collectPart, customIdOf } from '../../functions/core/collect';
+import {
+  type CollectInput,
+  collectPart,
+  customIdOf,
+  parsePartLine,
+  partLine,
+} from '../../functions/core/collect';
 import type { BatchErrorItem, BatchOutputItem } from '../../functions/core/items';
 import { type CollectCursor, newPart, type Part } from '../../functions/core/run';
 import { defineWork, type WorkConfig } from '../../functions/core/work';
@@ -55,7 +61,9 @@ const expired = (id: string) =>
 interface Outcome {
   outputs: unknown[];
   errors: BatchErrorItem[];
-  resent: { json: string; line: number }[];
+  resent: { json: string; line: number; id: string }[];
+  /** Times the part's request file was opened. */
+  requestReads: number;
 }
 
 async function collect(
@@ -67,6 +75,8 @@ async function collect(
     work?: Partial<WorkConfig>;
     from?: CollectCursor | null;
     shouldPause?: () => boolean;
+    /** The lines file as prepare writes it now, each entry with its id (else dataset lines only, as before). */
+    linesWithIds?: boolean;
   } = {},
 ) {
   const ids = fates.map((_, i) => `id${i}`);
@@ -81,7 +91,8 @@ async function collect(
   });
   outputLines.reverse(); // OpenAI's order is not the input's
   errorLines.push(...(options.junk ?? []));
-  const sinks: Outcome = { outputs: [], errors: [], resent: [] };
+  const sinks: Outcome = { outputs: [], errors: [], resent: [], requestReads: 0 };
+  const entry = (id: string, i: number) => (options.linesWithIds ? partLine(100 + i, id) : String(100 + i));
   const part: Part = {
     ...newPart({ part: 3, generation: 0, model: 'm', requests: fates.length, bytes: 0, estimatedTokens: 0 }),
     batchId: 'batch_x',
@@ -90,8 +101,11 @@ async function collect(
   const input: CollectInput<Record<string, unknown>> = {
     work: defineWork({ name: 'c', ...options.work }),
     part,
-    requests: () => chunksOf(ids.map(requestLine).join('\n'), 50),
-    lines: () => chunksOf(ids.map((_, i) => String(100 + i)).join('\n'), 3),
+    requests: () => {
+      sinks.requestReads += 1;
+      return chunksOf(ids.map(requestLine).join('\n'), 50);
+    },
+    lines: () => chunksOf(ids.map(entry).join('\n'), 3),
     outputFile: () => chunksOf(outputLines.join('\n'), 70),
     errorFile: errorLines.length > 0 ? () => chunksOf(errorLines.join('\n'), 70) : null,
     outputs: { write: async (line) => void sinks.outputs.push(JSON.parse(line)) },
@@ -99,7 +113,7 @@ async function collect(
     resubmit:
       options.resubmit === false
         ? null
-        : { write: async (json, line) => void sinks.resent.push({ json, line }) },
+        : { write: async (json, line, id) => void sinks.resent.push({ json, line, id }) },
     from: options.from ?? null,
     ...(options.shouldPause ? { shouldPause: options.shouldPause } : {}),
   };
@@ -121,8 +135,13 @@ describe('collectPart', () => {
           ),
           { maxLength: 3 },
         ),
-        async (fates, resubmit, junk) => {
-          const { result, outputs, errors, resent, ids } = await collect(fates, { resubmit, junk });
+        fc.boolean(),
+        async (fates, resubmit, junk, linesWithIds) => {
+          const { result, outputs, errors, resent, ids, requestReads } = await collect(fates, {
+            resubmit,
+            junk,
+            linesWithIds,
+          });
           expect(result.outputs + result.errors + result.skippedOutputs + result.resubmitted).toBe(
             fates.length,
           );
@@ -134,6 +153,9 @@ describe('collectPart', () => {
           expect(placed.sort()).toEqual([...ids].sort());
           expect(result.outputs).toBe(fates.filter((f) => f === 'ok' || f === 'twice').length);
           if (!resubmit) expect(resent).toEqual([]);
+          for (const r of resent) expect(r.id).toBe(JSON.parse(r.json).custom_id);
+          // With the ids in the lines file, the request file is read only to send requests again.
+          if (linesWithIds) expect(requestReads).toBe(resent.length > 0 ? 1 : 0);
         },
       ),
       { numRuns: 200 },
@@ -158,6 +180,46 @@ describe('collectPart', () => {
     expect(final.errors[1]?.message).toMatch(
       /^OpenAI returned no result for this request in batch batch_x \(part 3\)/,
     );
+  });
+
+  it('joins results to dataset lines from the lines file alone when its entries name the ids', async () => {
+    const final = await collect(['ok', 'expired', 'missing', 'fail'], {
+      resubmit: false,
+      linesWithIds: true,
+    });
+    expect(final.errors.map((e) => [e.id, e.code, e.line])).toEqual([
+      ['id1', 'batch_expired', 101],
+      ['id3', 'invalid_value', 103],
+      ['id2', 'missing_result', 102],
+    ]);
+    expect(final.requestReads).toBe(0);
+    // Sending requests again needs their JSON lines: the request file is read once, for them alone.
+    const again = await collect(['ok', 'expired', 'missing'], { linesWithIds: true });
+    expect(again.resent.map((r) => [r.id, r.line])).toEqual([
+      ['id1', 101],
+      ['id2', 102],
+    ]);
+    expect(again.requestReads).toBe(1);
+    // A failed batch names each request's dataset line from the lines file too.
+    const failed = await collect(['ok', 'ok'], {
+      resubmit: false,
+      linesWithIds: true,
+      failure: [{ code: 'x', message: 'y', line: null }],
+    });
+    expect(failed.errors.map((e) => [e.id, e.line])).toEqual([
+      ['id0', 100],
+      ['id1', 101],
+    ]);
+    expect(failed.requestReads).toBe(0);
+  });
+
+  it('reads any custom_id back from a lines file entry', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'binary' }), fc.nat(), (id, line) => {
+        expect(parsePartLine(partLine(line, id))).toEqual({ line, id });
+      }),
+    );
+    expect(parsePartLine('17')).toEqual({ line: 17, id: null });
   });
 
   it('joins outputs to their ids through the download hook, and keeps usage', async () => {

@@ -41,7 +41,7 @@ async function collectingPart(
   const run = { ...runFixture(runId), status: 'running' as const, prepared: true };
   await deps.runs.createRun(run, false);
   const files = new StoredParts(deps.blobs, runId);
-  for (const [i, id] of ids.entries()) await files.writeRaw(0, chatLine(id), i + 1);
+  for (const [i, id] of ids.entries()) await files.writeRaw(0, chatLine(id), i + 1, id);
   await files.close({ part: 0 });
   const api = await deps.openai();
   const fileId = await api.uploadFile(

@@ -1,5 +1,6 @@
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
+import { parsePartLine } from '../../functions/core/collect';
 import { type IdEntry, IdFileIndexSchema, parseEntryLine } from '../../functions/core/id-files';
 import { isGzip } from '../../functions/core/lines';
 import type { BlobStore } from '../../functions/core/ports';
@@ -124,12 +125,14 @@ async function placed(deps: Deps, runId: string) {
   const parts = await deps.runs.listParts(runId);
   const requests: { id: string; line: number; part: Part }[] = [];
   for (const part of parts) {
-    const lines = jsonLines(await text(deps, keys.lines(part.part))).map(Number);
+    const entries = jsonLines(await text(deps, keys.lines(part.part))).map(parsePartLine);
+    const lines = entries.map((entry) => entry.line);
     const ids = jsonLines(await text(deps, keys.requests(part.part))).map((l) =>
       String(JSON.parse(l).custom_id),
     );
     expect(ids).toHaveLength(part.requests);
-    expect(lines).toHaveLength(part.requests);
+    // The lines file names each request's id beside its dataset line, aligned with the request file.
+    expect(entries.map((entry) => entry.id)).toEqual(ids);
     ids.forEach((id, i) => {
       requests.push({ id, line: lines[i] ?? -1, part });
     });

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { type Counts, zeroCounts } from '../../functions/core/accounting';
+import { parsePartLine, partLine } from '../../functions/core/collect';
 import { CostLimitError, DatasetError } from '../../functions/core/errors';
 import { type IdEntry, IdFileBuilder } from '../../functions/core/id-files';
 import type { BlobStore, RunStore } from '../../functions/core/ports';
@@ -128,7 +129,13 @@ function depsOf(
 }
 
 /** Writes what a sharded prepare leaves for `requests`, and the run record in its `settle: null` state. */
-async function prepared(deps: Deps, runId: string, requests: readonly Placed[] = REQUESTS): Promise<void> {
+/** `legacyLines`: part lines files as written before they held the ids (dataset line numbers only). */
+async function prepared(
+  deps: Deps,
+  runId: string,
+  requests: readonly Placed[] = REQUESTS,
+  legacyLines = false,
+): Promise<void> {
   const keys = runKeys(runId);
   const width = planCodec.width(SHARDS);
   await writeAll(deps.blobs, keys.plan, SHARDS.map((s) => planCodec.encode(s, width)).join(''));
@@ -157,7 +164,8 @@ async function prepared(deps: Deps, runId: string, requests: readonly Placed[] =
   }
   for (const [part, placedIn] of byPart) {
     await writeAll(deps.blobs, keys.requests(part), placedIn.map((r) => `${requestJson(r.id)}\n`).join(''));
-    await writeAll(deps.blobs, keys.lines(part), placedIn.map((r) => `${r.line}\n`).join(''));
+    const entry = (r: Placed) => (legacyLines ? String(r.line) : partLine(r.line, r.id));
+    await writeAll(deps.blobs, keys.lines(part), placedIn.map((r) => `${entry(r)}\n`).join(''));
   }
   await deps.runs.addParts(
     runId,
@@ -342,18 +350,23 @@ describe('the Settle step', () => {
 
     const requestsOf = (part: number) =>
       linesOf(objects[runKeys('RUN').requests(part)]).map((l) => JSON.parse(l).custom_id);
-    const linesOfPart = (part: number) => linesOf(objects[runKeys('RUN').lines(part)]).map(Number);
+    // Each kept request's lines entry: its dataset line and its id, aligned with the request file.
+    const linesOfPart = (part: number) =>
+      linesOf(objects[runKeys('RUN').lines(part)]).map((text) => {
+        const { line, id } = parsePartLine(text);
+        return `${line}:${id}`;
+      });
     expect([requestsOf(0), linesOfPart(0)]).toEqual([
       ['r1', 'r2', 'r3'],
-      [1, 2, 4],
+      ['1:r1', '2:r2', '4:r3'],
     ]);
     expect([requestsOf(shardPart(1, 0)), linesOfPart(shardPart(1, 0))]).toEqual([
       ['r4', 'r5'],
-      [6, 7],
+      ['6:r4', '7:r5'],
     ]);
     expect([requestsOf(shardPart(2, 0)), linesOfPart(shardPart(2, 0))]).toEqual([
       ['r6', 'r7'],
-      [2, 4],
+      ['2:r6', '4:r7'],
     ]);
     // The part whose every request was a later use: done, with nothing in it, and no files.
     expect(objects[runKeys('RUN').requests(shardPart(2, 1))]).toBeUndefined();
@@ -442,6 +455,26 @@ describe('the Settle step', () => {
       // One group (at most) a partition, one part a call, the parts released one a call.
       expect(calls).toBeGreaterThanOrEqual(PARTITIONS / (groupEntries === 1 ? 1 : 2) + 4);
     }
+  });
+
+  it('drops from parts whose lines files hold dataset lines only (written before they held the ids)', async () => {
+    const deps = depsOf();
+    await prepared(deps, 'legacy', REQUESTS, true);
+    await settleAll(deps, 'legacy');
+    const { objects } = await outcome(deps, 'legacy');
+    const keys = runKeys('RUN'); // outcome() names every run's objects as run RUN's
+    const requestsOf = (part: number) =>
+      linesOf(objects[keys.requests(part)]).map((l) => JSON.parse(l).custom_id);
+    // The ids come from the request lines, and the rewritten lines files keep the format they had.
+    expect([requestsOf(0), linesOf(objects[keys.lines(0)])]).toEqual([
+      ['r1', 'r2', 'r3'],
+      ['1', '2', '4'],
+    ]);
+    expect([requestsOf(shardPart(2, 0)), linesOf(objects[keys.lines(shardPart(2, 0))])]).toEqual([
+      ['r6', 'r7'],
+      ['2', '4'],
+    ]);
+    expect(duplicateErrors(objects)).toHaveLength(6);
   });
 
   it('gives the same files and counts when run again from each stage it went through', async () => {

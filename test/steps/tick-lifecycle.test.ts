@@ -301,7 +301,7 @@ async function check(s: Scenario): Promise<void> {
       customIds.push(customId);
       const body = { model: 'gpt-4o-mini', messages: [] };
       const json = JSON.stringify({ custom_id: customId, method: 'POST', url: '/v1/chat/completions', body });
-      await files.writeRaw(p, json, customIds.length);
+      await files.writeRaw(p, json, customIds.length, customId);
     }
     await files.close({ part: p });
     parts.push(

@@ -98,10 +98,10 @@ export function parsePartLine(text: string): PartLine {
   return { line, id };
 }
 
-/** Past the end of a lines file. */
+/** The entry of a request past the end of its lines file, or of an entry over the bound: no line, no id. */
 const NO_LINE: PartLine = { line: 0, id: null };
 
-/** The entries of a part's lines file, one a call, read a chunk at a time; line 0 past its end. */
+/** The entries of a part's lines file, one a call, read a chunk at a time. */
 class PartLines {
   private readonly chunks: AsyncIterator<Uint8Array>;
   private readonly splitter = new LineSplitter(64 * 1024);
@@ -119,11 +119,12 @@ class PartLines {
     return line.value.bytes === null ? NO_LINE : parsePartLine(textOf(line.value.bytes));
   }
 
-  async next(): Promise<PartLine> {
+  /** The next entry; null past the file's end. */
+  async next(): Promise<PartLine | null> {
     for (;;) {
       const line = this.take();
       if (line) return line;
-      if (this.ended) return NO_LINE;
+      if (this.ended) return null;
       const chunk = await this.chunks.next();
       if (chunk.done) {
         this.ended = true;
@@ -201,13 +202,13 @@ async function* requestChunks<R>(input: CollectInput<R>): AsyncGenerator<PartReq
       const requests: PartRequest[] = [];
       for (const raw of splitter.linesIn(chunk)) {
         if (raw.bytes === null || raw.bytes.length === 0) continue;
-        requests.push(request(raw.bytes, lines.take() ?? (await lines.next())));
+        requests.push(request(raw.bytes, lines.take() ?? (await lines.next()) ?? NO_LINE));
       }
       if (requests.length > 0) yield requests;
     }
     const last = splitter.end();
     if (last?.bytes && last.bytes.length > 0)
-      yield [request(last.bytes, lines.take() ?? (await lines.next()))];
+      yield [request(last.bytes, lines.take() ?? (await lines.next()) ?? NO_LINE)];
   } finally {
     await lines.close();
   }
@@ -227,7 +228,7 @@ async function* idChunks<R>(input: CollectInput<R>): AsyncGenerator<PartRequest[
   const lines = new PartLines(input.lines());
   try {
     const first = await lines.next();
-    if (first.line !== 0 && first.id === null) {
+    if (first && first.id === null) {
       await lines.close();
       yield* requestChunks(input);
       return;
@@ -235,7 +236,7 @@ async function* idChunks<R>(input: CollectInput<R>): AsyncGenerator<PartRequest[
     let index = 0;
     let chunk: PartRequest[] = [];
     let entry = first;
-    while (entry.line !== 0) {
+    while (entry) {
       if (entry.id === null)
         throw new InvariantError(`part ${input.part.part}: an entry of its lines file has no custom_id`);
       chunk.push(new PartRequest(entry.id, entry.line, ++index, null));

@@ -150,7 +150,7 @@ async function collectPath(blobs: S3BlobStore, bytes: number, kind: BenchKind): 
         batchId: `batch_${part}`,
       },
       requests: () => blobs.read(keys.requests(part)),
-      lines: () => blobs.read(keys.lines(part)),
+      lines: () => blobs.read(keys.entries(part)),
       outputFile: () => blobs.read(`openai/output-${part}.jsonl`),
       errorFile: null,
       outputs,

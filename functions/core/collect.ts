@@ -8,7 +8,7 @@ import type { BatchFailure, CollectCursor, Part, TokenTotals } from './run';
 import { checkOutput } from './structured';
 import type { Work } from './work';
 
-/** Where requests that are sent again go (a new part), with the dataset line each came from. */
+/** Where requests that are sent again go (a new part), with the dataset line each came from, and its id. */
 export interface ResubmitSink {
   write(json: string, datasetLine: number, customId: string): Promise<void>;
 }
@@ -90,9 +90,15 @@ export function parsePartLine(text: string): PartLine {
   const line = Number(text.slice(0, tab));
   const json = text.slice(tab + 1);
   // An id JSON.stringify wrote without a backslash is the text between its quotes.
-  if (json.length >= 2 && json.charCodeAt(0) === 0x22 && json.indexOf('\\') === -1)
+  const quoted = json.length >= 2 && json.charCodeAt(0) === 0x22 && json.charCodeAt(json.length - 1) === 0x22;
+  if (quoted && json.indexOf('"', 1) === json.length - 1 && json.indexOf('\\') === -1)
     return { line, id: json.slice(1, -1) };
-  const id: unknown = JSON.parse(json);
+  let id: unknown;
+  try {
+    id = JSON.parse(json);
+  } catch {
+    id = undefined;
+  }
   if (typeof id !== 'string')
     throw new InvariantError(`a lines file entry holds no custom_id (line ${line})`);
   return { line, id };
@@ -164,9 +170,10 @@ const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
 
 /**
- * A request line's custom_id. Collect reads a part's whole request file for its ids only, so the id is
- * taken from the line's start (its JSON string, parsed alone) rather than by parsing the whole line; a
- * line that does not start the way prepare writes them is parsed whole.
+ * A request line's custom_id. Where a part's lines file does not name the ids (one written before it
+ * did), collect reads the whole request file for them, so the id is taken from the line's start (its JSON
+ * string, parsed alone) rather than by parsing the whole line; a line that does not start the way prepare
+ * writes them is parsed whole.
  */
 export function customIdOf(bytes: Uint8Array): string {
   let prefixed = bytes.length > ID_PREFIX.length;
@@ -260,8 +267,8 @@ async function* idsOf<R>(input: CollectInput<R>): AsyncGenerator<PartRequest> {
 /**
  * Collects a finished part: each request ends exactly once, as an output (through `download`), an error
  * (through `downloadError`), or sent again in a new part (expired or transiently failed, while resubmits
- * last). A request OpenAI answered nowhere is found by reading the part's own request file, and is sent
- * again or reported as `missing_result`. A batch OpenAI failed whole puts each request in errors with the
+ * last). A request OpenAI answered nowhere is found from the part's lines file, which names each request,
+ * and is sent again or reported as `missing_result`. A batch OpenAI failed whole puts each request in errors with the
  * reason for its line; requests its failure does not name are sent again. Memory holds one entry per
  * request of the part (at most 50,000), never the files.
  *

@@ -297,7 +297,13 @@ const partFile = (part: number, chunk: number) =>
 export const runKeys = (runId: string) => ({
   prefix: `runs/${runId}/`,
   requests: (part: number) => `runs/${runId}/requests/part-${String(part).padStart(5, '0')}.jsonl`,
+  /** A part's lines file as written before its entries named the ids: dataset line numbers only. */
   lines: (part: number) => `runs/${runId}/requests/part-${String(part).padStart(5, '0')}.lines`,
+  /**
+   * A part's lines file: each request's dataset line and custom_id (`partLine`). A new name, so that code
+   * from before it, which reads `.lines` for numbers only, finds no file and fails rather than misreads.
+   */
+  entries: (part: number) => `runs/${runId}/requests/part-${String(part).padStart(5, '0')}.entries`,
   /** A part's outputs; a collect that took several steps writes one file a step (`chunk` 1, 2, ...). */
   outputs: (part: number, chunk = 0) => `runs/${runId}/outputs/${partFile(part, chunk)}`,
   /** A part's errors, one file a collect step like its outputs. */

@@ -2,7 +2,7 @@ import { collectPart } from '../core/collect';
 import type { BatchApi } from '../core/ports';
 import { newPart, type Part, type Run, runKeys } from '../core/run';
 import type { StepDeps } from './deps';
-import { LazyJsonl, StoredParts } from './storage';
+import { LazyJsonl, partLinesKey, StoredParts } from './storage';
 
 /** How a part is collected. */
 export interface CollectOptions {
@@ -40,11 +40,12 @@ export async function collect<R>(
   const resendCancelled = from ? from.resendCancelled : options.resendCancelled === true;
   const child = resubmitting ? part.childPart : null;
   const resent = child === null ? null : new StoredParts(deps.blobs, run.runId);
+  const linesKey = await partLinesKey(deps.blobs, run.runId, part.part);
   const result = await collectPart({
     work: deps.work,
     part,
     requests: () => deps.blobs.read(keys.requests(part.part)),
-    lines: () => deps.blobs.read(keys.lines(part.part)),
+    lines: () => deps.blobs.read(linesKey),
     outputFile: part.outputFileId ? () => api.fileContent(part.outputFileId ?? '') : null,
     errorFile: part.errorFileId ? () => api.fileContent(part.errorFileId ?? '') : null,
     outputs,

@@ -10,6 +10,7 @@ import { planCodec, SHARD_PART_SPAN, type Shard, shardsOf } from '../core/shards
 import type { StepDeps } from './deps';
 import { WIND_DOWN_MS } from './fail';
 import { markIntermediatesEnded, markIntermediatesRunning } from './intermediates';
+import { partLinesKey } from './storage';
 
 /** A dataset that this work already processed (or is processing) under another run. */
 export class DuplicateDatasetError extends Error {
@@ -460,7 +461,8 @@ async function missingIntermediates(deps: StepDeps<unknown>, run: Run): Promise<
   const keys = runKeys(run.runId);
   const needed: string[] = [];
   for (const part of await deps.runs.listParts(run.runId))
-    if (part.status !== 'done') needed.push(keys.requests(part.part), keys.lines(part.part));
+    if (part.status !== 'done')
+      needed.push(keys.requests(part.part), await partLinesKey(deps.blobs, run.runId, part.part));
   if (!run.prepared) needed.push(keys.plan);
   const missing: string[] = [];
   for (const key of needed) if (!(await deps.blobs.head(key))) missing.push(key);

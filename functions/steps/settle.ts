@@ -11,7 +11,7 @@ import { type Part, type Run, runKeys, type SettleState } from '../core/run';
 import { type Shard, shardOfPart } from '../core/shards';
 import type { StepDeps } from './deps';
 import { runOf, updateRun } from './runs';
-import { laneCheckpoint, planShard } from './storage';
+import { laneCheckpoint, partLinesKey, planShard } from './storage';
 
 /**
  * Id entries a partition group holds at most (a group is at least one partition, whatever it holds):
@@ -432,13 +432,13 @@ class SettleContext<R> {
     const blobs = this.deps.blobs;
     const part = await this.part(n);
     const requestsKey = this.keys.requests(n);
-    const linesKey = this.keys.lines(n);
+    const linesKey = await partLinesKey(blobs, this.run.runId, n);
     const copy = {
       requests: `${this.keys.prefix}state/settle/part-${String(n).padStart(5, '0')}.jsonl`,
       lines: `${this.keys.prefix}state/settle/part-${String(n).padStart(5, '0')}.lines`,
     };
     if (part.status === 'done' && part.requests === 0) {
-      await blobs.delete([requestsKey, linesKey, copy.requests]); // emptied by an earlier call
+      await blobs.delete([requestsKey, linesKey, copy.requests]); // emptied by an earlier call (either lines file)
       return;
     }
     // Only a part Tick cannot send yet is rewritten (one settled before may have been released since).
@@ -743,7 +743,7 @@ async function* linesBody(lines: readonly string[]): AsyncGenerator<Uint8Array> 
 
 /**
  * The entries of a part's `.lines` file (a request's dataset line and custom_id, see `partLine`), as
- * written, in memory: a few bytes a request.
+ * written, in memory: tens of bytes a request.
  */
 async function readPartLines(blobs: BlobStore, key: string): Promise<string[]> {
   const lines: string[] = [];

@@ -50,6 +50,16 @@ export class LazyJsonl implements RecordSink {
 }
 
 /**
+ * The key of a part's lines file: its `.entries` (each request's dataset line and custom_id), or the
+ * `.lines` of a part written before those (dataset lines only) where that is the one there is.
+ */
+export async function partLinesKey(blobs: BlobStore, runId: string, part: number): Promise<string> {
+  const keys = runKeys(runId);
+  if (await blobs.head(keys.entries(part))) return keys.entries(part);
+  return (await blobs.head(keys.lines(part))) ? keys.lines(part) : keys.entries(part);
+}
+
+/**
  * Part files in the store: each part's request lines, and beside them each request's dataset line and
  * custom_id (`partLine`), so that collect joins results to lines without reading the requests again.
  * `placed`, when given, is told of each request written (prepare records an id entry for it).
@@ -69,7 +79,7 @@ export class StoredParts implements PartSink {
       const keys = runKeys(this.runId);
       files = {
         requests: new LazyJsonl(this.blobs, keys.requests(part)),
-        lines: new LazyJsonl(this.blobs, keys.lines(part)),
+        lines: new LazyJsonl(this.blobs, keys.entries(part)),
       };
       this.open.set(part, files);
     }

@@ -321,9 +321,10 @@ describe('collectPart', () => {
         fc.boolean(),
         fc.boolean(),
         fc.array(fc.integer({ min: 0, max: 6 }), { minLength: 1, maxLength: 8 }),
-        async (fates, resubmit, failed, budgets) => {
+        fc.boolean(),
+        async (fates, resubmit, failed, budgets, linesWithIds) => {
           const failure = failed ? [{ code: 'invalid_json_line', message: 'Not JSON.', line: 2 }] : undefined;
-          const common = { resubmit, ...(failure ? { failure } : {}) };
+          const common = { resubmit, linesWithIds, ...(failure ? { failure } : {}) };
           const whole = await collect(fates, common);
           // Each call's lines are kept by its chunk number: a call run again replaces its chunk, as in S3.
           const outputs = new Map<number, unknown[]>();

@@ -165,7 +165,8 @@ async function prepared(
   for (const [part, placedIn] of byPart) {
     await writeAll(deps.blobs, keys.requests(part), placedIn.map((r) => `${requestJson(r.id)}\n`).join(''));
     const entry = (r: Placed) => (legacyLines ? String(r.line) : partLine(r.line, r.id));
-    await writeAll(deps.blobs, keys.lines(part), placedIn.map((r) => `${entry(r)}\n`).join(''));
+    const linesKey = legacyLines ? keys.lines(part) : keys.entries(part);
+    await writeAll(deps.blobs, linesKey, placedIn.map((r) => `${entry(r)}\n`).join(''));
   }
   await deps.runs.addParts(
     runId,
@@ -352,7 +353,7 @@ describe('the Settle step', () => {
       linesOf(objects[runKeys('RUN').requests(part)]).map((l) => JSON.parse(l).custom_id);
     // Each kept request's lines entry: its dataset line and its id, aligned with the request file.
     const linesOfPart = (part: number) =>
-      linesOf(objects[runKeys('RUN').lines(part)]).map((text) => {
+      linesOf(objects[runKeys('RUN').entries(part)]).map((text) => {
         const { line, id } = parsePartLine(text);
         return `${line}:${id}`;
       });
@@ -370,7 +371,7 @@ describe('the Settle step', () => {
     ]);
     // The part whose every request was a later use: done, with nothing in it, and no files.
     expect(objects[runKeys('RUN').requests(shardPart(2, 1))]).toBeUndefined();
-    expect(objects[runKeys('RUN').lines(shardPart(2, 1))]).toBeUndefined();
+    expect(objects[runKeys('RUN').entries(shardPart(2, 1))]).toBeUndefined();
     expect(Object.keys(objects).filter((k) => k.includes('/state/settle/'))).toEqual([]);
 
     const bytes = (ids: string[]) => ids.reduce((n, id) => n + Buffer.byteLength(requestJson(id)) + 1, 0);
@@ -475,6 +476,7 @@ describe('the Settle step', () => {
       ['2', '4'],
     ]);
     expect(duplicateErrors(objects)).toHaveLength(6);
+    expect(Object.keys(objects).filter((key) => key.endsWith('.entries'))).toEqual([]);
   });
 
   it('gives the same files and counts when run again from each stage it went through', async () => {

@@ -238,7 +238,7 @@ describe('resuming a run that failed', () => {
     await expect(resume('gone')).rejects.toThrow(`files it still needs are gone (${requests}`);
     expect((await runs.getRun('gone'))?.status).toBe('failed');
     // A resume that stops there leaves what is left to expire.
-    const lines = requests.replace(/\.jsonl$/, '.lines');
+    const lines = requests.replace(/\.jsonl$/, '.entries');
     expect(await tagsOf(lines)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
   }, 120_000);
 

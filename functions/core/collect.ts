@@ -253,6 +253,11 @@ async function* idChunks<R>(input: CollectInput<R>): AsyncGenerator<PartRequest[
       }
       entry = lines.take() ?? (await lines.next());
     }
+    // The request file is not read here: a lines file that lost entries would lose their requests silently.
+    if (index !== input.part.requests)
+      throw new InvariantError(
+        `part ${input.part.part}: its lines file names ${index} requests, where the part has ${input.part.requests}`,
+      );
     if (chunk.length > 0) yield chunk;
   } finally {
     await lines.close();

@@ -77,6 +77,8 @@ async function collect(
     shouldPause?: () => boolean;
     /** The lines file as prepare writes it now, each entry with its id (else dataset lines only, as before). */
     linesWithIds?: boolean;
+    /** Entries left out at the end of the lines file (a file that lost them). */
+    missingEntries?: number;
   } = {},
 ) {
   const ids = fates.map((_, i) => `id${i}`);
@@ -105,7 +107,14 @@ async function collect(
       sinks.requestReads += 1;
       return chunksOf(ids.map(requestLine).join('\n'), 50);
     },
-    lines: () => chunksOf(ids.map(entry).join('\n'), 3),
+    lines: () =>
+      chunksOf(
+        ids
+          .map(entry)
+          .slice(0, ids.length - (options.missingEntries ?? 0))
+          .join('\n'),
+        3,
+      ),
     outputFile: () => chunksOf(outputLines.join('\n'), 70),
     errorFile: errorLines.length > 0 ? () => chunksOf(errorLines.join('\n'), 70) : null,
     outputs: { write: async (line) => void sinks.outputs.push(JSON.parse(line)) },
@@ -211,6 +220,12 @@ describe('collectPart', () => {
       ['id1', 101],
     ]);
     expect(failed.requestReads).toBe(0);
+  });
+
+  it('refuses a lines file with fewer entries than the part has requests, rather than lose them', async () => {
+    await expect(
+      collect(['ok', 'ok', 'missing'], { resubmit: false, linesWithIds: true, missingEntries: 1 }),
+    ).rejects.toThrow('part 3: its lines file names 2 requests, where the part has 3');
   });
 
   it('reads any custom_id back from a lines file entry', () => {

@@ -32,20 +32,44 @@ export async function* readDataset(
   source: AsyncIterable<Uint8Array>,
   options: DatasetReadOptions,
 ): AsyncGenerator<DatasetLine> {
+  for await (const batch of readDatasetBatches(source, options)) yield* batch;
+}
+
+/** Records a batch of {@link readDatasetBatches} holds at most. */
+const BATCH = 256;
+
+/**
+ * {@link readDataset} a batch of lines at a time: the lines a chunk completes, at most {@link BATCH} at
+ * once, so that a reader awaits once a batch rather than once a record.
+ */
+export async function* readDatasetBatches(
+  source: AsyncIterable<Uint8Array>,
+  options: DatasetReadOptions,
+): AsyncGenerator<DatasetLine[]> {
   const { gzip, chunks } = await decompressed(source);
   options.onFormat?.({ gzip });
   const skip = options.skipLines ?? 0;
-  // A chunk's lines are split without an await each: one generator less on the per-record path.
   const splitter = new LineSplitter(options.maxRecordBytes, options.start);
+  let batch: DatasetLine[] = [];
   for await (const chunk of chunks) {
     for (const raw of splitter.linesIn(chunk)) {
       const entry = datasetLineOf(raw, skip, options.maxRecordBytes);
-      if (entry) yield entry;
+      if (!entry) continue;
+      batch.push(entry);
+      if (batch.length >= BATCH) {
+        yield batch;
+        batch = [];
+      }
+    }
+    if (batch.length > 0) {
+      yield batch;
+      batch = [];
     }
   }
   const last = splitter.end();
   const entry = last && datasetLineOf(last, skip, options.maxRecordBytes);
-  if (entry) yield entry;
+  if (entry) batch.push(entry);
+  if (batch.length > 0) yield batch;
 }
 
 /** What one line is: a record, an invalid line, or null for a blank or skipped line. */

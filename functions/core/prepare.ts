@@ -1,6 +1,6 @@
 import { type Counts, zeroCounts } from './accounting';
 import { Chunker, type PartSummary } from './chunker';
-import { readDataset } from './dataset';
+import { readDatasetBatches } from './dataset';
 import { messageOf } from './errors';
 import { type BatchErrorItem, jsonLineOf } from './items';
 import type { LinePosition } from './lines';
@@ -159,7 +159,7 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
     return refuse(event.error);
   }
 
-  const reader = readDataset(input.source, {
+  const reader = readDatasetBatches(input.source, {
     maxRecordBytes: work.settings.maxRecordBytes,
     ...(start.position ? { start: start.position } : {}),
     ...(start.skipLines ? { skipLines: start.skipLines } : {}),
@@ -168,41 +168,44 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
     },
   });
   try {
-    // One loop from line to part, awaiting only what returns a promise (a hook may be async, a sink may flush).
-    for await (const entry of reader) {
-      if (input.shouldPause?.()) {
-        done = false;
-        break;
-      }
-      counts.records += 1;
-      const { line } = entry;
-      if (entry.kind === 'invalid') {
-        await refuse(entry.error);
-      } else {
-        const checked = recordOf(entry, work);
-        if ('refused' in checked) {
-          await take(checked.refused);
+    // One loop from line to part, awaiting only what returns a promise (a hook may be async, a sink may
+    // flush), and the reader once a batch of lines.
+    reading: for await (const batch of reader) {
+      for (const entry of batch) {
+        if (input.shouldPause?.()) {
+          done = false;
+          break reading;
+        }
+        counts.records += 1;
+        const { line } = entry;
+        if (entry.kind === 'invalid') {
+          await refuse(entry.error);
         } else {
-          let result: unknown;
-          let threw = false;
-          try {
-            result = work.upload(checked.record, { line });
-            if (isThenable(result)) result = await result;
-          } catch (caught) {
-            threw = true;
-            await take(uploadFailure(line, caught));
-          }
-          const items = threw ? [] : itemsOf(result);
-          if (items === null) take({ kind: 'skip', line });
-          else {
-            for (let i = 0; i < items.length; i++) {
-              const pending = take(buildRequest(items[i], line, work, input.ids, i === 0));
-              if (pending) await pending;
+          const checked = recordOf(entry, work);
+          if ('refused' in checked) {
+            await take(checked.refused);
+          } else {
+            let result: unknown;
+            let threw = false;
+            try {
+              result = work.upload(checked.record, { line });
+              if (isThenable(result)) result = await result;
+            } catch (caught) {
+              threw = true;
+              await take(uploadFailure(line, caught));
+            }
+            const items = threw ? [] : itemsOf(result);
+            if (items === null) take({ kind: 'skip', line });
+            else {
+              for (let i = 0; i < items.length; i++) {
+                const pending = take(buildRequest(items[i], line, work, input.ids, i === 0));
+                if (pending) await pending;
+              }
             }
           }
         }
+        next = { line: line + 1, offset: entry.end };
       }
-      next = { line: line + 1, offset: entry.end };
     }
   } catch (caught) {
     // A part's close still running is waited for: none is left to finish after the step has failed.

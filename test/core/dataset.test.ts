@@ -1,6 +1,6 @@
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { type DatasetLine, readDataset } from '../../functions/core/dataset';
+import { type DatasetLine, readDataset, readDatasetBatches } from '../../functions/core/dataset';
 import { chunksOf, collect } from '../support/streams';
 
 const read = (data: string | Uint8Array, maxRecordBytes = 1024, chunk = 5) =>
@@ -8,6 +8,19 @@ const read = (data: string | Uint8Array, maxRecordBytes = 1024, chunk = 5) =>
 
 const summary = (lines: DatasetLine[]) =>
   lines.map((l) => (l.kind === 'record' ? [l.line, l.record] : [l.line, l.error.code, l.error.message]));
+
+describe('readDatasetBatches', () => {
+  it('gives the lines in order, a chunk at a time and at most 256 at once, however the bytes are cut', async () => {
+    const data = `${Array.from({ length: 700 }, (_, i) => (i % 97 === 5 ? 'not json' : JSON.stringify({ n: i }))).join('\n')}\n`;
+    for (const chunk of [data.length, 4096, 7]) {
+      const batches = await collect(readDatasetBatches(chunksOf(data, chunk), { maxRecordBytes: 100 }));
+      expect(Math.max(...batches.map((b) => b.length))).toBeLessThanOrEqual(256);
+      expect(batches.every((b) => b.length > 0)).toBe(true);
+      expect(summary(batches.flat())).toEqual(summary(await read(data, 100, 11)));
+      expect(batches.flat().map((l) => l.line)).toEqual(Array.from({ length: 700 }, (_, i) => i + 1));
+    }
+  });
+});
 
 describe('readDataset', () => {
   it('reads JSON objects and skips blank lines, keeping line numbers', async () => {

@@ -6,6 +6,7 @@ import { DeleteObjectCommand, GetObjectTaggingCommand, PutObjectCommand } from '
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import { parsePartLine } from '../../functions/core/collect';
 import { executionName } from '../../functions/core/execution-names';
 import { type Part, type Run, runKeys } from '../../functions/core/run';
 import type { RunSummary } from '../../functions/core/summary';
@@ -89,11 +90,15 @@ async function claimOf(run: Run): Promise<{ runId: string | undefined; status: s
   return { runId: Item?.runId?.S, status: Item?.status?.S };
 }
 
-async function summaryOf(runId: string): Promise<RunSummary> {
+async function textOf(key: string): Promise<string> {
   const chunks: Uint8Array[] = [];
   const blobs = localDeps(env, loaded.work, {}, new RecordingNotifier()).blobs;
-  for await (const chunk of blobs.read(`runs/${runId}/summary.json`)) chunks.push(chunk);
-  return JSON.parse(Buffer.concat(chunks).toString('utf8')) as RunSummary;
+  for await (const chunk of blobs.read(key)) chunks.push(chunk);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function summaryOf(runId: string): Promise<RunSummary> {
+  return JSON.parse(await textOf(`runs/${runId}/summary.json`)) as RunSummary;
 }
 
 beforeAll(async () => {
@@ -240,6 +245,58 @@ describe('resuming a run that failed', () => {
     // A resume that stops there leaves what is left to expire.
     const lines = requests.replace(/\.jsonl$/, '.entries');
     expect(await tagsOf(lines)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
+  }, 120_000);
+
+  it('completes a run whose parts were prepared before their lines files named the ids', async () => {
+    const legacy = ids.map((id) => `${id}-legacy`);
+    await env.s3.client.send(
+      new PutObjectCommand({
+        Bucket: env.s3.bucket,
+        Key: 'inputs/e2e-chat/legacy.jsonl',
+        Body: legacy.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
+      }),
+    );
+    await expect(
+      runLocally(
+        env,
+        loaded,
+        'inputs/e2e-chat/legacy.jsonl',
+        'legacy',
+        time.runOptions(env, { wrap: { handlers: failingAfterTick(1) } }),
+        { definition },
+      ),
+    ).rejects.toThrow('a permanent failure, for the test');
+    // Each part left as code from before wrote it: a `.lines` file of dataset lines, no `.entries`.
+    const keys = runKeys('legacy');
+    const waiting = (await runs.listParts('legacy')).filter((p) => p.status !== 'done');
+    expect(waiting.length).toBeGreaterThan(0);
+    for (const part of waiting) {
+      const entries = await textOf(keys.entries(part.part));
+      const numbers = entries
+        .split('\n')
+        .filter(Boolean)
+        .map((entry) => String(parsePartLine(entry).line));
+      await env.s3.client.send(
+        new PutObjectCommand({
+          Bucket: env.s3.bucket,
+          Key: keys.lines(part.part),
+          Body: `${numbers.join('\n')}\n`,
+        }),
+      );
+      await env.s3.client.send(
+        new DeleteObjectCommand({ Bucket: env.s3.bucket, Key: keys.entries(part.part) }),
+      );
+    }
+
+    await resume('legacy');
+
+    expect((await runs.getRun('legacy'))?.status).toBe('completed');
+    expect(await outputIds(env, 'legacy')).toEqual(legacy); // every record exactly once
+    const summary = await summaryOf('legacy');
+    expect(summary.counts).toMatchObject({ records: RECORDS, outputs: RECORDS, errors: 0 });
+    expect(summary.reconciliation.balanced).toBe(true);
+    const client = new OpenAI({ apiKey: env.openai.apiKey, baseURL: env.openai.baseURL });
+    expect(await partsPaidTwice(client, 'legacy')).toBe(0);
   }, 120_000);
 
   it('refuses a run that completed or was cancelled, and leaves it as it was', async () => {

@@ -90,6 +90,33 @@ async function claimOf(run: Run): Promise<{ runId: string | undefined; status: s
   return { runId: Item?.runId?.S, status: Item?.status?.S };
 }
 
+/**
+ * Run `runId` over a dataset of its own (the ids with `-<runId>` appended), failed for good after its
+ * first Tick, with work left; resolves with the dataset's ids.
+ */
+async function failedAfterFirstTick(runId: string): Promise<string[]> {
+  const own = ids.map((id) => `${id}-${runId}`);
+  const dataset = `inputs/e2e-chat/${runId}.jsonl`;
+  await env.s3.client.send(
+    new PutObjectCommand({
+      Bucket: env.s3.bucket,
+      Key: dataset,
+      Body: own.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
+    }),
+  );
+  await expect(
+    runLocally(
+      env,
+      loaded,
+      dataset,
+      runId,
+      time.runOptions(env, { wrap: { handlers: failingAfterTick(1) } }),
+      { definition },
+    ),
+  ).rejects.toThrow('a permanent failure, for the test');
+  return own;
+}
+
 async function textOf(key: string): Promise<string> {
   const chunks: Uint8Array[] = [];
   const blobs = localDeps(env, loaded.work, {}, new RecordingNotifier()).blobs;
@@ -214,24 +241,7 @@ describe('resuming a run that failed', () => {
   }, 120_000);
 
   it("refuses a failed run whose files expired, naming them; a failed run's files are marked to expire", async () => {
-    const gone = ids.map((id) => `${id}-gone`);
-    await env.s3.client.send(
-      new PutObjectCommand({
-        Bucket: env.s3.bucket,
-        Key: 'inputs/e2e-chat/gone.jsonl',
-        Body: gone.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
-      }),
-    );
-    await expect(
-      runLocally(
-        env,
-        loaded,
-        'inputs/e2e-chat/gone.jsonl',
-        'gone',
-        time.runOptions(env, { wrap: { handlers: failingAfterTick(1) } }),
-        { definition },
-      ),
-    ).rejects.toThrow('a permanent failure, for the test');
+    await failedAfterFirstTick('gone');
     const waiting = (await runs.listParts('gone')).find((p) => p.status !== 'done');
     if (!waiting) throw new Error('the failed run should have work left');
     const requests = `runs/gone/requests/part-${String(waiting.part).padStart(5, '0')}.jsonl`;
@@ -248,24 +258,7 @@ describe('resuming a run that failed', () => {
   }, 120_000);
 
   it('completes a run whose parts were prepared before their lines files named the ids', async () => {
-    const legacy = ids.map((id) => `${id}-legacy`);
-    await env.s3.client.send(
-      new PutObjectCommand({
-        Bucket: env.s3.bucket,
-        Key: 'inputs/e2e-chat/legacy.jsonl',
-        Body: legacy.map((id) => JSON.stringify({ id, content: `question ${id}` })).join('\n'),
-      }),
-    );
-    await expect(
-      runLocally(
-        env,
-        loaded,
-        'inputs/e2e-chat/legacy.jsonl',
-        'legacy',
-        time.runOptions(env, { wrap: { handlers: failingAfterTick(1) } }),
-        { definition },
-      ),
-    ).rejects.toThrow('a permanent failure, for the test');
+    const legacy = await failedAfterFirstTick('legacy');
     // Each part left as code from before wrote it: a `.lines` file of dataset lines, no `.entries`.
     const keys = runKeys('legacy');
     const waiting = (await runs.listParts('legacy')).filter((p) => p.status !== 'done');

@@ -1,4 +1,5 @@
 import { InvariantError, messageOf } from './errors';
+import { stringFromJson } from './id-files';
 import { type ImageSink, isImages, withStoredImages } from './images';
 import { type BatchErrorItem, errorItem, jsonLineOf } from './items';
 import { LineSplitter, type RawLine } from './lines';
@@ -88,19 +89,8 @@ export function parsePartLine(text: string): PartLine {
   const tab = text.indexOf('\t');
   if (tab === -1) return { line: Number(text), id: null };
   const line = Number(text.slice(0, tab));
-  const json = text.slice(tab + 1);
-  // An id JSON.stringify wrote without a backslash is the text between its quotes.
-  const quoted = json.length >= 2 && json.charCodeAt(0) === 0x22 && json.charCodeAt(json.length - 1) === 0x22;
-  if (quoted && json.indexOf('"', 1) === json.length - 1 && json.indexOf('\\') === -1)
-    return { line, id: json.slice(1, -1) };
-  let id: unknown;
-  try {
-    id = JSON.parse(json);
-  } catch {
-    id = undefined;
-  }
-  if (typeof id !== 'string')
-    throw new InvariantError(`a lines file entry holds no custom_id (line ${line})`);
+  const id = stringFromJson(text.slice(tab + 1));
+  if (id === undefined) throw new InvariantError(`a lines file entry holds no custom_id (line ${line})`);
   return { line, id };
 }
 
@@ -185,8 +175,8 @@ export function customIdOf(bytes: Uint8Array): string {
       else if (byte === QUOTE) {
         // The next byte must end the key's value, as in every line JSON.stringify writes.
         if (bytes[i + 1] !== 0x2c && bytes[i + 1] !== 0x7d) break;
-        const id: unknown = JSON.parse(textOf(bytes.subarray(ID_PREFIX.length - 1, i + 1)));
-        if (typeof id === 'string') return id;
+        const id = stringFromJson(textOf(bytes.subarray(ID_PREFIX.length - 1, i + 1)));
+        if (id !== undefined) return id;
         break;
       }
     }
@@ -273,8 +263,8 @@ async function* idsOf<R>(input: CollectInput<R>): AsyncGenerator<PartRequest> {
  * Collects a finished part: each request ends exactly once, as an output (through `download`), an error
  * (through `downloadError`), or sent again in a new part (expired or transiently failed, while resubmits
  * last). A request OpenAI answered nowhere is found from the part's lines file, which names each request,
- * and is sent again or reported as `missing_result`. A batch OpenAI failed whole puts each request in errors with the
- * reason for its line; requests its failure does not name are sent again. Memory holds one entry per
+ * and is sent again or reported as `missing_result`. A batch OpenAI failed whole puts each request in
+ * errors with the reason for its line; requests its failure does not name are sent again. Memory holds one entry per
  * request of the part (at most 50,000), never the files.
  *
  * Hooks may be slow, so a call stops when `shouldPause` says so and returns a cursor; the next call, given

@@ -50,23 +50,30 @@ function writtenAsIs(text: string): boolean {
 }
 
 /**
+ * The string a JSON text holds (an id as JSON.stringify wrote it), or undefined when it holds none. Read on
+ * the per-entry paths, so an id written without an escape is taken from between its quotes as it stands.
+ */
+export function stringFromJson(json: string): string | undefined {
+  if (json.length >= 2 && json.charCodeAt(0) === 0x22 && json.charCodeAt(json.length - 1) === 0x22) {
+    const inner = json.slice(1, -1);
+    if (writtenAsIs(inner)) return inner;
+  }
+  try {
+    const value: unknown = JSON.parse(json);
+    return typeof value === 'string' ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * An entry from its line (without the newline). Settle reads every entry of a run twice, so this reads the
  * line by hand: an id JSON.stringify wrote without a backslash is the text between its quotes, and the
  * numbers are read digit by digit.
  */
 export function parseEntryLine(line: string): IdEntry {
   const tab = line.lastIndexOf('"') + 1;
-  const quoted = line.slice(0, tab);
-  const inner = quoted.slice(1, -1);
-  let id: unknown;
-  if (tab >= 2 && line.charCodeAt(0) === 0x22 && writtenAsIs(inner)) id = inner;
-  else {
-    try {
-      id = JSON.parse(quoted);
-    } catch {
-      id = undefined;
-    }
-  }
+  const id = stringFromJson(line.slice(0, tab));
   const numbers = [0, 0, 0, 0, 0];
   let field = -1;
   let digits = 0;

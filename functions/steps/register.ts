@@ -10,7 +10,7 @@ import { planCodec, SHARD_PART_SPAN, type Shard, shardsOf } from '../core/shards
 import type { StepDeps } from './deps';
 import { WIND_DOWN_MS } from './fail';
 import { markIntermediatesEnded, markIntermediatesRunning } from './intermediates';
-import { partLinesKey } from './storage';
+import { existingPartLinesKey } from './storage';
 
 /** A dataset that this work already processed (or is processing) under another run. */
 export class DuplicateDatasetError extends Error {
@@ -459,12 +459,15 @@ export async function resumeRun(deps: StepDeps<unknown>, found: Run, execution: 
  */
 async function missingIntermediates(deps: StepDeps<unknown>, run: Run): Promise<string[]> {
   const keys = runKeys(run.runId);
-  const needed: string[] = [];
-  for (const part of await deps.runs.listParts(run.runId))
-    if (part.status !== 'done')
-      needed.push(keys.requests(part.part), await partLinesKey(deps.blobs, run.runId, part.part));
-  if (!run.prepared) needed.push(keys.plan);
   const missing: string[] = [];
-  for (const key of needed) if (!(await deps.blobs.head(key))) missing.push(key);
+  const gone = async (key: string) => !(await deps.blobs.head(key));
+  for (const part of await deps.runs.listParts(run.runId)) {
+    if (part.status === 'done') continue;
+    if (await gone(keys.requests(part.part))) missing.push(keys.requests(part.part));
+    // Either lines file will do: looked for once, the look being the check.
+    if (!(await existingPartLinesKey(deps.blobs, run.runId, part.part)))
+      missing.push(keys.entries(part.part));
+  }
+  if (!run.prepared && (await gone(keys.plan))) missing.push(keys.plan);
   return missing;
 }

@@ -51,12 +51,22 @@ export class LazyJsonl implements RecordSink {
 
 /**
  * The key of a part's lines file: its `.entries` (each request's dataset line and custom_id), or the
- * `.lines` of a part written before those (dataset lines only) where that is the one there is.
+ * `.lines` of a part written before those (dataset lines only) where that is the one there is; null when
+ * it has neither.
  */
-export async function partLinesKey(blobs: BlobStore, runId: string, part: number): Promise<string> {
+export async function existingPartLinesKey(
+  blobs: BlobStore,
+  runId: string,
+  part: number,
+): Promise<string | null> {
   const keys = runKeys(runId);
   if (await blobs.head(keys.entries(part))) return keys.entries(part);
-  return (await blobs.head(keys.lines(part))) ? keys.lines(part) : keys.entries(part);
+  return (await blobs.head(keys.lines(part))) ? keys.lines(part) : null;
+}
+
+/** {@link existingPartLinesKey}, or the `.entries` key when there is neither (a read of it names it missing). */
+export async function partLinesKey(blobs: BlobStore, runId: string, part: number): Promise<string> {
+  return (await existingPartLinesKey(blobs, runId, part)) ?? runKeys(runId).entries(part);
 }
 
 /**

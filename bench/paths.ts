@@ -1,8 +1,11 @@
 /**
  * The prepare or the collect path over S3 beside a raw baseline in the same process and run: read the
- * same objects and split them into lines, nothing else (three times; the median of each figure). s3rver runs in a process of its own, and the
- * objects are written by another, so that this process's peak RSS is the path's (and the baseline's).
- * Prints one JSON line with records a second, the ratio to the baseline, and the peak RSS.
+ * same objects and split them into lines, nothing else (three times; the median of each figure). Beside them
+ * the floor: the same read, a JSON.parse and a JSON.stringify of each line, and a write of what that gave,
+ * the least any path over these bytes does. s3rver runs in a process of its own, and the objects are
+ * written by another, so that this process's peak RSS is the path's (and the baseline's).
+ * Prints one JSON line with records a second, the ratios to the baseline (the path's and the floor's), and
+ * the peak RSS.
  *
  *   tsx bench/paths.ts prepare|collect BYTES [chat|embed]
  */
@@ -121,6 +124,30 @@ async function rawRead(
   return { lines, seconds: (performance.now() - started) / 1000 };
 }
 
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * The floor: what no path over these objects can leave out, and nothing more. Read and split them as the
+ * baseline does, JSON.parse each line, JSON.stringify the value again (a line as large as the one read,
+ * where prepare writes a request a little larger and collect an output record smaller) and write those
+ * lines to S3 through the writer the paths use. Its CPU a line is the least a path can take: JSON alone
+ * costs a few times the raw read.
+ */
+async function floorPath(blobs: S3BlobStore, objectKeys: string[]): Promise<number> {
+  let lines = 0;
+  for (const [i, key] of objectKeys.entries()) {
+    const out = new LazyJsonl(blobs, `floor/${i}.jsonl`);
+    for await (const raw of linesOf(blobs.read(key), 256 * 1024 * 1024)) {
+      if (!raw.bytes) continue;
+      const pending = out.add(JSON.stringify(JSON.parse(utf8.decode(raw.bytes))));
+      if (pending) await pending;
+      lines += 1;
+    }
+    await out.close();
+  }
+  return lines;
+}
+
 /** A prepare lane's path over one shard: ids claimed within a line, every request's id entry to id files. */
 async function preparePath(blobs: S3BlobStore, kind: BenchKind, bytes: number): Promise<number> {
   const ids = new StoredIdFiles(blobs, 'bench', 0, 1, partitionsFor(bytes));
@@ -201,6 +228,12 @@ if (first === '--seed') {
       reads.map(figure).sort((a, b) => a - b)[1] ?? Number.NaN;
     const baseline = { lines: reads[0]?.lines ?? 0, seconds: median((r) => r.seconds) };
     const baselineCpu = median((r) => r.cpuSeconds);
+    const floorCpuStarted = process.cpuUsage();
+    const floorStarted = performance.now();
+    const floorLines = await floorPath(blobs, objectKeys);
+    const floorSeconds = (performance.now() - floorStarted) / 1000;
+    const floorCpu = cpu(process.cpuUsage(floorCpuStarted));
+    await blobs.delete(objectKeys.map((_, i) => `floor/${i}.jsonl`));
     const s3Baseline = s3.cpuSeconds();
     const cpuStarted = process.cpuUsage();
     const started = performance.now();
@@ -224,6 +257,12 @@ if (first === '--seed') {
         // The same ratio on one core: the CPU a line of the raw read took over the CPU a record of the path
         // took, in this process (S3 is not on the function's core on AWS; s3rver is on this machine's).
         cpuRatio: Number((baselineCpu / baseline.lines / (cpu(pathCpu) / Math.max(1, records))).toFixed(3)),
+        // The floor's ratios: the best a path could reach, with no work of its own beside JSON and S3.
+        floorRatio: Number((baseline.seconds / floorSeconds).toFixed(3)),
+        floorCpuRatio: Number(
+          (baselineCpu / baseline.lines / (floorCpu / Math.max(1, floorLines))).toFixed(3),
+        ),
+        floorCpuSeconds: floorCpu,
         // CPU seconds of this process and of s3rver's, for the path and for the baseline: when s3rver is
         // near `seconds`, the stand-in (one core, MD5 of every upload) is what bounds the path.
         cpuSeconds: cpu(pathCpu),

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { App, Stack, Validations } from 'aws-cdk-lib';
+import { Stack, Validations } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as kms from 'aws-cdk-lib/aws-kms';
@@ -15,6 +15,7 @@ import {
   partMemory,
   STEP_OLD_SPACE_MB,
 } from '../../infra/openai-batch-work';
+import { unbundledApp } from '../../local/definition';
 
 const work = defineWork({ name: 'unit', model: 'gpt-4o-mini' });
 const workModule = new URL('../fixtures/works/chat.ts', import.meta.url).pathname;
@@ -23,7 +24,7 @@ function synth(
   props: Partial<OpenAIBatchWorkProps> = {},
   prepare?: (stack: Stack) => Partial<OpenAIBatchWorkProps>,
 ) {
-  const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+  const app = unbundledApp();
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
   const stack = new Stack(app, 'Test', { env: { account: '123456789012', region: 'eu-west-1' } });
   const construct = new OpenAIBatchWork(stack, 'Work', { work, workModule, ...props, ...prepare?.(stack) });
@@ -300,7 +301,7 @@ function allows(template: Template, fn: string, action: string, on: string): boo
 describe('OpenAIBatchWork on a real account', () => {
   it('logs the state machine under /aws/vendedlogs/states/, named apart for each work of an account', () => {
     const names = ['A', 'B'].map((name) => {
-      const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+      const app = unbundledApp();
       const stack = new Stack(app, `OpenAIBatch-${name}`);
       new OpenAIBatchWork(stack, 'Work', { work, workModule });
       const template = Template.fromStack(stack);
@@ -389,7 +390,7 @@ describe('OpenAIBatchWork on a real account', () => {
   });
 
   it("expires ended runs' intermediate files in a brought bucket, and says what an imported one needs", () => {
-    const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+    const app = unbundledApp();
     const datasets = new Stack(app, 'Datasets');
     const bucket = new s3.Bucket(datasets, 'Data', { enforceSSL: true });
     for (const id of ['One', 'Two'])
@@ -433,7 +434,7 @@ describe('OpenAIBatchWork on a real account', () => {
   });
 
   it('allows CloudWatch on a brought topic that has a policy, and leaves a topic on the default policy alone', () => {
-    const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+    const app = unbundledApp();
     const env = { account: '123456789012', region: 'eu-west-1' };
     const shared = new Stack(app, 'Shared', { env });
     const strict = new sns.Topic(shared, 'Strict', { enforceSSL: true });

@@ -1,4 +1,4 @@
-import { App, Stack } from 'aws-cdk-lib';
+import { Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { DatasetError } from '../../functions/core/errors';
@@ -7,7 +7,7 @@ import type { Handlers } from '../../functions/handlers';
 import { OpenAIBatchWork } from '../../infra/openai-batch-work';
 import { PREPARE_MAP_STATE, TASK_TIMEOUTS, TASKS } from '../../infra/state-machine';
 import { type LoadedWork, loadWork } from '../../infra/works';
-import { type Definition, synthesizeDefinition } from '../../local/definition';
+import { type Definition, synthesizeDefinition, unbundledApp } from '../../local/definition';
 import { executeLocally } from '../../local/execute';
 
 /**
@@ -108,7 +108,7 @@ describe('the run state machine', () => {
 
   it("takes the Map's concurrency from the work's prepareConcurrency", async () => {
     const fromWork = (prepareConcurrency?: number) => {
-      const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+      const app = unbundledApp();
       const stack = new Stack(app, 'Test');
       const work = defineWork({
         name: 'unit',

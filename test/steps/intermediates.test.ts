@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectTaggingCommand, ListObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { App, Stack } from 'aws-cdk-lib';
+import { Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
@@ -17,6 +17,7 @@ import {
 import { writeAll } from '../../functions/steps/storage';
 import { OpenAIBatchWork } from '../../infra/openai-batch-work';
 import { loadWork } from '../../infra/works';
+import { unbundledApp } from '../../local/definition';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
 import { chunksOf } from '../support/streams';
 
@@ -75,7 +76,7 @@ beforeAll(async () => {
   });
   blobs = new S3BlobStore(env.s3.client, env.s3.bucket);
   // The lifecycle rules of the bucket the stack deploys.
-  const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+  const app = unbundledApp();
   const stack = new Stack(app, 'Test', { env: { account: '123456789012', region: 'eu-west-1' } });
   new OpenAIBatchWork(stack, 'Work', {
     work: defineWork({ name: 'unit', model: 'gpt-4o-mini' }),

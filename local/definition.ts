@@ -32,7 +32,8 @@ function resolveToken(part: unknown): string {
  * bundled, and CDK's built-in CloudFormation validation does not run. That validation (a WebAssembly
  * engine) took 2.6 of the 3.6 s of a first synthesis and 0.4 of the 0.5 s of each one after, where a
  * local run, the benchmarks and the tests need only the template. `cdk synth` and `cdk deploy`
- * (infra/app.ts) keep it, and test/infra/cfn-lint.test.ts synthesizes with it as they do.
+ * (infra/app.ts) keep it (it reports warnings there), and test/infra/cfn-lint.test.ts synthesizes with it
+ * and fails on an error it finds.
  */
 export function unbundledApp(props: Omit<AppProps, 'context' | 'builtinCloudFormationValidation'> = {}): App {
   return new App({

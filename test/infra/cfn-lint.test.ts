@@ -82,7 +82,12 @@ beforeAll(async () => {
   const loaded = await loadWork(new URL('../../works/example.ts', import.meta.url).pathname);
   for (const [name, variant] of Object.entries(VARIANTS)) {
     const outdir = join(dir, name);
-    const app = new App({ outdir, context: { 'aws:cdk:bundling-stacks': [] } });
+    // Synthesized as `cdk synth` does, with CDK's built-in CloudFormation validation, whose findings fail
+    // the synthesis here (by default CDK reports them as warnings only).
+    const app = new App({
+      outdir,
+      context: { 'aws:cdk:bundling-stacks': [], '@aws-cdk/core:validateAgainstDefaultRules': true },
+    });
     variant(app, loaded);
     app.synth();
     for (const file of readdirSync(outdir).filter((f) => f.endsWith('.template.json'))) {

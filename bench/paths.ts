@@ -1,10 +1,10 @@
 /**
  * The prepare or the collect path over S3 beside a raw baseline in the same process and run: read the
- * same objects and split them into lines, nothing else (three times; the median of each figure). Beside them
- * the floor: the same read, a JSON.parse and a JSON.stringify of each line, and a write of what that gave,
- * the least any path over these bytes does. s3rver runs in a process of its own, and the objects are
+ * same objects and split them into lines, nothing else (three times; the median of each figure). After them
+ * two floors: the same read with a JSON.parse and a JSON.stringify of each line, then the same with a write
+ * of what that gave to S3. s3rver runs in a process of its own, and the objects are
  * written by another, so that this process's peak RSS is the path's (and the baseline's).
- * Prints one JSON line with records a second, the ratios to the baseline (the path's and the floor's), and
+ * Prints one JSON line with records a second, the ratios to the baseline (the path's and the floors'), and
  * the peak RSS.
  *
  *   tsx bench/paths.ts prepare|collect BYTES [chat|embed]
@@ -127,24 +127,29 @@ async function rawRead(
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /**
- * The floor: what no path over these objects can leave out, and nothing more. Read and split them as the
- * baseline does, JSON.parse each line, JSON.stringify the value again (a line as large as the one read,
- * where prepare writes a request a little larger and collect an output record smaller) and write those
- * lines to S3 through the writer the paths use. Its CPU a line is the least a path can take: JSON alone
- * costs a few times the raw read.
+ * A floor: JSON.parse and JSON.stringify of every line, which a path cannot leave out (prepare parses each
+ * record and writes a request that holds its text; collect parses each result and writes an output that
+ * holds its answer), over the objects the baseline reads, split as it splits them. The stringified value is
+ * as large as the line read, where prepare writes a request a little larger and collect an output smaller.
+ * With `write`, the lines go to S3 through the writer the paths use (LazyJsonl, S3BlobStore): what JSON and
+ * this write path cost a line, with no work of a path's own.
  */
-async function floorPath(blobs: S3BlobStore, objectKeys: string[]): Promise<number> {
+async function floorPath(blobs: S3BlobStore, objectKeys: string[], write: boolean): Promise<number> {
   let lines = 0;
+  let characters = 0;
   for (const [i, key] of objectKeys.entries()) {
-    const out = new LazyJsonl(blobs, `floor/${i}.jsonl`);
+    const out = write ? new LazyJsonl(blobs, `floor/${i}.jsonl`) : null;
     for await (const raw of linesOf(blobs.read(key), 256 * 1024 * 1024)) {
       if (!raw.bytes) continue;
-      const pending = out.add(JSON.stringify(JSON.parse(utf8.decode(raw.bytes))));
+      const json = JSON.stringify(JSON.parse(utf8.decode(raw.bytes)));
+      characters += json.length;
+      const pending = out?.add(json);
       if (pending) await pending;
       lines += 1;
     }
-    await out.close();
+    await out?.close();
   }
+  if (characters === 0) throw new Error('the floor read nothing');
   return lines;
 }
 
@@ -237,12 +242,19 @@ if (first === '--seed') {
     const pathCpu = process.cpuUsage(cpuStarted);
     const s3Path = s3.cpuSeconds();
     const peakRssMiB = Math.round(process.resourceUsage().maxRSS / 1024);
-    // The floor after the path, so that the peak RSS is the path's alone.
-    const floorCpuStarted = process.cpuUsage();
-    const floorStarted = performance.now();
-    const floorLines = await floorPath(blobs, objectKeys);
-    const floorSeconds = (performance.now() - floorStarted) / 1000;
-    const floorCpu = cpu(process.cpuUsage(floorCpuStarted));
+    // The floors after the path, so that the peak RSS is the path's alone (s3rver's includes the floor's
+    // writes). Each: its CPU a line, against the raw read's.
+    const floor = async (write: boolean) => {
+      const before = process.cpuUsage();
+      const lines = await floorPath(blobs, objectKeys, write);
+      const cpuSeconds = cpu(process.cpuUsage(before));
+      return {
+        cpuSeconds,
+        cpuRatio: Number((baselineCpu / baseline.lines / (cpuSeconds / lines)).toFixed(3)),
+      };
+    };
+    const jsonFloor = await floor(false);
+    const writeFloor = await floor(true);
     await blobs.delete(objectKeys.map((_, i) => `floor/${i}.jsonl`));
     const s3PeakRssMiB = await s3.stop();
     console.log(
@@ -258,12 +270,12 @@ if (first === '--seed') {
         // The same ratio on one core: the CPU a line of the raw read took over the CPU a record of the path
         // took, in this process (S3 is not on the function's core on AWS; s3rver is on this machine's).
         cpuRatio: Number((baselineCpu / baseline.lines / (cpu(pathCpu) / Math.max(1, records))).toFixed(3)),
-        // The floor's ratios: the best a path could reach, with no work of its own beside JSON and S3.
-        floorRatio: Number((baseline.seconds / floorSeconds).toFixed(3)),
-        floorCpuRatio: Number(
-          (baselineCpu / baseline.lines / (floorCpu / Math.max(1, floorLines))).toFixed(3),
-        ),
-        floorCpuSeconds: floorCpu,
+        // The floors' CPU ratios: JSON.parse and JSON.stringify of each line alone, then with its write to
+        // S3; a path that did nothing else would reach them.
+        jsonCpuRatio: jsonFloor.cpuRatio,
+        floorCpuRatio: writeFloor.cpuRatio,
+        jsonCpuSeconds: jsonFloor.cpuSeconds,
+        floorCpuSeconds: writeFloor.cpuSeconds,
         // CPU seconds of this process and of s3rver's, for the path and for the baseline: when s3rver is
         // near `seconds`, the stand-in (one core, MD5 of every upload) is what bounds the path.
         cpuSeconds: cpu(pathCpu),

@@ -38,7 +38,7 @@ import type { StepDeps } from '../functions/steps/deps';
 import { prepare } from '../functions/steps/prepare';
 import { register } from '../functions/steps/register';
 import { settle } from '../functions/steps/settle';
-import { STEP_OLD_SPACE_MB } from '../infra/step-memory';
+import { STEP_HEAP_FLAGS } from '../infra/step-memory';
 import { localDynamoClient, localS3Client, startDynamo } from '../local/stand-ins';
 import { startS3Process } from './processes';
 
@@ -228,13 +228,13 @@ async function bundled(dir: string): Promise<string> {
 
 /** Runs a step process (`script`: the bundle, or null for this file through tsx) and waits for its report. */
 function stepProcess(script: string | null, args: readonly string[]): Promise<StepReport> {
-  // As the functions run: Prepare (a lane) and Settle with their bounded old space, Register without.
-  const oldSpace = args[0] === 'register' ? [] : [`--max-old-space-size=${STEP_OLD_SPACE_MB}`];
+  // As the functions run: Prepare (a lane) and Settle with their bounded heap, Register without.
+  const heap = args[0] === 'register' ? [] : STEP_HEAP_FLAGS;
   return new Promise((resolve, reject) => {
     execFile(
       process.execPath,
       [
-        ...oldSpace,
+        ...heap,
         ...(process.env.SCALE_STEP_FLAGS?.split(' ').filter(Boolean) ?? []),
         ...(script ? [script] : ['--import', 'tsx', 'bench/scale.ts']),
         '--step',

@@ -37,18 +37,15 @@ export interface BatchFunctionProps {
    */
   readonly sourceMaps?: boolean;
   /**
-   * The most V8's old space may take (MB), when set (`--max-old-space-size`): V8 otherwise grows its heap
-   * towards the function's memory, holding garbage it has not yet collected.
+   * V8 heap flags for NODE_OPTIONS (`--max-old-space-size`, `--max-semi-space-size`: see step-memory.ts):
+   * V8 otherwise grows its heap towards the function's memory, holding garbage it has not yet collected.
    */
-  readonly maxOldSpaceMb?: number;
+  readonly heapFlags?: readonly string[];
 }
 
-/** NODE_OPTIONS for source maps and a bounded old space, when either is asked for. */
-function nodeOptions(sourceMaps: boolean, maxOldSpaceMb: number | undefined): Record<string, string> {
-  const options = [
-    ...(sourceMaps ? ['--enable-source-maps'] : []),
-    ...(maxOldSpaceMb ? [`--max-old-space-size=${maxOldSpaceMb}`] : []),
-  ];
+/** NODE_OPTIONS for source maps and heap bounds, when either is asked for. */
+function nodeOptions(sourceMaps: boolean, heapFlags: readonly string[] = []): Record<string, string> {
+  const options = [...(sourceMaps ? ['--enable-source-maps'] : []), ...heapFlags];
   return options.length > 0 ? { NODE_OPTIONS: options.join(' ') } : {};
 }
 
@@ -92,7 +89,7 @@ export class BatchFunction extends Construct {
       role: this.role,
       logGroup: this.logGroup,
       loggingFormat: lambda.LoggingFormat.JSON,
-      environment: { ...nodeOptions(sourceMaps, props.maxOldSpaceMb), ...props.environment },
+      environment: { ...nodeOptions(sourceMaps, props.heapFlags), ...props.environment },
       bundling: {
         format: OutputFormat.ESM,
         target: 'node22',

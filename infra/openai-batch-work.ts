@@ -28,7 +28,7 @@ import { API_KEY_PLACEHOLDER, WEBHOOK_SECRET_PLACEHOLDER } from '../functions/ad
 import type { WorkSettings } from '../functions/core/work';
 import { BatchFunction } from './batch-function';
 import { runDefinition, TASKS, type TaskName } from './state-machine';
-import { STEP_OLD_SPACE_MB } from './step-memory';
+import { STEP_HEAP_FLAGS, STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB } from './step-memory';
 
 /**
  * Props of {@link OpenAIBatchWork}. A brought resource is typed as CDK's interface or its class: under
@@ -120,7 +120,7 @@ const known = (value: string, pseudo: string) => (Token.isUnresolved(value) ? ps
 /** The webhook receiver's function: small and quick, it only records and restarts. */
 export const WEBHOOK_SIZING = { memorySize: 256, timeout: Duration.seconds(30) };
 
-export { STEP_OLD_SPACE_MB };
+export { STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB };
 
 /** Memory and timeout per state: Prepare and Tick stream files and upload parts of up to 200 MB. */
 export const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }> = {
@@ -242,7 +242,7 @@ export class OpenAIBatchWork extends Construct {
           ? { memorySize: partMemory(settings.maxBytesPerBatch) }
           : {}),
         ...(name === 'Prepare' && props.prepareMemoryMb ? { memorySize: props.prepareMemoryMb } : {}),
-        ...(name === 'Prepare' || name === 'Settle' ? { maxOldSpaceMb: STEP_OLD_SPACE_MB } : {}),
+        ...(name === 'Prepare' || name === 'Settle' ? { heapFlags: STEP_HEAP_FLAGS } : {}),
         ...(props.logRetention ? { logRetention: props.logRetention } : {}),
       });
     }

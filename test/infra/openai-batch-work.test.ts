@@ -14,6 +14,7 @@ import {
   type OpenAIBatchWorkProps,
   partMemory,
   STEP_OLD_SPACE_MB,
+  STEP_SEMI_SPACE_MB,
 } from '../../infra/openai-batch-work';
 import { unbundledApp } from '../../local/definition';
 
@@ -465,7 +466,7 @@ describe('OpenAIBatchWork on a real account', () => {
     for (const fn of withMaps) expect(fn).toEqual({ ...fn, maps: fn.memory >= 512 });
   });
 
-  it('bounds the old space of Prepare and Settle only, beside their source maps', () => {
+  it('bounds the heap of Prepare and Settle only (old space and semi-space), beside their source maps', () => {
     const { template } = synth();
     const options = Object.entries(template.findResources('AWS::Lambda::Function')).map(([id, fn]) => ({
       name: id.replace(/Function.*$/, ''),
@@ -479,7 +480,7 @@ describe('OpenAIBatchWork on a real account', () => {
     ).toEqual(['WorkPrepare', 'WorkSettle']);
     for (const name of ['WorkPrepare', 'WorkSettle'])
       expect(options.find((o) => o.name === name)?.options).toBe(
-        `--enable-source-maps --max-old-space-size=${STEP_OLD_SPACE_MB}`,
+        `--enable-source-maps --max-old-space-size=${STEP_OLD_SPACE_MB} --max-semi-space-size=${STEP_SEMI_SPACE_MB}`,
       );
   });
 });

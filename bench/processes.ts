@@ -33,11 +33,16 @@ export function nodeVersion(path: string): string {
 }
 
 /**
- * Runs `tsx bench/<script> args...` in its own process (on `node`, this process's Node by default) and
- * returns the JSON of its last line.
+ * Runs `tsx bench/<script> args...` in its own process (on `node`, this process's Node by default, with
+ * Node `flags`) and returns the JSON of its last line.
  */
-export function runScript<T>(script: string, args: readonly string[], node = process.execPath): T {
-  const out = execFileSync(node, ['--import', 'tsx', `bench/${script}`, ...args], {
+export function runScript<T>(
+  script: string,
+  args: readonly string[],
+  node = process.execPath,
+  flags: readonly string[] = [],
+): T {
+  const out = execFileSync(node, [...flags, '--import', 'tsx', `bench/${script}`, ...args], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
     maxBuffer: 64 * 1024 * 1024,

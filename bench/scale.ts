@@ -4,8 +4,9 @@
  * runs the lane's steps one after the other, as the Map state's iterations do in a warm Lambda), then
  * Settle, against s3rver (in its own process) and DynamoDB Local (Java). The dataset is written by
  * another process. Prints one JSON line: records, seconds (Register, the lanes, Settle), the peak RSS of
- * each kind of step process (the largest is `peakRssMiB`) and the Node.js they ran on (`stepNode`), the largest checkpoint (a lane's checkpoint
- * object or the run record), and what the run left under `runs/<id>/state/`.
+ * each kind of step process (the largest is `peakRssMiB`) and the Node.js they ran on (`stepNode`), the
+ * largest checkpoint (a lane's checkpoint object or the run record), and what the run left under
+ * `runs/<id>/state/`.
  *
  *   tsx bench/scale.ts RECORDS            short records ({"id":"r1","text":"..."}, about 50 bytes each)
  *   tsx bench/scale.ts --gzip RECORDS     the same records gzipped, prepared with a small time budget:

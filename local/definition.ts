@@ -1,4 +1,4 @@
-import { App, type AppProps } from 'aws-cdk-lib';
+import { App } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import { buildApp } from '../infra/app';
 import type { WorkStack } from '../infra/work-stack';
@@ -35,9 +35,8 @@ function resolveToken(part: unknown): string {
  * (infra/app.ts) keep it (it reports warnings there), and test/infra/cfn-lint.test.ts synthesizes with it
  * and fails on an error it finds.
  */
-export function unbundledApp(props: Omit<AppProps, 'context' | 'builtinCloudFormationValidation'> = {}): App {
+export function unbundledApp(): App {
   return new App({
-    ...props,
     builtinCloudFormationValidation: false,
     context: { 'aws:cdk:bundling-stacks': [] },
   });

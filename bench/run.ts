@@ -3,7 +3,7 @@
  *
  *   npm run bench [-- --quick] [-- --json FILE]
  *
- * `--quick` (under five minutes) uses 300 MB instead of 1 GB as the large size, 20,000 requests for
+ * `--quick` (about five minutes) uses 300 MB instead of 1 GB as the large size, 20,000 requests for
  * the end-to-end run, and SCALE_QUICK instead of SCALE_FULL records for the sharded prepare (bench/scale.ts).
  * `--json FILE` writes the headline figures with exactly the keys of BenchFigures.
  */

@@ -2,6 +2,7 @@
  * The Lambda entry point: one bundle per work (the work comes in through the `@work` alias), one exported
  * handler per state. Configuration is read from the environment once, when the module loads.
  */
+import { getHeapStatistics } from 'node:v8';
 import { Logger } from '@aws-lambda-powertools/logger';
 import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
@@ -43,6 +44,18 @@ if (!parsed.success)
   throw new ConfigError(`Invalid Lambda environment: ${describeIssues(parsed.error, {}, false).join('; ')}`);
 const env = parsed.data;
 const logger = new Logger({ serviceName: `openai-batch-${work.settings.name}` });
+/**
+ * The heap bounds in effect, once a cold start. The stack gives Prepare, Settle, Tick and MarkFailed
+ * theirs in NODE_OPTIONS (infra/step-memory.ts); heap flags on the command line win over those, and
+ * Lambda's start script has passed its own there (the nodejs18.x image's does), so this says which held.
+ */
+logger.info('node heap', {
+  node: process.version,
+  heapLimitMiB: Math.round(getHeapStatistics().heap_size_limit / 2 ** 20),
+  heapFlags: [...(process.env.NODE_OPTIONS ?? '').split(' '), ...process.execArgv].filter((flag) =>
+    /^--max-(old|semi)-space-size/.test(flag),
+  ),
+});
 /**
  * CloudWatch metrics as embedded metric format, written by Powertools to stdout as a line of its own: a
  * `console.log` line would be wrapped in `message` by Lambda's JSON log format and never extracted.

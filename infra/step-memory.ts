@@ -8,11 +8,17 @@
 export const STEP_OLD_SPACE_MB = 160;
 
 /**
- * The young generation's semi-space of Prepare and Settle (MB). Node 24, the functions' runtime, sizes it
- * from the heap's limit: beside a 160 MB old space it lets each of its three semi-spaces grow to 64 MB
- * (a heap limit of 352 MB, where Node 22 keeps 16 and 208). By that alone a lane preparing a million short
- * records peaked at 279 to 291 MiB of RSS on Node 24 against 176 on Node 22; with 16 MB, 186 to 197 MiB,
- * in the same time (bench/scale.ts).
+ * The young generation's semi-space of Prepare and Settle (MB). Node 24, the functions' runtime, lets each
+ * of its three semi-spaces grow to 64 MB by default, where Node 22 keeps 16 (beside a 160 MB old space, a
+ * heap limit of 352 MB against 208). By that alone a lane preparing a million short records peaked at 279
+ * to 291 MiB of RSS on Node 24 against 176 on Node 22; with 16 MB, 186 to 197 MiB, in the same time
+ * (bench/scale.ts).
+ *
+ * On AWS these flags hold only where Lambda's start script passes none of its own: heap flags on the
+ * command line win over NODE_OPTIONS, and the nodejs18.x image's script passed a tenth of the function's
+ * memory as new space and most of the rest as old space there. Where the nodejs24.x one does the same,
+ * the function's memory bounds the heap instead (1,024 MB for these four functions by default). Each
+ * function logs `node heap` at its cold start with the limit in effect and the flags it was given.
  */
 export const STEP_SEMI_SPACE_MB = 16;
 

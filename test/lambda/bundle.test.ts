@@ -13,6 +13,7 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { CreateSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { STEP_HEAP_FLAGS, STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB } from '../../infra/step-memory';
 import { type Emulator, startEmulator } from '../../local/emulator/server';
 import { type LocalDynamo, type LocalS3, startDynamo, startS3 } from '../../local/stand-ins';
 import { type Moto, motoClientConfig, startMoto } from '../support/moto';
@@ -129,9 +130,10 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
   async function invoke(
     steps: [string, unknown][],
     env: Record<string, string>,
+    nodeFlags: readonly string[] = [],
   ): Promise<{ exports: string[]; answers: Answer[]; stdout: string }> {
     const resultFile = join(dir, `result-${Math.random().toString(36).slice(2)}.json`);
-    const child = spawn(NODE24, ['--enable-source-maps', '--input-type=module', '-e', DRIVER], {
+    const child = spawn(NODE24, [...nodeFlags, '--enable-source-maps', '--input-type=module', '-e', DRIVER], {
       env: {
         PATH: process.env.PATH ?? '',
         AWS_REGION: 'us-east-1',
@@ -178,6 +180,33 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
       .filter((record) => record._aws?.CloudWatchMetrics !== undefined);
 
   const runId = 'bundle-run';
+
+  /** The fields of the `node heap` line a function logs when its module loads. */
+  const heapLine = (stdout: string) => {
+    const line = stdout.split('\n').find((l) => l.includes('"node heap"'));
+    if (!line) throw new Error(`no node heap line in: ${stdout}`);
+    return JSON.parse(line) as { heapLimitMiB: number; heapFlags: string[]; node: string };
+  };
+
+  it("logs at a cold start the heap bounds in effect: its NODE_OPTIONS', or a command line's that overrides them", async () => {
+    const nodeOptions = `--enable-source-maps ${STEP_HEAP_FLAGS.join(' ')}`;
+    const given = await invoke([], { OPENAI_SECRET_ID: 'openai/right', NODE_OPTIONS: nodeOptions });
+    expect(heapLine(given.stdout)).toMatchObject({
+      node: expect.stringMatching(/^v24\./),
+      heapLimitMiB: STEP_OLD_SPACE_MB + 3 * STEP_SEMI_SPACE_MB,
+      heapFlags: [...STEP_HEAP_FLAGS],
+    });
+    // As the nodejs18.x image's start script passes them for 1,024 MB: a tenth of it as new space.
+    const lambdas = ['--max-semi-space-size=51', '--max-old-space-size=922'];
+    const overridden = await invoke(
+      [],
+      { OPENAI_SECRET_ID: 'openai/right', NODE_OPTIONS: nodeOptions },
+      lambdas,
+    );
+    const heap = heapLine(overridden.stdout);
+    expect(heap.heapFlags).toEqual([...STEP_HEAP_FLAGS, ...lambdas]);
+    expect(heap.heapLimitMiB).toBeGreaterThan(922);
+  });
 
   it('exports every handler, and runs Register, Prepare, Settle, Tick and Notify; Tick writes its metrics as top-level EMF', async () => {
     const { exports, answers, stdout } = await invoke(

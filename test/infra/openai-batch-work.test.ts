@@ -466,12 +466,15 @@ describe('OpenAIBatchWork on a real account', () => {
     for (const fn of withMaps) expect(fn).toEqual({ ...fn, maps: fn.memory >= 512 });
   });
 
-  it('bounds the heap of Prepare and Settle (old space and semi-space) and the semi-space of Tick and MarkFailed, beside their source maps', () => {
-    const { template } = synth();
-    const options = Object.entries(template.findResources('AWS::Lambda::Function')).map(([id, fn]) => ({
+  /** Each function's NODE_OPTIONS ('' where it has none), by the function's name. */
+  const nodeOptionsOf = (template: Template) =>
+    Object.entries(template.findResources('AWS::Lambda::Function')).map(([id, fn]) => ({
       name: id.replace(/Function.*$/, ''),
       options: (fn.Properties.Environment?.Variables?.NODE_OPTIONS as string | undefined) ?? '',
     }));
+
+  it('bounds the heap of Prepare and Settle (old space and semi-space) and the semi-space of Tick and MarkFailed, beside their source maps', () => {
+    const options = nodeOptionsOf(synth().template);
     expect(
       options
         .filter((o) => o.options.includes('--max-old-space-size'))
@@ -492,6 +495,16 @@ describe('OpenAIBatchWork on a real account', () => {
       expect(options.find((o) => o.name === name)?.options).toBe(
         `--enable-source-maps --max-semi-space-size=${STEP_SEMI_SPACE_MB}`,
       );
+  });
+
+  it("leaves Prepare's old space to V8 for a work whose records may not fit in its bound", () => {
+    const large = defineWork({ name: 'unit', model: 'gpt-4o-mini', maxRecordBytes: 64 * 1024 * 1024 });
+    const options = nodeOptionsOf(synth({ work: large }).template);
+    const of = (name: string) => options.find((o) => o.name === name)?.options;
+    expect(of('WorkPrepare')).toBe(`--enable-source-maps --max-semi-space-size=${STEP_SEMI_SPACE_MB}`);
+    expect(of('WorkSettle')).toBe(
+      `--enable-source-maps --max-old-space-size=${STEP_OLD_SPACE_MB} --max-semi-space-size=${STEP_SEMI_SPACE_MB}`,
+    );
   });
 });
 

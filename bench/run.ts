@@ -9,7 +9,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { STEP_SEMI_SPACE_MB } from '../infra/step-memory';
+import { SEMI_SPACE_FLAGS } from '../infra/step-memory';
 import { lambdaNode, runScript } from './processes';
 
 /**
@@ -82,9 +82,8 @@ interface PathFigure {
 // On the functions' Node (Lambda's Node 24 where .tools/node24 has it), with their young generation. Not
 // with Prepare's old-space bound: under tsx, whose code the heap holds too, it cost prepare 20 to 21 µs a
 // record against 15 to 16 (bench/scale.ts measures it as the functions run it, bundled: a few % there).
-const YOUNG_GENERATION = [`--max-semi-space-size=${STEP_SEMI_SPACE_MB}`];
 const path = (mode: 'prepare' | 'collect', bytes: number, kind = 'chat') =>
-  runScript<PathFigure>('paths.ts', [mode, String(bytes), kind], lambdaNode(), YOUNG_GENERATION);
+  runScript<PathFigure>('paths.ts', [mode, String(bytes), kind], lambdaNode(), SEMI_SPACE_FLAGS);
 const paths: PathFigure[] = [
   path('prepare', SMALL),
   path('prepare', LARGE),
@@ -127,7 +126,7 @@ const ceiling = runScript<{ records: number; seconds: number; recordsPerSecond: 
   'prepare-memory.ts',
   [String(SMALL)],
   lambdaNode(),
-  YOUNG_GENERATION,
+  SEMI_SPACE_FLAGS,
 );
 console.log(
   `\nprepare without S3 (reader -> upload hook -> builder -> chunker, parts counted), ${mb(SMALL)}: ${ceiling.recordsPerSecond} records/s`,

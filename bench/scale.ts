@@ -39,7 +39,7 @@ import type { StepDeps } from '../functions/steps/deps';
 import { prepare } from '../functions/steps/prepare';
 import { register } from '../functions/steps/register';
 import { settle } from '../functions/steps/settle';
-import { STEP_HEAP_FLAGS } from '../infra/step-memory';
+import { heapFlagsOf } from '../infra/step-memory';
 import { localDynamoClient, localS3Client, startDynamo } from '../local/stand-ins';
 import { lambdaNode, nodeVersion, startS3Process } from './processes';
 
@@ -229,8 +229,9 @@ async function bundled(dir: string): Promise<string> {
 
 /** Runs a step process (`script`: the bundle, or null for this file through tsx) and waits for its report. */
 function stepProcess(script: string | null, args: readonly string[]): Promise<StepReport> {
-  // As the functions run: Prepare (a lane) and Settle with their bounded heap, Register without.
-  const heap = args[0] === 'register' ? [] : STEP_HEAP_FLAGS;
+  // As the functions run: with the heap flags of the state the step is (a lane's steps are Prepare's).
+  const state = { register: 'Register', lane: 'Prepare', settle: 'Settle' }[args[0] ?? ''] ?? '';
+  const heap = heapFlagsOf(state, work.settings.maxRecordBytes);
   return new Promise((resolve, reject) => {
     execFile(
       lambdaNode(),

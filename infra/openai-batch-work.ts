@@ -28,13 +28,7 @@ import { API_KEY_PLACEHOLDER, WEBHOOK_SECRET_PLACEHOLDER } from '../functions/ad
 import type { WorkSettings } from '../functions/core/work';
 import { BatchFunction } from './batch-function';
 import { runDefinition, TASKS, type TaskName } from './state-machine';
-import {
-  COLLECT_HEAP_FLAGS,
-  STEP_HEAP_FLAGS,
-  STEP_OLD_SPACE_MAX_RECORD_BYTES,
-  STEP_OLD_SPACE_MB,
-  STEP_SEMI_SPACE_MB,
-} from './step-memory';
+import { heapFlagsOf, STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB } from './step-memory';
 
 /**
  * Props of {@link OpenAIBatchWork}. A brought resource is typed as CDK's interface or its class: under
@@ -127,20 +121,6 @@ const known = (value: string, pseudo: string) => (Token.isUnresolved(value) ? ps
 export const WEBHOOK_SIZING = { memorySize: 256, timeout: Duration.seconds(30) };
 
 export { STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB };
-
-/**
- * The V8 heap flags of a state's function (infra/step-memory.ts): Prepare's old-space bound only while the
- * work's records fit in it.
- */
-function heapFlagsOf(name: TaskName, maxRecordBytes: number): { heapFlags?: readonly string[] } {
-  if (name === 'Settle') return { heapFlags: STEP_HEAP_FLAGS };
-  if (name === 'Prepare')
-    return {
-      heapFlags: maxRecordBytes <= STEP_OLD_SPACE_MAX_RECORD_BYTES ? STEP_HEAP_FLAGS : COLLECT_HEAP_FLAGS,
-    };
-  if (name === 'Tick' || name === 'MarkFailed') return { heapFlags: COLLECT_HEAP_FLAGS };
-  return {};
-}
 
 /** Memory and timeout per state: Prepare and Tick stream files and upload parts of up to 200 MB. */
 export const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }> = {
@@ -262,7 +242,7 @@ export class OpenAIBatchWork extends Construct {
           ? { memorySize: partMemory(settings.maxBytesPerBatch) }
           : {}),
         ...(name === 'Prepare' && props.prepareMemoryMb ? { memorySize: props.prepareMemoryMb } : {}),
-        ...heapFlagsOf(name, settings.maxRecordBytes),
+        heapFlags: heapFlagsOf(name, settings.maxRecordBytes),
         ...(props.logRetention ? { logRetention: props.logRetention } : {}),
       });
     }

@@ -37,8 +37,20 @@ export const STEP_HEAP_FLAGS: readonly string[] = [
 ];
 
 /**
- * The V8 heap flags Tick and MarkFailed run with, the functions that collect results: the same young
- * generation as Prepare's, their old space left to V8. The collect path at 300 MB on Node 24 peaked at 252
- * to 257 MiB of RSS, 228 to 229 with it, in the same CPU a record (bench/paths.ts).
+ * The young generation bounded alone, the old space left to V8: Tick and MarkFailed (the functions that
+ * collect results), and Prepare for records too long for its old-space bound. The collect path at 300 MB on
+ * Node 24 peaked at 252 to 257 MiB of RSS, 228 to 229 with it, in the same CPU a record (bench/paths.ts).
  */
-export const COLLECT_HEAP_FLAGS: readonly string[] = [`--max-semi-space-size=${STEP_SEMI_SPACE_MB}`];
+export const SEMI_SPACE_FLAGS: readonly string[] = [`--max-semi-space-size=${STEP_SEMI_SPACE_MB}`];
+
+/**
+ * The V8 heap flags of a state's function, by the state's name (the stack's NODE_OPTIONS, and the
+ * benchmarks' step processes): Prepare's old-space bound only while the work's records fit in it.
+ */
+export function heapFlagsOf(state: string, maxRecordBytes: number): readonly string[] {
+  if (state === 'Settle') return STEP_HEAP_FLAGS;
+  if (state === 'Prepare')
+    return maxRecordBytes <= STEP_OLD_SPACE_MAX_RECORD_BYTES ? STEP_HEAP_FLAGS : SEMI_SPACE_FLAGS;
+  if (state === 'Tick' || state === 'MarkFailed') return SEMI_SPACE_FLAGS;
+  return [];
+}

@@ -742,8 +742,9 @@ async function* linesBody(lines: readonly string[]): AsyncGenerator<Uint8Array> 
 }
 
 /**
- * The entries of a part's `.lines` file (a request's dataset line and custom_id, see `partLine`), as
- * written, in memory: tens of bytes a request.
+ * The entries of a part's lines file (its `.entries`: a request's dataset line and custom_id, see
+ * `partLine`; or the dataset line alone in a `.lines` from before), as written, in memory: tens of bytes a
+ * request.
  */
 async function readPartLines(blobs: BlobStore, key: string): Promise<string[]> {
   const lines: string[] = [];

@@ -1,7 +1,6 @@
 import { createReadStream, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { z } from 'zod';
-import { S3BlobStore } from '../functions/adapters/s3-blob-store';
 import { ConfigError, DatasetError, messageOf } from '../functions/core/errors';
 import { checkRunId } from '../functions/core/execution-names';
 import { describeIssues } from '../functions/core/issues';
@@ -10,9 +9,7 @@ import type { RunSummary } from '../functions/core/summary';
 import { type Work, WorkSettingsSchema } from '../functions/core/work';
 import { causeMessage } from '../functions/steps/finish';
 import { type LoadedWork, loadWork } from '../infra/works';
-import { blockedLine, download } from './cloud-commands';
-import { downloadImages } from './download-images';
-import { type OpenAITarget, runLocally, startLocalEnvironment } from './runner';
+import type { OpenAITarget } from './runner';
 
 /** Why a run waits for OpenAI, as Tick logs it. */
 const BlockedReasonSchema = z.enum(BLOCKED_REASONS);
@@ -131,6 +128,19 @@ export async function localCommand(
   mkdirSync(out, { recursive: true });
   const { target, label, real } = openaiTarget(options);
   print(`run ${runId}: work "${name}", ${files.length} dataset file(s), OpenAI: ${label}`);
+  // Loaded once the arguments are known good (the CDK, the AWS SDK and the stand-ins take seconds to
+  // load): a refused argument is said at once.
+  const [
+    { runLocally, startLocalEnvironment },
+    { blockedLine, download },
+    { S3BlobStore },
+    { downloadImages },
+  ] = await Promise.all([
+    import('./runner'),
+    import('./cloud-commands'),
+    import('../functions/adapters/s3-blob-store'),
+    import('./download-images'),
+  ]);
   const env = await startLocalEnvironment(join(out, '.state'), target, true, {
     webhooks: loaded.work.settings.webhooks,
   });

@@ -3,6 +3,8 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // One DynamoDB Local for all the files (test/support/global-setup.ts).
+    globalSetup: ['test/support/global-setup.ts'],
     // Most test time waits on stand-ins and child processes, not on the CPU: three files at once on two
     // cores (vitest's default is cores - 1, one file at a time here) cuts the suite's wall time by more
     // than half. Tests drive time with manual clocks, so the extra load changes no result.

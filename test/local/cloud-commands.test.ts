@@ -193,7 +193,7 @@ describe('status, results and cancel against the stand-ins', () => {
   it('says so when a run does not exist, with exit 2', async () => {
     const { code, stderr } = await cli(['status', 'no-such-run', ...args]);
     expect(code).toBe(2);
-    expect(stderr).toContain('error: No run no-such-run in table openai-batch-runs.');
+    expect(stderr).toContain(`error: No run no-such-run in table ${env.dynamo.table}.`);
   });
 });
 
@@ -435,7 +435,7 @@ describe('resume', () => {
         'error: Run called-off was cancelled: a cancelled run is not resumed.',
       );
       const missing = await resume('never-ran');
-      expect(missing.stderr).toContain('error: No run never-ran in table openai-batch-runs.');
+      expect(missing.stderr).toContain(`error: No run never-ran in table ${env.dynamo.table}.`);
       expect(received).toHaveLength(1); // nothing started for the refused ones
     } finally {
       fake.close();

@@ -1,0 +1,44 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GetItemCommand, ListTablesCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { describe, expect, it } from 'vitest';
+import { SHARED_DYNAMODB_ENV, startDynamo } from '../../local/stand-ins';
+
+const item = { pk: { S: 'run#a' }, sk: { S: 'run' } };
+
+describe('startDynamo beside the DynamoDB Local the tests share', () => {
+  it('gives each in-memory stand-in a table of its own there, removed on stop', async () => {
+    const shared = JSON.parse(process.env[SHARED_DYNAMODB_ENV] ?? 'null') as { endpoint: string } | null;
+    expect(shared, 'test/support/global-setup.ts names the shared server').not.toBeNull();
+    const [one, two] = await Promise.all([startDynamo('runs'), startDynamo('runs')]);
+    try {
+      expect(one.endpoint).toBe(shared?.endpoint);
+      expect(two.endpoint).toBe(shared?.endpoint);
+      expect(one.table).not.toBe(two.table);
+      await one.client.send(new PutItemCommand({ TableName: one.table, Item: item }));
+      const seen = async (of: typeof one) =>
+        (await of.client.send(new GetItemCommand({ TableName: of.table, Key: item }))).Item !== undefined;
+      expect(await seen(one)).toBe(true);
+      expect(await seen(two)).toBe(false);
+    } finally {
+      await one.stop();
+    }
+    const tables = (await two.client.send(new ListTablesCommand({}))).TableNames ?? [];
+    expect(tables).toContain(two.table);
+    expect(tables).not.toContain(one.table);
+    await two.stop();
+  });
+
+  it('starts a server of its own for a stand-in that stores under a directory', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'openai-batch-stand-ins-'));
+    const dynamo = await startDynamo('runs', join(dir, 'db'));
+    try {
+      expect(dynamo.endpoint).not.toBe(JSON.parse(process.env[SHARED_DYNAMODB_ENV] ?? '{}').endpoint);
+      expect(dynamo.table).toBe('runs');
+    } finally {
+      await dynamo.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

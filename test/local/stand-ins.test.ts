@@ -30,6 +30,21 @@ describe('startDynamo beside the DynamoDB Local the tests share', () => {
     await two.stop();
   });
 
+  it('names the variable when it holds no server', async () => {
+    const shared = process.env[SHARED_DYNAMODB_ENV];
+    try {
+      for (const value of ['not json', '{"endpoint":"127.0.0.1:1","kind":"dynamodb-local"}', '{}']) {
+        process.env[SHARED_DYNAMODB_ENV] = value;
+        await expect(startDynamo('runs'), value).rejects.toThrow(
+          `${SHARED_DYNAMODB_ENV} should hold the { "endpoint", "kind" } of a DynamoDB stand-in as JSON; it holds ${JSON.stringify(value)}`,
+        );
+      }
+    } finally {
+      if (shared === undefined) delete process.env[SHARED_DYNAMODB_ENV];
+      else process.env[SHARED_DYNAMODB_ENV] = shared;
+    }
+  });
+
   it('starts a server of its own for a stand-in that stores under a directory', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'openai-batch-stand-ins-'));
     const dynamo = await startDynamo('runs', join(dir, 'db'));

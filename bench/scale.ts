@@ -100,7 +100,7 @@ function counting(blobs: BlobStore, key: string): { store: BlobStore; read: () =
 }
 
 /** The steps' dependencies against the stand-ins, with reads of the dataset key counted. */
-function stepDeps(s3Endpoint: string, dynamoEndpoint: string, key: string, gzip: boolean) {
+function stepDeps(s3Endpoint: string, dynamoEndpoint: string, table: string, key: string, gzip: boolean) {
   const counted = counting(new S3BlobStore(localS3Client(s3Endpoint), BUCKET), key);
   // No OpenAI here: lane 0's early send of shard 0's parts finds it unavailable and leaves them to Tick.
   const noOpenAI = async (): Promise<BatchApi> => {
@@ -110,7 +110,7 @@ function stepDeps(s3Endpoint: string, dynamoEndpoint: string, key: string, gzip:
     work,
     bucket: BUCKET,
     blobs: counted.store,
-    runs: new DynamoRunStore(localDynamoClient(dynamoEndpoint), TABLE),
+    runs: new DynamoRunStore(localDynamoClient(dynamoEndpoint), table),
     openai: noOpenAI,
     notifier: { notify: async () => {} },
     now: () => Date.now(),
@@ -173,8 +173,16 @@ interface StepReport {
 }
 
 /** Runs one kind of step in this process, as one Lambda would: Register once, a lane's steps, or Settle's. */
-async function runStep(kind: string, s3: string, dynamo: string, key: string, gzip: boolean, lane: number) {
-  const { deps, bytesRead } = stepDeps(s3, dynamo, key, gzip);
+async function runStep(
+  kind: string,
+  s3: string,
+  dynamo: string,
+  table: string,
+  key: string,
+  gzip: boolean,
+  lane: number,
+) {
+  const { deps, bytesRead } = stepDeps(s3, dynamo, table, key, gzip);
   const memory = sampleMemory(process.env.SCALE_TRACE ? `${kind}${kind === 'lane' ? ` ${lane}` : ''}` : null);
   const started = performance.now();
   let steps = 0;
@@ -279,8 +287,8 @@ if (args[0] === '--seed') {
   const [endpoint = '', seedKey = '', count = '0', zipped = 'false'] = args.slice(1);
   await seed(endpoint, seedKey, Number(count), zipped === 'true');
 } else if (args[0] === '--step') {
-  const [kind = '', s3 = '', dynamo = '', key = '', zipped = 'false', lane = '0'] = args.slice(1);
-  await runStep(kind, s3, dynamo, key, zipped === 'true', Number(lane));
+  const [kind = '', s3 = '', dynamo = '', table = '', key = '', zipped = 'false', lane = '0'] = args.slice(1);
+  await runStep(kind, s3, dynamo, table, key, zipped === 'true', Number(lane));
 } else {
   const gzip = args[0] === '--gzip';
   const records = Number(gzip ? args[1] : args[0]);
@@ -301,7 +309,15 @@ if (args[0] === '--seed') {
     if (seeded.status !== 0) throw new Error('seeding the dataset failed');
     const script = process.env.SCALE_TSX ? null : await bundled(bundleDir);
     const step = (kind: string, lane = 0) =>
-      stepProcess(script, [kind, s3.endpoint, dynamo.endpoint, key, String(gzip), String(lane)]);
+      stepProcess(script, [
+        kind,
+        s3.endpoint,
+        dynamo.endpoint,
+        dynamo.table,
+        key,
+        String(gzip),
+        String(lane),
+      ]);
     const started = performance.now();
     const registered = await step('register');
     const lanesStarted = performance.now();
@@ -313,7 +329,7 @@ if (args[0] === '--seed') {
     const ended = performance.now();
     const seconds = (ended - started) / 1000;
 
-    const { deps } = stepDeps(s3.endpoint, dynamo.endpoint, key, gzip);
+    const { deps } = stepDeps(s3.endpoint, dynamo.endpoint, dynamo.table, key, gzip);
     const run = await deps.runs.getRun(RUN);
     if (!run) throw new Error('the run is gone');
     if (!run.prepared) throw new Error('the run was not prepared');

@@ -120,14 +120,6 @@ export async function localCommand(
     print(`error: ${messageOf(caught)}`);
     return { exitCode: 2 };
   }
-  const name = loaded.work.settings.name;
-  const runId =
-    options.runId ??
-    `${name}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '').replace('T', '-')}`;
-  const out = resolve(options.out ?? join('openai-batch-out', runId));
-  mkdirSync(out, { recursive: true });
-  const { target, label, real } = openaiTarget(options);
-  print(`run ${runId}: work "${name}", ${files.length} dataset file(s), OpenAI: ${label}`);
   // Loaded once the arguments are known good (the CDK, the AWS SDK and the stand-ins take seconds to
   // load): a refused argument is said at once.
   const [
@@ -141,6 +133,14 @@ export async function localCommand(
     import('../functions/adapters/s3-blob-store'),
     import('./download-images'),
   ]);
+  const name = loaded.work.settings.name;
+  const runId =
+    options.runId ??
+    `${name}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '').replace('T', '-')}`;
+  const out = resolve(options.out ?? join('openai-batch-out', runId));
+  mkdirSync(out, { recursive: true });
+  const { target, label, real } = openaiTarget(options);
+  print(`run ${runId}: work "${name}", ${files.length} dataset file(s), OpenAI: ${label}`);
   const env = await startLocalEnvironment(join(out, '.state'), target, true, {
     webhooks: loaded.work.settings.webhooks,
   });

@@ -5,9 +5,9 @@
  * of what that gave to S3. s3rver runs in a process of its own, and the objects are
  * written by another, so that this process's peak RSS is the path's (and the baseline's).
  * Prints one JSON line with records a second, the ratios to the baseline (the path's and the floors'), and
- * the peak RSS.
+ * the peak RSS. Records are about 1 KB, or RECORD_BYTES for prepare.
  *
- *   tsx bench/paths.ts prepare|collect BYTES [chat|embed]
+ *   tsx bench/paths.ts prepare|collect BYTES [chat|embed] [RECORD_BYTES]
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -98,10 +98,16 @@ function requestLine(id: string, kind: BenchKind): string {
 }
 
 /** Writes the objects a benchmark reads (run in a child process, so that its memory is not counted). */
-async function seed(mode: string, bytes: number, kind: BenchKind, endpoint: string): Promise<void> {
+async function seed(
+  mode: string,
+  bytes: number,
+  kind: BenchKind,
+  endpoint: string,
+  recordBytes: number,
+): Promise<void> {
   const blobs = new S3BlobStore(localS3Client(endpoint), BUCKET);
   if (mode === 'prepare') {
-    await blobs.write(INPUT, chatDataset(bytes));
+    await blobs.write(INPUT, chatDataset(bytes, recordBytes));
     return;
   }
   for (const { part, first, count } of collectPlan(bytes)) {
@@ -197,18 +203,29 @@ async function collectPath(blobs: S3BlobStore, bytes: number, kind: BenchKind): 
 
 const [first, ...rest] = process.argv.slice(2);
 if (first === '--seed') {
-  const [mode = 'prepare', bytes = '0', kind = 'chat', endpoint = ''] = rest;
-  await seed(mode, Number(bytes), kind as BenchKind, endpoint);
+  const [mode = 'prepare', bytes = '0', kind = 'chat', endpoint = '', recordBytes = '1000'] = rest;
+  await seed(mode, Number(bytes), kind as BenchKind, endpoint, Number(recordBytes));
 } else {
   const mode = first === 'collect' ? 'collect' : 'prepare';
   const bytes = Number(rest[0] ?? 100e6);
   const kind: BenchKind = rest[1] === 'embed' ? 'embed' : 'chat';
+  const recordBytes = mode === 'prepare' ? Number(rest[2] ?? 1000) : 1000;
   const dir = mkdtempSync(join(tmpdir(), 'openai-batch-paths-'));
   const s3 = await startS3Process(dir, BUCKET);
   try {
     const seeded = spawnSync(
       process.execPath,
-      ['--import', 'tsx', 'bench/paths.ts', '--seed', mode, String(bytes), kind, s3.endpoint],
+      [
+        '--import',
+        'tsx',
+        'bench/paths.ts',
+        '--seed',
+        mode,
+        String(bytes),
+        kind,
+        s3.endpoint,
+        String(recordBytes),
+      ],
       { stdio: 'inherit' },
     );
     if (seeded.status !== 0) throw new Error('seeding the benchmark objects failed');
@@ -263,6 +280,7 @@ if (first === '--seed') {
         mode,
         kind,
         bytes,
+        recordBytes,
         records,
         seconds: Number(seconds.toFixed(2)),
         recordsPerSecond: Math.round(records / seconds),

@@ -65,6 +65,7 @@ interface PathFigure {
   mode: 'prepare' | 'collect';
   kind: string;
   bytes: number;
+  recordBytes: number;
   records: number;
   seconds: number;
   recordsPerSecond: number;
@@ -82,8 +83,13 @@ interface PathFigure {
 // On the functions' Node (Lambda's Node 24 where .tools/node24 has it), with their young generation. Not
 // with Prepare's old-space bound: under tsx, whose code the heap holds too, it cost prepare 20 to 21 µs a
 // record against 15 to 16 (bench/scale.ts measures it as the functions run it, bundled: a few % there).
-const path = (mode: 'prepare' | 'collect', bytes: number, kind = 'chat') =>
-  runScript<PathFigure>('paths.ts', [mode, String(bytes), kind], lambdaNode(), SEMI_SPACE_FLAGS);
+const path = (mode: 'prepare' | 'collect', bytes: number, kind = 'chat', recordBytes = 1000) =>
+  runScript<PathFigure>(
+    'paths.ts',
+    [mode, String(bytes), kind, String(recordBytes)],
+    lambdaNode(),
+    SEMI_SPACE_FLAGS,
+  );
 const paths: PathFigure[] = [
   path('prepare', SMALL),
   path('prepare', LARGE),
@@ -91,13 +97,15 @@ const paths: PathFigure[] = [
   path('collect', LARGE),
   path('prepare', SMALL, 'embed'),
   path('collect', SMALL, 'embed'),
+  // The same bytes in 10 KB records: what a record costs beside what a byte costs.
+  path('prepare', SMALL, 'chat', 10_000),
 ];
 console.log(
-  `prepare and collect through S3 (s3rver in its own process), generated 1 KB records, beside a raw read of the same objects in the same process, on Node ${paths[0]?.node}:`,
+  `prepare and collect through S3 (s3rver in its own process), generated 1 KB records (and 10 KB in the last row), beside a raw read of the same objects in the same process, on Node ${paths[0]?.node}:`,
 );
 console.table(
   paths.map((p) => ({
-    path: `${p.mode} (${p.kind})`,
+    path: `${p.mode} (${p.kind}${p.recordBytes === 1000 ? '' : `, ${p.recordBytes / 1000} KB records`})`,
     dataset: mb(p.bytes),
     records: p.records,
     seconds: p.seconds,
@@ -113,7 +121,11 @@ console.table(
   })),
 );
 const peakAt = (bytes: number) =>
-  Math.max(...paths.filter((p) => p.bytes === bytes && p.kind === 'chat').map((p) => p.peakRssMiB));
+  Math.max(
+    ...paths
+      .filter((p) => p.bytes === bytes && p.kind === 'chat' && p.recordBytes === 1000)
+      .map((p) => p.peakRssMiB),
+  );
 const memory = { small: peakAt(SMALL), large: peakAt(LARGE) };
 console.log(
   `peak RSS: ${memory.small} MiB at ${mb(SMALL)}, ${memory.large} MiB at ${mb(LARGE)} (${(memory.large / memory.small).toFixed(2)}x; goal: at most 256 MiB at 1 GB and 1.5x)`,
@@ -239,7 +251,9 @@ console.log(
 );
 
 const large = (mode: string) => {
-  const figure = paths.find((p) => p.mode === mode && p.bytes === LARGE && p.kind === 'chat');
+  const figure = paths.find(
+    (p) => p.mode === mode && p.bytes === LARGE && p.kind === 'chat' && p.recordBytes === 1000,
+  );
   if (!figure) throw new Error(`no ${mode} figure`);
   return {
     recordsPerSecond: figure.recordsPerSecond,

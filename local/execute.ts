@@ -32,11 +32,13 @@ const checked = new Set<string>();
  */
 function machineOf(definition: Definition): StateMachine {
   const text = JSON.stringify(definition);
-  if (!checked.has(text)) {
-    new StateMachine(definition as never, { validationOptions: { checkArn: false } }); // throws if invalid
-    checked.add(text);
-  }
-  return new StateMachine(definition as never, { validationOptions: { checkArn: false, noValidate: true } });
+  const noValidate = checked.has(text);
+  // Throws on a definition that breaks the language, which is then not remembered.
+  const machine = new StateMachine(definition as never, {
+    validationOptions: { checkArn: false, noValidate },
+  });
+  checked.add(text);
+  return machine;
 }
 
 /**

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetItemCommand, ListTablesCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { SHARED_DYNAMODB_ENV, startDynamo } from '../../local/stand-ins';
 
 const item = { pk: { S: 'run#a' }, sk: { S: 'run' } };
@@ -28,6 +28,21 @@ describe('startDynamo beside the DynamoDB Local the tests share', () => {
     expect(tables).toContain(two.table);
     expect(tables).not.toContain(one.table);
     await two.stop();
+  });
+
+  it("names apart the tables of two copies of the module in one process, as vitest's threads pool loads them", async () => {
+    const copy = async () => {
+      vi.resetModules();
+      return (await import('../../local/stand-ins')).startDynamo('runs');
+    };
+    const one = await copy();
+    const two = await copy();
+    try {
+      expect(one.table).not.toBe(two.table);
+    } finally {
+      await Promise.all([one.stop(), two.stop()]);
+      vi.resetModules();
+    }
   });
 
   it('names the variable when it holds no server', async () => {

@@ -13,6 +13,7 @@ import { SFNClient, StartExecutionCommand, StopExecutionCommand } from '@aws-sdk
 import { SNSClient } from '@aws-sdk/client-sns';
 import work from '@work';
 import { z } from 'zod';
+import { DROPPED_HEAP_FLAGS_ENV } from '../infra/step-memory';
 import { DynamoRunStore } from './adapters/dynamo-run-store';
 import { AwsNotifier } from './adapters/notifier';
 import { batchApiWithKey } from './adapters/openai-batch-api';
@@ -37,6 +38,8 @@ export const LambdaEnvSchema = z.object({
   WEBHOOK_SECRET_ID: z.string().min(1).optional(),
   STATE_MACHINE_ARN: z.string().min(1).optional(),
   MAX_TICKS_PER_EXECUTION: z.coerce.number().int().positive().default(1500),
+  /** Set by the heap-flags start wrapper (infra/heap-wrapper.ts): the flags it removed, '' for none. */
+  [DROPPED_HEAP_FLAGS_ENV]: z.string().optional(),
 });
 
 const parsed = LambdaEnvSchema.safeParse(process.env);
@@ -46,15 +49,19 @@ const env = parsed.data;
 const logger = new Logger({ serviceName: `openai-batch-${work.settings.name}` });
 /**
  * The heap bounds in effect, once a cold start. The stack gives Prepare, Settle, Tick and MarkFailed
- * theirs in NODE_OPTIONS (infra/step-memory.ts); heap flags on the command line win over those, and
- * Lambda's start script has passed its own there (the nodejs18.x image's does), so this says which held.
+ * theirs in NODE_OPTIONS (infra/step-memory.ts), and starts them through a wrapper that removes the same
+ * flags from the command line Lambda's start script builds (infra/heap-wrapper.ts), where they would win:
+ * this says the limit, the flags given, and what the wrapper removed (absent where it did not run).
  */
 logger.info('node heap', {
   node: process.version,
   heapLimitMiB: Math.round(getHeapStatistics().heap_size_limit / 2 ** 20),
   heapFlags: [...(process.env.NODE_OPTIONS ?? '').split(' '), ...process.execArgv].filter((flag) =>
-    /^--max-(old|semi)-space-size/.test(flag),
+    /^--max[-_](old|semi)[-_]space[-_]size/.test(flag),
   ),
+  ...(env[DROPPED_HEAP_FLAGS_ENV] === undefined
+    ? {}
+    : { removedFromCommandLine: env[DROPPED_HEAP_FLAGS_ENV].split(' ').filter(Boolean) }),
 });
 /**
  * CloudWatch metrics as embedded metric format, written by Powertools to stdout as a line of its own: a

@@ -8,6 +8,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import type * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
+import { HEAP_WRAPPER_PATH, heapWrapperLayer } from './heap-wrapper';
 
 /** Where the Lambda entry point is: every state's function is the same bundle with another handler. */
 export const LAMBDA_ENTRY = new URL('../functions/lambda.ts', import.meta.url).pathname;
@@ -39,6 +40,8 @@ export interface BatchFunctionProps {
   /**
    * V8 heap flags for NODE_OPTIONS (`--max-old-space-size`, `--max-semi-space-size`: see step-memory.ts):
    * V8 otherwise grows its heap towards the function's memory, holding garbage it has not yet collected.
+   * A function given any starts through the stack's heap-flags wrapper (infra/heap-wrapper.ts), so that
+   * Lambda's start script cannot override them.
    */
   readonly heapFlags?: readonly string[];
 }
@@ -78,6 +81,7 @@ export class BatchFunction extends Construct {
     );
     const memorySize = props.memorySize ?? 512;
     const sourceMaps = props.sourceMaps ?? memorySize >= SOURCE_MAPS_FROM_MB;
+    const bounded = (props.heapFlags ?? []).length > 0;
     this.function = new NodejsFunction(this, 'Function', {
       entry: LAMBDA_ENTRY,
       handler: props.handler,
@@ -89,7 +93,12 @@ export class BatchFunction extends Construct {
       role: this.role,
       logGroup: this.logGroup,
       loggingFormat: lambda.LoggingFormat.JSON,
-      environment: { ...nodeOptions(sourceMaps, props.heapFlags), ...props.environment },
+      environment: {
+        ...nodeOptions(sourceMaps, props.heapFlags),
+        ...(bounded ? { AWS_LAMBDA_EXEC_WRAPPER: HEAP_WRAPPER_PATH } : {}),
+        ...props.environment,
+      },
+      ...(bounded ? { layers: [heapWrapperLayer(this)] } : {}),
       bundling: {
         format: OutputFormat.ESM,
         target: 'node22',

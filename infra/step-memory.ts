@@ -14,11 +14,11 @@ export const STEP_OLD_SPACE_MB = 160;
  * to 291 MiB of RSS on Node 24 against 176 on Node 22; with 16 MB, 186 to 197 MiB, in the same time
  * (bench/scale.ts).
  *
- * On AWS these flags hold only where Lambda's start script passes none of its own: heap flags on the
- * command line win over NODE_OPTIONS, and the nodejs18.x image's script passed a tenth of the function's
- * memory as new space and most of the rest as old space there. Where the nodejs24.x one does the same,
- * the function's memory bounds the heap instead (1,024 MB for these four functions by default). Each
- * function logs `node heap` at its cold start with the limit in effect and the flags it was given.
+ * Heap flags on the command line win over NODE_OPTIONS, and Lambda's start script may pass its own there
+ * (the nodejs18.x image's passed a tenth of the function's memory as new space and most of the rest as old
+ * space). So these functions start through a wrapper (infra/heap-wrapper.ts) that removes from the command
+ * line each heap flag their NODE_OPTIONS sets. Each function logs `node heap` at its cold start with the
+ * limit in effect, the flags it runs with and those the wrapper removed.
  */
 export const STEP_SEMI_SPACE_MB = 16;
 
@@ -54,3 +54,9 @@ export function heapFlagsOf(state: string, maxRecordBytes: number): readonly str
   if (state === 'Tick' || state === 'MarkFailed') return SEMI_SPACE_FLAGS;
   return [];
 }
+
+/**
+ * The variable in which the start wrapper (infra/heap-wrapper.ts) says which heap flags it removed from the
+ * runtime's command line, space-separated ('' for none; unset where the function did not start through it).
+ */
+export const DROPPED_HEAP_FLAGS_ENV = 'OPENAI_BATCH_DROPPED_HEAP_FLAGS';

@@ -9,6 +9,7 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { describe, expect, it } from 'vitest';
 import { defineWork } from '../../functions/core/work';
+import { HEAP_WRAPPER_PATH } from '../../infra/heap-wrapper';
 import {
   OpenAIBatchWork,
   type OpenAIBatchWorkProps,
@@ -494,6 +495,37 @@ describe('OpenAIBatchWork on a real account', () => {
     for (const name of ['WorkTick', 'WorkMarkFailed'])
       expect(options.find((o) => o.name === name)?.options).toBe(
         `--enable-source-maps --max-semi-space-size=${STEP_SEMI_SPACE_MB}`,
+      );
+  });
+
+  it('starts the functions that bound their heap through the heap-flags wrapper, from one layer a stack', () => {
+    const { stack } = synth({}, (stack) => {
+      new OpenAIBatchWork(stack, 'Other', {
+        work: defineWork({ name: 'other', model: 'gpt-4o-mini' }),
+        workModule,
+      });
+      return {};
+    });
+    const template = Template.fromStack(stack);
+    const layers = Object.keys(template.findResources('AWS::Lambda::LayerVersion'));
+    expect(layers).toHaveLength(1);
+    const functions = Object.entries(template.findResources('AWS::Lambda::Function')).map(([id, fn]) => ({
+      name: id.replace(/Function.*$/, ''),
+      bounded: /--max-(old|semi)-space-size/.test(fn.Properties.Environment?.Variables?.NODE_OPTIONS ?? ''),
+      wrapper: fn.Properties.Environment?.Variables?.AWS_LAMBDA_EXEC_WRAPPER,
+      layers: fn.Properties.Layers,
+    }));
+    expect(
+      functions
+        .filter((f) => f.bounded)
+        .map((f) => f.name)
+        .sort(),
+    ).toEqual(['MarkFailed', 'Prepare', 'Settle', 'Tick'].flatMap((n) => [`Other${n}`, `Work${n}`]).sort());
+    for (const fn of functions)
+      expect(fn).toEqual(
+        fn.bounded
+          ? { ...fn, wrapper: HEAP_WRAPPER_PATH, layers: [{ Ref: layers[0] }] }
+          : { ...fn, wrapper: undefined, layers: undefined },
       );
   });
 

@@ -5,7 +5,7 @@
  * the OpenAI Batch emulator, and moto_server for Secrets Manager and EventBridge.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CreateEventBusCommand, EventBridgeClient } from '@aws-sdk/client-eventbridge';
@@ -13,6 +13,7 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { CreateSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HEAP_WRAPPER_NAME, HEAP_WRAPPER_SCRIPT } from '../../infra/heap-wrapper';
 import { STEP_HEAP_FLAGS, STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB } from '../../infra/step-memory';
 import { type Emulator, startEmulator } from '../../local/emulator/server';
 import { type LocalDynamo, type LocalS3, startDynamo, startS3 } from '../../local/stand-ins';
@@ -126,14 +127,21 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  /** Imports the bundle in Node 24 with the function's environment and calls `steps`; returns answers and stdout. */
+  /**
+   * Imports the bundle in Node 24 with the function's environment and calls `steps`; returns answers and
+   * stdout. With `wrapper`, Node is started through it, as Lambda starts a function with
+   * AWS_LAMBDA_EXEC_WRAPPER.
+   */
   async function invoke(
     steps: [string, unknown][],
     env: Record<string, string>,
     nodeFlags: readonly string[] = [],
+    wrapper?: string,
   ): Promise<{ exports: string[]; answers: Answer[]; stdout: string }> {
     const resultFile = join(dir, `result-${Math.random().toString(36).slice(2)}.json`);
-    const child = spawn(NODE24, [...nodeFlags, '--enable-source-maps', '--input-type=module', '-e', DRIVER], {
+    const command = [NODE24, ...nodeFlags, '--enable-source-maps', '--input-type=module', '-e', DRIVER];
+    const [file, ...args] = wrapper ? [wrapper, ...command] : command;
+    const child = spawn(file as string, args, {
       env: {
         PATH: process.env.PATH ?? '',
         AWS_REGION: 'us-east-1',
@@ -185,10 +193,15 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
   const heapLine = (stdout: string) => {
     const line = stdout.split('\n').find((l) => l.includes('"node heap"'));
     if (!line) throw new Error(`no node heap line in: ${stdout}`);
-    return JSON.parse(line) as { heapLimitMiB: number; heapFlags: string[]; node: string };
+    return JSON.parse(line) as {
+      heapLimitMiB: number;
+      heapFlags: string[];
+      node: string;
+      removedFromCommandLine?: string[];
+    };
   };
 
-  it("logs at a cold start the heap bounds in effect: its NODE_OPTIONS', or a command line's that overrides them", async () => {
+  it("logs at a cold start the heap bounds in effect: its NODE_OPTIONS', a command line's that overrides them, and what the heap-flags wrapper removed", async () => {
     const nodeOptions = `--enable-source-maps ${STEP_HEAP_FLAGS.join(' ')}`;
     const given = await invoke([], { OPENAI_SECRET_ID: 'openai/right', NODE_OPTIONS: nodeOptions });
     expect(heapLine(given.stdout)).toMatchObject({
@@ -206,6 +219,21 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
     const heap = heapLine(overridden.stdout);
     expect(heap.heapFlags).toEqual([...STEP_HEAP_FLAGS, ...lambdas]);
     expect(heap.heapLimitMiB).toBeGreaterThan(922);
+    expect(heap.removedFromCommandLine).toBeUndefined();
+    // Started through the stack's wrapper (AWS_LAMBDA_EXEC_WRAPPER), NODE_OPTIONS' bounds hold again.
+    const wrapper = join(dir, HEAP_WRAPPER_NAME);
+    writeFileSync(wrapper, HEAP_WRAPPER_SCRIPT, { mode: 0o755 });
+    const wrapped = await invoke(
+      [],
+      { OPENAI_SECRET_ID: 'openai/right', NODE_OPTIONS: nodeOptions },
+      ['--expose-gc', ...lambdas],
+      wrapper,
+    );
+    expect(heapLine(wrapped.stdout)).toMatchObject({
+      heapLimitMiB: STEP_OLD_SPACE_MB + 3 * STEP_SEMI_SPACE_MB,
+      heapFlags: [...STEP_HEAP_FLAGS],
+      removedFromCommandLine: lambdas,
+    });
   });
 
   it('exports every handler, and runs Register, Prepare, Settle, Tick and Notify; Tick writes its metrics as top-level EMF', async () => {

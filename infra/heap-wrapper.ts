@@ -1,0 +1,169 @@
+/**
+ * The start wrapper that keeps the heap bounds of NODE_OPTIONS (infra/step-memory.ts) on AWS.
+ *
+ * Lambda starts a Node.js function with its own start script, which may pass V8 heap flags on the
+ * command line, sized from the function's memory (the nodejs18.x image's passes a tenth of it as new
+ * space and the rest as old space). A heap flag on the command line wins over the same flag in
+ * NODE_OPTIONS, so the bounds the stack sets would not hold. Lambda hands the runtime's whole command
+ * line to the executable named by AWS_LAMBDA_EXEC_WRAPPER: this script removes from it each heap flag that
+ * NODE_OPTIONS also sets, and starts the runtime with the rest, unchanged and in order. Where the start
+ * script passes no heap flag, it removes nothing.
+ *
+ * The script reaches Lambda in a layer of its own, as `/opt/openai-batch-heap-flags`. Lambda runs it only
+ * if the archive marks it executable, which a zip CDK makes of a directory does only where the file
+ * system keeps that mark (not on Windows): so the layer's archive is written here, byte for byte, with the
+ * Unix mode in it, whatever machine synthesizes the stack.
+ */
+import { existsSync, renameSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Stack } from 'aws-cdk-lib';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import type { Construct } from 'constructs';
+import { DROPPED_HEAP_FLAGS_ENV } from './step-memory';
+
+/** The wrapper's file name in the layer. */
+export const HEAP_WRAPPER_NAME = 'openai-batch-heap-flags';
+
+/** Where Lambda finds it: a layer's files are unpacked under /opt. */
+export const HEAP_WRAPPER_PATH = `/opt/${HEAP_WRAPPER_NAME}`;
+
+/**
+ * The wrapper (POSIX sh). It is given the interpreter and its arguments; every argument after the
+ * interpreter is looked at, since the runtime's script, last, takes none. A flag's value may be joined
+ * (`--max-old-space-size=922`) or the next argument; V8's underscore spelling counts too. What it
+ * removes it says in OPENAI_BATCH_DROPPED_HEAP_FLAGS, which the function logs at a cold start.
+ */
+export const HEAP_WRAPPER_SCRIPT = `#!/bin/sh
+# openai-batch: starts the Lambda runtime without the heap flags of its command line that NODE_OPTIONS
+# also sets (a flag on the command line would win over NODE_OPTIONS). See infra/heap-wrapper.ts.
+set -f
+if [ "$#" -eq 0 ]; then
+  echo "openai-batch-heap-flags: no command to start (Lambda passes the runtime's)" >&2
+  exit 64
+fi
+old=
+semi=
+for option in $NODE_OPTIONS; do
+  case $option in
+    --max-old-space-size | --max-old-space-size=* | --max_old_space_size | --max_old_space_size=*) old=1 ;;
+    --max-semi-space-size | --max-semi-space-size=* | --max_semi_space_size | --max_semi_space_size=*) semi=1 ;;
+  esac
+done
+dropped=
+value=
+rest=$(($# - 1))
+interpreter=$1
+shift
+set -- "$@" "$interpreter"
+while [ "$rest" -gt 0 ]; do
+  argument=$1
+  shift
+  rest=$((rest - 1))
+  if [ -n "$value" ]; then
+    value=
+    dropped="$dropped $argument"
+    continue
+  fi
+  drop=
+  case $argument in
+    --max-old-space-size=* | --max_old_space_size=*) drop=$old ;;
+    --max-semi-space-size=* | --max_semi_space_size=*) drop=$semi ;;
+    --max-old-space-size | --max_old_space_size) drop=$old value=$old ;;
+    --max-semi-space-size | --max_semi_space_size) drop=$semi value=$semi ;;
+  esac
+  if [ -n "$drop" ]; then
+    dropped="$dropped $argument"
+  else
+    set -- "$@" "$argument"
+  fi
+done
+${DROPPED_HEAP_FLAGS_ENV}=\${dropped# }
+export ${DROPPED_HEAP_FLAGS_ENV}
+exec "$@"
+`;
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(bytes: Uint8Array): number {
+  let crc = 0xffffffff;
+  for (const byte of bytes) crc = (CRC_TABLE[(crc ^ byte) & 0xff] ?? 0) ^ (crc >>> 8);
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+/**
+ * A zip archive of one file, stored (not compressed), made by "Unix" with the mode `-rwxr-xr-x` and the
+ * date 1980-01-01: the same bytes on every machine, so the layer's asset hash changes only with the script.
+ */
+export function executableZip(name: string, content: Uint8Array): Buffer {
+  const fileName = Buffer.from(name, 'utf8');
+  const crc = crc32(content);
+  const dosDate = (1 << 5) | 1; // 1980-01-01; the time is 00:00
+  const local = Buffer.alloc(30);
+  local.writeUInt32LE(0x04034b50, 0);
+  local.writeUInt16LE(10, 4); // version needed: 1.0
+  local.writeUInt16LE(0, 6); // flags
+  local.writeUInt16LE(0, 8); // stored
+  local.writeUInt16LE(0, 10);
+  local.writeUInt16LE(dosDate, 12);
+  local.writeUInt32LE(crc, 14);
+  local.writeUInt32LE(content.length, 18);
+  local.writeUInt32LE(content.length, 22);
+  local.writeUInt16LE(fileName.length, 26);
+  local.writeUInt16LE(0, 28);
+  const central = Buffer.alloc(46);
+  central.writeUInt32LE(0x02014b50, 0);
+  central.writeUInt16LE((3 << 8) | 20, 4); // made by Unix, zip 2.0: the external attributes hold a mode
+  central.writeUInt16LE(10, 6);
+  central.writeUInt16LE(0, 8);
+  central.writeUInt16LE(0, 10);
+  central.writeUInt16LE(0, 12);
+  central.writeUInt16LE(dosDate, 14);
+  central.writeUInt32LE(crc, 16);
+  central.writeUInt32LE(content.length, 20);
+  central.writeUInt32LE(content.length, 24);
+  central.writeUInt16LE(fileName.length, 28);
+  // extra field, comment, disk number, internal attributes: 0
+  central.writeUInt32LE((0o100755 << 16) >>> 0, 38); // a regular file, rwxr-xr-x
+  central.writeUInt32LE(0, 42); // the local header's offset
+  const centralOffset = local.length + fileName.length + content.length;
+  const centralSize = central.length + fileName.length;
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(1, 8);
+  end.writeUInt16LE(1, 10);
+  end.writeUInt32LE(centralSize, 12);
+  end.writeUInt32LE(centralOffset, 16);
+  return Buffer.concat([local, fileName, content, central, fileName, end]);
+}
+
+/** Writes the wrapper's archive where CDK can stage it from (a name of its bytes' own), and returns its path. */
+export function heapWrapperArchive(directory = tmpdir()): string {
+  const zip = executableZip(HEAP_WRAPPER_NAME, Buffer.from(HEAP_WRAPPER_SCRIPT, 'utf8'));
+  const path = join(directory, `openai-batch-heap-flags-${crc32(zip).toString(16)}-${zip.length}.zip`);
+  if (!existsSync(path)) {
+    const partial = `${path}.${process.pid}.partial`;
+    writeFileSync(partial, zip);
+    renameSync(partial, path);
+  }
+  return path;
+}
+
+const LAYER_ID = 'OpenAIBatchHeapFlagsWrapper';
+
+/** The wrapper's layer: one a stack, shared by every function (of every work) that bounds its heap. */
+export function heapWrapperLayer(scope: Construct): lambda.ILayerVersion {
+  const stack = Stack.of(scope);
+  const existing = stack.node.tryFindChild(LAYER_ID);
+  if (existing) return existing as lambda.LayerVersion;
+  return new lambda.LayerVersion(stack, LAYER_ID, {
+    code: lambda.Code.fromAsset(heapWrapperArchive()),
+    description: `openai-batch: ${HEAP_WRAPPER_PATH}, which keeps NODE_OPTIONS' heap flags over the start script's`,
+    compatibleRuntimes: [lambda.Runtime.NODEJS_24_X],
+    compatibleArchitectures: [lambda.Architecture.ARM_64, lambda.Architecture.X86_64],
+  });
+}

@@ -103,30 +103,22 @@ export function executableZip(name: string, content: Uint8Array): Buffer {
   const fileName = Buffer.from(name, 'utf8');
   const crc = crc32(content);
   const dosDate = (1 << 5) | 1; // 1980-01-01; the time is 00:00
-  const local = Buffer.alloc(30);
+  // The fields the local header (from byte 4) and the central one (from byte 6) share, in the same order:
+  // version needed 1.0, flags, method (stored), time, date, CRC-32, both sizes, the name's length.
+  const shared = (header: Buffer, at: number) => {
+    header.writeUInt16LE(10, at);
+    header.writeUInt16LE(dosDate, at + 8);
+    header.writeUInt32LE(crc, at + 10);
+    header.writeUInt32LE(content.length, at + 14);
+    header.writeUInt32LE(content.length, at + 18);
+    header.writeUInt16LE(fileName.length, at + 22);
+    return header;
+  };
+  const local = shared(Buffer.alloc(30), 4);
   local.writeUInt32LE(0x04034b50, 0);
-  local.writeUInt16LE(10, 4); // version needed: 1.0
-  local.writeUInt16LE(0, 6); // flags
-  local.writeUInt16LE(0, 8); // stored
-  local.writeUInt16LE(0, 10);
-  local.writeUInt16LE(dosDate, 12);
-  local.writeUInt32LE(crc, 14);
-  local.writeUInt32LE(content.length, 18);
-  local.writeUInt32LE(content.length, 22);
-  local.writeUInt16LE(fileName.length, 26);
-  local.writeUInt16LE(0, 28);
-  const central = Buffer.alloc(46);
+  const central = shared(Buffer.alloc(46), 6);
   central.writeUInt32LE(0x02014b50, 0);
   central.writeUInt16LE((3 << 8) | 20, 4); // made by Unix, zip 2.0: the external attributes hold a mode
-  central.writeUInt16LE(10, 6);
-  central.writeUInt16LE(0, 8);
-  central.writeUInt16LE(0, 10);
-  central.writeUInt16LE(0, 12);
-  central.writeUInt16LE(dosDate, 14);
-  central.writeUInt32LE(crc, 16);
-  central.writeUInt32LE(content.length, 20);
-  central.writeUInt32LE(content.length, 24);
-  central.writeUInt16LE(fileName.length, 28);
   // extra field, comment, disk number, internal attributes: 0
   central.writeUInt32LE((0o100755 << 16) >>> 0, 38); // a regular file, rwxr-xr-x
   central.writeUInt32LE(0, 42); // the local header's offset

@@ -1,5 +1,7 @@
 import { spawnSync } from 'node:child_process';
-import { Stack, Validations } from 'aws-cdk-lib';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type App, Stack, Validations } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as kms from 'aws-cdk-lib/aws-kms';
@@ -9,7 +11,12 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { describe, expect, it } from 'vitest';
 import { defineWork } from '../../functions/core/work';
-import { HEAP_WRAPPER_PATH } from '../../infra/heap-wrapper';
+import {
+  executableZip,
+  HEAP_WRAPPER_NAME,
+  HEAP_WRAPPER_PATH,
+  HEAP_WRAPPER_SCRIPT,
+} from '../../infra/heap-wrapper';
 import {
   OpenAIBatchWork,
   type OpenAIBatchWorkProps,
@@ -509,6 +516,14 @@ describe('OpenAIBatchWork on a real account', () => {
     const template = Template.fromStack(stack);
     const layers = Object.keys(template.findResources('AWS::Lambda::LayerVersion'));
     expect(layers).toHaveLength(1);
+    // Uploaded as the archive written, byte for byte (a directory asset would be zipped again, with the
+    // modes of the file system that synthesizes it).
+    const key: string =
+      template.findResources('AWS::Lambda::LayerVersion')[layers[0] as string]?.Properties.Content.S3Key;
+    const staged = join((stack.node.root as App).synth().directory, `asset.${key}`);
+    expect(
+      readFileSync(staged).equals(executableZip(HEAP_WRAPPER_NAME, Buffer.from(HEAP_WRAPPER_SCRIPT))),
+    ).toBe(true);
     const functions = Object.entries(template.findResources('AWS::Lambda::Function')).map(([id, fn]) => ({
       name: id.replace(/Function.*$/, ''),
       bounded: /--max-(old|semi)-space-size/.test(fn.Properties.Environment?.Variables?.NODE_OPTIONS ?? ''),

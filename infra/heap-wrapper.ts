@@ -14,10 +14,9 @@
  * system keeps that mark (not on Windows): so the layer's archive is written here, byte for byte, with the
  * Unix mode in it, whatever machine synthesizes the stack.
  */
-import { existsSync, renameSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Stack } from 'aws-cdk-lib';
+import { Stack, Stage } from 'aws-cdk-lib';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import type { Construct } from 'constructs';
 import { DROPPED_HEAP_FLAGS_ENV } from './step-memory';
@@ -30,9 +29,10 @@ export const HEAP_WRAPPER_PATH = `/opt/${HEAP_WRAPPER_NAME}`;
 
 /**
  * The wrapper (POSIX sh). It is given the interpreter and its arguments; every argument after the
- * interpreter is looked at, since the runtime's script, last, takes none. A flag's value may be joined
- * (`--max-old-space-size=922`) or the next argument; V8's underscore spelling counts too. What it
- * removes it says in OPENAI_BATCH_DROPPED_HEAP_FLAGS, which the function logs at a cold start.
+ * interpreter is looked at, since the runtime's script, last, takes none. A flag is recognised in every
+ * spelling Node takes (one dash or two, dashes or underscores), its value joined (`--max-old-space-size=922`)
+ * or the next argument. What it removes it says in OPENAI_BATCH_DROPPED_HEAP_FLAGS, which the function logs
+ * at a cold start.
  */
 export const HEAP_WRAPPER_SCRIPT = `#!/bin/sh
 # openai-batch: starts the Lambda runtime without the heap flags of its command line that NODE_OPTIONS
@@ -42,12 +42,26 @@ if [ "$#" -eq 0 ]; then
   echo "openai-batch-heap-flags: no command to start (Lambda passes the runtime's)" >&2
   exit 64
 fi
+# heap SPELLING: sets flag to old or semi where SPELLING is a V8 heap flag in a form Node takes (one dash
+# or two, dashes or underscores, a double quote before it as NODE_OPTIONS may have), and joined=1 where
+# its value is in it.
+heap() {
+  flag=
+  joined=
+  case \${1#\\"} in
+    -max[-_]old[-_]space[-_]size | --max[-_]old[-_]space[-_]size) flag=old ;;
+    -max[-_]old[-_]space[-_]size=* | --max[-_]old[-_]space[-_]size=*) flag=old joined=1 ;;
+    -max[-_]semi[-_]space[-_]size | --max[-_]semi[-_]space[-_]size) flag=semi ;;
+    -max[-_]semi[-_]space[-_]size=* | --max[-_]semi[-_]space[-_]size=*) flag=semi joined=1 ;;
+  esac
+}
 old=
 semi=
 for option in $NODE_OPTIONS; do
-  case $option in
-    --max-old-space-size | --max-old-space-size=* | --max_old_space_size | --max_old_space_size=*) old=1 ;;
-    --max-semi-space-size | --max-semi-space-size=* | --max_semi_space_size | --max_semi_space_size=*) semi=1 ;;
+  heap "$option"
+  case $flag in
+    old) old=1 ;;
+    semi) semi=1 ;;
   esac
 done
 dropped=
@@ -65,15 +79,15 @@ while [ "$rest" -gt 0 ]; do
     dropped="$dropped $argument"
     continue
   fi
+  heap "$argument"
   drop=
-  case $argument in
-    --max-old-space-size=* | --max_old_space_size=*) drop=$old ;;
-    --max-semi-space-size=* | --max_semi_space_size=*) drop=$semi ;;
-    --max-old-space-size | --max_old_space_size) drop=$old value=$old ;;
-    --max-semi-space-size | --max_semi_space_size) drop=$semi value=$semi ;;
+  case $flag in
+    old) drop=$old ;;
+    semi) drop=$semi ;;
   esac
   if [ -n "$drop" ]; then
     dropped="$dropped $argument"
+    [ -n "$joined" ] || value=1
   else
     set -- "$@" "$argument"
   fi
@@ -133,16 +147,22 @@ export function executableZip(name: string, content: Uint8Array): Buffer {
   return Buffer.concat([local, fileName, content, central, fileName, end]);
 }
 
-/** Writes the wrapper's archive where CDK can stage it from (a name of its bytes' own), and returns its path. */
-export function heapWrapperArchive(directory = tmpdir()): string {
-  const zip = executableZip(HEAP_WRAPPER_NAME, Buffer.from(HEAP_WRAPPER_SCRIPT, 'utf8'));
-  const path = join(directory, `openai-batch-heap-flags-${crc32(zip).toString(16)}-${zip.length}.zip`);
-  if (!existsSync(path)) {
-    const partial = `${path}.${process.pid}.partial`;
-    writeFileSync(partial, zip);
-    renameSync(partial, path);
-  }
+/**
+ * Writes the wrapper's archive into `directory` (the cloud assembly's, where CDK stages it from), and
+ * returns its path. Not a fixed name in the shared temporary directory: a file planted there by another
+ * user would be shipped as the functions' start script.
+ */
+export function heapWrapperArchive(directory: string): string {
+  const path = join(directory, `${HEAP_WRAPPER_NAME}.zip`);
+  writeFileSync(path, executableZip(HEAP_WRAPPER_NAME, Buffer.from(HEAP_WRAPPER_SCRIPT, 'utf8')));
   return path;
+}
+
+/** The directory of the cloud assembly a stack goes into (the app's `cdk.out`). */
+function assemblyDirectory(stack: Stack): string {
+  const stage = Stage.of(stack);
+  if (!stage) throw new Error(`${stack.node.path}: a stack outside any App or Stage has no cloud assembly`);
+  return stage.assetOutdir;
 }
 
 const LAYER_ID = 'OpenAIBatchHeapFlagsWrapper';
@@ -151,11 +171,15 @@ const LAYER_ID = 'OpenAIBatchHeapFlagsWrapper';
 export function heapWrapperLayer(scope: Construct): lambda.ILayerVersion {
   const stack = Stack.of(scope);
   const existing = stack.node.tryFindChild(LAYER_ID);
-  if (existing) return existing as lambda.LayerVersion;
+  if (existing instanceof lambda.LayerVersion) return existing;
+  if (existing)
+    throw new Error(
+      `${existing.node.path}: the id ${LAYER_ID} is taken in this stack by something other than openai-batch's heap-flags layer`,
+    );
+  // No compatibleRuntimes: the script starts any Node.js runtime.
   return new lambda.LayerVersion(stack, LAYER_ID, {
-    code: lambda.Code.fromAsset(heapWrapperArchive()),
+    code: lambda.Code.fromAsset(heapWrapperArchive(assemblyDirectory(stack))),
     description: `openai-batch: ${HEAP_WRAPPER_PATH}, which keeps NODE_OPTIONS' heap flags over the start script's`,
-    compatibleRuntimes: [lambda.Runtime.NODEJS_24_X],
     compatibleArchitectures: [lambda.Architecture.ARM_64, lambda.Architecture.X86_64],
   });
 }

@@ -76,13 +76,13 @@ interface Probe {
 
 /** Runs the probe as `shell wrapper node ARGS probe EXTRA` (the file itself where shell is null). */
 function throughWrapper(
-  shell: string | null,
+  shell: readonly string[] | null,
   nodeOptions: string,
   args: readonly string[],
   extra: readonly string[] = [],
 ): Probe {
   const command = [wrapper, process.execPath, ...args, probe, ...extra];
-  const [file, ...rest] = shell ? [shell, ...command] : command;
+  const [file, ...rest] = shell ? [...shell, ...command] : command;
   const out = execFileSync(file as string, rest, {
     encoding: 'utf8',
     env: { ...process.env, NODE_OPTIONS: nodeOptions },
@@ -135,7 +135,14 @@ describe('the heap-flags wrapper archive', () => {
 });
 
 describe('the heap-flags wrapper', () => {
-  const shells = [null, ...['bash', 'dash'].filter((shell) => has(shell, '-c', 'true'))];
+  // The file itself (its #!/bin/sh), and each shell here that Lambda's /bin/sh might be: bash as sh
+  // (POSIX mode, as on Amazon Linux 2023), bash, dash.
+  const shells = [
+    null,
+    ...[['bash', '--posix'], ['bash'], ['dash']].filter(([shell, ...flags]) =>
+      has(shell as string, ...flags, '-c', 'true'),
+    ),
+  ];
 
   it.each(shells)('keeps the heap bounds of NODE_OPTIONS over the start script’s (run by %s)', (shell) => {
     const expected = heapLimitOf(PREPARE_OPTIONS);
@@ -157,6 +164,15 @@ describe('the heap-flags wrapper', () => {
       expect(run.heapLimit).toBe(heapLimitOf(tick, ['--max-old-space-size=922']));
     },
   );
+
+  it('knows a flag in every spelling Node takes, in NODE_OPTIONS and on the command line', () => {
+    const options = '"--max_old-space-size=160" --max-semi_space-size=16';
+    const args = ['-max-old-space-size=922', '--max_semi_space_size', '51', '--expose-gc'];
+    const run = throughWrapper(null, options, args);
+    expect(run.execArgv).toEqual(['--expose-gc']);
+    expect(run.dropped).toBe('-max-old-space-size=922 --max_semi_space_size 51');
+    expect(run.heapLimit).toBe(heapLimitOf(options));
+  });
 
   it('removes nothing where NODE_OPTIONS sets no heap flag, and passes every argument on as it was', () => {
     const args = ['--max-old-space-size=300'];

@@ -9,6 +9,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import { AwsSolutionsChecks } from 'cdk-nag';
+import { Construct } from 'constructs';
 import { describe, expect, it } from 'vitest';
 import { defineWork } from '../../functions/core/work';
 import {
@@ -542,6 +543,15 @@ describe('OpenAIBatchWork on a real account', () => {
           ? { ...fn, wrapper: HEAP_WRAPPER_PATH, layers: [{ Ref: layers[0] }] }
           : { ...fn, wrapper: undefined, layers: undefined },
       );
+  });
+
+  it("refuses a stack where the heap-flags layer's id is taken by something else, naming it", () => {
+    expect(() =>
+      synth({}, (stack) => {
+        new Construct(stack, 'OpenAIBatchHeapFlagsWrapper');
+        return {};
+      }),
+    ).toThrow(/Test\/OpenAIBatchHeapFlagsWrapper: the id OpenAIBatchHeapFlagsWrapper is taken/);
   });
 
   it("leaves Prepare's old space to V8 for a work whose records may not fit in its bound", () => {

@@ -19,6 +19,13 @@ export interface DatasetReadOptions {
   readonly skipLines?: number;
   /** Told once the first bytes have been read whether the stream is gzip. */
   readonly onFormat?: (format: { gzip: boolean }) => void;
+  /**
+   * Whether to tell gzip from the stream's first bytes (the default). False where the source is known to
+   * be plain JSONL: Prepare's shards, whose object Register already told gzip or not, and which may start
+   * mid-object (a byte range, a resumed step), where a line that begins with gzip's magic number is a bad
+   * line, not a gzip stream.
+   */
+  readonly detectGzip?: boolean;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -46,7 +53,8 @@ export async function* readDatasetBatches(
   source: AsyncIterable<Uint8Array>,
   options: DatasetReadOptions,
 ): AsyncGenerator<DatasetLine[]> {
-  const { gzip, chunks } = await decompressed(source);
+  const { gzip, chunks } =
+    options.detectGzip === false ? { gzip: false, chunks: source } : await decompressed(source);
   options.onFormat?.({ gzip });
   const skip = options.skipLines ?? 0;
   const splitter = new LineSplitter(options.maxRecordBytes, options.start);

@@ -1,6 +1,6 @@
 import { type Counts, zeroCounts } from './accounting';
 import { Chunker, type PartSummary } from './chunker';
-import { readDatasetBatches } from './dataset';
+import { type DatasetReadOptions, readDatasetBatches } from './dataset';
 import { messageOf } from './errors';
 import { type BatchErrorItem, jsonLineOf } from './items';
 import type { LinePosition } from './lines';
@@ -70,6 +70,8 @@ export interface PrepareInput<R> {
   readonly start?: PrepareStart;
   /** Asked before each record; true stops the step there, with every open part closed. */
   readonly shouldPause?: () => boolean;
+  /** False where the source is known to be plain JSONL (see {@link DatasetReadOptions.detectGzip}). */
+  readonly detectGzip?: boolean;
 }
 
 /**
@@ -163,6 +165,7 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
     maxRecordBytes: work.settings.maxRecordBytes,
     ...(start.position ? { start: start.position } : {}),
     ...(start.skipLines ? { skipLines: start.skipLines } : {}),
+    ...(input.detectGzip === false ? { detectGzip: false } : {}),
     onFormat: (format) => {
       gzip = format.gzip;
     },

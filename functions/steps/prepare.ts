@@ -267,6 +267,9 @@ class Lane<R> {
       errors,
       start: { position, firstPart: shardPart(shard.shard, cp.nextPart) },
       shouldPause,
+      // Register told gzip from the object's first bytes (a gzip shard is read through its inflated
+      // copy); a range or a resumed step starts mid-object, where gzip's magic number is a line's bytes.
+      detectGzip: false,
     });
     await errors.close();
     await ids.close();

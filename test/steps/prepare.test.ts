@@ -284,6 +284,28 @@ describe('the Prepare lane step', () => {
     expect(await deps.blobs.head(runKeys(runId).inflated(0))).toBeNull();
   });
 
+  it("takes a line that starts with gzip's magic number as the bad line it is where a shard or a resumed step starts at it, not as a gzip stream", async () => {
+    // Line 2 is the bytes 1f 8b 41 42: read whole, one invalid_utf8 error. A shard (the object's second,
+    // after a first line longer than a shard) and a resumed step (a step a record) both start on it.
+    const junk = Buffer.from([0x1f, 0x8b, 0x41, 0x42]);
+    const bodyOf = (first: string) =>
+      Buffer.concat([Buffer.from(`${first}\n`), junk, Buffer.from('\n{"id":"m-3"}\n{"id":"m-4"}\n')]);
+    for (const [runId, first, shardBytes, budget] of [
+      ['magic-shard', JSON.stringify({ id: 'm-1', text: 'x'.repeat(400) }), 256, 10],
+      ['magic-resume', '{"id":"m-1"}', 4096, 1],
+    ] as const) {
+      const deps = depsFor(budget);
+      const key = `inputs/${runId}/data.jsonl`;
+      const shards = await registered(deps, runId, [{ key, body: bodyOf(first) }], shardBytes, 1);
+      expect(shards.map((s) => s.gzip)).not.toContain(true);
+      const rounds = await prepareLanes(deps, runId, 1);
+      expect(rounds).toBeGreaterThan(1);
+      const { requests, errors } = await placed(deps, runId);
+      expect(requests.map((r) => `${r.line} ${r.id}`).sort()).toEqual(['1 m-1', '3 m-3', '4 m-4']);
+      expect(errors.map((e) => `${e.line} ${e.code}`)).toEqual(['2 invalid_utf8']);
+    }
+  });
+
   it('rewrites the same files when a step is run again from the same checkpoint, and leaves no stale id entries after a longer attempt', async () => {
     const runId = 'retried';
     const lines = objectLines('r', 60, { 5: '{bad', 33: '{bad' });

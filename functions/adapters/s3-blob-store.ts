@@ -14,6 +14,7 @@ import {
   type S3Client,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
+import { DatasetError } from '../core/errors';
 import type { BlobInfo, BlobStore, IntermediateMark } from '../core/ports';
 import { isIntermediateKey } from '../core/run';
 
@@ -239,7 +240,7 @@ export class S3BlobStore implements BlobStore {
     private readonly bucket: string,
   ) {}
 
-  async *read(key: string, start = 0): AsyncGenerator<Uint8Array> {
+  async *read(key: string, start = 0, etag?: string): AsyncGenerator<Uint8Array> {
     let response: GetObjectCommandOutput;
     try {
       response = await this.s3.send(
@@ -247,13 +248,32 @@ export class S3BlobStore implements BlobStore {
           Bucket: this.bucket,
           Key: key,
           ...(start > 0 ? { Range: `bytes=${start}-` } : {}),
+          ...(etag ? { IfMatch: etag } : {}),
         }),
       );
     } catch (caught) {
-      if ((caught as { name?: string }).name === 'InvalidRange') return; // reading from the very end
+      const name = (caught as { name?: string }).name;
+      if (name === 'InvalidRange') {
+        // Reading from the very end: nothing to give, if the object is still the version asked for.
+        if (etag) await this.sameVersion(key, etag);
+        return;
+      }
+      // Changed or gone: said as such. Else (back as it was by the HEAD) the GET's own error, retried.
+      if (etag && (name === 'PreconditionFailed' || name === 'NoSuchKey')) await this.sameVersion(key, etag);
       throw caught;
     }
+    // S3 refuses another version with If-Match; a stand-in may not, so the ETag served is compared too.
+    if (etag && response.ETag !== undefined && response.ETag !== etag) {
+      (response.Body as Readable).destroy();
+      throw changedObject(key, etag, response.ETag);
+    }
     for await (const chunk of response.Body as Readable) yield chunk as Uint8Array;
+  }
+
+  /** Throws {@link changedObject} unless the object is there with this ETag. */
+  private async sameVersion(key: string, etag: string): Promise<void> {
+    const info = await this.head(key);
+    if (info?.etag !== etag) throw changedObject(key, etag, info?.etag ?? null);
   }
 
   async write(key: string, body: AsyncIterable<Uint8Array>): Promise<number> {
@@ -343,4 +363,15 @@ export class S3BlobStore implements BlobStore {
       );
     }
   }
+}
+
+/**
+ * A dataset object that is no longer the version a run listed: reading it on would mix two versions, or
+ * drop the lines past the size the run planned, without a word.
+ */
+function changedObject(key: string, listed: string, now: string | null): DatasetError {
+  const what = now === null ? 'is gone' : `has ETag ${now}`;
+  return new DatasetError(
+    `${key} changed after this run listed it (it had ETag ${listed}, and now ${what}). A run prepares its dataset as it was when the run started; start a new run to prepare it as it is now.`,
+  );
 }

@@ -10,8 +10,12 @@ export interface BlobInfo {
 
 /** Object storage, as the steps use it (S3 in the cloud, s3rver locally). */
 export interface BlobStore {
-  /** The object's bytes from `start` on, opened when first read. */
-  read(key: string, start?: number): AsyncIterable<Uint8Array>;
+  /**
+   * The object's bytes from `start` on, opened when first read. With `etag`, only that version of it: an
+   * object changed or removed since (another ETag, or none) is a `DatasetError` naming it, before
+   * any byte is given.
+   */
+  read(key: string, start?: number, etag?: string): AsyncIterable<Uint8Array>;
   /** Stores a stream as an object; resolves with its size in bytes. */
   write(key: string, body: AsyncIterable<Uint8Array>): Promise<number>;
   /** The object's size and ETag, or null when it does not exist. */

@@ -184,7 +184,11 @@ class Lane<R> {
       let count = await this.storedCount(this.keys.newlinesIn(range.shard));
       if (count === null) {
         if (shouldPause()) return null;
-        count = await countNewlines(this.deps.blobs.read(range.key, range.start), range.start, range.end);
+        count = await countNewlines(
+          this.deps.blobs.read(range.key, range.start, range.etag),
+          range.start,
+          range.end,
+        );
         await this.storeCount(this.keys.newlinesIn(range.shard), count);
       }
       counts.push(count);
@@ -201,7 +205,7 @@ class Lane<R> {
 
   /** Inflates a gzip shard's object, whole, into its copy (one read of the object). */
   private async inflate(shard: Shard): Promise<void> {
-    const { chunks } = await decompressed(this.deps.blobs.read(shard.key));
+    const { chunks } = await decompressed(this.deps.blobs.read(shard.key, 0, shard.etag));
     await this.deps.blobs.write(this.keys.inflated(shard.shard), chunks);
   }
 
@@ -224,19 +228,19 @@ class Lane<R> {
     } else if (cp.position) {
       position = cp.position;
       source = throughLineAt(
-        this.deps.blobs.read(shard.key, position.offset),
+        this.deps.blobs.read(shard.key, position.offset, shard.etag),
         position.offset,
         shard.end,
         tally,
       );
     } else if (shard.start === 0) {
       position = { line: 1, offset: 0 };
-      source = throughLineAt(this.deps.blobs.read(shard.key), 0, shard.end, tally);
+      source = throughLineAt(this.deps.blobs.read(shard.key, 0, shard.etag), 0, shard.end, tally);
     } else {
       const before = await this.newlinesBefore(shard, shouldPause);
       if (before === null) return { kind: 'paused', checkpoint: cp };
       const found = await firstLineStart(
-        this.deps.blobs.read(shard.key, shard.start - 1),
+        this.deps.blobs.read(shard.key, shard.start - 1, shard.etag),
         shard.start,
         shard.end,
       );

@@ -154,10 +154,13 @@ export interface DatasetScan {
   readonly listed: readonly BlobInfo[] | null;
 }
 
-/** True when the object's first bytes are gzip's magic number (1f 8b). Reads no further. */
-async function startsWithGzip(deps: StepDeps<unknown>, key: string): Promise<boolean> {
+/**
+ * True when the object's first bytes are gzip's magic number (1f 8b). Reads no further, and only the
+ * version listed (`etag`).
+ */
+async function startsWithGzip(deps: StepDeps<unknown>, key: string, etag: string): Promise<boolean> {
   let head: Uint8Array = new Uint8Array(0);
-  for await (const chunk of deps.blobs.read(key)) {
+  for await (const chunk of deps.blobs.read(key, 0, etag)) {
     head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
     if (head.length >= 2) break; // leaving the loop closes the GET
   }
@@ -209,7 +212,7 @@ export async function scanDataset(deps: StepDeps<unknown>, key: string): Promise
     width = Math.max(width, planWidthBound(object, index, 1));
     if (listed && listed.length < HASH_CONTENT_UP_TO.objects) listed.push(object);
     else listed = null;
-    const reading: Promise<void> = startsWithGzip(deps, object.key)
+    const reading: Promise<void> = startsWithGzip(deps, object.key, object.etag)
       .then(
         (isGzipped) => {
           if (isGzipped) gzip.add(index);
@@ -291,7 +294,9 @@ export async function writePlan(
 export async function datasetHash(deps: StepDeps<unknown>, scan: DatasetScan): Promise<string> {
   if (!scan.listed || !hashesContent(scan.objects, scan.bytes)) return `etags:${scan.etags}`;
   const hash = createHash('sha256');
-  for (const object of scan.listed) for await (const chunk of deps.blobs.read(object.key)) hash.update(chunk);
+  // Each object as listed: its content hashed is the version the plan's sizes and ETags describe.
+  for (const object of scan.listed)
+    for await (const chunk of deps.blobs.read(object.key, 0, object.etag)) hash.update(chunk);
   return `sha256:${hash.digest('hex')}`;
 }
 

@@ -1,10 +1,12 @@
-import { GetObjectTaggingCommand, type S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, GetObjectTaggingCommand, S3Client } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
 import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
+import { DatasetError } from '../../functions/core/errors';
 import { runKeys } from '../../functions/core/run';
 import { writeAll } from '../../functions/steps/storage';
 import { localS3Client } from '../../local/stand-ins';
 import { localS3 } from '../support/local-environment';
+import { motoClientConfig, startMoto } from '../support/moto';
 import { chunksOf, collect } from '../support/streams';
 
 const shared = localS3('openai-batch-blobs-', 'blobs');
@@ -43,6 +45,60 @@ describe('S3BlobStore', () => {
     await shared.blobs.write('ranged.txt', chunksOf('0123456789'));
     expect(Buffer.concat(await collect(shared.blobs.read('ranged.txt', 4))).toString()).toBe('456789');
     expect(await collect(shared.blobs.read('ranged.txt', 10))).toEqual([]);
+  });
+
+  it('reads only the version of an object it is given the ETag of, and names the object that changed or went', async () => {
+    const key = 'versioned.jsonl';
+    await shared.blobs.write(key, chunksOf('{"id":1}\n{"id":2}\n'));
+    const listed = (await shared.blobs.head(key))?.etag ?? '';
+    expect(listed).not.toBe('');
+    expect(Buffer.concat(await collect(shared.blobs.read(key, 9, listed))).toString()).toBe('{"id":2}\n');
+    expect(await collect(shared.blobs.read(key, 18, listed))).toEqual([]);
+    await shared.blobs.write(key, chunksOf('{"id":1}\n{"id":2}\n{"id":3}\n'));
+    const changed = new RegExp(
+      `^versioned\\.jsonl changed after this run listed it \\(it had ETag ${listed}, and now has ETag "`,
+    );
+    await expect(collect(shared.blobs.read(key, 0, listed))).rejects.toThrow(changed);
+    await expect(collect(shared.blobs.read(key, 9, listed))).rejects.toBeInstanceOf(DatasetError);
+    // Shorter now: the planned offset is past its end.
+    await shared.blobs.write(key, chunksOf('{}\n'));
+    await expect(collect(shared.blobs.read(key, 18, listed))).rejects.toThrow(changed);
+    await shared.blobs.delete([key]);
+    await expect(collect(shared.blobs.read(key, 0, listed))).rejects.toThrow(/and now is gone\)/);
+    // Without an ETag, whatever is there now.
+    await shared.blobs.write(key, chunksOf('{}\n'));
+    expect(Buffer.concat(await collect(shared.blobs.read(key))).toString()).toBe('{}\n');
+  });
+
+  it("takes S3's own refusal of another version (If-Match, 412) as the object changed (moto's S3)", async () => {
+    const moto = await startMoto();
+    try {
+      const client = new S3Client({ ...motoClientConfig(moto.endpoint), forcePathStyle: true });
+      await client.send(new CreateBucketCommand({ Bucket: 'versions' }));
+      const blobs = new S3BlobStore(client, 'versions');
+      await blobs.write('data.jsonl', chunksOf('{"id":1}\n'));
+      const listed = (await blobs.head('data.jsonl'))?.etag ?? '';
+      expect(Buffer.concat(await collect(blobs.read('data.jsonl', 0, listed))).toString()).toBe('{"id":1}\n');
+      await blobs.write('data.jsonl', chunksOf('{"id":2}\n'));
+      const sent: string[] = [];
+      client.middlewareStack.add(
+        (next, context) => async (args) => {
+          try {
+            return await next(args);
+          } catch (caught) {
+            sent.push(`${context.commandName} ${(caught as { name?: string }).name}`);
+            throw caught;
+          }
+        },
+        { step: 'initialize' },
+      );
+      await expect(collect(blobs.read('data.jsonl', 0, listed))).rejects.toThrow(
+        /^data\.jsonl changed after this run listed it/,
+      );
+      expect(sent).toEqual(['GetObjectCommand PreconditionFailed']);
+    } finally {
+      moto.stop();
+    }
   });
 
   it('writes bodies of several parts, exactly one part and none, each read back byte for byte', async () => {

@@ -306,6 +306,29 @@ describe('the Prepare lane step', () => {
     }
   });
 
+  it('fails the run, naming the object, when a dataset object is rewritten after Register listed it, rather than lose or mix lines', async () => {
+    for (const [runId, change] of [
+      ['rewritten-longer', (body: string) => `${body}{"id":"late"}\n`],
+      ['rewritten-shorter', (body: string) => body.slice(0, 40)],
+      ['rewritten-gzip', (body: string) => body],
+    ] as const) {
+      const deps = depsFor(5);
+      const key = `inputs/${runId}/data.jsonl`;
+      const body = `${objectLines('w', 30).join('\n')}\n`;
+      const first = runId === 'rewritten-gzip' ? gzipSync(body) : Buffer.from(body);
+      const shards = await registered(deps, runId, [{ key, body: first }], 256, 2);
+      // The gzip one is rewritten with the same lines, compressed otherwise: another version all the same.
+      const now = runId === 'rewritten-gzip' ? gzipSync(body, { level: 1 }) : Buffer.from(change(body));
+      expect(now.equals(first)).toBe(false);
+      await writeAll(deps.blobs, key, now);
+      await expect(prepareLanes(deps, runId, 2)).rejects.toThrow(
+        new RegExp(
+          `^${key.replaceAll('.', '\\.')} changed after this run listed it \\(it had ETag ${shards[0]?.etag}`,
+        ),
+      );
+    }
+  });
+
   it('rewrites the same files when a step is run again from the same checkpoint, and leaves no stale id entries after a longer attempt', async () => {
     const runId = 'retried';
     const lines = objectLines('r', 60, { 5: '{bad', 33: '{bad' });
@@ -414,8 +437,8 @@ function counting(blobs: BlobStore, read: Map<string, number>): BlobStore {
   return new Proxy(blobs, {
     get: (store, property, receiver) => {
       if (property !== 'read') return Reflect.get(store, property, receiver);
-      return async function* (key: string, start?: number) {
-        for await (const chunk of store.read(key, start)) {
+      return async function* (key: string, start?: number, etag?: string) {
+        for await (const chunk of store.read(key, start, etag)) {
           read.set(key, (read.get(key) ?? 0) + chunk.length);
           yield chunk;
         }

@@ -46,6 +46,8 @@ export interface CollectInput<R> {
    * stops the call there, and it returns where the next one resumes.
    */
   readonly shouldPause?: () => boolean;
+  /** The dataset object the part's records come from (its key), given to every error as `object`. */
+  readonly object?: string | null;
 }
 
 /** What collecting a part found (over every call so far, when it took several). */
@@ -311,7 +313,7 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
   });
 
   const writeError = async (item: BatchErrorItem) => {
-    await input.errors.write(await errorLine(work, item));
+    await input.errors.write(await errorLine(work, input.object ? { ...item, object: input.object } : item));
     errors += 1;
   };
   /** An error for one of the part's requests, as OpenAI's outcome for it. */

@@ -150,6 +150,11 @@ export const BatchErrorItemSchema = z.object({
   message: z.string(),
   /** The 1-based dataset line the record came from, where known. */
   line: z.number().int().nullable(),
+  /**
+   * The dataset object (its key) that line is in, where known: line numbers count per object, so in a
+   * dataset of several objects (a prefix) the line alone does not say which record it was.
+   */
+  object: z.string().nullable().optional(),
   statusCode: z.number().int().nullable(),
   requestId: z.string().nullable(),
   batchId: z.string().nullable(),

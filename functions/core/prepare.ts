@@ -72,6 +72,8 @@ export interface PrepareInput<R> {
   readonly shouldPause?: () => boolean;
   /** False where the source is known to be plain JSONL (see {@link DatasetReadOptions.detectGzip}). */
   readonly detectGzip?: boolean;
+  /** The dataset object the source reads (its key), given to every error as `object`. */
+  readonly object?: string;
 }
 
 /**
@@ -118,7 +120,9 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
       counts.requests += 1;
       counts.refusedRequests += 1;
     }
-    await input.errors.write(await errorLine(work, error));
+    await input.errors.write(
+      await errorLine(work, input.object === undefined ? error : { ...error, object: input.object }),
+    );
     counts.errors += 1;
   }
 

@@ -92,6 +92,11 @@ export const PartSchema = z.object({
   held: z.boolean().default(false),
   /** The part number reserved for this part's resubmission, before collecting it (so a re-collect reuses it). */
   childPart: z.number().int().nonnegative().nullable(),
+  /**
+   * A resubmission part's shard: the one its first ancestor was prepared from (a prepared part's shard is
+   * in its number). Null for a prepared part, and for a resubmission part from before this was kept.
+   */
+  originShard: z.number().int().nonnegative().nullable().default(null),
   usage: TokenTotalsSchema,
   /** Where collecting stopped, while a collect longer than one step goes on; null otherwise. */
   collected: CollectCursorSchema.nullable().default(null),
@@ -127,6 +132,7 @@ export function newPart(
     resubmitted: 0,
     held: false,
     childPart: null,
+    originShard: null,
     usage: { inputTokens: 0, outputTokens: 0, cachedTokens: 0 },
     collected: null,
     version: 0,

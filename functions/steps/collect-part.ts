@@ -2,7 +2,7 @@ import { collectPart } from '../core/collect';
 import type { BatchApi } from '../core/ports';
 import { newPart, type Part, type Run, runKeys } from '../core/run';
 import type { StepDeps } from './deps';
-import { LazyJsonl, partLinesKey, StoredParts } from './storage';
+import { LazyJsonl, objectOfPart, partLinesKey, StoredParts, shardOf } from './storage';
 
 /** How a part is collected. */
 export interface CollectOptions {
@@ -41,6 +41,7 @@ export async function collect<R>(
   const child = resubmitting ? part.childPart : null;
   const resent = child === null ? null : new StoredParts(deps.blobs, run.runId);
   const linesKey = await partLinesKey(deps.blobs, run.runId, part.part);
+  const object = await objectOfPart(deps.blobs, run, part);
   const result = await collectPart({
     work: deps.work,
     part,
@@ -66,6 +67,7 @@ export async function collect<R>(
     },
     from,
     resendCancelled,
+    object,
     ...(options.shouldPause ? { shouldPause: options.shouldPause } : {}),
   });
   await Promise.all([
@@ -86,14 +88,17 @@ export async function collect<R>(
   }
   let resubmission: Part | null = null;
   if (child !== null && result.resubmitted > 0) {
-    resubmission = newPart({
-      part: child,
-      generation: part.generation + 1,
-      model: part.model,
-      requests: result.resubmitted,
-      bytes: 0,
-      estimatedTokens: Math.ceil((part.estimatedTokens * result.resubmitted) / Math.max(1, part.requests)),
-    });
+    resubmission = {
+      ...newPart({
+        part: child,
+        generation: part.generation + 1,
+        model: part.model,
+        requests: result.resubmitted,
+        bytes: 0,
+        estimatedTokens: Math.ceil((part.estimatedTokens * result.resubmitted) / Math.max(1, part.requests)),
+      }),
+      originShard: shardOf(run, part),
+    };
     await deps.runs.addParts(run.runId, [resubmission]);
   }
   await save({

@@ -274,6 +274,7 @@ class Lane<R> {
       // Register told gzip from the object's first bytes (a gzip shard is read through its inflated
       // copy); a range or a resumed step starts mid-object, where gzip's magic number is a line's bytes.
       detectGzip: false,
+      object: shard.key,
     });
     await errors.close();
     await ids.close();

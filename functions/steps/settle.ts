@@ -368,15 +368,22 @@ class SettleContext<R> {
 
   /** The errors/ line of a duplicate, through the work's downloadError hook. */
   private async errorOf({ entry, winner }: Duplicate): Promise<string> {
-    let where = '';
-    if (winner.shard !== entry.shard) {
-      const [mine, theirs] = await Promise.all([this.shard(entry.shard), this.shard(winner.shard)]);
-      if (mine.object !== theirs.object) where = ` of ${theirs.key}`;
-    }
-    const message = `line ${entry.line}: id "${entry.id}" was already used on line ${winner.line}${where}; ids must be unique within a run`;
+    const [mine, theirs] = await Promise.all([this.shard(entry.shard), this.shard(winner.shard)]);
+    // In a dataset of several objects the line is named with its object, and so is the first use's.
+    const several = this.run.dataset.objects > 1;
+    const here = several ? ` of ${mine.key}` : '';
+    const where = several || mine.object !== theirs.object ? ` of ${theirs.key}` : '';
+    const message = `line ${entry.line}${here}: id "${entry.id}" was already used on line ${winner.line}${where}; ids must be unique within a run`;
     return errorLine(
       this.deps.work,
-      errorItem({ stage: 'request', id: entry.id, code: 'duplicate_id', message, line: entry.line }),
+      errorItem({
+        stage: 'request',
+        id: entry.id,
+        code: 'duplicate_id',
+        message,
+        line: entry.line,
+        object: mine.key,
+      }),
     );
   }
 

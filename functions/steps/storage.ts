@@ -6,8 +6,8 @@ import { type IdEntry, IdFileBuilder } from '../core/id-files';
 import type { BlobStore } from '../core/ports';
 import type { PartSink, RecordSink } from '../core/prepare';
 import type { PreparedRequest } from '../core/requests';
-import { type LaneCheckpoint, LaneCheckpointSchema, type Run, runKeys } from '../core/run';
-import { planCodec, type Shard } from '../core/shards';
+import { type LaneCheckpoint, LaneCheckpointSchema, type Part, type Run, runKeys } from '../core/run';
+import { planCodec, type Shard, shardOfPart } from '../core/shards';
 
 /**
  * A JSONL object in the store, opened on its first line. One that got no line is removed on close rather
@@ -276,6 +276,35 @@ export async function planShard(
   if (shard.shard !== n)
     throw new InvariantError(`the plan of run ${run.runId} has shard ${shard.shard} at ${n}`);
   return shard;
+}
+
+/**
+ * The shard a part's records come from: a prepared part's, from its number; a resubmission part's, as
+ * kept when it was made (null where it was made before that was kept).
+ */
+export function shardOf(run: Pick<Run, 'dataset'>, part: Pick<Part, 'part' | 'originShard'>): number | null {
+  if (part.originShard !== null) return part.originShard;
+  const shard = shardOfPart(part.part);
+  return shard < run.dataset.shards ? shard : null;
+}
+
+/**
+ * The dataset object (its key) a part's records come from, from the run's plan; null where not known (a
+ * resubmission part from before its shard was kept, a run whose plan is gone).
+ */
+export async function objectOfPart(
+  blobs: BlobStore,
+  run: Pick<Run, 'runId' | 'dataset'>,
+  part: Pick<Part, 'part' | 'originShard'>,
+): Promise<string | null> {
+  const shard = shardOf(run, part);
+  if (shard === null) return null;
+  try {
+    return (await planShard(blobs, run, shard)).key;
+  } catch (caught) {
+    if ((caught as { name?: string }).name === 'NoSuchKey') return null;
+    throw caught;
+  }
 }
 
 /** Reads a lane's checkpoint: null before the lane's first step. */

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import type { RunSummary } from '../../functions/core/summary';
 import { type LoadedWork, loadWork } from '../../infra/works';
 import type { Definition } from '../../local/definition';
@@ -182,6 +183,8 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
       expect(errors.map((e) => e.line).sort((a, b) => Number(a) - Number(b))).toEqual(
         Array.from({ length: 12 }, (_, i) => i + 1),
       );
+      // Each names the dataset object its line is in.
+      expect(new Set(errors.map((e) => e.object))).toEqual(new Set(['inputs/unknown/records.jsonl']));
     } finally {
       await restricted.stop();
     }
@@ -218,6 +221,12 @@ describe('a run of the synthesized state machine against the stand-ins', () => {
       });
       const summary = await summaryOf('expire-1');
       expect(summary.batches.resubmissionParts).toBeGreaterThan(0);
+      // Resubmission parts keep the shard their records come from (the object their errors would name).
+      const parts = await new DynamoRunStore(env.dynamo.client, env.dynamo.table).listParts('expire-1');
+      const resent = parts.filter((p) => p.generation > 0);
+      expect(resent.length).toBe(summary.batches.resubmissionParts);
+      expect(resent.map((p) => p.originShard)).toEqual(resent.map(() => 0));
+      expect(parts.filter((p) => p.generation === 0).map((p) => p.originShard)).toEqual([null]);
       expect((await jsonl('runs/expire-1/outputs/')).map((o) => o.id).sort()).toEqual(
         Array.from({ length: 30 }, (_, i) => `x${i}`).sort(),
       );

@@ -175,19 +175,20 @@ describe('a sharded run', () => {
       summary: { records: 130, outputs: good.length, errors: 9, balanced: true },
     });
 
-    // Errors on lines 3 and 7 are object b's (object a's lines 3 and 7 are good).
-    const errors: { line: number; code: string; message: string }[] = [];
+    // Each error names its object beside its line (lines count per object: a's lines 3 and 7 are good).
+    const errors: { line: number; code: string; message: string; object: string }[] = [];
     for (const key of await keysUnder('runs/sharded-1/errors/'))
       for (const line of (await text(key)).split('\n')) if (line) errors.push(JSON.parse(line));
-    expect(errors.map((e) => `${[3, 7].includes(e.line) ? 'b' : 'a'}:${e.line}:${e.code}`).sort()).toEqual(
-      EXPECTED_ERRORS,
-    );
+    const nameOf = (object: string) => object.slice('inputs/sharded/'.length, -'.jsonl'.length);
+    expect(errors.map((e) => `${nameOf(e.object)}:${e.line}:${e.code}`).sort()).toEqual(EXPECTED_ERRORS);
     const message = (line: number) =>
       errors.find((e) => e.line === line && e.code === 'duplicate_id')?.message;
     expect(message(8)).toContain('already used on line 3');
     expect(message(50)).toContain('already used on line 2');
     expect(message(110)).toContain('already used on line 2');
     expect(message(90)).toContain('already used on line 85');
-    expect(message(7)).toContain('already used on line 10 of inputs/sharded/a.jsonl');
+    expect(message(7)).toBe(
+      'line 7 of inputs/sharded/b.jsonl: id "a10" was already used on line 10 of inputs/sharded/a.jsonl; ids must be unique within a run',
+    );
   }, 240_000);
 });

@@ -138,12 +138,12 @@ async function placed(deps: Deps, runId: string) {
       requests.push({ id, line: lines[i] ?? -1, part });
     });
   }
-  const errors: { shard: number; line: number; code: string }[] = [];
+  const errors: { shard: number; line: number; code: string; object: string }[] = [];
   for (const [key, body] of await filesUnder(deps, `runs/${runId}/errors/prepare-`)) {
     const shard = Number(key.slice(`runs/${runId}/errors/prepare-`.length).split('-')[0]);
     for (const line of jsonLines(body)) {
-      const error = JSON.parse(line) as { line: number; code: string };
-      errors.push({ shard, line: error.line, code: error.code });
+      const error = JSON.parse(line) as { line: number; code: string; object: string };
+      errors.push({ shard, line: error.line, code: error.code, object: error.object });
     }
   }
   const entries: IdEntry[] = [];
@@ -234,7 +234,8 @@ describe('the Prepare lane step', () => {
       parts.filter((p) => shardOfPart(p.part) === 0).map(() => 0),
     );
     expect(parts.some((p) => !p.held)).toBe(true);
-    // Bad lines and the id given twice on one line are errors under their own line.
+    // Bad lines and the id given twice on one line are errors under their own line, naming their object.
+    expect(errors.every((e) => e.object === shards[e.shard]?.key)).toBe(true);
     expect(errors.map((e) => `${objectOf(e.shard)} ${e.line} ${e.code}`).sort()).toEqual(
       [
         'a 7 invalid_json',

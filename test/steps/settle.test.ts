@@ -325,20 +325,22 @@ describe('the Settle step', () => {
     const { run, parts, objects } = await outcome(deps, 'dups');
 
     const errors = duplicateErrors(objects);
-    expect(errors.map((e) => [e.id, e.line, e.message])).toEqual(
+    // The dataset has two objects: each error names its own object (the line's), and the first use's.
+    expect(errors.map((e) => [e.id, e.line, e.object, e.message])).toEqual(
       expect.arrayContaining([
-        ['r1', 3, `line 3: id "r1" was already used on line 1; ${RULE}`],
-        ['r2', 5, `line 5: id "r2" was already used on line 2; ${RULE}`],
-        ['r1', 1, `line 1: id "r1" was already used on line 1 of ${A}; ${RULE}`],
-        ['r5', 3, `line 3: id "r5" was already used on line 7 of ${A}; ${RULE}`],
-        ['r3', 5, `line 5: id "r3" was already used on line 4 of ${A}; ${RULE}`],
-        ['r4', 6, `line 6: id "r4" was already used on line 6 of ${A}; ${RULE}`],
+        ['r1', 3, A, `line 3 of ${A}: id "r1" was already used on line 1 of ${A}; ${RULE}`],
+        ['r2', 5, A, `line 5 of ${A}: id "r2" was already used on line 2 of ${A}; ${RULE}`],
+        ['r1', 1, B, `line 1 of ${B}: id "r1" was already used on line 1 of ${A}; ${RULE}`],
+        ['r5', 3, B, `line 3 of ${B}: id "r5" was already used on line 7 of ${A}; ${RULE}`],
+        ['r3', 5, B, `line 5 of ${B}: id "r3" was already used on line 4 of ${A}; ${RULE}`],
+        ['r4', 6, B, `line 6 of ${B}: id "r4" was already used on line 6 of ${A}; ${RULE}`],
       ]),
     );
     expect(errors).toHaveLength(6); // r4 of shard 1, recorded twice, is one use
     expect(errors[0]).toEqual({
       id: errors[0]?.id,
       line: errors[0]?.line,
+      object: errors[0]?.object,
       statusCode: null,
       requestId: null,
       batchId: null,

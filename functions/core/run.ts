@@ -201,6 +201,11 @@ export const LaneCheckpointSchema = z.object({
   firstShardSettled: z.boolean().default(false),
   /** Lane 0 only: shard 0's released parts were sent (as many as there was room for; Tick sends the rest). */
   firstPartsSent: z.boolean().default(false),
+  /**
+   * Lane 0 only: shard 0 held more ids than Settle takes in one group (a large gzip object is one shard),
+   * so it was not settled on its own: Settle takes it with the rest, and its parts wait until then.
+   */
+  firstShardLeft: z.boolean().default(false),
 });
 
 /** Where a prepare lane is. */

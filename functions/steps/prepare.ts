@@ -33,6 +33,7 @@ export function freshLane(lane: number): LaneCheckpoint {
     done: false,
     firstShardSettled: false,
     firstPartsSent: false,
+    firstShardLeft: false,
   };
 }
 
@@ -47,7 +48,8 @@ export function freshLane(lane: number): LaneCheckpoint {
  */
 export async function prepare<R>(
   deps: StepDeps<R>,
-  input: { runId: string; lane: number },
+  /** `groupEntries`: the most ids shard 0 may hold to be settled on its own (tests; see settleFirstShard). */
+  input: { runId: string; lane: number; groupEntries?: number },
 ): Promise<{ done: boolean }> {
   const started = deps.now();
   const outOfTime = () => deps.now() - started > deps.budgetMs;
@@ -66,7 +68,8 @@ export async function prepare<R>(
   // Shard 0 is settled on its own once prepared, so that its parts are sent while the rest prepares;
   // not when a cost limit must see the whole dataset first, nor when shard 0 is the whole dataset.
   const early = input.lane === 0 && dataset.shards > 1 && deps.work.settings.maxCostUsd === undefined;
-  const firstShardDue = (c: LaneCheckpoint) => early && !c.firstShardSettled && (c.done || c.shard !== 0);
+  const firstShardDue = (c: LaneCheckpoint) =>
+    early && !c.firstShardSettled && !c.firstShardLeft && (c.done || c.shard !== 0);
   // Shard 0's parts are sent at the start of the step after the one that settled it, on a fresh budget.
   const firstPartsDue = (c: LaneCheckpoint) => early && c.firstShardSettled && !c.firstPartsSent;
   if (firstPartsDue(cp)) {
@@ -105,11 +108,16 @@ export async function prepare<R>(
   await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
   if (finished.length > 0) await deps.blobs.delete(finished);
   if (firstShardDue(cp)) {
-    const { duplicates, tokens } = await settleFirstShard(deps, run);
+    const settled = await settleFirstShard(deps, run, undefined, input.groupEntries);
+    if (!settled) {
+      cp = { ...cp, firstShardLeft: true };
+      await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
+      return { done: cp.done };
+    }
     cp = {
       ...cp,
-      counts: withDuplicates(cp.counts, duplicates),
-      estimatedTokens: Math.max(0, cp.estimatedTokens - tokens),
+      counts: withDuplicates(cp.counts, settled.duplicates),
+      estimatedTokens: Math.max(0, cp.estimatedTokens - settled.tokens),
       firstShardSettled: true,
     };
     await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));

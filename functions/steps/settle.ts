@@ -116,8 +116,9 @@ export async function settleFirstShard<R>(
   deps: StepDeps<R>,
   run: Run,
   dropRun = DROP_RUN,
-): Promise<{ duplicates: number; tokens: number }> {
-  return new SettleContext(deps, run, GROUP_ENTRIES, dropRun).settleFirst();
+  groupEntries = GROUP_ENTRIES,
+): Promise<{ duplicates: number; tokens: number } | null> {
+  return new SettleContext(deps, run, groupEntries, dropRun).settleFirst();
 }
 
 /** Sums the lanes' checkpoints into the run and starts the dedup stage, once. */
@@ -260,11 +261,21 @@ class SettleContext<R> {
    * Settles shard 0 alone: its duplicates (the earliest use of an id is always in it, so no later shard
    * can change them), dropped from its parts, written as errors, then its parts released.
    */
-  async settleFirst(): Promise<{ duplicates: number; tokens: number }> {
+  async settleFirst(): Promise<{ duplicates: number; tokens: number } | null> {
     const blobs = this.deps.blobs;
     const partitions = this.run.dataset.partitions;
     const files = await this.indexes(`${this.keys.idFiles}${String(0).padStart(6, '0')}-`);
     const entries = files.reduce((n, f) => n + f.index.counts.reduce((a, b) => a + b, 0), 0);
+    // All of shard 0's ids are held at once here: no more than in one of Settle's groups, whose memory is
+    // bounded by it (a gzip object is one shard, of any size). A larger shard 0 is left to Settle.
+    if (entries > this.groupEntries) {
+      this.deps.log('first shard left to settle', {
+        runId: this.run.runId,
+        entries,
+        most: this.groupEntries,
+      });
+      return null;
+    }
     async function* source(): AsyncGenerator<IdEntry> {
       for (const file of files) yield* readIdPartitions(blobs, file.key, file.index, 0, partitions);
     }

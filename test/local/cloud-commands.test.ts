@@ -517,6 +517,7 @@ describe('status of a run that is preparing', () => {
     done,
     firstShardSettled: false,
     firstPartsSent: false,
+    firstShardLeft: false,
   });
 
   it('counts the shards each lane has finished: those of its shards before the one it is on', () => {

@@ -9,6 +9,7 @@ import { planCodec, type Shard, shardOfPart, shardsOf } from '../../functions/co
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
 import { prepare } from '../../functions/steps/prepare';
+import { settle } from '../../functions/steps/settle';
 import {
   deleteIdFilesFrom,
   laneCheckpoint,
@@ -93,7 +94,12 @@ async function registered(
 }
 
 /** Runs every lane's steps side by side until all are done; gives the number of rounds. */
-async function prepareLanes(deps: Deps, runId: string, lanes: number): Promise<number> {
+async function prepareLanes(
+  deps: Deps,
+  runId: string,
+  lanes: number,
+  groupEntries?: number,
+): Promise<number> {
   const done = new Set<number>();
   let rounds = 0;
   while (done.size < lanes) {
@@ -102,7 +108,8 @@ async function prepareLanes(deps: Deps, runId: string, lanes: number): Promise<n
       Array.from({ length: lanes }, (_, lane) => lane)
         .filter((lane) => !done.has(lane))
         .map(async (lane) => {
-          if ((await prepare(deps, { runId, lane })).done) done.add(lane);
+          if ((await prepare(deps, { runId, lane, ...(groupEntries ? { groupEntries } : {}) })).done)
+            done.add(lane);
         }),
     );
   }
@@ -283,6 +290,41 @@ describe('the Prepare lane step', () => {
     expect(errors.map((e) => e.line)).toEqual([9]);
     // The inflated copy is removed once the shard is done.
     expect(await deps.blobs.head(runKeys(runId).inflated(0))).toBeNull();
+  });
+
+  it('leaves a shard 0 with more ids than a Settle group to Settle, which still drops its duplicates and releases its parts', async () => {
+    const runId = 'first-left';
+    const deps = depsFor(4);
+    const lines = objectLines('f', 40, { 6: JSON.stringify({ id: 'f-2', text: 'again' }) });
+    const key = `inputs/${runId}/data.jsonl`;
+    const shards = await registered(
+      deps,
+      runId,
+      [{ key, body: Buffer.from(`${lines.join('\n')}\n`) }],
+      256,
+      2,
+    );
+    expect(shards.length).toBeGreaterThan(2);
+    await prepareLanes(deps, runId, 2, 3); // shard 0 holds more than 3 ids
+    const lane0 = await laneCheckpoint(deps.blobs, runId, 0);
+    expect(lane0).toMatchObject({ firstShardLeft: true, firstShardSettled: false, firstPartsSent: false });
+    const before = await deps.runs.listParts(runId);
+    expect(before.every((p) => p.held && p.status === 'pending')).toBe(true);
+    for (let calls = 0; !(await settle(deps, { runId, groupEntries: 3 })).settled; calls++)
+      if (calls > 200) throw new Error('Settle never settled');
+    const parts = await deps.runs.listParts(runId);
+    expect(parts.every((p) => !p.held)).toBe(true);
+    const requests: string[] = [];
+    for (const part of parts.filter((p) => p.requests > 0)) // a part dedup emptied is done, its files gone
+      for (const line of jsonLines(await text(deps, runKeys(runId).requests(part.part))))
+        requests.push(String(JSON.parse(line).custom_id));
+    expect(requests.sort()).toEqual(lines.flatMap((_, i) => (i + 1 === 6 ? [] : [`f-${i + 1}`])).sort());
+    const duplicates = [...(await filesUnder(deps, `runs/${runId}/errors/duplicates`)).values()].flatMap(
+      jsonLines,
+    );
+    expect(duplicates.map((l) => JSON.parse(l)).map((e) => [e.line, e.code, e.object])).toEqual([
+      [6, 'duplicate_id', key],
+    ]);
   });
 
   it("takes a line that starts with gzip's magic number as the bad line it is where a shard or a resumed step starts at it, not as a gzip stream", async () => {

@@ -93,6 +93,7 @@ const laneCheckpoint = (lane: number, fields: Partial<Counts>, estimatedTokens: 
   done: true,
   firstShardSettled: false,
   firstPartsSent: false,
+  firstShardLeft: false,
 });
 
 function workOf(maxCostUsd?: number) {

@@ -137,6 +137,19 @@ async function noObjectMessage(deps: StepDeps<unknown>, key: string): Promise<st
 }
 
 /**
+ * How many times its own size a gzip object is taken to hold as JSONL, where the id partitions are sized
+ * (a partition is about 64 MiB of data, and Settle holds at least one whole partition's ids at once):
+ * JSONL text compresses 5 to 10 times, so a gzip dataset counted by its stored bytes would get a tenth of
+ * the partitions it needs, each as many times larger. Counting too much only makes more, smaller ones.
+ */
+export const GZIP_EXPANSION = 10;
+
+/** The id partitions of a dataset, by its bytes as JSONL: a gzip object's as GZIP_EXPANSION times its own. */
+export function partitionsOf(scan: Pick<DatasetScan, 'bytes' | 'gzipBytes'>): number {
+  return partitionsFor(scan.bytes + (GZIP_EXPANSION - 1) * scan.gzipBytes);
+}
+
+/**
  * What Register's first pass over the listing found: the counts, the plan's shape, and what the second
  * pass needs to write the plan without reading any object again.
  */
@@ -148,6 +161,8 @@ export interface DatasetScan {
   readonly planWidth: number;
   /** The indexes of the objects whose content is gzip. */
   readonly gzip: ReadonlySet<number>;
+  /** The bytes of those gzip objects, as stored (compressed). */
+  readonly gzipBytes: number;
   /** SHA-256 of every object's size and ETag, in key order: the ETag form of the hash, and what tells the second pass that the listing did not change. */
   readonly etags: string;
   /** The objects themselves when there are at most HASH_CONTENT_UP_TO.objects of them (else null: listed again). */
@@ -202,6 +217,7 @@ export async function scanDataset(deps: StepDeps<unknown>, key: string): Promise
   let objects = 0;
   let bytes = 0;
   let shards = 0;
+  let gzipBytes = 0;
   let width = 0; // counting the shard number as one digit
   const inFlight = new Set<Promise<void>>();
   let failed: { error: unknown } | null = null;
@@ -215,7 +231,10 @@ export async function scanDataset(deps: StepDeps<unknown>, key: string): Promise
     const reading: Promise<void> = startsWithGzip(deps, object.key, object.etag)
       .then(
         (isGzipped) => {
-          if (isGzipped) gzip.add(index);
+          if (isGzipped) {
+            gzip.add(index);
+            gzipBytes += object.size;
+          }
           shards += isGzipped || object.size <= shardBytes ? 1 : Math.ceil(object.size / shardBytes);
         },
         (error: unknown) => {
@@ -230,7 +249,7 @@ export async function scanDataset(deps: StepDeps<unknown>, key: string): Promise
   await Promise.all(inFlight);
   if (failed) throw (failed as { error: unknown }).error;
   const planWidth = width - 1 + String(shards - 1).length;
-  return { objects, bytes, shards, planWidth, gzip, etags: etags.digest('hex'), listed };
+  return { objects, bytes, shards, planWidth, gzip, gzipBytes, etags: etags.digest('hex'), listed };
 }
 
 /**
@@ -345,7 +364,7 @@ export async function register(
       bytes: scan.bytes,
       shards: scan.shards,
       planWidth: scan.planWidth,
-      partitions: partitionsFor(scan.bytes),
+      partitions: partitionsOf(scan),
       lanes: Math.min(deps.work.settings.prepareConcurrency, scan.shards),
     },
     datasetHash: datasetHashValue,

@@ -19,9 +19,11 @@ import {
   datasetHash,
   datasetObjects,
   eventKey,
+  GZIP_EXPANSION,
   HASH_CONTENT_UP_TO,
   hashesContent,
   MAX_OBJECTS,
+  partitionsOf,
   register,
   scanDataset,
   writePlan,
@@ -273,6 +275,8 @@ describe('registering a run', () => {
       shards: ranges + 3,
     });
     expect(run?.nextPart).toBe((ranges + 3) * SHARD_PART_SPAN);
+    // The gzip objects' stored bytes are what the id partitions count ten times over.
+    expect((await scanDataset(deps, 'mixed/')).gzipBytes).toBe(gzip.length + tiny.length);
     expect(run?.datasetHash).toMatch(/^sha256:/); // 4 objects, a few KB: read
     const plan = await planOf('mixed-1');
     expect(plan.map((s) => [s.shard, s.object, s.key, s.start, s.end, s.gzip])).toEqual([
@@ -290,6 +294,15 @@ describe('registering a run', () => {
       [ranges + 2, 3, 'mixed/e-tiny.jsonl.gz', 0, tiny.length, true],
     ]);
     expect(await shardOf('mixed-1', ranges)).toEqual(plan[ranges]);
+  });
+
+  it('sizes the id partitions by the data as JSONL, a gzip object counted as ten times its stored bytes', () => {
+    const MiB = 1024 * 1024;
+    expect(partitionsOf({ bytes: 100 * MiB, gzipBytes: 0 })).toBe(2);
+    // 100 MiB stored, of which 40 gzip: 60 + 400 MiB of JSONL, in partitions of 64 MiB.
+    expect(partitionsOf({ bytes: 100 * MiB, gzipBytes: 40 * MiB })).toBe(8);
+    expect(partitionsOf({ bytes: 200 * 1024 * MiB, gzipBytes: 200 * 1024 * MiB })).toBe(1024);
+    expect(GZIP_EXPANSION).toBe(10);
   });
 
   it('lanes are as many as the shards when they are fewer than prepareConcurrency', async () => {

@@ -8,9 +8,12 @@ export interface RawLine {
   readonly line: number;
   /** Byte offset just past this line's newline: where reading resumes after it. */
   readonly end: number;
-  /** The line's bytes (a view, valid until the next line is read), or null when it was over the bound. */
+  /**
+   * The line's bytes without its CR (a view, valid until the next line is read), or null when they were
+   * over the bound.
+   */
   readonly bytes: Uint8Array | null;
-  /** The line's length in bytes, counted even when it was over the bound. */
+  /** The line's length in bytes in the stream (a CR before its newline too), counted even over the bound. */
   readonly length: number;
 }
 
@@ -21,6 +24,8 @@ export interface LinePosition {
 }
 
 const NEWLINE = 0x0a;
+/** UTF-8's byte-order mark. */
+const BOM = [0xef, 0xbb, 0xbf] as const;
 const CR = 0x0d;
 const GZIP_MAGIC = [0x1f, 0x8b] as const;
 
@@ -109,6 +114,8 @@ export class LineSplitter {
   private pendingLength = 0;
   private oversize = false;
   private atStreamStart: boolean;
+  /** The stream's first bytes while they are too few to tell whether they begin with a BOM. */
+  private head: Uint8Array | null = null;
 
   constructor(
     private readonly maxLineBytes: number,
@@ -123,10 +130,16 @@ export class LineSplitter {
   *linesIn(chunk: Uint8Array): Generator<RawLine> {
     let view = chunk;
     if (this.atStreamStart) {
+      if (this.head) view = Buffer.concat([this.head, view]);
+      if (view.length < BOM.length && view.every((byte, i) => byte === BOM[i])) {
+        this.head = Buffer.from(view); // a BOM's first bytes, maybe: wait for the next chunk
+        return;
+      }
       this.atStreamStart = false;
-      if (view[0] === 0xef && view[1] === 0xbb && view[2] === 0xbf) {
-        view = view.subarray(3);
-        this.offset += 3;
+      this.head = null;
+      if (BOM.every((byte, i) => view[i] === byte)) {
+        view = view.subarray(BOM.length);
+        this.offset += BOM.length;
       }
     }
     let position = 0;
@@ -135,7 +148,8 @@ export class LineSplitter {
       if (newline === -1) {
         const rest = view.subarray(position);
         this.pendingLength += rest.length;
-        if (this.oversize || this.pendingLength > this.maxLineBytes) {
+        // One byte over the bound may be the CR of a CRLF line, which does not count.
+        if (this.oversize || this.pendingLength > this.maxLineBytes + 1) {
           this.oversize = true;
           this.pending = [];
         } else {
@@ -151,6 +165,15 @@ export class LineSplitter {
 
   /** The stream ended: its last line when it had no newline, else null. */
   end(): RawLine | null {
+    if (this.head) {
+      // The stream was only the first bytes of a BOM: they are its (unreadable) last line.
+      const head = this.head;
+      this.head = null;
+      this.atStreamStart = false;
+      this.pending = [head];
+      this.pendingLength = head.length;
+      this.offset += head.length;
+    }
     if (this.pendingLength === 0 && !this.oversize) return null;
     this.offset -= this.pendingLength;
     return this.finish(new Uint8Array(0), this.pendingLength);
@@ -160,10 +183,11 @@ export class LineSplitter {
     const length = this.pendingLength + tail.length;
     this.offset += consumed;
     let bytes: Uint8Array | null = null;
-    if (!this.oversize && length <= this.maxLineBytes) {
-      bytes = this.pending.length === 0 ? tail : Buffer.concat([...this.pending, tail], length);
+    if (!this.oversize && length <= this.maxLineBytes + 1) {
+      bytes = withoutCR(this.pending.length === 0 ? tail : Buffer.concat([...this.pending, tail], length));
+      if (bytes.length > this.maxLineBytes) bytes = null; // the bound is on the line without its CR
     }
-    const result: RawLine = { line: this.line, end: this.offset, bytes: bytes && withoutCR(bytes), length };
+    const result: RawLine = { line: this.line, end: this.offset, bytes, length };
     this.line += 1;
     if (this.pending.length > 0) this.pending = [];
     this.pendingLength = 0;

@@ -23,6 +23,29 @@ describe('linesOf', () => {
     expect(lines[0]?.end).toBe(11);
   });
 
+  it('drops a BOM that arrives split over chunks of one and two bytes, and keeps bytes that only begin like one', async () => {
+    for (const cuts of [[1], [2], [1, 1], [1, 2]]) {
+      const lines = await collect(linesOf(chunksAt('\uFEFF\n{"a":1}\n', cuts), 100));
+      expect(lines.map((l) => [l.line, text(l.bytes), l.end])).toEqual([
+        [1, '', 4],
+        [2, '{"a":1}', 12],
+      ]);
+    }
+    const lonely = await collect(linesOf(chunksAt(Buffer.from([0xef, 0xbb]), [1]), 100));
+    expect(lonely.map((l) => [l.line, l.bytes && [...l.bytes], l.end])).toEqual([[1, [0xef, 0xbb], 2]]);
+    const almost = await collect(linesOf(chunksAt(Buffer.from([0xef, 0xbb, 0x41, 0x0a]), [1]), 100));
+    expect(almost.map((l) => [l.line, l.bytes && [...l.bytes], l.end])).toEqual([[1, [0xef, 0xbb, 0x41], 4]]);
+  });
+
+  it('bounds a line by its bytes without the CR of CRLF', async () => {
+    const lines = await collect(linesOf(chunksOf('12345\r\n123456\r\n12345', 2), 5));
+    expect(lines.map((l) => [l.line, text(l.bytes), l.length])).toEqual([
+      [1, '12345', 6],
+      [2, null, 7],
+      [3, '12345', 5],
+    ]);
+  });
+
   it('reports an over-long line by length without keeping it, and goes on', async () => {
     const long = 'x'.repeat(5000);
     const lines = await collect(linesOf(chunksOf(`ok\n${long}\nfine\n`, 7), 100));
@@ -64,7 +87,7 @@ describe('linesOf', () => {
             expect(line?.end).toBe(offset);
             expect(line?.length).toBe(rawBytes);
             const withoutCr = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
-            expect(text(line?.bytes ?? null)).toBe(rawBytes <= max ? withoutCr : null);
+            expect(text(line?.bytes ?? null)).toBe(Buffer.byteLength(withoutCr) <= max ? withoutCr : null);
           });
         },
       ),

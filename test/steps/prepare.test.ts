@@ -327,6 +327,28 @@ describe('the Prepare lane step', () => {
     ]);
   });
 
+  it('reads a gzip object whose content is gzip again the same way over any number of steps: every line accounted for', async () => {
+    // Inflated once, the copy is gzip bytes: lines of binary, each an error. A step resumes by offset in
+    // the copy, so resuming must not inflate it again (it once did, losing the lines past the offset).
+    const lines = objectLines('d', 200);
+    const body = gzipSync(gzipSync(Buffer.from(`${lines.join('\n')}\n`)));
+    const outcomes: string[][] = [];
+    for (const budget of [1, 1000]) {
+      const runId = `double-gzip-${budget}`;
+      const deps = depsFor(budget);
+      await registered(deps, runId, [{ key: `inputs/${runId}/data.jsonl.gz`, body }], 4096, 1);
+      await prepareLanes(deps, runId, 1);
+      const { requests, errors } = await placed(deps, runId);
+      expect(requests).toEqual([]);
+      const { counts } = await laneCounts(deps, runId, 1);
+      expect(counts.errors).toBe(errors.length);
+      expect(counts.records).toBe(errors.length);
+      outcomes.push(errors.map((e) => `${e.line} ${e.code}`).sort());
+    }
+    expect(outcomes[0]?.length).toBeGreaterThan(1);
+    expect(outcomes[0]).toEqual(outcomes[1]);
+  });
+
   it("takes a line that starts with gzip's magic number as the bad line it is where a shard or a resumed step starts at it, not as a gzip stream", async () => {
     // Line 2 is the bytes 1f 8b 41 42: read whole, one invalid_utf8 error. A shard (the object's second,
     // after a first line longer than a shard) and a resumed step (a step a record) both start on it.

@@ -1,13 +1,14 @@
 import { createReadStream } from 'node:fs';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { countTokens as cl100k } from 'gpt-tokenizer/encoding/cl100k_base';
 import { countTokens as o200k } from 'gpt-tokenizer/encoding/o200k_base';
 import { partsOf } from '../functions/core/chunker';
 import { readDataset } from '../functions/core/dataset';
-import { partitionsFor } from '../functions/core/id-files';
+import { partitionsOf } from '../functions/core/id-files';
 import { isImages } from '../functions/core/images';
+import { isGzip } from '../functions/core/lines';
 import { LineIds } from '../functions/core/prepare';
 import { costOf, imagePriceOf, imagesRequestCostOf, priceOf } from '../functions/core/prices';
 import { buildRequests, type IdClaims, type PreparedRequest } from '../functions/core/requests';
@@ -126,6 +127,19 @@ class NumberedClaims implements IdClaims {
   }
 }
 
+/** The id partitions of a local dataset file, as Register sizes them (a gzip file at ten times its size). */
+export async function partitionsOfFile(path: string): Promise<number> {
+  const { size } = await stat(path);
+  const head = new Uint8Array(2);
+  const file = await open(path, 'r');
+  try {
+    await file.read(head, 0, 2, 0);
+  } finally {
+    await file.close();
+  }
+  return partitionsOf({ bytes: size, gzipBytes: isGzip(head) ? size : 0 });
+}
+
 /**
  * Reads a local dataset through the work's `upload` hook, the request builder and the chunker, exactly as
  * Prepare does, and counts requests, parts and input tokens with a real tokenizer for each model. Output
@@ -144,7 +158,7 @@ export async function estimate<R>(
   options: EstimateOptions = {},
 ): Promise<Estimate> {
   const scratch = await mkdtemp(join(tmpdir(), 'openai-batch-estimate-'));
-  const partitions = options.partitions ?? partitionsFor((await stat(datasetPath)).size);
+  const partitions = options.partitions ?? (await partitionsOfFile(datasetPath));
   const ids = new EstimateIds(scratch, partitions, options.entriesHeld ?? ID_FILE_ENTRIES);
   try {
     const first = await tally(

@@ -190,6 +190,19 @@ export function partitionsFor(bytes: number): number {
   return Math.min(1024, Math.max(1, Math.ceil(bytes / (64 * 1024 * 1024))));
 }
 
+/**
+ * How many times its own size a gzip object is taken to hold as JSONL, where the id partitions are sized
+ * (a partition is about 64 MiB of data, and Settle holds at least one whole partition's ids at once):
+ * JSONL text compresses 5 to 10 times, so a gzip dataset counted by its stored bytes would get a tenth of
+ * the partitions it needs, each as many times larger. Counting too much only makes more, smaller ones.
+ */
+export const GZIP_EXPANSION = 10;
+
+/** The id partitions of a dataset, by its bytes as JSONL: a gzip object's as GZIP_EXPANSION times its own. */
+export function partitionsOf(dataset: { readonly bytes: number; readonly gzipBytes: number }): number {
+  return partitionsFor(dataset.bytes + (GZIP_EXPANSION - 1) * dataset.gzipBytes);
+}
+
 /** The key of an id file's index. */
 export function idIndexKey(idFileKey: string): string {
   return `${idFileKey}.idx`;

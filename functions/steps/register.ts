@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { zeroCounts } from '../core/accounting';
 import { datasetLocation } from '../core/dataset-location';
 import { ConfigError, DatasetError } from '../core/errors';
-import { partitionsFor } from '../core/id-files';
+import { partitionsOf } from '../core/id-files';
 import { isGzip } from '../core/lines';
 import { type BlobInfo, ConflictError } from '../core/ports';
 import { type Run, runKeys } from '../core/run';
@@ -134,19 +134,6 @@ async function noObjectMessage(deps: StepDeps<unknown>, key: string): Promise<st
   if (like.length > 0)
     return `No dataset at ${where}: no such object (keys that start with it: ${like.join(', ')}${like.length === SUGGESTED_KEYS ? ', ...' : ''}). Give a whole key, or a prefix ending in "/".`;
   return `No dataset at ${where}: no such object, and no objects under it as a prefix.`;
-}
-
-/**
- * How many times its own size a gzip object is taken to hold as JSONL, where the id partitions are sized
- * (a partition is about 64 MiB of data, and Settle holds at least one whole partition's ids at once):
- * JSONL text compresses 5 to 10 times, so a gzip dataset counted by its stored bytes would get a tenth of
- * the partitions it needs, each as many times larger. Counting too much only makes more, smaller ones.
- */
-export const GZIP_EXPANSION = 10;
-
-/** The id partitions of a dataset, by its bytes as JSONL: a gzip object's as GZIP_EXPANSION times its own. */
-export function partitionsOf(scan: Pick<DatasetScan, 'bytes' | 'gzipBytes'>): number {
-  return partitionsFor(scan.bytes + (GZIP_EXPANSION - 1) * scan.gzipBytes);
 }
 
 /**

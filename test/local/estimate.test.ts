@@ -1,13 +1,15 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { partsOf } from '../../functions/core/chunker';
 import { readDataset } from '../../functions/core/dataset';
 import { buildRequests, type IdClaims } from '../../functions/core/requests';
 import { defineWork } from '../../functions/core/work';
-import { estimate } from '../../local/estimate';
+import { estimate, partitionsOfFile } from '../../local/estimate';
 import { UnstableUploadError } from '../../local/estimate-ids';
 import { chunksOf } from '../support/streams';
 
@@ -47,6 +49,19 @@ const work = defineWork<{ id: number; twice?: boolean; model: string; text: stri
       ];
     return { id: `r${record.id}`, ...ask };
   },
+});
+
+describe('the id partitions of a local dataset', () => {
+  it('count a gzip file as ten times its size, as Register counts a gzip object', async () => {
+    // 7 MiB that do not compress (stored): as JSONL a gzip file holds about ten times that, 2 partitions.
+    const bytes = randomBytes(7 * 1024 * 1024);
+    const plain = join(dir, 'partitions.jsonl');
+    const packed = join(dir, 'partitions.jsonl.gz');
+    writeFileSync(plain, bytes);
+    writeFileSync(packed, gzipSync(bytes, { level: 0 }));
+    expect(await partitionsOfFile(plain)).toBe(1);
+    expect(await partitionsOfFile(packed)).toBe(2);
+  });
 });
 
 describe('estimate', () => {

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
 import { DatasetError } from '../../functions/core/errors';
-import { partitionsFor } from '../../functions/core/id-files';
+import { GZIP_EXPANSION, partitionsFor, partitionsOf } from '../../functions/core/id-files';
 import type { BlobInfo } from '../../functions/core/ports';
 import { runKeys } from '../../functions/core/run';
 import { planCodec, SHARD_PART_SPAN, type Shard } from '../../functions/core/shards';
@@ -19,11 +19,9 @@ import {
   datasetHash,
   datasetObjects,
   eventKey,
-  GZIP_EXPANSION,
   HASH_CONTENT_UP_TO,
   hashesContent,
   MAX_OBJECTS,
-  partitionsOf,
   register,
   scanDataset,
   writePlan,

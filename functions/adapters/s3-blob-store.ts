@@ -263,7 +263,7 @@ export class S3BlobStore implements BlobStore {
       throw caught;
     }
     // S3 refuses another version with If-Match; a stand-in may not, so the ETag served is compared too.
-    if (etag && response.ETag !== undefined && response.ETag !== etag) {
+    if (etag && response.ETag !== undefined && !sameEtag(response.ETag, etag)) {
       (response.Body as Readable).destroy();
       throw changedObject(key, etag, response.ETag);
     }
@@ -273,7 +273,7 @@ export class S3BlobStore implements BlobStore {
   /** Throws {@link changedObject} unless the object is there with this ETag. */
   private async sameVersion(key: string, etag: string): Promise<void> {
     const info = await this.head(key);
-    if (info?.etag !== etag) throw changedObject(key, etag, info?.etag ?? null);
+    if (!info || !sameEtag(info.etag, etag)) throw changedObject(key, etag, info?.etag ?? null);
   }
 
   async write(key: string, body: AsyncIterable<Uint8Array>): Promise<number> {
@@ -363,6 +363,12 @@ export class S3BlobStore implements BlobStore {
       );
     }
   }
+}
+
+/** Whether two ETags name one version: S3 quotes them alike everywhere, some S3-compatible stores do not. */
+function sameEtag(a: string, b: string): boolean {
+  const bare = (etag: string) => etag.replace(/^W\//, '').replace(/^"(.*)"$/, '$1');
+  return bare(a) === bare(b);
 }
 
 /**

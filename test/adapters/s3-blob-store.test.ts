@@ -54,6 +54,8 @@ describe('S3BlobStore', () => {
     expect(listed).not.toBe('');
     expect(Buffer.concat(await collect(shared.blobs.read(key, 9, listed))).toString()).toBe('{"id":2}\n');
     expect(await collect(shared.blobs.read(key, 18, listed))).toEqual([]);
+    // The same ETag unquoted, as some S3-compatible stores list it, is the same version.
+    expect(await collect(shared.blobs.read(key, 9, listed.replaceAll('"', '')))).toHaveLength(1);
     await shared.blobs.write(key, chunksOf('{"id":1}\n{"id":2}\n{"id":3}\n'));
     const changed = new RegExp(
       `^versioned\\.jsonl changed after this run listed it \\(it had ETag ${listed}, and now has ETag "`,

@@ -269,6 +269,10 @@ class SettleContext<R> {
     // All of shard 0's ids are held at once here: no more than in one of Settle's groups, whose memory is
     // bounded by it (a gzip object is one shard, of any size). A larger shard 0 is left to Settle.
     if (entries > this.groupEntries) {
+      // What an attempt of an earlier release may have written of it goes: Settle finds it all again.
+      const earlier = [this.keys.firstShardDuplicateErrors];
+      for await (const object of blobs.list(this.keys.firstShardDropFiles)) earlier.push(object.key);
+      await blobs.delete(earlier);
       this.deps.log('first shard left to settle', {
         runId: this.run.runId,
         entries,

@@ -174,6 +174,7 @@ export function errorItem(
   return {
     id: null,
     line: null,
+    object: null,
     statusCode: null,
     requestId: null,
     batchId: null,

@@ -79,7 +79,10 @@ export async function prepare<R>(
     await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
     if (cp.done || outOfTime()) return { done: cp.done };
   }
-  if (cp.done && !firstShardDue(cp)) return { done: true };
+  // Shard 0 is settled at the start of the step after the one that prepared it, on a fresh budget: all of
+  // it in one go (up to a Settle group's ids), which the end of a spent step may not leave time for.
+  if (firstShardDue(cp)) return { done: await settleFirst(cp) };
+  if (cp.done) return { done: true };
   const lane = new Lane(deps, run);
   /** Inflated copies of gzip shards this step finished, removed once the checkpoint no longer needs them. */
   const finished: string[] = [];
@@ -102,28 +105,28 @@ export async function prepare<R>(
       inflated: false,
       done: next === null,
     };
-    // Shard 0 done: the step ends here, so that settling it and sending its parts have time left.
+    // Shard 0 done: the step ends here, and the next one settles it.
     if (firstShardDue(cp)) break;
   }
   await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
   if (finished.length > 0) await deps.blobs.delete(finished);
-  if (firstShardDue(cp)) {
+  return { done: cp.done && !firstShardDue(cp) };
+
+  /** Settles shard 0 on its own, or leaves it to Settle; gives whether the lane is done. */
+  async function settleFirst(at: LaneCheckpoint): Promise<boolean> {
     const settled = await settleFirstShard(deps, run, undefined, input.groupEntries);
-    if (!settled) {
-      cp = { ...cp, firstShardLeft: true };
-      await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
-      return { done: cp.done };
-    }
-    cp = {
-      ...cp,
-      counts: withDuplicates(cp.counts, settled.duplicates),
-      estimatedTokens: Math.max(0, cp.estimatedTokens - settled.tokens),
-      firstShardSettled: true,
-    };
-    await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(cp));
-    return { done: false }; // the next step sends shard 0's parts
+    const next = settled
+      ? {
+          ...at,
+          counts: withDuplicates(at.counts, settled.duplicates),
+          estimatedTokens: Math.max(0, at.estimatedTokens - settled.tokens),
+          firstShardSettled: true,
+        }
+      : { ...at, firstShardLeft: true };
+    await writeAll(deps.blobs, keys.lane(input.lane), JSON.stringify(next));
+    // Settled: the next step sends shard 0's parts, so the lane is not done before.
+    return settled ? false : next.done;
   }
-  return { done: cp.done };
 }
 
 /** How a shard's step ended: the shard is finished, or the step paused (the checkpoint says where). */

@@ -292,6 +292,34 @@ describe('the Prepare lane step', () => {
     expect(await deps.blobs.head(runKeys(runId).inflated(0))).toBeNull();
   });
 
+  it('settles shard 0 in a step of its own, on a fresh budget, after the step that prepared it', async () => {
+    const runId = 'first-own-step';
+    const deps = depsFor(1000); // a budget no step here uses up
+    const lines = objectLines('o', 40, { 5: JSON.stringify({ id: 'o-1', text: 'again' }) });
+    const key = `inputs/${runId}/data.jsonl`;
+    const shards = await registered(
+      deps,
+      runId,
+      [{ key, body: Buffer.from(`${lines.join('\n')}\n`) }],
+      256,
+      1,
+    );
+    expect(shards.length).toBeGreaterThan(2);
+    const stepOf = async () => {
+      await prepare(deps, { runId, lane: 0 });
+      const cp = await laneCheckpoint(deps.blobs, runId, 0);
+      return { shard: cp?.shard, records: cp?.counts.records, settled: cp?.firstShardSettled };
+    };
+    const first = await stepOf(); // shard 0, and only it: the step ends with it
+    expect(first).toMatchObject({ shard: 1, settled: false });
+    // The next step settles it and prepares nothing: the whole budget was the settle's.
+    expect(await stepOf()).toEqual({ ...first, settled: true });
+    const errors = [...(await filesUnder(deps, `runs/${runId}/errors/duplicates`)).values()].flatMap(
+      jsonLines,
+    );
+    expect(errors.map((l) => JSON.parse(l).line)).toEqual([5]);
+  });
+
   it('leaves a shard 0 with more ids than a Settle group to Settle, which still drops its duplicates and releases its parts', async () => {
     const runId = 'first-left';
     const deps = depsFor(4);

@@ -54,13 +54,15 @@ export async function finalize<R>(deps: StepDeps<R>, input: { runId: string }): 
 /**
  * With the work's `cleanUp`, deletes what the run left on OpenAI (input, output and error files, and any
  * upload whose answer was lost, found by its name) and its intermediate objects in S3 (request files and
- * state). Outputs, errors and the summary stay.
+ * state). Outputs, errors and the summary stay. OpenAI's files go {@link DELETES_IN_FLIGHT} at a time
+ * within the step's budget; any left then are counted in `leftOnOpenAI` and logged, and the run ends.
  */
 export async function cleanUp<R>(
   deps: StepDeps<R>,
   input: { runId: string },
-): Promise<{ openaiFiles: number; objects: number }> {
-  if (!deps.work.settings.cleanUp) return { openaiFiles: 0, objects: 0 };
+): Promise<{ openaiFiles: number; objects: number; leftOnOpenAI: number }> {
+  if (!deps.work.settings.cleanUp) return { openaiFiles: 0, objects: 0, leftOnOpenAI: 0 };
+  const started = deps.now();
   const run = await runOf(deps.runs, input.runId);
   // S3 first: what is left there after a failure (OpenAI unreachable) is marked ended by MarkFailed.
   let objects = 0;
@@ -81,17 +83,38 @@ export async function cleanUp<R>(
   for (const part of parts)
     for (const id of [part.fileId, part.outputFileId, part.errorFileId]) if (id) fileIds.add(id);
   let openaiFiles = 0;
+  let leftOnOpenAI = 0;
   if (fileIds.size > 0 || parts.length > 0) {
     const api = await deps.openai();
     for (const id of await api.filesNamed(`${run.runId}.`)) fileIds.add(id);
-    for (const id of fileIds) {
-      await api.deleteFile(id);
-      openaiFiles += 1;
-    }
+    // A few at a time (a run of 10,000 parts has over 20,000 files), and no longer than the step's budget:
+    // the run has completed, so what is left is said, not retried into a failed execution.
+    const ids = [...fileIds];
+    let next = 0;
+    const outOfTime = () => deps.now() - started > deps.budgetMs;
+    const deleting = async () => {
+      while (next < ids.length && !outOfTime()) {
+        const id = ids[next++] as string;
+        await api.deleteFile(id);
+        openaiFiles += 1;
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(DELETES_IN_FLIGHT, ids.length) }, deleting));
+    leftOnOpenAI = ids.length - openaiFiles;
   }
-  deps.log('cleaned up', { runId: run.runId, openaiFiles, objects });
-  return { openaiFiles, objects };
+  if (leftOnOpenAI > 0)
+    deps.log('clean-up stopped at its time budget: files are left on OpenAI', {
+      runId: run.runId,
+      openaiFiles,
+      leftOnOpenAI,
+      objects,
+    });
+  else deps.log('cleaned up', { runId: run.runId, openaiFiles, objects });
+  return { openaiFiles, objects, leftOnOpenAI };
 }
+
+/** OpenAI file deletes CleanUp has in flight at once. */
+export const DELETES_IN_FLIGHT = 16;
 
 /** Announces the run's end. */
 export async function notifyRun<R>(

@@ -1,0 +1,81 @@
+import { describe, expect, it } from 'vitest';
+import type { BatchApi } from '../../functions/core/ports';
+import { defineWork } from '../../functions/core/work';
+import type { StepDeps } from '../../functions/steps/deps';
+import { cleanUp, DELETES_IN_FLIGHT } from '../../functions/steps/finish';
+import { localDeps, RecordingNotifier } from '../../local/runner';
+import { localEnvironment } from '../support/local-environment';
+import { partFixture, runFixture } from '../support/runs';
+
+/**
+ * CleanUp over a run of many parts, through the real stand-ins and the emulator. Each file delete is the
+ * emulator's, wrapped to take 150 ms of a manual clock and to count the deletes in flight: no stand-in
+ * can be told how long OpenAI takes to answer.
+ */
+
+const shared = localEnvironment('openai-batch-cleanup-', { kind: 'emulator', options: {} });
+
+const DELETE_MS = 150;
+const BUDGET_MS = 6_000;
+
+async function runOfParts(runId: string, parts: number) {
+  const clock = { now: 1_000_000 };
+  const work = defineWork({ name: 'tidy', model: 'gpt-4o-mini', cleanUp: true });
+  const base = localDeps(
+    shared.env,
+    work,
+    { now: () => clock.now, budgetMs: BUDGET_MS },
+    new RecordingNotifier(),
+  ) as StepDeps<Record<string, unknown>>;
+  const real = await base.openai();
+  let inFlight = 0;
+  const seen = { most: 0, deleted: new Set<string>() };
+  const api: BatchApi = {
+    ...real,
+    filesNamed: (prefix) => real.filesNamed(prefix),
+    deleteFile: async (id) => {
+      inFlight += 1;
+      seen.most = Math.max(seen.most, inFlight);
+      await new Promise((resolve) => setImmediate(resolve));
+      clock.now += DELETE_MS / Math.max(1, inFlight); // deletes in flight share the wait
+      await real.deleteFile(id); // not one of the emulator's: answered 404, which is no error
+      seen.deleted.add(id);
+      inFlight -= 1;
+    },
+  };
+  const deps = { ...base, openai: async () => api };
+  await deps.runs.createRun({ ...runFixture(runId), status: 'completed', prepared: true }, false);
+  await deps.runs.addParts(
+    runId,
+    Array.from({ length: parts }, (_, part) => ({
+      ...partFixture({ part }),
+      status: 'done' as const,
+      fileId: `file-in-${part}`,
+      outputFileId: `file-out-${part}`,
+      errorFileId: part % 2 === 0 ? `file-err-${part}` : null,
+    })),
+  );
+  return { deps, seen, clock };
+}
+
+describe('CleanUp', () => {
+  it(`deletes a run's OpenAI files ${DELETES_IN_FLIGHT} at a time, every one of them`, async () => {
+    const { deps, seen } = await runOfParts('tidy-1', 60);
+    const result = await cleanUp(deps, { runId: 'tidy-1' });
+    expect(result).toMatchObject({ openaiFiles: 150, leftOnOpenAI: 0 });
+    expect(seen.deleted.size).toBe(150);
+    expect(seen.most).toBe(DELETES_IN_FLIGHT);
+  });
+
+  it('stops at its time budget, saying how many files it left, instead of failing the run', async () => {
+    // 400 parts, 1,000 files: at 150 ms a delete, 16 at a time, about 9.4 s of the clock, over a 6 s budget.
+    const { deps, seen, clock } = await runOfParts('tidy-2', 400);
+    const started = clock.now;
+    const result = await cleanUp(deps, { runId: 'tidy-2' });
+    expect(result.leftOnOpenAI).toBeGreaterThan(0);
+    expect(result.openaiFiles + result.leftOnOpenAI).toBe(1_000);
+    expect(result.openaiFiles).toBe(seen.deleted.size);
+    // No delete starts past the budget: the last ones end within one delete of it.
+    expect(clock.now - started).toBeLessThanOrEqual(BUDGET_MS + DELETE_MS);
+  });
+});

@@ -355,12 +355,21 @@ export class S3BlobStore implements BlobStore {
     for (let i = 0; i < keys.length; i += 1000) {
       const slice = keys.slice(i, i + 1000);
       if (slice.length === 0) continue;
-      await this.s3.send(
+      const answer = await this.s3.send(
         new DeleteObjectsCommand({
           Bucket: this.bucket,
           Delete: { Objects: slice.map((Key) => ({ Key })), Quiet: true },
         }),
       );
+      // S3 answers 200 with the keys it could not delete (AccessDenied, SlowDown, ...) listed: left alone,
+      // they would be counted as deleted and never expire (their tag says running).
+      const refused = answer.Errors ?? [];
+      if (refused.length > 0) {
+        const first = refused[0];
+        throw new Error(
+          `S3 did not delete ${refused.length} of ${slice.length} objects, the first ${first?.Key}: ${first?.Code} ${first?.Message ?? ''}`.trim(),
+        );
+      }
     }
   }
 }

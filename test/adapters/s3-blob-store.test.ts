@@ -103,6 +103,29 @@ describe('S3BlobStore', () => {
     }
   });
 
+  it("fails a delete S3 answers with keys it did not delete, naming the first (S3's per-key refusals)", async () => {
+    // s3rver refuses no key: S3's answer is rewritten on its way back, the one thing no stand-in does.
+    const client = localS3Client(shared.s3.endpoint);
+    client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const result = await next(args);
+        if (context.commandName !== 'DeleteObjectsCommand') return result;
+        const output = result.output as { Errors?: unknown[] };
+        output.Errors = [{ Key: 'gone/b', Code: 'SlowDown', Message: 'Please reduce your request rate.' }];
+        return result;
+      },
+      { step: 'initialize' },
+    );
+    const blobs = new S3BlobStore(client, shared.s3.bucket);
+    await blobs.write('gone/a', chunksOf('a'));
+    await expect(blobs.delete(['gone/a', 'gone/b'])).rejects.toThrow(
+      'S3 did not delete 1 of 2 objects, the first gone/b: SlowDown Please reduce your request rate.',
+    );
+    // Without refusals (the store's own client), missing keys are no error.
+    await shared.blobs.delete(['gone/a', 'never/there']);
+    expect(await shared.blobs.head('gone/a')).toBeNull();
+  });
+
   it('writes bodies of several parts, exactly one part and none, each read back byte for byte', async () => {
     const part = 5 * 1024 * 1024;
     const bytes = (n: number, seed: number) => {

@@ -26,7 +26,7 @@ export async function finalize<R>(deps: StepDeps<R>, input: { runId: string }): 
   const unfinished = parts.filter((p) => p.status !== 'done');
   if (!run.prepared || unfinished.length > 0) {
     throw new InvariantError(
-      `run ${run.runId} cannot be finalized: ${run.prepared ? `parts ${unfinished.map((p) => p.part).join(', ')} are not done` : 'it is not prepared'}`,
+      `run ${run.runId} cannot be finalized: ${run.prepared ? `${partsNamed(unfinished.map((p) => p.part))} not done` : 'it is not prepared'}`,
     );
   }
   const status = run.cancelRequested ? 'cancelled' : 'completed';
@@ -49,6 +49,13 @@ export async function finalize<R>(deps: StepDeps<R>, input: { runId: string }): 
     errors: summary.counts.errors,
     balanced: summary.reconciliation.balanced,
   };
+}
+
+/** Parts named in a message: the first ten, and how many more (a run may have thousands). */
+export function partsNamed(parts: readonly number[]): string {
+  const shown = parts.slice(0, 10).join(', ');
+  const more = parts.length - 10;
+  return `${parts.length === 1 ? 'part' : 'parts'} ${shown}${more > 0 ? ` and ${more} more` : ''} ${parts.length === 1 ? 'is' : 'are'}`;
 }
 
 /**

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { BatchApi } from '../../functions/core/ports';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
-import { cleanUp, DELETES_IN_FLIGHT } from '../../functions/steps/finish';
+import { cleanUp, DELETES_IN_FLIGHT, partsNamed } from '../../functions/steps/finish';
 import { localDeps, RecordingNotifier } from '../../local/runner';
 import { localEnvironment } from '../support/local-environment';
 import { partFixture, runFixture } from '../support/runs';
@@ -77,5 +77,17 @@ describe('CleanUp', () => {
     expect(result.openaiFiles).toBe(seen.deleted.size);
     // No delete starts past the budget: the last ones end within one delete of it.
     expect(clock.now - started).toBeLessThanOrEqual(BUDGET_MS + DELETE_MS);
+  });
+});
+
+describe('partsNamed', () => {
+  it('names at most ten parts of a run, and how many more, so that a message stays short', () => {
+    expect(partsNamed([7])).toBe('part 7 is');
+    expect(partsNamed([1, 2])).toBe('parts 1, 2 are');
+    const many = Array.from({ length: 100_000 }, (_, i) => 100_000 + i);
+    const named = partsNamed(many);
+    expect(named).toBe(
+      'parts 100000, 100001, 100002, 100003, 100004, 100005, 100006, 100007, 100008, 100009 and 99990 more are',
+    );
   });
 });

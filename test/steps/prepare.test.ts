@@ -164,6 +164,27 @@ async function placed(deps: Deps, runId: string) {
   return { parts, requests, errors, entries };
 }
 
+/** One object of these lines, registered in shards of 256 bytes for `lanes` lanes. */
+async function registeredLines(deps: Deps, runId: string, lines: readonly string[], lanes: number) {
+  const key = `inputs/${runId}/data.jsonl`;
+  const shards = await registered(
+    deps,
+    runId,
+    [{ key, body: Buffer.from(`${lines.join('\n')}\n`) }],
+    256,
+    lanes,
+  );
+  return { key, shards };
+}
+
+/** The duplicate_id errors Settle (or lane 0's early settle) wrote. */
+async function duplicateErrors(deps: Deps, runId: string) {
+  const files = await filesUnder(deps, `runs/${runId}/errors/duplicates`);
+  return [...files.values()]
+    .flatMap(jsonLines)
+    .map((line) => JSON.parse(line) as { line: number; code: string; object: string });
+}
+
 /** Lines of JSONL for object `name`: record n carries the id `<name>-<n>`, with some bad and blank lines. */
 function objectLines(name: string, count: number, special: Record<number, string> = {}): string[] {
   return Array.from({ length: count }, (_, i) => {
@@ -296,14 +317,7 @@ describe('the Prepare lane step', () => {
     const runId = 'first-own-step';
     const deps = depsFor(1000); // a budget no step here uses up
     const lines = objectLines('o', 40, { 5: JSON.stringify({ id: 'o-1', text: 'again' }) });
-    const key = `inputs/${runId}/data.jsonl`;
-    const shards = await registered(
-      deps,
-      runId,
-      [{ key, body: Buffer.from(`${lines.join('\n')}\n`) }],
-      256,
-      1,
-    );
+    const { key, shards } = await registeredLines(deps, runId, lines, 1);
     expect(shards.length).toBeGreaterThan(2);
     const stepOf = async () => {
       await prepare(deps, { runId, lane: 0 });
@@ -314,24 +328,14 @@ describe('the Prepare lane step', () => {
     expect(first).toMatchObject({ shard: 1, settled: false });
     // The next step settles it and prepares nothing: the whole budget was the settle's.
     expect(await stepOf()).toEqual({ ...first, settled: true });
-    const errors = [...(await filesUnder(deps, `runs/${runId}/errors/duplicates`)).values()].flatMap(
-      jsonLines,
-    );
-    expect(errors.map((l) => JSON.parse(l).line)).toEqual([5]);
+    expect((await duplicateErrors(deps, runId)).map((e) => e.line)).toEqual([5]);
   });
 
   it('leaves a shard 0 with more ids than a Settle group to Settle, which still drops its duplicates and releases its parts', async () => {
     const runId = 'first-left';
     const deps = depsFor(4);
     const lines = objectLines('f', 40, { 6: JSON.stringify({ id: 'f-2', text: 'again' }) });
-    const key = `inputs/${runId}/data.jsonl`;
-    const shards = await registered(
-      deps,
-      runId,
-      [{ key, body: Buffer.from(`${lines.join('\n')}\n`) }],
-      256,
-      2,
-    );
+    const { key, shards } = await registeredLines(deps, runId, lines, 2);
     expect(shards.length).toBeGreaterThan(2);
     // What an early settle of an earlier release left before it died: gone once shard 0 is left to Settle.
     const left = [runKeys(runId).firstShardDuplicateErrors, runKeys(runId).firstShardDrops(0)];
@@ -351,10 +355,7 @@ describe('the Prepare lane step', () => {
       for (const line of jsonLines(await text(deps, runKeys(runId).requests(part.part))))
         requests.push(String(JSON.parse(line).custom_id));
     expect(requests.sort()).toEqual(lines.flatMap((_, i) => (i + 1 === 6 ? [] : [`f-${i + 1}`])).sort());
-    const duplicates = [...(await filesUnder(deps, `runs/${runId}/errors/duplicates`)).values()].flatMap(
-      jsonLines,
-    );
-    expect(duplicates.map((l) => JSON.parse(l)).map((e) => [e.line, e.code, e.object])).toEqual([
+    expect((await duplicateErrors(deps, runId)).map((e) => [e.line, e.code, e.object])).toEqual([
       [6, 'duplicate_id', key],
     ]);
   });

@@ -218,6 +218,103 @@ export async function readIdFileIndex(blobs: BlobStore, idFileKey: string): Prom
   return IdFileIndexSchema.parse(JSON.parse(text));
 }
 
+/** An id file with its index, as Settle reads them. */
+export interface IndexedIdFile {
+  readonly key: string;
+  readonly index: IdFileIndex;
+}
+
+/** How far {@link readIdFilesAhead} reads ahead: files at once, and their bytes in all. */
+export const READ_AHEAD = { files: 16, bytes: 8 * 1024 * 1024 } as const;
+
+/**
+ * The entries of partitions [p0, p1) of every file, file after file in the order given (so each id's uses
+ * come as the files hold them), with the reads of the next files already under way: up to
+ * {@link READ_AHEAD} files whose ranges fit in its bytes, each held whole once read. A range larger than
+ * that is streamed when its turn comes. A dataset of many small objects has an id file for each, and read
+ * one after another their round trips, not their bytes, took the time.
+ */
+export async function* readIdFilesAhead(
+  blobs: BlobStore,
+  files: readonly IndexedIdFile[],
+  p0: number,
+  p1: number,
+  ahead: { readonly files: number; readonly bytes: number } = READ_AHEAD,
+): AsyncGenerator<IdEntry> {
+  const bytesOf = (file: IndexedIdFile) => rangeOf(file.index, p0, p1).bytes;
+  const queue: { file: IndexedIdFile; read: Promise<Uint8Array> | null }[] = [];
+  let queuedBytes = 0;
+  let next = 0;
+  const fill = () => {
+    while (next < files.length && queue.length < ahead.files) {
+      const file = files[next] as IndexedIdFile;
+      const bytes = bytesOf(file);
+      if (bytes > ahead.bytes) {
+        if (queue.length > 0) return; // streamed in its turn, once those before it are given
+        queue.push({ file, read: null });
+        next += 1;
+        return;
+      }
+      if (queue.length > 0 && queuedBytes + bytes > ahead.bytes) return;
+      const read = readWhole(blobs, file, p0, p1);
+      read.catch(() => {}); // rejects where it is awaited, in its turn
+      queue.push({ file, read });
+      queuedBytes += bytes;
+      next += 1;
+    }
+  };
+  try {
+    fill();
+    for (let head = queue.shift(); head; head = queue.shift()) {
+      if (head.read === null) {
+        yield* readIdPartitions(blobs, head.file.key, head.file.index, p0, p1);
+      } else {
+        const bytes = await head.read;
+        queuedBytes -= bytesOf(head.file);
+        fill();
+        yield* entriesIn(bytes);
+      }
+      fill();
+    }
+  } finally {
+    queue.length = 0; // reads still under way are let go; their rejections are already caught
+  }
+}
+
+/** The byte range of partitions [p0, p1) in an id file. */
+function rangeOf(index: IdFileIndex, p0: number, p1: number): { start: number; bytes: number } {
+  const start = index.offsets[p0] ?? 0;
+  const end = index.offsets[Math.min(p1, index.partitions)] ?? start;
+  return { start, bytes: Math.max(0, end - start) };
+}
+
+/** Partitions [p0, p1) of an id file, read whole. */
+async function readWhole(blobs: BlobStore, file: IndexedIdFile, p0: number, p1: number): Promise<Uint8Array> {
+  const { start, bytes } = rangeOf(file.index, p0, p1);
+  if (bytes === 0) return new Uint8Array(0);
+  const out = new Uint8Array(bytes);
+  let at = 0;
+  for await (const chunk of blobs.read(file.key, start)) {
+    const piece = chunk.length > bytes - at ? chunk.subarray(0, bytes - at) : chunk;
+    out.set(piece, at);
+    at += piece.length;
+    if (at === bytes) break;
+  }
+  if (at < bytes) throw new Error(`id file ${file.key} ended ${bytes - at} bytes before its index says`);
+  return out;
+}
+
+/** The entries of whole id file lines. */
+function* entriesIn(bytes: Uint8Array): Generator<IdEntry> {
+  const text = new TextDecoder().decode(bytes);
+  let from = 0;
+  for (let newline = text.indexOf('\n'); newline !== -1; newline = text.indexOf('\n', from)) {
+    yield parseEntryLine(text.slice(from, newline));
+    from = newline + 1;
+  }
+  if (from < text.length) yield parseEntryLine(text.slice(from));
+}
+
 /**
  * The entries of partitions [p0, p1) of an id file: one ranged read of offsets[p0] to offsets[p1],
  * streamed line by line.
@@ -229,10 +326,9 @@ export async function* readIdPartitions(
   p0: number,
   p1: number,
 ): AsyncGenerator<IdEntry> {
-  const start = index.offsets[p0] ?? 0;
-  const end = index.offsets[Math.min(p1, index.partitions)] ?? start;
-  if (end <= start) return;
-  let remaining = end - start;
+  const { start, bytes } = rangeOf(index, p0, p1);
+  if (bytes === 0) return;
+  let remaining = bytes;
   const decoder = new TextDecoder();
   let pending = '';
   for await (const chunk of blobs.read(idFileKey, start)) {

@@ -2,7 +2,7 @@ import { addCounts, type Counts, withDuplicates, zeroCounts } from '../core/acco
 import { parsePartLine } from '../core/collect';
 import { type DedupHeld, type Duplicate, duplicatesIn } from '../core/dedup';
 import { CostLimitError, DatasetError, InvariantError } from '../core/errors';
-import { type IdEntry, type IdFileIndex, readIdFileIndex, readIdPartitions } from '../core/id-files';
+import { type IdEntry, type IdFileIndex, readIdFileIndex, readIdFilesAhead } from '../core/id-files';
 import { errorItem } from '../core/items';
 import { type BlobStore, ConflictError } from '../core/ports';
 import { errorLine } from '../core/prepare';
@@ -223,7 +223,7 @@ class SettleContext<R> {
     // In key order (as listed): each id's uses come in (shard, line) order, as duplicatesIn wants them.
     const holding = files.filter((f) => f.index.counts.slice(p0, p1).some((n) => n > 0));
     async function* source(): AsyncGenerator<IdEntry> {
-      for (const file of holding) yield* readIdPartitions(blobs, file.key, file.index, p0, p1);
+      yield* readIdFilesAhead(blobs, holding, p0, p1);
     }
     // Shard 0's own duplicates were dropped when it was settled early; its entries still name the winners.
     const skipFirst = state.firstShardSettled;
@@ -281,7 +281,7 @@ class SettleContext<R> {
       return null;
     }
     async function* source(): AsyncGenerator<IdEntry> {
-      for (const file of files) yield* readIdPartitions(blobs, file.key, file.index, 0, partitions);
+      yield* readIdFilesAhead(blobs, files, 0, partitions);
     }
     const found: DedupHeld = { ids: 0, uses: 0 };
     async function* duplicates(): AsyncGenerator<Duplicate> {

@@ -4,9 +4,13 @@ import {
   entryLine,
   type IdEntry,
   IdFileBuilder,
+  type IndexedIdFile,
   parseEntryLine,
   partitionOf,
+  readIdFilesAhead,
+  readIdPartitions,
 } from '../../functions/core/id-files';
+import type { BlobStore } from '../../functions/core/ports';
 
 /** The body of a taken file, whole. */
 async function bytesOf(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
@@ -119,5 +123,86 @@ describe('parseEntryLine', () => {
     ];
     for (const line of bad)
       expect(() => parseEntryLine(line), JSON.stringify(line)).toThrow('not an id entry');
+  });
+});
+
+/**
+ * Objects held in memory, read in chunks of `chunk` bytes with a turn of the event loop before each, and
+ * the reads open at once counted: the one part of a BlobStore readIdFilesAhead uses.
+ */
+function memoryStore(objects: Map<string, Buffer>, chunk: number) {
+  const seen = { open: 0, most: 0 };
+  const store = {
+    async *read(key: string, start = 0) {
+      const bytes = objects.get(key);
+      if (!bytes) throw new Error(`no ${key}`);
+      seen.open += 1;
+      seen.most = Math.max(seen.most, seen.open);
+      try {
+        for (let at = start; at < bytes.length; at += chunk) {
+          await new Promise((resolve) => setImmediate(resolve));
+          yield bytes.subarray(at, at + chunk);
+        }
+      } finally {
+        seen.open -= 1;
+      }
+    },
+  } as unknown as BlobStore;
+  return { store, seen };
+}
+
+describe('readIdFilesAhead', () => {
+  it('gives what reading the files one after another gives, in the same order, with reads ahead', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.integer({ min: 0, max: 40 }), { minLength: 1, maxLength: 30 }),
+        fc.integer({ min: 1, max: 6 }),
+        fc.integer({ min: 1, max: 8 }),
+        fc.integer({ min: 64, max: 4096 }),
+        fc.integer({ min: 1, max: 500 }),
+        async (sizes, partitions, files, bytes, chunk) => {
+          const objects = new Map<string, Buffer>();
+          const indexed: IndexedIdFile[] = [];
+          let n = 0;
+          for (const [f, size] of sizes.entries()) {
+            const builder = new IdFileBuilder(partitions);
+            for (let i = 0; i < size; i++, n++)
+              builder.add({ id: idOf(n % 12), shard: f, line: i + 1, part: f, bytes: 1, tokens: 1 });
+            const { body, index } = builder.take();
+            objects.set(`ids/${f}`, await bytesOf(body));
+            indexed.push({ key: `ids/${f}`, index });
+          }
+          const p0 = n % partitions;
+          const p1 = Math.min(partitions, p0 + 1 + (n % 3));
+          const { store, seen } = memoryStore(objects, chunk);
+          const expected: IdEntry[] = [];
+          for (const file of indexed)
+            for await (const e of readIdPartitions(store, file.key, file.index, p0, p1)) expected.push(e);
+          const got: IdEntry[] = [];
+          for await (const e of readIdFilesAhead(store, indexed, p0, p1, { files, bytes })) got.push(e);
+          expect(got).toEqual(expected);
+          expect(seen.open).toBe(0);
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it('has several small files read at once, and no more than it is told', async () => {
+    const objects = new Map<string, Buffer>();
+    const indexed: IndexedIdFile[] = [];
+    for (let f = 0; f < 40; f++) {
+      const builder = new IdFileBuilder(1);
+      builder.add({ id: `id-${f}`, shard: f, line: 1, part: f, bytes: 1, tokens: 1 });
+      const { body, index } = builder.take();
+      objects.set(`ids/${f}`, await bytesOf(body));
+      indexed.push({ key: `ids/${f}`, index });
+    }
+    const { store, seen } = memoryStore(objects, 4);
+    const got: string[] = [];
+    for await (const e of readIdFilesAhead(store, indexed, 0, 1, { files: 8, bytes: 1 << 20 }))
+      got.push(e.id);
+    expect(got).toEqual(indexed.map((_, f) => `id-${f}`));
+    expect(seen.most).toBe(8);
   });
 });

@@ -1,4 +1,5 @@
 import { InvariantError } from '../core/errors';
+import { forEachLimit } from '../core/limit';
 import { runKeys } from '../core/run';
 import { type RunSummary, summarize } from '../core/summary';
 import type { StepDeps } from './deps';
@@ -97,16 +98,12 @@ export async function cleanUp<R>(
     // A few at a time (a run of 10,000 parts has over 20,000 files), and no longer than the step's budget:
     // the run has completed, so what is left is said, not retried into a failed execution.
     const ids = [...fileIds];
-    let next = 0;
-    const outOfTime = () => deps.now() - started > deps.budgetMs;
-    const deleting = async () => {
-      while (next < ids.length && !outOfTime()) {
-        const id = ids[next++] as string;
-        await api.deleteFile(id);
-        openaiFiles += 1;
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(DELETES_IN_FLIGHT, ids.length) }, deleting));
+    openaiFiles = await forEachLimit(
+      ids,
+      DELETES_IN_FLIGHT,
+      (id) => api.deleteFile(id),
+      () => deps.now() - started <= deps.budgetMs,
+    );
     leftOnOpenAI = ids.length - openaiFiles;
   }
   if (leftOnOpenAI > 0)

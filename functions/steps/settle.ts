@@ -4,6 +4,7 @@ import { type DedupHeld, type Duplicate, duplicatesIn } from '../core/dedup';
 import { CostLimitError, DatasetError, InvariantError } from '../core/errors';
 import { type IdEntry, type IdFileIndex, readIdFileIndex, readIdFilesAhead } from '../core/id-files';
 import { errorItem } from '../core/items';
+import { forEachLimit, mapLimit } from '../core/limit';
 import { type BlobStore, ConflictError } from '../core/ports';
 import { errorLine } from '../core/prepare';
 import { costOf } from '../core/prices';
@@ -579,12 +580,18 @@ class SettleContext<R> {
         max,
       );
     }
-    for (const part of parts) {
-      if (!part.held) continue;
-      if (!mayWork()) return false;
-      const stored = await this.deps.runs.putPart(run.runId, { ...part, held: false });
-      if (!stored) throw new ConflictError(`part ${part.part} of run ${run.runId} changed meanwhile`);
-    }
+    // Released a few at a time (a run of many small objects has a part for each), within the budget.
+    const held = parts.filter((part) => part.held);
+    const released = await forEachLimit(
+      held,
+      RELEASES_IN_FLIGHT,
+      async (part) => {
+        const stored = await this.deps.runs.putPart(run.runId, { ...part, held: false });
+        if (!stored) throw new ConflictError(`part ${part.part} of run ${run.runId} changed meanwhile`);
+      },
+      mayWork,
+    );
+    if (released < held.length) return false;
     this.run = await updateRun(this.deps.runs, run.runId, (r) =>
       r.prepared
         ? r
@@ -774,16 +781,5 @@ async function readPartLines(blobs: BlobStore, key: string): Promise<string[]> {
   return lines;
 }
 
-/** Maps items with at most `limit` calls at once, keeping their order. */
-async function mapLimit<T, U>(items: readonly T[], limit: number, f: (item: T) => Promise<U>): Promise<U[]> {
-  const out: U[] = new Array(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await f(items[i] as T);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
+/** Part records Settle's release writes at once. */
+const RELEASES_IN_FLIGHT = 16;

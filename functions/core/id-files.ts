@@ -304,16 +304,21 @@ async function readWhole(blobs: BlobStore, file: IndexedIdFile, p0: number, p1: 
   return out;
 }
 
-/** The entries of whole id file lines. */
+/**
+ * The entries of whole id file lines, each line decoded on its own: an id is a slice of its line's
+ * string, and a kept id (a duplicate Settle holds) must not keep a whole read's text alive with it.
+ */
 function* entriesIn(bytes: Uint8Array): Generator<IdEntry> {
-  const text = new TextDecoder().decode(bytes);
   let from = 0;
-  for (let newline = text.indexOf('\n'); newline !== -1; newline = text.indexOf('\n', from)) {
-    yield parseEntryLine(text.slice(from, newline));
+  for (let newline = bytes.indexOf(NEWLINE); newline !== -1; newline = bytes.indexOf(NEWLINE, from)) {
+    yield parseEntryLine(utf8.decode(bytes.subarray(from, newline)));
     from = newline + 1;
   }
-  if (from < text.length) yield parseEntryLine(text.slice(from));
+  if (from < bytes.length) yield parseEntryLine(utf8.decode(bytes.subarray(from)));
 }
+
+const NEWLINE = 0x0a;
+const utf8 = new TextDecoder();
 
 /**
  * The entries of partitions [p0, p1) of an id file: one ranged read of offsets[p0] to offsets[p1],
@@ -329,22 +334,21 @@ export async function* readIdPartitions(
   const { start, bytes } = rangeOf(index, p0, p1);
   if (bytes === 0) return;
   let remaining = bytes;
-  const decoder = new TextDecoder();
-  let pending = '';
+  // The bytes of a line cut by a chunk's end; lines are decoded whole, one by one (see entriesIn).
+  let pending: Uint8Array = new Uint8Array(0);
   for await (const chunk of blobs.read(idFileKey, start)) {
     const piece = chunk.length > remaining ? chunk.subarray(0, remaining) : chunk;
     remaining -= piece.length;
-    pending += decoder.decode(piece, { stream: remaining > 0 });
-    let newline = pending.indexOf('\n');
-    let from = 0;
-    while (newline !== -1) {
-      yield parseEntryLine(pending.slice(from, newline));
-      from = newline + 1;
-      newline = pending.indexOf('\n', from);
+    const joined = pending.length > 0 ? Buffer.concat([pending, piece]) : piece;
+    const last = joined.lastIndexOf(NEWLINE);
+    if (last === -1) {
+      pending = Buffer.from(joined);
+    } else {
+      yield* entriesIn(joined.subarray(0, last + 1));
+      pending = Buffer.from(joined.subarray(last + 1)); // copied: the producer may reuse its chunk
     }
-    pending = pending.slice(from);
     if (remaining === 0) break;
   }
   if (remaining > 0) throw new Error(`id file ${idFileKey} ended ${remaining} bytes before its index says`);
-  if (pending.length > 0) yield parseEntryLine(pending);
+  if (pending.length > 0) yield* entriesIn(pending);
 }

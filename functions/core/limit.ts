@@ -10,23 +10,19 @@ export async function forEachLimit<T>(
   go: () => boolean = () => true,
 ): Promise<number> {
   let next = 0;
-  let failed = false;
+  let failure: { error: unknown } | null = null;
   const worker = async () => {
-    while (!failed && next < items.length && go()) {
+    while (!failure && next < items.length && go()) {
       const i = next++;
       try {
         await f(items[i] as T, i);
       } catch (caught) {
-        failed = true;
-        throw caught;
+        failure ??= { error: caught };
       }
     }
   };
-  const settled = await Promise.allSettled(
-    Array.from({ length: Math.max(0, Math.min(limit, items.length)) }, worker),
-  );
-  const rejected = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-  if (rejected) throw rejected.reason;
+  await Promise.all(Array.from({ length: Math.max(0, Math.min(limit, items.length)) }, worker));
+  if (failure) throw (failure as { error: unknown }).error;
   return next;
 }
 

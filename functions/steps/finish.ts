@@ -1,4 +1,4 @@
-import { InvariantError } from '../core/errors';
+import { InvariantError, messageOf } from '../core/errors';
 import { forEachLimit } from '../core/limit';
 import { runKeys } from '../core/run';
 import { type RunSummary, summarize } from '../core/summary';
@@ -62,15 +62,16 @@ export function partsNamed(parts: readonly number[]): string {
 /**
  * With the work's `cleanUp`, deletes what the run left on OpenAI (input, output and error files, and any
  * upload whose answer was lost, found by its name) and its intermediate objects in S3 (request files and
- * state). Outputs, errors and the summary stay. OpenAI's files go {@link DELETES_IN_FLIGHT} at a time
- * within the step's budget; any left then are counted in `leftOnOpenAI` and logged, and the run ends.
+ * state). Outputs, errors and the summary stay. OpenAI's files go {@link DELETES_IN_FLIGHT} at a time,
+ * none started past half the step's budget; any left then, or whose delete OpenAI refused, are counted in
+ * `leftOnOpenAI` and logged, and the run ends as it would have.
  */
 export async function cleanUp<R>(
   deps: StepDeps<R>,
   input: { runId: string },
 ): Promise<{ openaiFiles: number; objects: number; leftOnOpenAI: number }> {
   if (!deps.work.settings.cleanUp) return { openaiFiles: 0, objects: 0, leftOnOpenAI: 0 };
-  const started = deps.now();
+  const begun = deps.now();
   const run = await runOf(deps.runs, input.runId);
   // S3 first: what is left there after a failure (OpenAI unreachable) is marked ended by MarkFailed.
   let objects = 0;
@@ -97,14 +98,30 @@ export async function cleanUp<R>(
     for (const id of await api.filesNamed(`${run.runId}.`)) fileIds.add(id);
     // A few at a time (a run of 10,000 parts has over 20,000 files), and no longer than the step's budget:
     // the run has completed, so what is left is said, not retried into a failed execution.
+    // A delete OpenAI refuses (429, 5xx after the adapter's retry) leaves its file, counted, not the run
+    // failed. New deletes stop at half the budget: each under way may take two calls' timeouts more.
     const ids = [...fileIds];
-    openaiFiles = await forEachLimit(
+    let refused: unknown = null;
+    const started = await forEachLimit(
       ids,
       DELETES_IN_FLIGHT,
-      (id) => api.deleteFile(id),
-      () => deps.now() - started <= deps.budgetMs,
+      async (id) => {
+        try {
+          await api.deleteFile(id);
+          openaiFiles += 1;
+        } catch (caught) {
+          refused ??= caught;
+        }
+      },
+      () => deps.now() - begun <= deps.budgetMs / 2,
     );
     leftOnOpenAI = ids.length - openaiFiles;
+    if (refused)
+      deps.log('OpenAI refused some deletes', {
+        runId: run.runId,
+        failed: started - openaiFiles,
+        first: messageOf(refused),
+      });
   }
   if (leftOnOpenAI > 0)
     deps.log('clean-up stopped at its time budget: files are left on OpenAI', {

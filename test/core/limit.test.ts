@@ -49,6 +49,14 @@ describe('forEachLimit', () => {
     expect(Math.max(...settled)).toBeLessThan(10);
   });
 
+  it('rejects with the failure that came first in time, not the first item that failed', async () => {
+    const run = forEachLimit([0, 1, 2], 3, async (item) => {
+      for (let i = 0; i < 3 - item; i++) await turn(); // item 2 fails first, then 1
+      if (item > 0) throw new Error(`item ${item} failed`);
+    });
+    await expect(run).rejects.toThrow('item 2 failed');
+  });
+
   it('maps in order with mapLimit', async () => {
     expect(await mapLimit([3, 1, 2], 2, async (n) => n * 10)).toEqual([30, 10, 20]);
     expect(await mapLimit([], 4, async (n: number) => n)).toEqual([]);

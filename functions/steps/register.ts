@@ -3,6 +3,7 @@ import { zeroCounts } from '../core/accounting';
 import { datasetLocation } from '../core/dataset-location';
 import { ConfigError, DatasetError } from '../core/errors';
 import { partitionsOf } from '../core/id-files';
+import { mapLimit } from '../core/limit';
 import { isGzip } from '../core/lines';
 import { type BlobInfo, ConflictError } from '../core/ports';
 import { type Run, runKeys } from '../core/run';
@@ -468,17 +469,23 @@ export async function resumeRun(deps: StepDeps<unknown>, found: Run, execution: 
  * objects (Register writes it before any lane starts), so it is the first the lifecycle rule expires.
  * Lane checkpoints may be missing: a lane that never started has none.
  */
+/** Parts whose files a resume checks at once. */
+const CHECKS_IN_FLIGHT = 16;
+
 async function missingIntermediates(deps: StepDeps<unknown>, run: Run): Promise<string[]> {
   const keys = runKeys(run.runId);
-  const missing: string[] = [];
   const gone = async (key: string) => !(await deps.blobs.head(key));
-  for (const part of await deps.runs.listParts(run.runId)) {
-    if (part.status === 'done') continue;
+  const unfinished = (await deps.runs.listParts(run.runId)).filter((part) => part.status !== 'done');
+  // A few parts at a time (a failed run may have thousands unfinished), named in part order.
+  const missingOf = await mapLimit(unfinished, CHECKS_IN_FLIGHT, async (part) => {
+    const missing: string[] = [];
     if (await gone(keys.requests(part.part))) missing.push(keys.requests(part.part));
     // Either lines file will do: looked for once, the look being the check.
     if (!(await existingPartLinesKey(deps.blobs, run.runId, part.part)))
       missing.push(keys.entries(part.part));
-  }
+    return missing;
+  });
+  const missing = missingOf.flat();
   if (!run.prepared && (await gone(keys.plan))) missing.push(keys.plan);
   return missing;
 }

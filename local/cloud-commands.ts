@@ -342,7 +342,13 @@ const SETTLE_WORDS = {
   release: 'checking the cost and releasing the batch files',
 } as const;
 
-/** The lines `status` shows for one run: a bar per batch, and the whole run's with elapsed time and ETA. */
+/** Batches `status` draws a bar for, at most. */
+export const MAX_BATCH_LINES = 20;
+
+/**
+ * The lines `status` shows for one run: a bar per batch (at most {@link MAX_BATCH_LINES}, the rest
+ * counted), and the whole run's with elapsed time and ETA.
+ */
 export function statusLines(
   run: Run,
   parts: readonly Part[],
@@ -372,14 +378,36 @@ export function statusLines(
   }
   let done = 0;
   let total = 0;
-  for (const part of [...parts].sort((a, b) => a.part - b.part)) {
-    const finished = part.status === 'done' ? part.requests : part.completed + part.failed;
-    done += finished;
+  const finishedOf = (part: Part) => (part.status === 'done' ? part.requests : part.completed + part.failed);
+  for (const part of parts) {
+    done += finishedOf(part);
     total += part.requests;
+  }
+  // A bar per batch, for the first MAX_BATCH_LINES not done (then done ones), in part order; the rest
+  // counted in one line, so that a run of thousands of batches still fits a screen.
+  const sorted = [...parts].sort((a, b) => a.part - b.part);
+  const shown =
+    sorted.length <= MAX_BATCH_LINES
+      ? sorted
+      : [...sorted.filter((p) => p.status !== 'done'), ...sorted.filter((p) => p.status === 'done')]
+          .slice(0, MAX_BATCH_LINES)
+          .sort((a, b) => a.part - b.part);
+  for (const part of shown) {
+    const finished = finishedOf(part);
     const state = part.status === 'active' ? (part.batchStatus ?? 'active') : part.status;
     const failed = part.status === 'done' ? part.errors : part.failed;
     lines.push(
       `  batch ${String(part.part).padStart(5, '0')} ${bar(finished, part.requests)} ${finished}/${part.requests} done, ${failed} failed  ${state}`,
+    );
+  }
+  if (shown.length < sorted.length) {
+    const listed = new Set(shown);
+    const byStatus = new Map<string, number>();
+    for (const part of sorted)
+      if (!listed.has(part)) byStatus.set(part.status, (byStatus.get(part.status) ?? 0) + 1);
+    const counts = [...byStatus].map(([status, n]) => `${n.toLocaleString('en-US')} ${status}`).join(', ');
+    lines.push(
+      `  ... and ${(sorted.length - shown.length).toLocaleString('en-US')} more batches (${counts})`,
     );
   }
   const rate = elapsed > 0 ? done / elapsed : 0;

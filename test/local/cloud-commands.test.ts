@@ -19,14 +19,14 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import { zeroCounts } from '../../functions/core/accounting';
-import type { LaneCheckpoint, Run } from '../../functions/core/run';
+import type { LaneCheckpoint, Part, Run } from '../../functions/core/run';
 import { loadWork } from '../../infra/works';
-import { shardsDoneBy, statusLines } from '../../local/cloud-commands';
+import { MAX_BATCH_LINES, shardsDoneBy, statusLines } from '../../local/cloud-commands';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
 import { autoStartRuleToQueue, type Moto, motoClientConfig, motoSqs, startMoto } from '../support/moto';
-import { runFixture } from '../support/runs';
+import { partFixture, runFixture } from '../support/runs';
 import { withEmulator } from '../support/targets';
 
 /** The escape sequence status --watch redraws with: cursor up N lines, clear to the end. */
@@ -440,6 +440,36 @@ describe('resume', () => {
     } finally {
       fake.close();
     }
+  });
+});
+
+describe('status of a run of many batches', () => {
+  it(`draws a bar for at most ${MAX_BATCH_LINES} batches, those not done first, and counts the rest in one line`, () => {
+    const at = Date.UTC(2026, 10, 27, 9, 0);
+    const parts = Array.from({ length: 2_000 }, (_, part) => {
+      const status = part % 100 === 7 ? 'active' : part >= 1_990 ? 'pending' : 'done';
+      return { ...partFixture({ part, requests: 10 }), status } as Part;
+    });
+    const lines = statusLines(
+      { ...runFixture('many', 'h', at - 60_000), status: 'running', prepared: true },
+      parts,
+      at,
+    );
+    const bars = lines.filter((l) => l.startsWith('  batch '));
+    expect(bars).toHaveLength(MAX_BATCH_LINES);
+    // The 20 active ones (every hundredth, at 7) come first; nothing done is drawn.
+    expect(bars.every((l) => / {2}active$/.test(l))).toBe(true);
+    expect(lines).toContain('  ... and 1,980 more batches (1,970 done, 10 pending)');
+    // The whole run's bar still counts every batch.
+    expect(lines.find((l) => l.startsWith('  all '))).toContain('/20000 requests');
+    // Few batches: each drawn, as before.
+    expect(
+      statusLines(
+        { ...runFixture('few', 'h', at), status: 'running', prepared: true },
+        parts.slice(0, 3),
+        at,
+      ).filter((l) => l.startsWith('  batch ')),
+    ).toHaveLength(3);
   });
 });
 

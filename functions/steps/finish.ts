@@ -96,10 +96,10 @@ export async function cleanUp<R>(
   if (fileIds.size > 0 || parts.length > 0) {
     const api = await deps.openai();
     for (const id of await api.filesNamed(`${run.runId}.`)) fileIds.add(id);
-    // A few at a time (a run of 10,000 parts has over 20,000 files), and no longer than the step's budget:
-    // the run has completed, so what is left is said, not retried into a failed execution.
-    // A delete OpenAI refuses (429, 5xx after the adapter's retry) leaves its file, counted, not the run
-    // failed. New deletes stop at half the budget: each under way may take two calls' timeouts more.
+    // A few at a time (a run of 10,000 parts has over 20,000 files), none started past half the budget
+    // (each under way may take two calls' timeouts more). The run has completed: a file left, by the
+    // budget or by OpenAI refusing its delete (429, 5xx after the adapter's retry), is counted and said,
+    // not retried into a failed execution.
     const ids = [...fileIds];
     let refused: unknown = null;
     const started = await forEachLimit(

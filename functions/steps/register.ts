@@ -463,15 +463,15 @@ export async function resumeRun(deps: StepDeps<unknown>, found: Run, execution: 
   }
 }
 
+/** Parts whose files a resume checks at once. */
+const CHECKS_IN_FLIGHT = 16;
+
 /**
  * The intermediate files a failed run still needs that are gone: request files of unfinished parts, and,
  * when it was not prepared, the shard plan its lanes read. The plan is the oldest of a run's state
  * objects (Register writes it before any lane starts), so it is the first the lifecycle rule expires.
  * Lane checkpoints may be missing: a lane that never started has none.
  */
-/** Parts whose files a resume checks at once. */
-const CHECKS_IN_FLIGHT = 16;
-
 async function missingIntermediates(deps: StepDeps<unknown>, run: Run): Promise<string[]> {
   const keys = runKeys(run.runId);
   const gone = async (key: string) => !(await deps.blobs.head(key));

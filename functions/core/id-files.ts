@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { fingerprint } from './ids';
-import type { BlobStore } from './ports';
+import { type BlobStore, readRange } from './ports';
 
 /**
  * Where a request with a given custom_id was placed, as prepare records it: one entry per request written
@@ -291,17 +291,10 @@ function rangeOf(index: IdFileIndex, p0: number, p1: number): { start: number; b
 /** Partitions [p0, p1) of an id file, read whole. */
 async function readWhole(blobs: BlobStore, file: IndexedIdFile, p0: number, p1: number): Promise<Uint8Array> {
   const { start, bytes } = rangeOf(file.index, p0, p1);
-  if (bytes === 0) return new Uint8Array(0);
-  const out = new Uint8Array(bytes);
-  let at = 0;
-  for await (const chunk of blobs.read(file.key, start)) {
-    const piece = chunk.length > bytes - at ? chunk.subarray(0, bytes - at) : chunk;
-    out.set(piece, at);
-    at += piece.length;
-    if (at === bytes) break;
-  }
-  if (at < bytes) throw new Error(`id file ${file.key} ended ${bytes - at} bytes before its index says`);
-  return out;
+  const read = await readRange(blobs, file.key, start, bytes);
+  if (read.length < bytes)
+    throw new Error(`id file ${file.key} ended ${bytes - read.length} bytes before its index says`);
+  return read;
 }
 
 /**

@@ -32,6 +32,27 @@ export interface BlobStore {
 }
 
 /**
+ * `length` bytes of an object from `start` (fewer when it ends first): reads no further than them,
+ * though the store's read runs to the object's end.
+ */
+export async function readRange(
+  blobs: BlobStore,
+  key: string,
+  start: number,
+  length: number,
+): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  let got = 0;
+  if (length <= 0) return Buffer.alloc(0);
+  for await (const chunk of blobs.read(key, start)) {
+    chunks.push(chunk.length > length - got ? chunk.subarray(0, length - got) : chunk);
+    got += chunks.at(-1)?.length ?? 0;
+    if (got >= length) break;
+  }
+  return Buffer.concat(chunks);
+}
+
+/**
  * What a run's intermediate objects (request files, their line sidecars, checkpoints) are marked with:
  * `running` from their writing, `ended` once the run has ended. The bucket's lifecycle rule expires only
  * ended ones, so no object a running run still needs can expire, however long the run lasts.

@@ -2,7 +2,7 @@ import { addCounts, type Counts, withDuplicates, zeroCounts } from '../core/acco
 import { parsePartLine } from '../core/collect';
 import { type DedupHeld, type Duplicate, duplicatesIn } from '../core/dedup';
 import { CostLimitError, DatasetError, InvariantError } from '../core/errors';
-import { type IdEntry, type IdFileIndex, readIdFileIndex, readIdFilesAhead } from '../core/id-files';
+import { type IdFileIndex, readIdFileIndex, readIdFilesAhead } from '../core/id-files';
 import { errorItem } from '../core/items';
 import { forEachLimit, mapLimit } from '../core/limit';
 import { type BlobStore, ConflictError } from '../core/ports';
@@ -223,9 +223,7 @@ class SettleContext<R> {
     const blobs = this.deps.blobs;
     // In key order (as listed): each id's uses come in (shard, line) order, as duplicatesIn wants them.
     const holding = files.filter((f) => f.index.counts.slice(p0, p1).some((n) => n > 0));
-    async function* source(): AsyncGenerator<IdEntry> {
-      yield* readIdFilesAhead(blobs, holding, p0, p1);
-    }
+    const source = () => readIdFilesAhead(blobs, holding, p0, p1);
     // Shard 0's own duplicates were dropped when it was settled early; its entries still name the winners.
     const skipFirst = state.firstShardSettled;
     const found: DedupHeld = { ids: 0, uses: 0 };
@@ -281,9 +279,7 @@ class SettleContext<R> {
       });
       return null;
     }
-    async function* source(): AsyncGenerator<IdEntry> {
-      yield* readIdFilesAhead(blobs, files, 0, partitions);
-    }
+    const source = () => readIdFilesAhead(blobs, files, 0, partitions);
     const found: DedupHeld = { ids: 0, uses: 0 };
     async function* duplicates(): AsyncGenerator<Duplicate> {
       for await (const d of duplicatesIn(source, entries, found)) if (d.entry.shard === 0) yield d;

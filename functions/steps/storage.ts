@@ -3,7 +3,7 @@ import type { PartSummary } from '../core/chunker';
 import { partLine } from '../core/collect';
 import { InvariantError } from '../core/errors';
 import { type IdEntry, IdFileBuilder } from '../core/id-files';
-import type { BlobStore } from '../core/ports';
+import { type BlobStore, readRange } from '../core/ports';
 import type { PartSink, RecordSink } from '../core/prepare';
 import type { PreparedRequest } from '../core/requests';
 import { type LaneCheckpoint, LaneCheckpointSchema, type Part, type Run, runKeys } from '../core/run';
@@ -220,27 +220,6 @@ export async function deleteIdFilesFrom(
   }
   for (let i = 0; i < stale.length; i += 1000) await blobs.delete(stale.slice(i, i + 1000));
   return stale.length;
-}
-
-/**
- * `length` bytes of an object from `start` (fewer when it ends first): reads no further than them,
- * though the store's read runs to the object's end.
- */
-export async function readRange(
-  blobs: BlobStore,
-  key: string,
-  start: number,
-  length: number,
-): Promise<Buffer> {
-  const chunks: Uint8Array[] = [];
-  let got = 0;
-  if (length <= 0) return Buffer.alloc(0);
-  for await (const chunk of blobs.read(key, start)) {
-    chunks.push(chunk.length > length - got ? chunk.subarray(0, length - got) : chunk);
-    got += chunks.at(-1)?.length ?? 0;
-    if (got >= length) break;
-  }
-  return Buffer.concat(chunks);
 }
 
 /** A small object's bytes, or null when there is no such object. */

@@ -317,7 +317,7 @@ describe('the Prepare lane step', () => {
     const runId = 'first-own-step';
     const deps = depsFor(1000); // a budget no step here uses up
     const lines = objectLines('o', 40, { 5: JSON.stringify({ id: 'o-1', text: 'again' }) });
-    const { key, shards } = await registeredLines(deps, runId, lines, 1);
+    const { shards } = await registeredLines(deps, runId, lines, 1);
     expect(shards.length).toBeGreaterThan(2);
     const stepOf = async () => {
       await prepare(deps, { runId, lane: 0 });

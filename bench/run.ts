@@ -120,12 +120,10 @@ console.table(
     'peak RSS MiB': p.peakRssMiB,
   })),
 );
+/** The headline figures: chat over 1 KB records. */
+const headline = (p: PathFigure) => p.kind === 'chat' && p.recordBytes === 1000;
 const peakAt = (bytes: number) =>
-  Math.max(
-    ...paths
-      .filter((p) => p.bytes === bytes && p.kind === 'chat' && p.recordBytes === 1000)
-      .map((p) => p.peakRssMiB),
-  );
+  Math.max(...paths.filter((p) => p.bytes === bytes && headline(p)).map((p) => p.peakRssMiB));
 const memory = { small: peakAt(SMALL), large: peakAt(LARGE) };
 console.log(
   `peak RSS: ${memory.small} MiB at ${mb(SMALL)}, ${memory.large} MiB at ${mb(LARGE)} (${(memory.large / memory.small).toFixed(2)}x; goal: at most 256 MiB at 1 GB and 1.5x)`,
@@ -251,9 +249,7 @@ console.log(
 );
 
 const large = (mode: string) => {
-  const figure = paths.find(
-    (p) => p.mode === mode && p.bytes === LARGE && p.kind === 'chat' && p.recordBytes === 1000,
-  );
+  const figure = paths.find((p) => p.mode === mode && p.bytes === LARGE && headline(p));
   if (!figure) throw new Error(`no ${mode} figure`);
   return {
     recordsPerSecond: figure.recordsPerSecond,

@@ -48,6 +48,11 @@ export interface CollectInput<R> {
   readonly shouldPause?: () => boolean;
   /** The dataset object the part's records come from (its key), given to every error as `object`. */
   readonly object?: string | null;
+  /**
+   * For a part of a pack of objects (see core/shards.ts), whose lines file numbers lines across the pack:
+   * the object and that object's own line of such a line, given to errors (and messages) in its stead.
+   */
+  readonly place?: (line: number) => { readonly object: string | null; readonly line: number | null };
 }
 
 /** What collecting a part found (over every call so far, when it took several). */
@@ -312,14 +317,23 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
     paused,
   });
 
-  const writeError = async (item: BatchErrorItem) => {
-    await input.errors.write(await errorLine(work, input.object ? { ...item, object: input.object } : item));
+  const { place } = input;
+  /** Writes an error of the request on line `line` of the part's lines file (null where none is known). */
+  const writeError = async (item: BatchErrorItem, line: number | null) => {
+    const at = place && line !== null ? place(line) : null;
+    const placed = at
+      ? { ...item, line: at.line, object: at.object }
+      : input.object
+        ? { ...item, object: input.object }
+        : item;
+    await input.errors.write(await errorLine(work, placed));
     errors += 1;
   };
   /** An error for one of the part's requests, as OpenAI's outcome for it. */
   const requestFailed = (request: { customId: string; line: number }, code: string, message: string) =>
     writeError(
       errorItem({ stage: 'openai', id: request.customId, line: request.line, batchId, code, message }),
+      request.line,
     );
   const resend = async (request: PartRequest) => {
     await input.resubmit?.write(request.json, request.line, request.customId);
@@ -356,10 +370,18 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
   const datasetLine = new Map<string, number>();
   for await (const requests of idChunks(input))
     for (const request of requests) datasetLine.set(request.customId, request.line);
-  const lineOf = (id: string) => datasetLine.get(id) ?? null;
+  const fileLineOf = (id: string) => datasetLine.get(id) ?? null;
+  // The line a user reads (of its own object, in a pack).
+  const lineOf = place
+    ? (id: string) => {
+        const line = datasetLine.get(id);
+        return line === undefined ? null : place(line).line;
+      }
+    : fileLineOf;
   const hookFailed = (id: string, message: string) =>
     writeError(
       errorItem({ stage: 'download', id, line: lineOf(id), batchId, code: 'download_hook_failed', message }),
+      fileLineOf(id),
     );
   const settled = new Set<string>();
   const retry = new Set<string>();
@@ -389,7 +411,7 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
           if (input.resubmit && resend) retry.add(id);
           else {
             settled.add(id);
-            if (!replay) await writeError(event.item);
+            if (!replay) await writeError(event.item, fileLineOf(id));
           }
           continue;
         }
@@ -400,7 +422,7 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
           usage.cachedTokens += event.item.usage.cachedTokens;
         }
         const checked = work.structured
-          ? checkOutput(work.structured, event.item, datasetLine.get(id) ?? null)
+          ? checkOutput(work.structured, event.item, lineOf(id))
           : { item: { ...event.item, parsed: undefined } };
         if ('error' in checked) {
           // An answer that came back unusable (not the schema, refused, cut off): sent again while
@@ -408,7 +430,7 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
           if (input.resubmit && part.generation < work.settings.maxOutputRetries) retry.add(id);
           else {
             settled.add(id);
-            if (!replay) await writeError(checked.error);
+            if (!replay) await writeError(checked.error, fileLineOf(id));
           }
           continue;
         }

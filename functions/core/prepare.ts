@@ -43,6 +43,22 @@ export interface PrepareStart {
   readonly skipLines?: number;
   /** The number the first new part gets. */
   readonly firstPart?: number;
+  /**
+   * Given `sources` (a pack): the pack's lines before the first source's object. Parts' lines files and
+   * id entries number a pack's lines across it (line `base + n` for line n of an object the pack has
+   * `base` lines before), so that a line of the pack is one number there; errors, messages and hooks are
+   * given the object's own line.
+   */
+  readonly lineBase?: number;
+}
+
+/** One object a prepare step reads, of those of a pack (see core/shards.ts), in the pack's order. */
+export interface ObjectSource {
+  readonly source: AsyncIterable<Uint8Array>;
+  /** The object's key, given to every error as `object`. */
+  readonly object: string;
+  /** The position the source's first byte is at (the object's start, or where a step stopped). */
+  readonly position: LinePosition;
 }
 
 /** How a prepare step ended. */
@@ -57,11 +73,19 @@ export interface PrepareResult {
   readonly parts: PartSummary[];
   /** What this step counted. */
   readonly counts: Counts;
+  /**
+   * Given `sources`: the lines of each source this step read to its end, in order (the line after its
+   * last record, less one). `next` is then in the source after them.
+   */
+  readonly finished: number[];
 }
 
 /** What a prepare step reads from and writes to. */
 export interface PrepareInput<R> {
-  readonly source: AsyncIterable<Uint8Array>;
+  /** The dataset's bytes; or, for a pack of objects, `sources` in its stead. */
+  readonly source?: AsyncIterable<Uint8Array>;
+  /** The objects of a pack, read one after the other into the same parts. */
+  readonly sources?: AsyncIterable<ObjectSource> | Iterable<ObjectSource>;
   readonly work: Work<R>;
   /** Where custom_ids are claimed: {@link LineIds} (one line), or a registry over the whole dataset. */
   readonly ids: IdClaims;
@@ -94,6 +118,11 @@ export class LineIds implements IdClaims {
     this.ids.add(id);
     return 0;
   }
+
+  nextObject(): void {
+    this.line = 0;
+    this.ids.clear();
+  }
 }
 
 /**
@@ -110,6 +139,10 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
   let next: LinePosition = start.position ?? { line: 1, offset: 0 };
   let gzip = false;
   let done = true;
+  const finished: number[] = [];
+  // The object being read, and its pack's lines before it (see ObjectSource).
+  let object = input.object;
+  let lineBase = input.sources ? (start.lineBase ?? 0) : 0;
 
   /** Counts an error and writes its line. */
   async function refuse(error: BatchErrorItem): Promise<void> {
@@ -120,9 +153,7 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
       counts.requests += 1;
       counts.refusedRequests += 1;
     }
-    await input.errors.write(
-      await errorLine(work, input.object === undefined ? error : { ...error, object: input.object }),
-    );
+    await input.errors.write(await errorLine(work, object === undefined ? error : { ...error, object }));
     counts.errors += 1;
   }
 
@@ -154,9 +185,11 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
     if (event.kind === 'request') {
       counts.requests += 1;
       counts.submittedRequests += 1;
-      const { part, closed } = chunker.place(event.request);
-      if (closed) return closeThenWrite(closed, part, event.request);
-      return input.parts.write(part, event.request);
+      const request =
+        lineBase === 0 ? event.request : { ...event.request, line: event.request.line + lineBase };
+      const { part, closed } = chunker.place(request);
+      if (closed) return closeThenWrite(closed, part, request);
+      return input.parts.write(part, request);
     }
     if (event.kind === 'skip') {
       counts.skippedRecords += 1;
@@ -165,54 +198,69 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
     return refuse(event.error);
   }
 
-  const reader = readDatasetBatches(input.source, {
-    maxRecordBytes: work.settings.maxRecordBytes,
-    ...(start.position ? { start: start.position } : {}),
-    ...(start.skipLines ? { skipLines: start.skipLines } : {}),
-    ...(input.detectGzip === false ? { detectGzip: false } : {}),
-    onFormat: (format) => {
-      gzip = format.gzip;
-    },
-  });
+  const single = (): ObjectSource[] => {
+    if (!input.source) throw new Error('prepareDataset needs a source or sources');
+    return [{ source: input.source, object: input.object ?? '', position: next }];
+  };
   try {
-    // One loop from line to part, awaiting only what returns a promise (a hook may be async, a sink may
-    // flush), and the reader once a batch of lines.
-    reading: for await (const batch of reader) {
-      for (const entry of batch) {
-        if (input.shouldPause?.()) {
-          done = false;
-          break reading;
-        }
-        counts.records += 1;
-        const { line } = entry;
-        if (entry.kind === 'invalid') {
-          await refuse(entry.error);
-        } else {
-          const checked = recordOf(entry, work);
-          if ('refused' in checked) {
-            await take(checked.refused);
+    let first = true;
+    reading: for await (const current of input.sources ?? single()) {
+      if (input.sources) {
+        object = current.object;
+        next = current.position;
+        if (!first) input.ids.nextObject?.();
+      }
+      first = false;
+      const reader = readDatasetBatches(current.source, {
+        maxRecordBytes: work.settings.maxRecordBytes,
+        ...(input.sources || start.position ? { start: next } : {}),
+        ...(start.skipLines && !input.sources ? { skipLines: start.skipLines } : {}),
+        ...(input.detectGzip === false || input.sources ? { detectGzip: false } : {}),
+        onFormat: (format) => {
+          gzip = format.gzip;
+        },
+      });
+      // One loop from line to part, awaiting only what returns a promise (a hook may be async, a sink may
+      // flush), and the reader once a batch of lines.
+      for await (const batch of reader) {
+        for (const entry of batch) {
+          if (input.shouldPause?.()) {
+            done = false;
+            break reading;
+          }
+          counts.records += 1;
+          const { line } = entry;
+          if (entry.kind === 'invalid') {
+            await refuse(entry.error);
           } else {
-            let result: unknown;
-            let threw = false;
-            try {
-              result = work.upload(checked.record, { line });
-              if (isThenable(result)) result = await result;
-            } catch (caught) {
-              threw = true;
-              await take(uploadFailure(line, caught));
-            }
-            const items = threw ? [] : itemsOf(result);
-            if (items === null) take({ kind: 'skip', line });
-            else {
-              for (let i = 0; i < items.length; i++) {
-                const pending = take(buildRequest(items[i], line, work, input.ids, i === 0));
-                if (pending) await pending;
+            const checked = recordOf(entry, work);
+            if ('refused' in checked) {
+              await take(checked.refused);
+            } else {
+              let result: unknown;
+              let threw = false;
+              try {
+                result = work.upload(checked.record, { line });
+                if (isThenable(result)) result = await result;
+              } catch (caught) {
+                threw = true;
+                await take(uploadFailure(line, caught));
+              }
+              const items = threw ? [] : itemsOf(result);
+              if (items === null) take({ kind: 'skip', line });
+              else {
+                for (let i = 0; i < items.length; i++) {
+                  const pending = take(buildRequest(items[i], line, work, input.ids, i === 0));
+                  if (pending) await pending;
+                }
               }
             }
           }
+          next = { line: line + 1, offset: entry.end };
         }
-        next = { line: line + 1, offset: entry.end };
       }
+      finished.push(next.line - 1);
+      lineBase += next.line - 1;
     }
   } catch (caught) {
     // A part's close still running is waited for: none is left to finish after the step has failed.
@@ -222,7 +270,7 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
   for (const summary of chunker.finish()) await closePart(summary);
   if (closing) await closing;
   parts.sort((a, b) => a.part - b.part);
-  return { done, next, gzip, parts, counts };
+  return { done, next, gzip, parts, counts, finished };
 }
 
 /** Whether `await` would wait on a value: a promise or another thenable. */

@@ -20,6 +20,8 @@ import { isEmbeddings, type Work } from './work';
  */
 export interface IdClaims {
   claim(id: string, line: number): number;
+  /** The lines that follow are another object's (numbered from 1 again): a pack of objects is read on. */
+  nextObject?(): void;
 }
 
 /** One OpenAI batch input line, ready to be placed in a part. */

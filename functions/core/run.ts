@@ -166,6 +166,11 @@ export const DatasetSchema = z.object({
   shards: z.number().int().positive(),
   /** The width in bytes of one line of the plan. */
   planWidth: z.number().int().positive(),
+  /**
+   * The width in bytes of one line of the object list (`runKeys.objectList`), which packs of small objects
+   * are read by; 0 for a run registered before there was one (it has no packs).
+   */
+  objectWidth: z.number().int().nonnegative().default(0),
   /** Partitions the custom_id files are split into (see core/id-files.ts). */
   partitions: z.number().int().positive(),
   /** Lanes: shards prepared at once, each lane taking every `lanes`-th shard. */
@@ -187,6 +192,11 @@ export const LaneCheckpointSchema = z.object({
   position: z
     .object({ line: z.number().int().positive(), offset: z.number().int().nonnegative() })
     .nullable(),
+  /**
+   * A pack of objects (see core/shards.ts): the pack's lines before each of its objects reached so far, the
+   * last being the object `position` is in. Empty for other shards, and before a pack's first step.
+   */
+  starts: z.array(z.number().int().nonnegative()).default([]),
   /** The k of the shard's next part (its number is shardPart(shard, k)). */
   nextPart: z.number().int().nonnegative(),
   /** The shard is gzip and its inflated copy (`runKeys.inflated(shard)`) is complete. */
@@ -329,6 +339,10 @@ export const runKeys = (runId: string) => ({
     `runs/${runId}/errors/prepare-${String(shard).padStart(6, '0')}-${String(line).padStart(10, '0')}.jsonl`,
   /** The shard plan: one fixed-width line a shard (see core/shards.ts planCodec). */
   plan: `runs/${runId}/state/shards.plan`,
+  /** The dataset's objects, one fixed-width line each (see core/shards.ts objectListCodec). */
+  objectList: `runs/${runId}/state/objects.list`,
+  /** Where each object of a pack starts (see core/shards.ts PackStartsSchema), once the pack is prepared. */
+  packStarts: (shard: number) => `runs/${runId}/state/packs/${shard}.json`,
   /** A prepare lane's checkpoint. */
   lane: (lane: number) => `runs/${runId}/state/lanes/${lane}.json`,
   /** Newline bytes in [0, shard.start) of a shard's object, once known (a decimal number). */

@@ -2,10 +2,18 @@ import { z } from 'zod';
 import { InvariantError } from './errors';
 
 /**
- * A shard: a part of the dataset that one prepare lane reads on its own. It is a whole object, or a byte
- * range of a large one. A byte range owns the lines that START inside it: its reader begins at the first
- * line start at or after `start` and reads on past `end` to finish the last line it owns. So shards of
- * one object cover its lines exactly once, whatever bytes the boundaries fall on.
+ * A shard: a part of the dataset that one prepare lane reads on its own. It is a whole object, a byte
+ * range of a large one, or a pack of small whole objects that follow each other in the dataset. A byte
+ * range owns the lines that START inside it: its reader begins at the first line start at or after `start`
+ * and reads on past `end` to finish the last line it owns. So shards of one object cover its lines exactly
+ * once, whatever bytes the boundaries fall on.
+ *
+ * A pack (`objects` > 1) is objects `object` to `object + objects - 1`, each read whole, one after the
+ * other, into the same parts: a prefix of many small files becomes a few shards and a few batches, not a
+ * shard and a batch a file. Its `key`, `size` and `etag` are its first object's; the others are in the
+ * run's object list (`objectListCodec`). Within a pack, the run's own files (parts' lines files, id
+ * entries, file names) number lines across the whole pack, the "shard line"; what a user sees (errors,
+ * hooks) numbers them per object, found from the pack's table of where each object starts.
  */
 export const ShardSchema = z.object({
   /** The shard's number, in dataset order (object by object, range by range). */
@@ -21,6 +29,8 @@ export const ShardSchema = z.object({
   end: z.number().int().nonnegative(),
   /** The object's content is gzip: it is one shard, read whole. */
   gzip: z.boolean(),
+  /** Whole objects the shard holds: more than one for a pack of small objects (see above). */
+  objects: z.number().int().positive().default(1),
 });
 
 /** A shard of the dataset. */
@@ -56,28 +66,72 @@ export function shardOfPart(part: number): number {
 }
 
 /**
- * The shards of a dataset: each object whole, or, when it is larger than `shardBytes` and not gzip, in
- * byte ranges of `shardBytes`. Empty objects have no shard. Yields shards in dataset order.
+ * The most objects one pack holds: a pack's lane reads their list lines in one GET, and keeps where each
+ * starts in its checkpoint.
  */
-export function* shardsOf(objects: Iterable<PlannedObject>, shardBytes: number): Generator<Shard> {
-  let shard = 0;
-  let index = 0;
-  for (const object of objects) {
+export const MAX_PACK_OBJECTS = 1000;
+
+/**
+ * The shards of a dataset, in dataset order: objects of `shardBytes` or less that are not gzip are packed,
+ * one after the other, into shards of at most `shardBytes` and MAX_PACK_OBJECTS objects; a larger object
+ * that is not gzip is cut into byte ranges of `shardBytes`; a gzip object is one shard. Empty objects have
+ * no shard. Objects are given one at a time, in dataset order; it holds one pack at most (its first
+ * object and its counts).
+ */
+export class ShardPlanner {
+  private shard = 0;
+  private index = 0;
+  private pack: { first: Omit<Shard, 'shard'>; objects: number; bytes: number } | null = null;
+
+  constructor(private readonly shardBytes: number) {}
+
+  /** The shards complete once `object`, the dataset's next, is planned. */
+  add(object: PlannedObject): Shard[] {
     const base = {
-      object: index++,
+      object: this.index++,
       key: object.key,
       size: object.size,
       etag: object.etag,
       gzip: object.gzip,
+      start: 0,
+      end: object.size,
+      objects: 1,
     };
-    if (object.size === 0) continue;
-    if (object.gzip || object.size <= shardBytes) {
-      yield { shard: shard++, ...base, start: 0, end: object.size };
-      continue;
+    if (object.size === 0) return [];
+    const { shardBytes } = this;
+    if (!object.gzip && object.size <= shardBytes) {
+      const { pack } = this;
+      if (pack && pack.bytes + object.size <= shardBytes && pack.objects < MAX_PACK_OBJECTS) {
+        pack.objects += 1;
+        pack.bytes += object.size;
+        return [];
+      }
+      const out = this.finish();
+      this.pack = { first: base, objects: 1, bytes: object.size };
+      return out;
     }
-    for (let start = 0; start < object.size; start += shardBytes)
-      yield { shard: shard++, ...base, start, end: Math.min(object.size, start + shardBytes) };
+    const out = this.finish();
+    if (object.gzip) out.push({ shard: this.shard++, ...base });
+    else
+      for (let start = 0; start < object.size; start += shardBytes)
+        out.push({ shard: this.shard++, ...base, start, end: Math.min(object.size, start + shardBytes) });
+    return out;
   }
+
+  /** The pack still open, as a shard (none when there is none). */
+  finish(): Shard[] {
+    const { pack } = this;
+    if (!pack) return [];
+    this.pack = null;
+    return [{ shard: this.shard++, ...pack.first, objects: pack.objects }];
+  }
+}
+
+/** The shards of a dataset's objects (see {@link ShardPlanner}). */
+export function* shardsOf(objects: Iterable<PlannedObject>, shardBytes: number): Generator<Shard> {
+  const planner = new ShardPlanner(shardBytes);
+  for (const object of objects) yield* planner.add(object);
+  yield* planner.finish();
 }
 
 /**
@@ -121,6 +175,71 @@ export const planCodec = {
     return ShardSchema.parse(JSON.parse(text.trim()));
   },
 };
+
+/** An object of the dataset as the run's object list holds it: what a pack's lane reads it by. */
+export const ListedObjectSchema = z.object({
+  key: z.string(),
+  size: z.number().int().nonnegative(),
+  etag: z.string(),
+});
+
+/** An object of the run's object list. */
+export type ListedObject = z.infer<typeof ListedObjectSchema>;
+
+/**
+ * The run's object list (`runKeys.objectList`): one fixed-width line an object (JSON padded with spaces),
+ * object n at `n * width`, so that a pack's objects are read with one ranged GET.
+ */
+export const objectListCodec = {
+  /** The width this object's line needs, newline included. */
+  widthOf(object: ListedObject): number {
+    return Buffer.byteLength(JSON.stringify(listed(object))) + 1;
+  },
+  encode(object: ListedObject, width: number): string {
+    const json = JSON.stringify(listed(object));
+    const pad = width - 1 - Buffer.byteLength(json);
+    if (pad < 0)
+      throw new InvariantError(`object ${object.key} does not fit the object list's width ${width}`);
+    return `${json}${' '.repeat(pad)}\n`;
+  },
+  /** The objects of a run of consecutive lines. */
+  decode(bytes: Uint8Array, width: number): ListedObject[] {
+    const out: ListedObject[] = [];
+    for (let at = 0; at + width <= bytes.length; at += width) {
+      const text = Buffer.from(bytes.buffer, bytes.byteOffset + at, width).toString('utf8');
+      out.push(ListedObjectSchema.parse(JSON.parse(text.trim())));
+    }
+    return out;
+  },
+};
+
+/** Only the fields the list keeps, in a fixed order. */
+function listed(object: ListedObject): ListedObject {
+  return { key: object.key, size: object.size, etag: object.etag };
+}
+
+/**
+ * Where each object of a pack starts (`runKeys.packStarts`), written once the pack is prepared: `starts[i]`
+ * is the number of the pack's lines before its i-th object. A shard line `l` is then line `l - starts[i]`
+ * of the last object i whose start is below it.
+ */
+export const PackStartsSchema = z.object({ starts: z.array(z.number().int().nonnegative()).min(1) });
+
+/** Where each object of a pack starts. */
+export type PackStarts = z.infer<typeof PackStartsSchema>;
+
+/** The object (its index in the pack) and that object's own line for a line of the pack. */
+export function lineInPack(starts: readonly number[], shardLine: number): { index: number; line: number } {
+  let low = 0;
+  let high = starts.length - 1;
+  // The last i with starts[i] < shardLine.
+  while (low < high) {
+    const mid = (low + high + 1) >> 1;
+    if ((starts[mid] ?? 0) < shardLine) low = mid;
+    else high = mid - 1;
+  }
+  return { index: low, line: shardLine - (starts[low] ?? 0) };
+}
 
 /**
  * The number of the first line shard `shard` owns, from the first line of the object: `newlinesBefore` is

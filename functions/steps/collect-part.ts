@@ -2,7 +2,7 @@ import { collectPart } from '../core/collect';
 import type { BatchApi } from '../core/ports';
 import { newPart, type Part, type Run, runKeys } from '../core/run';
 import type { StepDeps } from './deps';
-import { LazyJsonl, objectOfPart, partLinesKey, StoredParts, shardOf } from './storage';
+import { LazyJsonl, partLinesKey, ShardPlaces, StoredParts, shardOf } from './storage';
 
 /** How a part is collected. */
 export interface CollectOptions {
@@ -41,7 +41,9 @@ export async function collect<R>(
   const child = resubmitting ? part.childPart : null;
   const resent = child === null ? null : new StoredParts(deps.blobs, run.runId);
   const linesKey = await partLinesKey(deps.blobs, run.runId, part.part);
-  const object = await objectOfPart(deps.blobs, run, part);
+  // Errors name the dataset object and line of each request (the lines file numbers a pack's lines across it).
+  const shard = shardOf(run, part);
+  const located = shard === null ? null : await new ShardPlaces(deps.blobs, run).locator(shard);
   const result = await collectPart({
     work: deps.work,
     part,
@@ -67,7 +69,8 @@ export async function collect<R>(
     },
     from,
     resendCancelled,
-    object,
+    object: located?.kind === 'object' ? located.key : null,
+    ...(located?.kind === 'pack' ? { place: located.place } : {}),
     ...(options.shouldPause ? { shouldPause: options.shouldPause } : {}),
   });
   await Promise.all([

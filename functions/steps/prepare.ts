@@ -1,10 +1,24 @@
 import { addCounts, withDuplicates, zeroCounts } from '../core/accounting';
 import { InvariantError } from '../core/errors';
 import { decompressed, type LinePosition } from '../core/lines';
-import { LineIds, prepareDataset } from '../core/prepare';
+import {
+  LineIds,
+  type ObjectSource,
+  type PrepareInput,
+  type PrepareResult,
+  type PrepareStart,
+  prepareDataset,
+} from '../core/prepare';
 import { type LaneCheckpoint, newPart, type Run, runKeys } from '../core/run';
 import { countNewlines, firstLineStart, type RangeTally, throughLineAt } from '../core/shard-reader';
-import { firstLineOf, nextLaneShard, type Shard, shardPart } from '../core/shards';
+import {
+  firstLineOf,
+  type ListedObject,
+  nextLaneShard,
+  type PackStarts,
+  type Shard,
+  shardPart,
+} from '../core/shards';
 import type { StepDeps } from './deps';
 import { runOf } from './runs';
 import { settleFirstShard } from './settle';
@@ -12,6 +26,7 @@ import {
   deleteIdFilesFrom,
   LazyJsonl,
   laneCheckpoint,
+  packObjects,
   planShard,
   readIfThere,
   StoredIdFiles,
@@ -26,6 +41,7 @@ export function freshLane(lane: number): LaneCheckpoint {
     lane,
     shard: lane,
     position: null,
+    starts: [],
     nextPart: 0,
     inflated: false,
     counts: zeroCounts(),
@@ -101,6 +117,7 @@ export async function prepare<R>(
       ...step.checkpoint,
       shard: next ?? cp.shard,
       position: null,
+      starts: [],
       nextPart: 0,
       inflated: false,
       done: next === null,
@@ -127,6 +144,38 @@ export async function prepare<R>(
     // Settled: the next step sends shard 0's parts, so the lane is not done before.
     return settled ? false : next.done;
   }
+}
+
+/** Objects of a pack whose GET is sent before the lane reads them (see packStep). */
+const OBJECTS_AHEAD = 8;
+
+/** A read whose first chunk is asked for at once; read it once, or close it. */
+interface Started extends AsyncIterable<Uint8Array> {
+  close(): Promise<void>;
+}
+
+/** Starts a read: its first chunk is asked for now, and given first when it is read. */
+function started(source: AsyncIterable<Uint8Array>): Started {
+  const iterator = source[Symbol.asyncIterator]();
+  const first = iterator.next();
+  first.catch(() => {}); // thrown where it is read
+  let taken = false;
+  return {
+    async *[Symbol.asyncIterator]() {
+      taken = true;
+      try {
+        for (let chunk = await first; !chunk.done; chunk = await iterator.next()) yield chunk.value;
+      } finally {
+        await iterator.return?.();
+      }
+    },
+    async close() {
+      if (taken) return;
+      taken = true;
+      await first.catch(() => {});
+      await iterator.return?.();
+    },
+  };
 }
 
 /** How a shard's step ended: the shard is finished, or the step paused (the checkpoint says where). */
@@ -222,6 +271,7 @@ class Lane<R> {
 
   /** Prepares a shard from its checkpoint, until it is finished or the step must pause. */
   async step(shard: Shard, checkpoint: LaneCheckpoint, shouldPause: () => boolean): Promise<ShardStep> {
+    if (shard.objects > 1) return this.packStep(shard, checkpoint, shouldPause);
     let cp = checkpoint;
     const tally: RangeTally = { newlinesBeforeEnd: 0, stoppedAt: null };
     let source: AsyncIterable<Uint8Array>;
@@ -263,7 +313,90 @@ class Lane<R> {
       source = throughLineAt(found.rest, found.offset, shard.end, tally);
     }
 
-    const startLine = position.line;
+    const { result, checkpoint: after } = await this.prepareFrom(shard, cp, position.line, {
+      source,
+      start: { position },
+      shouldPause,
+      // Register told gzip from the object's first bytes (a gzip shard is read through its inflated
+      // copy); a range or a resumed step starts mid-object, where gzip's magic number is a line's bytes.
+      detectGzip: false,
+      object: shard.key,
+    });
+    cp = after;
+    if (!result.done) return { kind: 'paused', checkpoint: cp };
+    // The newlines of [0, end) number the next shard's lines, when it is of the same object.
+    if (!shard.gzip && tally.stoppedAt !== null)
+      await this.storeNext(shard, position.line - 1 + tally.newlinesBeforeEnd);
+    return { kind: 'finished', checkpoint: cp };
+  }
+
+  /**
+   * Prepares a pack of objects (see core/shards.ts) from its checkpoint: its objects one after the other,
+   * from the one and the position the checkpoint is at, into the same parts. The checkpoint keeps where
+   * each object reached so far starts in the pack's lines; once the pack is finished, that table is stored
+   * (`runKeys.packStarts`) for the steps that name a request's object and line from a pack line.
+   */
+  private async packStep(
+    shard: Shard,
+    checkpoint: LaneCheckpoint,
+    shouldPause: () => boolean,
+  ): Promise<ShardStep> {
+    const objects = await packObjects(this.deps.blobs, this.run, shard);
+    const starts = checkpoint.starts.length > 0 ? [...checkpoint.starts] : [0];
+    const at = starts.length - 1;
+    const lineBase = starts[at] ?? 0;
+    const position = checkpoint.position ?? { line: 1, offset: 0 };
+    const { blobs } = this.deps;
+    // Each object's GET is sent a few objects ahead (its first chunk waits), so that a pack of many
+    // small objects is not read at one request's latency an object.
+    async function* sources(): AsyncGenerator<ObjectSource> {
+      const ahead: { object: ListedObject; from: LinePosition; source: Started }[] = [];
+      let next = at;
+      const fill = () => {
+        while (ahead.length < OBJECTS_AHEAD && next < objects.length) {
+          const object = objects[next];
+          if (!object) break;
+          const from = next === at ? position : { line: 1, offset: 0 };
+          ahead.push({ object, from, source: started(blobs.read(object.key, from.offset, object.etag)) });
+          next += 1;
+        }
+      };
+      try {
+        fill();
+        for (let open = ahead.shift(); open; open = ahead.shift()) {
+          fill();
+          yield { source: open.source, object: open.object.key, position: open.from };
+        }
+      } finally {
+        await Promise.all(ahead.map((open) => open.source.close()));
+      }
+    }
+    const { result, checkpoint: cp } = await this.prepareFrom(shard, checkpoint, lineBase + position.line, {
+      sources: sources(),
+      start: { lineBase },
+      shouldPause,
+    });
+    for (const lines of result.finished) starts.push((starts.at(-1) ?? 0) + lines);
+    if (!result.done) return { kind: 'paused', checkpoint: { ...cp, starts } };
+    const packStarts: PackStarts = { starts: starts.slice(0, objects.length) };
+    await writeAll(this.deps.blobs, this.keys.packStarts(shard.shard), JSON.stringify(packStarts));
+    return { kind: 'finished', checkpoint: cp };
+  }
+
+  /**
+   * Runs prepareDataset over a shard from the checkpoint, the step starting at line `startLine` of the
+   * shard (what its id and error files are named by), and adds the parts it made to the run; gives its
+   * result and the checkpoint moved on past it.
+   */
+  private async prepareFrom(
+    shard: Shard,
+    checkpoint: LaneCheckpoint,
+    startLine: number,
+    read: Omit<PrepareInput<R>, 'work' | 'ids' | 'parts' | 'errors' | 'start'> & {
+      start: Omit<PrepareStart, 'firstPart'>;
+    },
+  ): Promise<{ result: PrepareResult; checkpoint: LaneCheckpoint }> {
+    let cp = checkpoint;
     await deleteIdFilesFrom(this.deps.blobs, this.runId, shard.shard, startLine);
     const ids = new StoredIdFiles(
       this.deps.blobs,
@@ -275,17 +408,12 @@ class Lane<R> {
     const parts = new StoredParts(this.deps.blobs, this.runId, (part, request) => ids.place(part, request));
     const errors = new LazyJsonl(this.deps.blobs, this.keys.prepareErrors(shard.shard, startLine));
     const result = await prepareDataset({
-      source,
+      ...read,
       work: this.deps.work,
       ids: new LineIds(),
       parts,
       errors,
-      start: { position, firstPart: shardPart(shard.shard, cp.nextPart) },
-      shouldPause,
-      // Register told gzip from the object's first bytes (a gzip shard is read through its inflated
-      // copy); a range or a resumed step starts mid-object, where gzip's magic number is a line's bytes.
-      detectGzip: false,
-      object: shard.key,
+      start: { ...read.start, firstPart: shardPart(shard.shard, cp.nextPart) },
     });
     await errors.close();
     await ids.close();
@@ -317,16 +445,14 @@ class Lane<R> {
       lane: cp.lane,
       shard: shard.shard,
       fromLine: startLine,
+      // In a pack: where it stopped in the object it stopped in, after the objects it finished.
       toLine: result.next.line,
+      ...(read.sources ? { objectsFinished: result.finished.length } : {}),
       records: result.counts.records,
       parts: result.parts.length,
       idFiles: ids.files,
     });
-    if (!result.done) return { kind: 'paused', checkpoint: cp };
-    // The newlines of [0, end) number the next shard's lines, when it is of the same object.
-    if (!shard.gzip && tally.stoppedAt !== null)
-      await this.storeNext(shard, position.line - 1 + tally.newlinesBeforeEnd);
-    return { kind: 'finished', checkpoint: cp };
+    return { result, checkpoint: cp };
   }
 
   /** Stores the newline count of [0, shard.end), the next shard's start, when that shard is of the same object. */

@@ -7,11 +7,18 @@ import { mapLimit } from '../core/limit';
 import { isGzip } from '../core/lines';
 import { type BlobInfo, ConflictError } from '../core/ports';
 import { type Run, runKeys } from '../core/run';
-import { planCodec, SHARD_PART_SPAN, type Shard, shardsOf } from '../core/shards';
+import {
+  MAX_PACK_OBJECTS,
+  objectListCodec,
+  planCodec,
+  SHARD_PART_SPAN,
+  type Shard,
+  ShardPlanner,
+} from '../core/shards';
 import type { StepDeps } from './deps';
 import { WIND_DOWN_MS } from './fail';
 import { markIntermediatesEnded, markIntermediatesRunning } from './intermediates';
-import { existingPartLinesKey } from './storage';
+import { existingPartLinesKey, LazyJsonl } from './storage';
 
 /** A dataset that this work already processed (or is processing) under another run. */
 export class DuplicateDatasetError extends Error {
@@ -32,7 +39,7 @@ export class DuplicateDatasetError extends Error {
   }
 }
 
-/** Objects a dataset prefix may hold: Register lists them twice, and each is at least one shard. */
+/** Objects a dataset prefix may hold: Register lists them twice and reads the first bytes of each. */
 export const MAX_OBJECTS = 100_000;
 
 /**
@@ -144,9 +151,12 @@ async function noObjectMessage(deps: StepDeps<unknown>, key: string): Promise<st
 export interface DatasetScan {
   readonly objects: number;
   readonly bytes: number;
-  readonly shards: number;
+  /** The most shards the plan may have: as if no objects were packed (writePlan gives the count). */
+  readonly maxShards: number;
   /** A width every line of the plan fits in (see planWidthBound). */
   readonly planWidth: number;
+  /** The width of the object list's lines (see objectListCodec). */
+  readonly objectWidth: number;
   /** The indexes of the objects whose content is gzip. */
   readonly gzip: ReadonlySet<number>;
   /** The bytes of those gzip objects, as stored (compressed). */
@@ -172,9 +182,10 @@ async function startsWithGzip(deps: StepDeps<unknown>, key: string, etag: string
 
 /**
  * A width the plan lines of an object's shards fit in, whatever its shard numbers: the widest of its
- * lines has the largest start (at most its size, in digits) and `false`; the shard number is counted as
- * `shardDigits` digits (those of the dataset's last shard). An upper bound, so that it is known before the
- * first bytes of the objects are (they are read concurrently), without the objects held.
+ * lines has the largest start (at most its size, in digits), `false` and the most objects a pack holds;
+ * the shard number is counted as `shardDigits` digits (those of the dataset's last shard). An upper bound,
+ * so that it is known before the first bytes of the objects are (they are read concurrently), without the
+ * objects held.
  */
 function planWidthBound(object: BlobInfo, index: number, shardDigits: number): number {
   const widest: Shard = {
@@ -186,6 +197,7 @@ function planWidthBound(object: BlobInfo, index: number, shardDigits: number): n
     start: object.size,
     end: object.size,
     gzip: false,
+    objects: MAX_PACK_OBJECTS,
   };
   return Buffer.byteLength(JSON.stringify(widest)) - 1 + shardDigits + 1;
 }
@@ -207,6 +219,7 @@ export async function scanDataset(deps: StepDeps<unknown>, key: string): Promise
   let shards = 0;
   let gzipBytes = 0;
   let width = 0; // counting the shard number as one digit
+  let objectWidth = 0;
   const inFlight = new Set<Promise<void>>();
   let failed: { error: unknown } | null = null;
   for await (const object of datasetObjects(deps, key)) {
@@ -214,6 +227,7 @@ export async function scanDataset(deps: StepDeps<unknown>, key: string): Promise
     bytes += object.size;
     etags.update(`${object.size}:${object.etag}\n`);
     width = Math.max(width, planWidthBound(object, index, 1));
+    objectWidth = Math.max(objectWidth, objectListCodec.widthOf(object));
     if (listed && listed.length < HASH_CONTENT_UP_TO.objects) listed.push(object);
     else listed = null;
     const reading: Promise<void> = startsWithGzip(deps, object.key, object.etag)
@@ -237,22 +251,34 @@ export async function scanDataset(deps: StepDeps<unknown>, key: string): Promise
   await Promise.all(inFlight);
   if (failed) throw (failed as { error: unknown }).error;
   const planWidth = width - 1 + String(shards - 1).length;
-  return { objects, bytes, shards, planWidth, gzip, gzipBytes, etags: etags.digest('hex'), listed };
+  return {
+    objects,
+    bytes,
+    maxShards: shards,
+    planWidth,
+    objectWidth,
+    gzip,
+    gzipBytes,
+    etags: etags.digest('hex'),
+    listed,
+  };
 }
 
 /**
  * Register's second pass: writes the shard plan (`runKeys(runId).plan`, one fixed-width line a shard, see
- * planCodec) from the listing again (or the short list the scan kept), streamed. A listing that is not
- * the one scanned (objects added, removed or rewritten in between) is refused, and the plan deleted.
+ * planCodec) and the object list (`runKeys(runId).objectList`, see objectListCodec) from the listing again
+ * (or the short list the scan kept), streamed; gives the number of shards. A listing that is not the one
+ * scanned (objects added, removed or rewritten in between) is refused, and both deleted.
  */
 export async function writePlan(
   deps: StepDeps<unknown>,
   runId: string,
   key: string,
   scan: DatasetScan,
-): Promise<void> {
-  const { shardBytes } = deps.work.settings;
-  const planKey = runKeys(runId).plan;
+): Promise<number> {
+  const keys = runKeys(runId);
+  const planner = new ShardPlanner(deps.work.settings.shardBytes);
+  const objectList = new LazyJsonl(deps.blobs, keys.objectList);
   const etags = createHash('sha256');
   let objects = 0;
   let bytes = 0;
@@ -263,33 +289,46 @@ export async function writePlan(
     );
   async function* lines(): AsyncGenerator<Uint8Array> {
     let batch = '';
+    const add = (planned: readonly Shard[]) => {
+      for (const shard of planned) {
+        shards += 1;
+        if (Buffer.byteLength(JSON.stringify(shard)) + 1 > scan.planWidth) throw changed();
+        batch += planCodec.encode(shard, scan.planWidth);
+      }
+    };
     for await (const object of scan.listed ?? datasetObjects(deps, key)) {
       const index = objects++;
       bytes += object.size;
       etags.update(`${object.size}:${object.etag}\n`);
-      const planned = { ...object, gzip: scan.gzip.has(index) };
-      for (const shard of shardsOf([planned], shardBytes)) {
-        const line: Shard = { ...shard, shard: shards++, object: index };
-        if (Buffer.byteLength(JSON.stringify(line)) + 1 > scan.planWidth) throw changed();
-        batch += planCodec.encode(line, scan.planWidth);
-      }
+      if (objectListCodec.widthOf(object) > scan.objectWidth) throw changed();
+      await objectList.write(objectListCodec.encode(object, scan.objectWidth).slice(0, -1));
+      add(planner.add({ ...object, gzip: scan.gzip.has(index) }));
       if (batch.length >= 64 * 1024) {
         yield Buffer.from(batch);
         batch = '';
       }
     }
+    add(planner.finish());
     if (batch.length > 0) yield Buffer.from(batch);
   }
-  await deps.blobs.write(planKey, lines());
+  try {
+    await deps.blobs.write(keys.plan, lines());
+    await objectList.close();
+  } catch (caught) {
+    await objectList.close().catch(() => {});
+    await deps.blobs.delete([keys.plan, keys.objectList]);
+    throw caught;
+  }
   if (
     objects !== scan.objects ||
     bytes !== scan.bytes ||
-    shards !== scan.shards ||
+    shards > scan.maxShards ||
     etags.digest('hex') !== scan.etags
   ) {
-    await deps.blobs.delete([planKey]);
+    await deps.blobs.delete([keys.plan, keys.objectList]);
     throw changed();
   }
+  return shards;
 }
 
 /**
@@ -340,7 +379,7 @@ export async function register(
   const key = input.fromS3Event ? await eventKey(deps, given) : given;
   const scan = await scanDataset(deps, key);
   const datasetHashValue = await datasetHash(deps, scan);
-  await writePlan(deps, input.runId, key, scan);
+  const shards = await writePlan(deps, input.runId, key, scan);
   const now = deps.now();
   const run: Run = {
     runId: input.runId,
@@ -350,17 +389,18 @@ export async function register(
       key,
       objects: scan.objects,
       bytes: scan.bytes,
-      shards: scan.shards,
+      shards,
       planWidth: scan.planWidth,
+      objectWidth: scan.objectWidth,
       partitions: partitionsOf(scan),
-      lanes: Math.min(deps.work.settings.prepareConcurrency, scan.shards),
+      lanes: Math.min(deps.work.settings.prepareConcurrency, shards),
     },
     datasetHash: datasetHashValue,
     status: 'preparing',
     createdAt: now,
     updatedAt: now,
     prepared: false,
-    nextPart: scan.shards * SHARD_PART_SPAN,
+    nextPart: shards * SHARD_PART_SPAN,
     settle: null,
     counts: zeroCounts(),
     estimatedTokens: 0,
@@ -379,14 +419,15 @@ export async function register(
   };
   const outcome = await deps.runs.createRun(run, !deps.work.settings.allowSameDataset);
   if (!outcome.created) {
-    await deps.blobs.delete([runKeys(run.runId).plan]); // no run will read it, and it would never expire
+    // No run will read them, and they would never expire.
+    await deps.blobs.delete([runKeys(run.runId).plan, runKeys(run.runId).objectList]);
     throw new DuplicateDatasetError(outcome.holder.runId, outcome.holder.status);
   }
   deps.log('run registered', {
     runId: run.runId,
     objects: scan.objects,
     bytes: scan.bytes,
-    shards: scan.shards,
+    shards,
     lanes: run.dataset.lanes,
   });
   return registered(run);
@@ -487,5 +528,8 @@ async function missingIntermediates(deps: StepDeps<unknown>, run: Run): Promise<
   });
   const missing = missingOf.flat();
   if (!run.prepared && (await gone(keys.plan))) missing.push(keys.plan);
+  // Packs of objects are read by their list (an older run has none).
+  if (!run.prepared && run.dataset.objectWidth > 0 && (await gone(keys.objectList)))
+    missing.push(keys.objectList);
   return missing;
 }

@@ -9,10 +9,10 @@ import { type BlobStore, ConflictError } from '../core/ports';
 import { errorLine } from '../core/prepare';
 import { costOf } from '../core/prices';
 import { type Part, type Run, runKeys, type SettleState } from '../core/run';
-import { type Shard, shardOfPart } from '../core/shards';
+import { shardOfPart } from '../core/shards';
 import type { StepDeps } from './deps';
 import { runOf, updateRun } from './runs';
-import { laneCheckpoint, partLinesKey, planShard } from './storage';
+import { type DatasetPlace, laneCheckpoint, partLinesKey, ShardPlaces } from './storage';
 
 /**
  * Id entries a partition group holds at most (a group is at least one partition, whatever it holds):
@@ -162,7 +162,7 @@ async function begin<R>(deps: StepDeps<R>, run: Run): Promise<Run> {
 class SettleContext<R> {
   /** The id files under a prefix and their indexes, read once a call. */
   private readonly idFiles = new Map<string, { key: string; index: IdFileIndex }[]>();
-  private readonly shards = new Map<number, Shard>();
+  private readonly places: ShardPlaces;
   private parts: Map<number, Part> | null = null;
   private readonly keys: ReturnType<typeof runKeys>;
 
@@ -173,6 +173,7 @@ class SettleContext<R> {
     private readonly dropRun: number,
   ) {
     this.keys = runKeys(run.runId);
+    this.places = new ShardPlaces(deps.blobs, run);
   }
 
   /** Moves the run on from `from` (when it is still there), re-read and re-applied on a concurrent write. */
@@ -380,12 +381,15 @@ class SettleContext<R> {
 
   /** The errors/ line of a duplicate, through the work's downloadError hook. */
   private async errorOf({ entry, winner }: Duplicate): Promise<string> {
-    const [mine, theirs] = await Promise.all([this.shard(entry.shard), this.shard(winner.shard)]);
+    const [mine, theirs] = await Promise.all([
+      this.places.of(entry.shard, entry.line),
+      this.places.of(winner.shard, winner.line),
+    ]);
     // In a dataset of several objects the line is named with its object, and so is the first use's.
     const several = this.run.dataset.objects > 1;
-    const here = several ? ` of ${mine.key}` : '';
-    const where = several || mine.object !== theirs.object ? ` of ${theirs.key}` : '';
-    const message = `line ${entry.line}${here}: id "${entry.id}" was already used on line ${winner.line}${where}; ids must be unique within a run`;
+    const at = (place: DatasetPlace, named: boolean) =>
+      `${place.line === null ? 'a line' : `line ${place.line}`}${named && place.object !== null ? ` of ${place.object}` : ''}`;
+    const message = `${at(mine, several)}: id "${entry.id}" was already used on ${at(theirs, several || mine.object !== theirs.object)}; ids must be unique within a run`;
     return errorLine(
       this.deps.work,
       errorItem({
@@ -393,19 +397,10 @@ class SettleContext<R> {
         id: entry.id,
         code: 'duplicate_id',
         message,
-        line: entry.line,
-        object: mine.key,
+        line: mine.line,
+        object: mine.object,
       }),
     );
-  }
-
-  /** A shard of the plan: one ranged read of its fixed-width line. */
-  private async shard(n: number): Promise<Shard> {
-    const known = this.shards.get(n);
-    if (known) return known;
-    const shard = await planShard(this.deps.blobs, this.run, n);
-    this.shards.set(n, shard);
-    return shard;
   }
 
   // --- drop ---
@@ -576,7 +571,7 @@ class SettleContext<R> {
         max,
       );
     }
-    // Released a few at a time (a run of many small objects has a part for each), within the budget.
+    // Released a few at a time (a run of many small gzip objects has a part for each), within the budget.
     const held = parts.filter((part) => part.held);
     const released = await forEachLimit(
       held,

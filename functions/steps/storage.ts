@@ -7,7 +7,15 @@ import { type BlobStore, readRange } from '../core/ports';
 import type { PartSink, RecordSink } from '../core/prepare';
 import type { PreparedRequest } from '../core/requests';
 import { type LaneCheckpoint, LaneCheckpointSchema, type Part, type Run, runKeys } from '../core/run';
-import { planCodec, type Shard, shardOfPart } from '../core/shards';
+import {
+  type ListedObject,
+  lineInPack,
+  objectListCodec,
+  PackStartsSchema,
+  planCodec,
+  type Shard,
+  shardOfPart,
+} from '../core/shards';
 
 /**
  * A JSONL object in the store, opened on its first line. One that got no line is removed on close rather
@@ -267,22 +275,95 @@ export function shardOf(run: Pick<Run, 'dataset'>, part: Pick<Part, 'part' | 'or
   return shard < run.dataset.shards ? shard : null;
 }
 
-/**
- * The dataset object (its key) a part's records come from, from the run's plan; null where not known (a
- * resubmission part from before its shard was kept, a run whose plan is gone).
- */
-export async function objectOfPart(
+/** The objects of a pack, from the run's object list: one ranged GET. */
+export async function packObjects(
   blobs: BlobStore,
   run: Pick<Run, 'runId' | 'dataset'>,
-  part: Pick<Part, 'part' | 'originShard'>,
-): Promise<string | null> {
-  const shard = shardOf(run, part);
-  if (shard === null) return null;
-  try {
-    return (await planShard(blobs, run, shard)).key;
-  } catch (caught) {
-    if ((caught as { name?: string }).name === 'NoSuchKey') return null;
-    throw caught;
+  shard: Pick<Shard, 'shard' | 'object' | 'objects'>,
+): Promise<ListedObject[]> {
+  const width = run.dataset.objectWidth;
+  if (width === 0)
+    throw new InvariantError(`run ${run.runId} has a pack (shard ${shard.shard}) but no object list`);
+  const bytes = await readRange(
+    blobs,
+    runKeys(run.runId).objectList,
+    shard.object * width,
+    shard.objects * width,
+  );
+  const objects = objectListCodec.decode(bytes, width);
+  if (objects.length !== shard.objects)
+    throw new InvariantError(
+      `the object list of run ${run.runId} is short of shard ${shard.shard}'s objects`,
+    );
+  return objects;
+}
+
+/** A dataset line as a user reads it: the object (its key) and its line in that object; nulls where not known. */
+export interface DatasetPlace {
+  readonly object: string | null;
+  readonly line: number | null;
+}
+
+/**
+ * How a shard's lines map to the dataset: a shard of one object numbers its lines as that object does; a
+ * pack numbers them across its objects (see core/shards.ts), and `place` gives the object and its own line.
+ */
+export type ShardLocator =
+  | { readonly kind: 'object'; readonly key: string }
+  | { readonly kind: 'pack'; readonly place: (line: number) => DatasetPlace };
+
+/**
+ * Where shards' lines are in the dataset: a shard line (how the run's own files number them) as the object
+ * and its own line. Reads each shard's plan line, and a pack's starts and object list, once. A shard whose
+ * plan or pack files are gone (a failed run's expired files) gives nulls, never a wrong place.
+ */
+export class ShardPlaces {
+  private readonly shards = new Map<number, Promise<ShardLocator | null>>();
+
+  constructor(
+    private readonly blobs: BlobStore,
+    private readonly run: Pick<Run, 'runId' | 'dataset'>,
+  ) {}
+
+  /** The place of line `line` of shard `shard`. */
+  async of(shard: number | null, line: number | null): Promise<DatasetPlace> {
+    const located = shard === null ? null : await this.locator(shard);
+    if (!located) return { object: null, line: null };
+    if (located.kind === 'object') return { object: located.key, line };
+    return line === null ? { object: null, line: null } : located.place(line);
+  }
+
+  /** How shard `shard`'s lines map to the dataset; null where that is not known. */
+  locator(shard: number): Promise<ShardLocator | null> {
+    let known = this.shards.get(shard);
+    if (!known) {
+      known = this.load(shard);
+      this.shards.set(shard, known);
+    }
+    return known;
+  }
+
+  private async load(n: number): Promise<ShardLocator | null> {
+    const gone = (caught: unknown) => {
+      if ((caught as { name?: string }).name === 'NoSuchKey') return null;
+      throw caught;
+    };
+    const shard = await planShard(this.blobs, this.run, n).catch(gone);
+    if (!shard) return null;
+    if (shard.objects === 1) return { kind: 'object', key: shard.key };
+    const [startsBytes, objects] = await Promise.all([
+      readIfThere(this.blobs, runKeys(this.run.runId).packStarts(n)),
+      packObjects(this.blobs, this.run, shard).catch(gone),
+    ]);
+    if (!startsBytes || !objects) return { kind: 'pack', place: () => ({ object: null, line: null }) };
+    const { starts } = PackStartsSchema.parse(JSON.parse(Buffer.from(startsBytes).toString('utf8')));
+    return {
+      kind: 'pack',
+      place: (line) => {
+        const at = lineInPack(starts, line);
+        return { object: objects[at.index]?.key ?? null, line: at.line };
+      },
+    };
   }
 }
 

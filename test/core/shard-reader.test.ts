@@ -39,6 +39,7 @@ async function ownedLines(bytes: Buffer, start: number, end: number, size: numbe
     start,
     end,
     gzip: false,
+    objects: 1,
   };
   const tally: RangeTally = { newlinesBeforeEnd: 0, stoppedAt: null };
   let from = 0;

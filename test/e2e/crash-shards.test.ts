@@ -1,18 +1,20 @@
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
+import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally } from '../../local/runner';
 import { CrashPlan } from '../support/crash';
 import { type FixtureWork, fixtureWork } from '../support/e2e';
 import { localEnvironment } from '../support/local-environment';
 import { ManualTime } from '../support/manual-time';
-import { errorLines, outputIds, partsPaidTwice } from '../support/run-checks';
+import { errorPlaces, outputIds, partsPaidTwice } from '../support/run-checks';
 
 /**
  * The crash walk over the shard steps: a dataset cut into many small shards (the `sharded` fixture work:
- * shards of 1 KiB, three lanes), with bad lines in several shards and custom_ids used again across
- * shards, whose Register, Prepare (a lane) or Settle handler dies right after one of its side effects,
+ * shards of 1 KiB, three lanes), one object in byte ranges and small objects in packs, with bad lines in
+ * several shards and custom_ids used again across shards and within a pack, whose Register, Prepare (a
+ * lane) or Settle handler dies right after one of its side effects,
  * once; the state machine's retry carries on, on a clock that uses its budget up after a few readings,
  * so that it stops elsewhere than the crashed attempt. Each run must complete with every good record in
  * outputs once, every bad line and every later use of an id in errors once, and no part paid twice.
@@ -39,29 +41,65 @@ const shared = localEnvironment('openai-batch-crash-shards-', {
 });
 let work: FixtureWork;
 
-function datasetOf(runId: string): string {
+/** Small objects after the large one, packed (2 to 4 lines each), and their bad lines and repeated ids. */
+const SMALL = 9;
+const smallLines = (i: number) => 2 + (i % 3);
+const SMALL_BAD = ['s2:2', 's6:1'];
+/** Lines of small objects whose id is that of another line: of a small object, or of the large one. */
+const SMALL_REPEATS: Record<string, string> = { 's5:1': 's4-1', 's8:2': '10', 's3:1': 's1-2' };
+
+const question = (id: string) =>
+  JSON.stringify({ id, content: `question ${id} in a dataset cut into shards` });
+
+/** The dataset's objects, by name: `a`, cut into byte ranges, then the small ones. */
+function datasetOf(runId: string): Record<string, string> {
   const lines: string[] = [];
   for (let line = 1; line <= LINES; line++) {
     if (BAD.includes(line)) lines.push(`{"id":"${runId}-bad-${line}"`);
-    else {
-      const id = `${runId}-${REPEATS[line] ?? line}`;
-      lines.push(JSON.stringify({ id, content: `question ${id} in a dataset cut into shards` }));
-    }
+    else lines.push(question(`${runId}-${REPEATS[line] ?? line}`));
   }
-  return `${lines.join('\n')}\n`;
+  const objects: Record<string, string> = { a: `${lines.join('\n')}\n` };
+  for (let i = 0; i < SMALL; i++) {
+    const body = Array.from({ length: smallLines(i) }, (_, at) => {
+      const place = `s${i}:${at + 1}`;
+      if (SMALL_BAD.includes(place)) return `{"id":"${runId}-bad-${place}"`;
+      return question(`${runId}-${SMALL_REPEATS[place] ?? `s${i}-${at + 1}`}`);
+    });
+    objects[`s${i}`] = `${body.join('\n')}\n`;
+  }
+  return objects;
 }
 
-/** What a run must end with: each good id in outputs once, and these lines in errors once. */
-const GOOD_LINES = Array.from({ length: LINES }, (_, i) => i + 1).filter(
-  (line) => !BAD.includes(line) && REPEATS[line] === undefined,
-);
-const ERROR_LINES = [...BAD, ...Object.keys(REPEATS).map(Number)].sort((a, b) => a - b);
+/** What a run must end with: each good id in outputs once, and errors at these places once. */
+const GOOD_IDS = [
+  ...Array.from({ length: LINES }, (_, i) => i + 1)
+    .filter((line) => !BAD.includes(line) && REPEATS[line] === undefined)
+    .map(String),
+  ...Array.from({ length: SMALL }, (_, i) =>
+    Array.from({ length: smallLines(i) }, (_, at) => `s${i}:${at + 1}`).filter(
+      (place) => !SMALL_BAD.includes(place) && SMALL_REPEATS[place] === undefined,
+    ),
+  )
+    .flat()
+    .map((place) => place.replace(':', '-')),
+];
+const errorPlacesOf = (runId: string) =>
+  [
+    ...[...BAD, ...Object.keys(REPEATS).map(Number)].map((line) => `a:${line}`),
+    ...SMALL_BAD,
+    ...Object.keys(SMALL_REPEATS),
+  ]
+    .map((place) => `inputs/${runId}/${place.replace(':', '.jsonl:')}`)
+    .sort();
 
 async function crashRun(n: number | null): Promise<{ plan: CrashPlan; ok: boolean; problem: string }> {
   const env = shared.env;
   const runId = `shards-${n ?? 'none'}`;
-  const key = `inputs/${runId}.jsonl`;
-  await env.s3.client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: key, Body: datasetOf(runId) }));
+  const key = `inputs/${runId}/`;
+  for (const [name, body] of Object.entries(datasetOf(runId)))
+    await env.s3.client.send(
+      new PutObjectCommand({ Bucket: env.s3.bucket, Key: `${key}${name}.jsonl`, Body: body }),
+    );
   const plan = new CrashPlan(n, RETRY_CLOCK);
   const time = new ManualTime({ maxTicks: 300 });
   const emulator = await startEmulator(time.emulatorOptions({ ...EMULATOR, seed: 11 }));
@@ -89,11 +127,12 @@ async function crashRun(n: number | null): Promise<{ plan: CrashPlan; ok: boolea
     await emulator.stop();
   }
   const outputs = await outputIds(env, runId);
-  const expected = GOOD_LINES.map((line) => `${runId}-${line}`).sort();
+  const expected = GOOD_IDS.map((id) => `${runId}-${id}`).sort();
   if (JSON.stringify(outputs) !== JSON.stringify(expected))
     problem += ` outputs ${outputs.length}/${expected.length}`;
-  const errors = await errorLines(env, runId);
-  if (JSON.stringify(errors) !== JSON.stringify(ERROR_LINES)) problem += ` error lines ${errors.join(',')}`;
+  const errors = await errorPlaces(env, runId);
+  if (JSON.stringify(errors) !== JSON.stringify(errorPlacesOf(runId)))
+    problem += ` errors at ${errors.join(',')}`;
   return { plan, ok: problem === '', problem };
 }
 
@@ -102,6 +141,16 @@ describe('crash walk of the shard steps', () => {
     work = await fixtureWork('sharded');
     const clean = await crashRun(null);
     expect(clean.problem).toBe('');
+    // The dataset has byte ranges of one object and packs of small ones.
+    const run = await new DynamoRunStore(shared.env.dynamo.client, shared.env.dynamo.table).getRun(
+      'shards-none',
+    );
+    expect(run?.dataset.objects).toBe(SMALL + 1);
+    const ranges = Math.ceil(Buffer.byteLength(datasetOf('shards-none').a ?? '') / 1024);
+    expect(ranges).toBeGreaterThan(3);
+    const packs = (run?.dataset.shards ?? 0) - ranges;
+    expect(packs).toBeGreaterThan(1);
+    expect(packs).toBeLessThan(SMALL / 2);
     const shardPoints = clean.plan.effects
       .map((effect, i) => ({ effect, point: i + 1 }))
       .filter(({ effect }) => SHARD_STATES.some((state) => effect.startsWith(`${state}:`)));

@@ -192,3 +192,100 @@ describe('a sharded run', () => {
     );
   }, 240_000);
 });
+
+/**
+ * A prefix of many small objects: packed into a few shards (shardBytes 1,024), each prepared into a
+ * few parts, not a shard and a batch an object. Bad lines, ids used again in the same pack and in
+ * another, and requests OpenAI fails, each come back as an error naming its own object and line.
+ */
+describe('a run over a prefix of many small objects', () => {
+  const OBJECTS = 48;
+  const name = (i: number) => `p${String(i).padStart(2, '0')}`;
+  /** Object i holds 1 to 4 records (ids `<name>-<line>`), with these lines in their stead. */
+  const SPECIAL: Record<string, string> = {
+    'p05:2': '{"id":"p05-2", broken',
+    'p19:3': '"a string"',
+    'p09:1': record('p08-1'), // used first in the object before (the same pack)
+    'p41:1': record('p02-1'), // used first in an early pack
+    'p12:1': JSON.stringify({ id: 'p12-1', content: 'fail me [[emulator:fail]]' }),
+    'p30:2': JSON.stringify({ id: 'p30-2', content: '[[emulator:fail]] please' }),
+  };
+  const linesOf = (i: number) =>
+    Array.from(
+      { length: (i % 4) + 1 },
+      (_, at) => SPECIAL[`${name(i)}:${at + 1}`] ?? record(`${name(i)}-${at + 1}`),
+    );
+
+  it('packs them into a few shards and batches, and names each error by its own object and line', async () => {
+    for (let i = 0; i < OBJECTS; i++)
+      await env.s3.client.send(
+        new PutObjectCommand({
+          Bucket: env.s3.bucket,
+          Key: `inputs/packed/${name(i)}.jsonl`,
+          Body: `${linesOf(i).join('\n')}\n`,
+        }),
+      );
+    let batches = 0;
+    const options = time.runOptions(env, {
+      wrap: {
+        openai: (api) => ({
+          ...api,
+          createBatch: async (input) => {
+            batches += 1;
+            return api.createBatch(input);
+          },
+          uploadFile: (n, body) => api.uploadFile(n, body),
+          getBatch: (id) => api.getBatch(id),
+          recentBatches: (since) => api.recentBatches(since),
+          cancelBatch: (id) => api.cancelBatch(id),
+          fileContent: (id) => api.fileContent(id),
+          deleteFile: (id) => api.deleteFile(id),
+          filesNamed: (prefix) => api.filesNamed(prefix),
+        }),
+      },
+    });
+    const result = await runLocally(env, work.loaded, 'inputs/packed/', 'packed-1', options, {
+      definition: work.definition,
+    });
+
+    const run = await new DynamoRunStore(env.dynamo.client, env.dynamo.table).getRun('packed-1');
+    expect(run?.dataset.objects).toBe(OBJECTS);
+    const shards = run?.dataset.shards ?? 0;
+    expect(shards).toBeGreaterThan(3);
+    expect(shards).toBeLessThan(OBJECTS / 4);
+    expect(batches).toBeLessThanOrEqual(shards + 2);
+
+    const records = Array.from({ length: OBJECTS }, (_, i) => linesOf(i).length).reduce((a, b) => a + b, 0);
+    const bad = ['p05:2', 'p19:3', 'p09:1', 'p41:1', 'p12:1', 'p30:2'];
+    const good = Array.from({ length: OBJECTS }, (_, i) =>
+      linesOf(i).flatMap((_, at) => (bad.includes(`${name(i)}:${at + 1}`) ? [] : [`${name(i)}-${at + 1}`])),
+    )
+      .flat()
+      .sort();
+    expect(await outputIds(env, 'packed-1')).toEqual(good);
+    expect(result.output).toMatchObject({
+      summary: { records, outputs: good.length, errors: bad.length, balanced: true },
+    });
+    const errors: { line: number; code: string; message: string; object: string; stage: string }[] = [];
+    for (const key of await keysUnder('runs/packed-1/errors/'))
+      for (const line of (await text(key)).split('\n')) if (line) errors.push(JSON.parse(line));
+    const nameOf = (object: string) => object.slice('inputs/packed/'.length, -'.jsonl'.length);
+    expect(errors.map((e) => `${nameOf(e.object)}:${e.line}:${e.stage}:${e.code}`).sort()).toEqual(
+      [
+        'p05:2:dataset:invalid_json',
+        'p19:3:dataset:not_an_object',
+        'p09:1:request:duplicate_id',
+        'p41:1:request:duplicate_id',
+        'p12:1:openai:emulated_failure',
+        'p30:2:openai:emulated_failure',
+      ].sort(),
+    );
+    const duplicate = (object: string) => errors.find((e) => e.object.endsWith(`/${object}.jsonl`))?.message;
+    expect(duplicate('p09')).toBe(
+      'line 1 of inputs/packed/p09.jsonl: id "p08-1" was already used on line 1 of inputs/packed/p08.jsonl; ids must be unique within a run',
+    );
+    expect(duplicate('p41')).toBe(
+      'line 1 of inputs/packed/p41.jsonl: id "p02-1" was already used on line 1 of inputs/packed/p02.jsonl; ids must be unique within a run',
+    );
+  }, 240_000);
+});

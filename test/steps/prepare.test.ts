@@ -5,7 +5,7 @@ import { type IdEntry, IdFileIndexSchema, parseEntryLine } from '../../functions
 import { isGzip } from '../../functions/core/lines';
 import type { BlobStore } from '../../functions/core/ports';
 import { type Part, runKeys } from '../../functions/core/run';
-import { planCodec, type Shard, shardOfPart, shardsOf } from '../../functions/core/shards';
+import { objectListCodec, planCodec, type Shard, shardOfPart, shardsOf } from '../../functions/core/shards';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
 import { prepare } from '../../functions/steps/prepare';
@@ -14,6 +14,7 @@ import {
   deleteIdFilesFrom,
   laneCheckpoint,
   readAll,
+  ShardPlaces,
   StoredIdFiles,
   writeAll,
 } from '../../functions/steps/storage';
@@ -79,6 +80,9 @@ async function registered(
   const shards = [...shardsOf(planned, shardBytes)];
   const width = planCodec.width(shards);
   await writeAll(deps.blobs, runKeys(runId).plan, shards.map((s) => planCodec.encode(s, width)).join(''));
+  const objectWidth = Math.max(...planned.map((o) => objectListCodec.widthOf(o)));
+  const list = planned.map((o) => objectListCodec.encode(o, objectWidth)).join('');
+  await writeAll(deps.blobs, runKeys(runId).objectList, list);
   const bytes = planned.reduce((n, o) => n + o.size, 0);
   const dataset = {
     key: `inputs/${runId}/`,
@@ -86,6 +90,7 @@ async function registered(
     bytes,
     shards: shards.length,
     planWidth: width,
+    objectWidth,
     partitions: 3,
     lanes,
   };
@@ -131,7 +136,8 @@ async function placed(deps: Deps, runId: string) {
   const keys = runKeys(runId);
   const parts = await deps.runs.listParts(runId);
   const requests: { id: string; line: number; part: Part }[] = [];
-  for (const part of parts) {
+  // A part an early settle emptied (its requests all later uses of ids) is done, and its files gone.
+  for (const part of parts.filter((p) => p.requests > 0)) {
     const entries = jsonLines(await text(deps, keys.entries(part.part))).map(parsePartLine);
     expect(await deps.blobs.head(keys.lines(part.part))).toBeNull(); // read for numbers by older code
     const lines = entries.map((entry) => entry.line);
@@ -253,7 +259,8 @@ describe('the Prepare lane step', () => {
       });
     }
     const got = requests.map((r) => `${objectOf(shardOfPart(r.part.part))} ${r.line} ${r.id}`);
-    expect(got.sort()).toEqual(expected.sort());
+    // (Lane 0 settled pack 0 on its own once prepared: the later use of "o03-1" in it is dropped already.)
+    expect([...got].sort()).toEqual(expected.filter((r) => r !== 'o04 1 o03-1').sort());
     // Shard 0 was settled on its own once lane 0 had prepared it: its parts are released (and lane 0's
     // next step sent them), the rest held and pending.
     expect(parts.every((p) => p.generation === 0)).toBe(true);
@@ -289,6 +296,131 @@ describe('the Prepare lane step', () => {
     // Prepare leaves the run record to Settle.
     const run = await deps.runs.getRun(runId);
     expect(run).toMatchObject({ prepared: false, version: 0, counts: { records: 0 } });
+  });
+
+  it('packs small objects into shards: a few parts for many objects, every record placed once, errors and duplicates named by their own object and line, over steps that stop mid-object and between objects', async () => {
+    const runId = 'packs';
+    const deps = depsFor(3);
+    const name = (i: number) => `o${String(i).padStart(2, '0')}`;
+    const bodies = Array.from({ length: 14 }, (_, i) => {
+      const lines = objectLines(name(i), 2 + (i % 5), {
+        2: i % 4 === 1 ? '{bad' : JSON.stringify({ id: `${name(i)}-2`, text: 'y' }),
+      });
+      return `${lines.join('\n')}\n`;
+    });
+    // Edges: a line-1 id twice on one line, then the next object's line 1 (one line each: LineIds must
+    // not take them for one line); the same id on line 1 of two objects of one pack (Settle drops the
+    // later only); an object of blank lines only; CRLF without a final newline.
+    bodies[3] = `${JSON.stringify({ id: 'o03-1', twice: true })}\n`;
+    bodies[4] = `${JSON.stringify({ id: 'o03-1', text: 'z' })}\n`;
+    bodies[7] = `${JSON.stringify({ id: 'shared', text: 'first' })}\n{"id":"o07-2"}\n`;
+    bodies[8] = `${JSON.stringify({ id: 'shared', text: 'again' })}\n{"id":"o08-2"}\n`;
+    bodies[10] = '\n  \n\n';
+    bodies[11] = ['{"id":"o11-1"}', '{bad', '{"id":"o11-3"}'].join('\r\n');
+    const objects = bodies.map((body, i) => ({
+      key: `inputs/${runId}/${name(i)}.jsonl`,
+      body: Buffer.from(body),
+    }));
+    const shards = await registered(deps, runId, objects, 512, 2);
+    expect(shards.every((s) => s.start === 0 && s.end === s.size)).toBe(true);
+    expect(shards.length).toBeGreaterThan(2); // two lanes each take more than one pack
+    expect(shards.length).toBeLessThan(objects.length / 3);
+    expect(shards.reduce((n, s) => n + s.objects, 0)).toBe(objects.length);
+
+    await prepareLanes(deps, runId, 2);
+    const run = await deps.runs.getRun(runId);
+    if (!run) throw new Error('no run');
+    const places = new ShardPlaces(deps.blobs, run);
+    const where = async (shard: number, line: number) => {
+      const place = await places.of(shard, line);
+      return `${place.object?.slice(`inputs/${runId}/`.length, -'.jsonl'.length)} ${place.line}`;
+    };
+    const { parts, requests, errors, entries } = await placed(deps, runId);
+    // Every record that makes a request is in one part, under its own object and line.
+    const expected: string[] = [];
+    bodies.forEach((body, i) => {
+      body.split(/\r?\n/).forEach((line, at) => {
+        if (!line.startsWith('{"')) return;
+        const id = String(JSON.parse(line).id);
+        expected.push(`${name(i)} ${at + 1} ${id}`);
+      });
+    });
+    const got = await Promise.all(
+      requests.map(async (r) => `${await where(shardOfPart(r.part.part), r.line)} ${r.id}`),
+    );
+    // (Lane 0 settled pack 0 on its own once prepared: the later use of "o03-1" in it is dropped already.)
+    expect([...got].sort()).toEqual(expected.filter((r) => r !== 'o04 1 o03-1').sort());
+    // Bad lines and the id twice on one line: errors under their own line of their own object.
+    const short = (key: string) => key.slice(`inputs/${runId}/`.length, -'.jsonl'.length);
+    expect(errors.map((e) => `${short(e.object)} ${e.line} ${e.code}`).sort()).toEqual(
+      [
+        'o01 2 invalid_json',
+        'o03 1 duplicate_id',
+        'o05 2 invalid_json',
+        'o09 2 invalid_json',
+        'o11 2 invalid_json',
+        'o13 2 invalid_json',
+      ].sort(),
+    );
+    // Id entries number a pack's lines across it: one number a line of the pack, whatever its object.
+    const numbered = new Map<string, string>();
+    for (const e of entries) numbered.set(`${e.shard}:${e.line}`, e.id);
+    expect(numbered.size).toBe(entries.length);
+    // The two uses of "shared" are in one pack, on line 1 of their objects.
+    const sharedUses = entries.filter((e) => e.id === 'shared');
+    expect(new Set(sharedUses.map((e) => e.shard)).size).toBe(1);
+    // Settle drops the later use of the id both objects give on their line 1, and names both objects.
+    for (let calls = 0; !(await settle(deps, { runId })).settled; calls++)
+      if (calls > 200) throw new Error('Settle never settled');
+    const duplicates = await duplicateErrors(deps, runId);
+    const messages = duplicates.map((e) => (e as unknown as { message: string }).message).sort();
+    expect(messages).toEqual([
+      `line 1 of inputs/${runId}/o04.jsonl: id "o03-1" was already used on line 1 of inputs/${runId}/o03.jsonl; ids must be unique within a run`,
+      `line 1 of inputs/${runId}/o08.jsonl: id "shared" was already used on line 1 of inputs/${runId}/o07.jsonl; ids must be unique within a run`,
+    ]);
+    expect(duplicates.map((e) => `${e.code} ${short(e.object)} ${e.line}`).sort()).toEqual([
+      'duplicate_id o04 1',
+      'duplicate_id o08 1',
+    ]);
+    const kept: string[] = [];
+    for (const part of (await deps.runs.listParts(runId)).filter((p) => p.requests > 0))
+      for (const line of jsonLines(await text(deps, runKeys(runId).requests(part.part))))
+        kept.push(String(JSON.parse(line).custom_id));
+    expect(kept.filter((id) => id === 'shared' || id === 'o03-1')).toHaveLength(2);
+    expect(kept).toHaveLength(requests.length - 1);
+  });
+
+  it("reads a pack's objects a few GETs ahead, and closes those it did not reach when a step stops", async () => {
+    const runId = 'packs-ahead';
+    const open = { now: 0, most: 0 };
+    const deps = depsFor(7, (blobs) => openReads(blobs, `inputs/${runId}/`, open));
+    const objects = Array.from({ length: 30 }, (_, i) => ({
+      key: `inputs/${runId}/${String(i).padStart(2, '0')}.jsonl`,
+      body: Buffer.from(`${objectLines(`q${i}`, 2).join('\n')}\n`),
+    }));
+    const shards = await registered(deps, runId, objects, 64 * 1024, 1);
+    expect(shards).toHaveLength(1);
+    let steps = 0;
+    for (; !(await prepare(deps, { runId, lane: 0 })).done; steps++) {
+      expect(open.now).toBe(0); // every GET the step sent is closed when it ends
+      if (steps > 50) throw new Error('the lane never finished');
+    }
+    expect(open.now).toBe(0);
+    expect(steps).toBeGreaterThan(5);
+    expect(open.most).toBeGreaterThan(2);
+    // Every record placed once; each part takes requests of several objects (a step of 7 records
+    // reads three or four objects of 2 records into parts of at most 4).
+    const { requests } = await placed(deps, runId);
+    expect(requests.map((r) => r.id).sort()).toEqual(
+      objects.flatMap((_, i) => [`q${i}-1`, `q${i}-2`]).sort(),
+    );
+    const objectsOfPart = new Map<number, Set<string>>();
+    for (const r of requests) {
+      const here = objectsOfPart.get(r.part.part) ?? new Set<string>();
+      here.add(r.id.split('-')[0] ?? '');
+      objectsOfPart.set(r.part.part, here);
+    }
+    expect(Math.min(...[...objectsOfPart.values()].map((o) => o.size))).toBeGreaterThan(1);
   });
 
   it('reads a gzip object once, over several steps, through its inflated copy', async () => {
@@ -539,6 +671,24 @@ function counting(blobs: BlobStore, read: Map<string, number>): BlobStore {
         for await (const chunk of store.read(key, start, etag)) {
           read.set(key, (read.get(key) ?? 0) + chunk.length);
           yield chunk;
+        }
+      };
+    },
+  });
+}
+
+/** A store that counts the reads of keys under `prefix` open at once (started, not yet closed). */
+function openReads(blobs: BlobStore, prefix: string, open: { now: number; most: number }): BlobStore {
+  return new Proxy(blobs, {
+    get: (store, property, receiver) => {
+      if (property !== 'read') return Reflect.get(store, property, receiver);
+      return async function* (key: string, start?: number, etag?: string) {
+        const counted = key.startsWith(prefix);
+        if (counted) open.most = Math.max(open.most, ++open.now);
+        try {
+          yield* store.read(key, start, etag);
+        } finally {
+          if (counted) open.now -= 1;
         }
       };
     },

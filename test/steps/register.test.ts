@@ -11,7 +11,7 @@ import { DatasetError } from '../../functions/core/errors';
 import { GZIP_EXPANSION, partitionsFor, partitionsOf } from '../../functions/core/id-files';
 import type { BlobInfo } from '../../functions/core/ports';
 import { runKeys } from '../../functions/core/run';
-import { planCodec, SHARD_PART_SPAN, type Shard } from '../../functions/core/shards';
+import { MAX_PACK_OBJECTS, planCodec, SHARD_PART_SPAN, type Shard } from '../../functions/core/shards';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
 import {
@@ -26,6 +26,7 @@ import {
   scanDataset,
   writePlan,
 } from '../../functions/steps/register';
+import { packObjects } from '../../functions/steps/storage';
 import { type LocalDynamo, type LocalS3, startDynamo, startS3 } from '../../local/stand-ins';
 
 /** Objects larger than this are split into shards in these tests. */
@@ -190,13 +191,29 @@ describe('the dataset a run reads', () => {
 });
 
 describe('registering a run', () => {
-  it('lists a prefix of 2,500 objects, writes one plan line a shard, and keeps only the counts in the run', async () => {
+  it('lists a prefix of 2,500 objects into packs of small objects, writes one plan line a shard and the object list, and keeps only the counts in the run', async () => {
     const objects = 2500;
     const keys = Array.from({ length: objects }, (_, i) => `many/${String(i).padStart(5, '0')}.jsonl`);
     const body = (i: number) => `{"id":"m${i}"}\n`;
     for (let i = 0; i < keys.length; i += 250)
       await Promise.all(keys.slice(i, i + 250).map((k, j) => put(k, body(i + j))));
-    const bytes = keys.reduce((n, _, i) => n + Buffer.byteLength(body(i)), 0);
+    const sizes = keys.map((_, i) => Buffer.byteLength(body(i)));
+    const bytes = sizes.reduce((n, size) => n + size, 0);
+    // The packs, found here on their own: objects one after the other while they fit in shardBytes.
+    const packs: { first: number; objects: number }[] = [];
+    let packBytes = 0;
+    sizes.forEach((size, i) => {
+      const last = packs.at(-1);
+      if (last && packBytes + size <= SHARD_BYTES && last.objects < MAX_PACK_OBJECTS) {
+        last.objects += 1;
+        packBytes += size;
+      } else {
+        packs.push({ first: i, objects: 1 });
+        packBytes = size;
+      }
+    });
+    expect(packs.length).toBeGreaterThan(10);
+    expect(packs.length).toBeLessThan(objects / 10);
 
     expect(await registerRun('many-1', 'many/')).toEqual({
       runId: 'many-1',
@@ -208,24 +225,42 @@ describe('registering a run', () => {
     expect(run).toMatchObject({
       status: 'preparing',
       prepared: false,
-      dataset: { key: 'many/', objects, bytes, shards: objects, partitions: partitionsFor(bytes), lanes: 4 },
-      nextPart: objects * SHARD_PART_SPAN,
+      dataset: {
+        key: 'many/',
+        objects,
+        bytes,
+        shards: packs.length,
+        partitions: partitionsFor(bytes),
+        lanes: 4,
+      },
+      nextPart: packs.length * SHARD_PART_SPAN,
       settle: null,
     });
     // More than 1,000 objects: identified by their ETags, not read.
     expect(run?.datasetHash).toMatch(/^etags:[0-9a-f]{64}$/);
-    for (const n of [0, 1, 1234, 2499]) {
+    expect((await planOf('many-1')).map((s) => ({ first: s.object, objects: s.objects }))).toEqual(packs);
+    for (const n of [0, 1, packs.length - 1]) {
+      const pack = packs[n];
+      if (!pack) throw new Error(`no pack ${n}`);
       const shard = await shardOf('many-1', n);
       expect(shard).toEqual({
         shard: n,
-        object: n,
-        key: keys[n],
-        size: Buffer.byteLength(body(n)),
+        object: pack.first,
+        key: keys[pack.first],
+        size: sizes[pack.first],
         etag: expect.any(String),
         start: 0,
-        end: Buffer.byteLength(body(n)),
+        end: sizes[pack.first],
         gzip: false,
+        objects: pack.objects,
       });
+      // Its objects, from the object list, by one ranged read.
+      if (!run) throw new Error('no run');
+      const listed = await packObjects(deps.blobs, run, shard);
+      expect(listed.map((o) => o.key)).toEqual(keys.slice(pack.first, pack.first + pack.objects));
+      expect(listed.map((o) => o.size)).toEqual(sizes.slice(pack.first, pack.first + pack.objects));
+      const heads = await Promise.all(listed.map((o) => deps.blobs.head(o.key)));
+      expect(listed.map((o) => o.etag)).toEqual(heads.map((h) => h?.etag));
     }
     // The plan is an intermediate object: kept while the run runs, expired after it ends.
     const { TagSet } = await s3.client.send(

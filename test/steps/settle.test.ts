@@ -24,9 +24,9 @@ const shared = localEnvironment('openai-batch-settle-', { kind: 'emulator', opti
 const A = 'inputs/a.jsonl';
 const B = 'inputs/b.jsonl';
 const SHARDS: Shard[] = [
-  { shard: 0, object: 0, key: A, size: 100, etag: '"a"', start: 0, end: 50, gzip: false },
-  { shard: 1, object: 0, key: A, size: 100, etag: '"a"', start: 50, end: 100, gzip: false },
-  { shard: 2, object: 1, key: B, size: 80, etag: '"b"', start: 0, end: 80, gzip: false },
+  { shard: 0, object: 0, key: A, size: 100, etag: '"a"', start: 0, end: 50, gzip: false, objects: 1 },
+  { shard: 1, object: 0, key: A, size: 100, etag: '"a"', start: 50, end: 100, gzip: false, objects: 1 },
+  { shard: 2, object: 1, key: B, size: 80, etag: '"b"', start: 0, end: 80, gzip: false, objects: 1 },
 ];
 
 /** One request a prepare lane wrote: its shard, dataset line, custom_id and part. */
@@ -86,6 +86,7 @@ const laneCheckpoint = (lane: number, fields: Partial<Counts>, estimatedTokens: 
   lane,
   shard: lane,
   position: null,
+  starts: [],
   nextPart: 0,
   inflated: false,
   counts: counts(fields),
@@ -223,6 +224,7 @@ async function prepared(
       bytes: 180,
       shards: 3,
       planWidth: width,
+      objectWidth: 0,
       partitions: PARTITIONS,
       lanes: 2,
     },

@@ -35,6 +35,11 @@ export async function partsPaidTwice(client: OpenAI, runId: string): Promise<num
 }
 
 /** The dataset line of every error line of a run, as often as it appears, sorted. */
+/** Where each error of a run is, as `<object key>:<line>`, sorted. */
+export async function errorPlaces(env: LocalEnvironment, runId: string): Promise<string[]> {
+  return (await jsonLinesUnder(env, `runs/${runId}/errors/`)).map((e) => `${e.object}:${e.line}`).sort();
+}
+
 export async function errorLines(env: LocalEnvironment, runId: string): Promise<number[]> {
   return (await jsonLinesUnder(env, `runs/${runId}/errors/`))
     .map((e) => Number(e.line))

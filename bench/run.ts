@@ -42,6 +42,11 @@ export interface BenchFigures {
   scale: { records: number; prepareSeconds: number; preparePeakRssMiB: number; checkpointMaxBytes: number };
   /** A gzip dataset prepared over many steps of a small time budget: bytes of it read / its size. */
   gzip: { bytesReadRatio: number };
+  /**
+   * A whole local run over a prefix of small objects (3 records each; 5,000 of them, 1,000 with `--quick`):
+   * packed into shards, its batches follow the dataset's bytes, not its object count.
+   */
+  smallObjects: { objects: number; shards: number; batches: number; seconds: number };
 }
 
 const args = process.argv.slice(2);
@@ -52,6 +57,7 @@ if (jsonAt >= 0 && !jsonFile) throw new Error('--json needs a file name');
 const SMALL = 100e6;
 const LARGE = quick ? 300e6 : 1e9;
 const E2E_REQUESTS = quick ? 20_000 : 100_000;
+const SMALL_OBJECTS = quick ? 1000 : 5000;
 /** Records of the sharded prepare; quick takes fewer to stay within about five minutes in all. */
 const SCALE_FULL = 10_000_000;
 const SCALE_QUICK = 1_000_000;
@@ -202,6 +208,17 @@ console.log(
   `\nend to end, local, emulator at full speed: ${e2e.requests} requests in ${e2e.seconds} s, ${e2e.secondsPer100kRequests} s per 100,000`,
 );
 
+const small = runScript<{
+  objects: number;
+  shards: number;
+  batches: number;
+  intermediateObjects: number;
+  seconds: number;
+}>('small-objects.ts', [String(SMALL_OBJECTS)]);
+console.log(
+  `\na prefix of ${small.objects} small objects (3 records each), end to end: ${small.shards} shard(s), ${small.batches} batch(es), ${small.intermediateObjects} intermediate objects, ${small.seconds} s`,
+);
+
 interface ScaleFigure {
   records: number;
   shards: number;
@@ -272,6 +289,12 @@ const figures: BenchFigures = {
     checkpointMaxBytes: scale.checkpointMaxBytes,
   },
   gzip: { bytesReadRatio: zipped.bytesReadRatio },
+  smallObjects: {
+    objects: small.objects,
+    shards: small.shards,
+    batches: small.batches,
+    seconds: small.seconds,
+  },
 };
 if (jsonFile) {
   mkdirSync(dirname(jsonFile), { recursive: true });

@@ -389,13 +389,9 @@ export class OpenAIBatchWork extends Construct {
     // A step run again removes an output or error file it left empty: DeleteObject is part of writing.
     const write = ['s3:PutObject', 's3:PutObjectTagging', 's3:AbortMultipartUpload', 's3:DeleteObject'];
 
-    // Register lists the dataset's objects, reads their first bytes (gzip?), and writes the shard plan.
-    f.Register.allowObjects(bucket, [
-      's3:GetObject',
-      's3:PutObject',
-      's3:PutObjectTagging',
-      's3:AbortMultipartUpload',
-    ]);
+    // Register lists the dataset's objects, reads their first bytes (gzip?), and writes the shard plan and
+    // the object list, which it removes again when it refuses the run (the dataset is taken, or changed).
+    f.Register.allowObjects(bucket, ['s3:GetObject', ...write]);
     f.Register.allowListing(bucket);
     f.Register.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem'], byWork);
 

@@ -154,6 +154,8 @@ beforeAll(async () => {
   await runRecorded('inputs/iam/b.jsonl', 'iam-continue', { maxTicksPerExecution: 1 }); // hands over to a new execution
   await runRecorded('inputs/iam/c.jsonl', 'iam-costly', { maxCostUsd: 1e-9 }); // fails after Register: MarkFailed
   await runRecorded('inputs/iam/missing.jsonl', 'iam-missing'); // fails in Register
+  // The same dataset again while iam-ok holds it: Register refuses it, and removes the plan it wrote.
+  await runRecorded('inputs/iam/a.jsonl', 'iam-again');
   await runRecorded('inputs/iam/d.jsonl', 'iam-kept', { cleanUp: false }); // Finalize marks what it keeps
   await deliverRecorded();
 }, 120_000);

@@ -304,6 +304,12 @@ export interface DatasetPlace {
   readonly line: number | null;
 }
 
+/** Shards whose places a ShardPlaces keeps: a pack's are up to 1,000 keys. */
+const PLACES_CACHED = 64;
+
+/** A shard whose lines cannot be placed (its plan or pack files are gone): no object, no line. */
+const UNPLACED: ShardLocator = { kind: 'pack', place: () => ({ object: null, line: null }) };
+
 /**
  * How a shard's lines map to the dataset: a shard of one object numbers its lines as that object does; a
  * pack numbers them across its objects (see core/shards.ts), and `place` gives the object and its own line.
@@ -318,6 +324,7 @@ export type ShardLocator =
  * plan or pack files are gone (a failed run's expired files) gives nulls, never a wrong place.
  */
 export class ShardPlaces {
+  /** The shards looked up last (at most PLACES_CACHED, the oldest dropped first). */
   private readonly shards = new Map<number, Promise<ShardLocator | null>>();
 
   constructor(
@@ -339,6 +346,8 @@ export class ShardPlaces {
     if (!known) {
       known = this.load(shard);
       this.shards.set(shard, known);
+      const oldest = this.shards.keys().next().value;
+      if (this.shards.size > PLACES_CACHED && oldest !== undefined) this.shards.delete(oldest);
     }
     return known;
   }
@@ -349,19 +358,21 @@ export class ShardPlaces {
       throw caught;
     };
     const shard = await planShard(this.blobs, this.run, n).catch(gone);
-    if (!shard) return null;
+    // No plan: where the run may have packs (it has an object list), a line may be a pack's.
+    if (!shard) return this.run.dataset.objectWidth > 0 ? UNPLACED : null;
     if (shard.objects === 1) return { kind: 'object', key: shard.key };
     const [startsBytes, objects] = await Promise.all([
       readIfThere(this.blobs, runKeys(this.run.runId).packStarts(n)),
       packObjects(this.blobs, this.run, shard).catch(gone),
     ]);
-    if (!startsBytes || !objects) return { kind: 'pack', place: () => ({ object: null, line: null }) };
+    if (!startsBytes || !objects) return UNPLACED;
     const { starts } = PackStartsSchema.parse(JSON.parse(Buffer.from(startsBytes).toString('utf8')));
+    const keys = objects.map((object) => object.key);
     return {
       kind: 'pack',
       place: (line) => {
         const at = lineInPack(starts, line);
-        return { object: objects[at.index]?.key ?? null, line: at.line };
+        return { object: keys[at.index] ?? null, line: at.line };
       },
     };
   }

@@ -1,11 +1,12 @@
 import { GetObjectCommand, ListObjectsCommand } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
 import type { BatchApi } from '../../functions/core/ports';
-import type { Part, Run } from '../../functions/core/run';
+import { type Part, type Run, runKeys } from '../../functions/core/run';
+import { objectListCodec, planCodec, type Shard } from '../../functions/core/shards';
 import { defineWork, type Work, type WorkConfig } from '../../functions/core/work';
 import { collect } from '../../functions/steps/collect-part';
 import type { StepDeps } from '../../functions/steps/deps';
-import { StoredParts } from '../../functions/steps/storage';
+import { StoredParts, writeAll } from '../../functions/steps/storage';
 import { localDeps, RecordingNotifier } from '../../local/runner';
 import { chatLine } from '../support/emulator';
 import { localEnvironment } from '../support/local-environment';
@@ -165,5 +166,72 @@ describe('collecting a part', () => {
     expect(current).toMatchObject({ status: 'done', outputs: 40, errors: 0 });
     expect(idsOf(await linesUnder('runs/flaky/outputs/'))).toEqual([...ids].sort());
     expect(await linesUnder('runs/flaky/errors/')).toEqual([]);
+  });
+});
+
+describe('collecting a part of a pack of objects', () => {
+  it("names each error by its own object and line, and names no line once the run's plan is gone", async () => {
+    const clock = new Clock();
+    // The hook refuses every answer: each request ends in errors, under its line.
+    const work = defineWork({
+      name: 'packed',
+      model: 'gpt-4o-mini',
+      download: () => {
+        throw new Error('no');
+      },
+    } satisfies WorkConfig);
+    const deps = depsFor(work, clock);
+    const collectPack = async (runId: string) => {
+      // A pack of two objects of two lines: the part's lines file numbers them 1 to 4 across the pack.
+      const { run, part, api } = await collectingPart(deps, runId, ['a1', 'a2', 'b1', 'b2']);
+      const objects = [
+        { key: `in/${runId}/a.jsonl`, size: 20, etag: '"a"' },
+        { key: `in/${runId}/b.jsonl`, size: 20, etag: '"b"' },
+      ];
+      const shard: Shard = {
+        shard: 0,
+        object: 0,
+        ...objects[0],
+        start: 0,
+        end: 20,
+        gzip: false,
+        objects: 2,
+      } as Shard;
+      const planWidth = planCodec.width([shard]);
+      const objectWidth = Math.max(...objects.map((o) => objectListCodec.widthOf(o)));
+      await writeAll(deps.blobs, runKeys(runId).plan, planCodec.encode(shard, planWidth));
+      await writeAll(
+        deps.blobs,
+        runKeys(runId).objectList,
+        objects.map((o) => objectListCodec.encode(o, objectWidth)).join(''),
+      );
+      await writeAll(deps.blobs, runKeys(runId).packStarts(0), JSON.stringify({ starts: [0, 2] }));
+      const packed = { ...run, dataset: { ...run.dataset, objects: 2, planWidth, objectWidth } };
+      return { run: packed, part, api };
+    };
+    const errorsOf = async (runId: string) =>
+      (await linesUnder(`runs/${runId}/errors/`))
+        .map((l) => `${l.value.id} ${l.value.object} ${l.value.line}`)
+        .sort();
+
+    const whole = await collectPack('packed');
+    await collect(deps, whole.api, whole.run, whole.part, (p) => deps.runs.putPart('packed', p));
+    expect(await errorsOf('packed')).toEqual([
+      'a1 in/packed/a.jsonl 1',
+      'a2 in/packed/a.jsonl 2',
+      'b1 in/packed/b.jsonl 1',
+      'b2 in/packed/b.jsonl 2',
+    ]);
+
+    // The plan expired (a failed run resumed long after): a line of the pack cannot be placed.
+    const gone = await collectPack('packed-gone');
+    await deps.blobs.delete([runKeys('packed-gone').plan]);
+    await collect(deps, gone.api, gone.run, gone.part, (p) => deps.runs.putPart('packed-gone', p));
+    expect(await errorsOf('packed-gone')).toEqual([
+      'a1 null null',
+      'a2 null null',
+      'b1 null null',
+      'b2 null null',
+    ]);
   });
 });

@@ -393,7 +393,8 @@ export class OpenAIBatchWork extends Construct {
     // the object list, which it removes again when it refuses the run (the dataset is taken, or changed).
     f.Register.allowObjects(bucket, ['s3:GetObject', ...write]);
     f.Register.allowListing(bucket);
-    f.Register.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem'], byWork);
+    // Resuming a failed run, it reads the run's parts (a Query) to find files that expired.
+    f.Register.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
 
     f.Prepare.allowObjects(bucket, ['s3:GetObject', ...write]);
     f.Prepare.allowListing(bucket); // the id files a crashed step of its shard left, to delete them
@@ -407,6 +408,9 @@ export class OpenAIBatchWork extends Construct {
     f.Settle.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
 
     f.Tick.allowObjects(bucket, ['s3:GetObject', ...write]);
+    // A file gone (a resumed run's expired plan) must read as missing: S3 answers 404, not 403, only to
+    // a caller that may list the bucket.
+    f.Tick.allowListing(bucket);
     f.Tick.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
     f.Tick.allowSecret(this.apiKeySecret);
 

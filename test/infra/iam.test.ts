@@ -2,11 +2,13 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import { openaiWebhookVerifier } from '../../functions/adapters/webhook-verifier';
+import { ConfigError } from '../../functions/core/errors';
+import { runKeys } from '../../functions/core/run';
 import { createHandlers } from '../../functions/handlers';
 import { receiveWebhook } from '../../functions/steps/webhook';
 import { TASKS } from '../../infra/state-machine';
@@ -58,6 +60,11 @@ const ACTIONS: Record<
   StartExecutionCommand: { action: 'states:StartExecution', on: 'stateMachine' },
   StopExecutionCommand: { action: 'states:StopExecution', on: 'executions' },
   DeleteItemCommand: { action: 'dynamodb:DeleteItem', on: 'table' },
+  // S3 answers a read of a missing key 404 only to a caller that may list the bucket, else 403: a step
+  // that takes a missing object as an answer (a file gone, expired) needs s3:ListBucket.
+  'GetObjectCommand#missing': { action: 's3:ListBucket', on: 'bucket' },
+  'HeadObjectCommand#missing': { action: 's3:ListBucket', on: 'bucket' },
+  'PutObjectTaggingCommand#missing': { action: 's3:ListBucket', on: 'bucket' },
 };
 
 const step = new AsyncLocalStorage<string>();
@@ -81,7 +88,13 @@ function instrument(client: {
     (next: (args: unknown) => Promise<unknown>, context: { commandName?: string }) =>
     async (args: unknown) => {
       if (context.commandName) record(context.commandName);
-      return next(args);
+      try {
+        return await next(args);
+      } catch (caught) {
+        const status = (caught as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+        if (status === 404 && context.commandName) record(`${context.commandName}#missing`);
+        throw caught;
+      }
     };
   client.middlewareStack.add(middleware as never, { step: 'initialize', name: 'recordForIamTest' });
 }
@@ -89,7 +102,15 @@ function instrument(client: {
 async function runRecorded(
   dataset: string,
   name: string,
-  options: { maxTicksPerExecution?: number; maxCostUsd?: number; cleanUp?: boolean } = {},
+  options: {
+    maxTicksPerExecution?: number;
+    maxCostUsd?: number;
+    cleanUp?: boolean;
+    /** The execution's input in the stead of `{ dataset }` (a resume). */
+    input?: Record<string, unknown>;
+    /** Tick's first call fails the way a wrong config does: the run fails once prepared. */
+    failFirstTick?: boolean;
+  } = {},
 ) {
   const loaded = await loadWork(new URL('../fixtures/works/chat.ts', import.meta.url).pathname);
   const work = {
@@ -120,12 +141,23 @@ async function runRecorded(
     },
     async () => record('StartExecutionCommand'),
   );
+  let tickFailed = !options.failFirstTick;
   const wrapped = Object.fromEntries(
-    TASKS.map((t) => [t, (event: unknown) => step.run(t, () => handlers[t](event))]),
+    TASKS.map((t) => [
+      t,
+      (event: unknown) => {
+        if (t === 'Tick' && !tickFailed) {
+          tickFailed = true;
+          throw new ConfigError('the test fails this run in its first Tick');
+        }
+        return step.run(t, () => handlers[t](event));
+      },
+    ]),
   ) as typeof handlers;
-  return executeLocally(definition, wrapped, { dataset }, { executionName: name, waitMs: 20 }).catch(
-    (e: unknown) => e,
-  );
+  return executeLocally(definition, wrapped, options.input ?? { dataset }, {
+    executionName: name,
+    waitMs: 20,
+  }).catch((e: unknown) => e);
 }
 
 beforeAll(async () => {
@@ -157,6 +189,16 @@ beforeAll(async () => {
   // The same dataset again while iam-ok holds it: Register refuses it, and removes the plan it wrote.
   await runRecorded('inputs/iam/a.jsonl', 'iam-again');
   await runRecorded('inputs/iam/d.jsonl', 'iam-kept', { cleanUp: false }); // Finalize marks what it keeps
+  // A failed run resumed: Register checks its parts' files (a Query), then it runs to its end.
+  await runRecorded('', 'iam-costly-resumed', { input: { resumeRunId: 'iam-costly' } });
+  // A prepared run that failed, resumed once its plan expired: Tick finds the plan gone (a 404, which
+  // S3 answers only to a caller that may list the bucket) and collects its parts all the same.
+  await put('inputs/iam/e.jsonl', '{"id":"e","content":"q"}');
+  await runRecorded('inputs/iam/e.jsonl', 'iam-expired', { failFirstTick: true });
+  await env.s3.client.send(
+    new DeleteObjectCommand({ Bucket: env.s3.bucket, Key: runKeys('iam-expired').plan }),
+  );
+  await runRecorded('', 'iam-expired-resumed', { input: { resumeRunId: 'iam-expired' } });
   await deliverRecorded();
 }, 120_000);
 
@@ -284,6 +326,15 @@ describe('IAM least privilege', () => {
       expect(calls).toContain(`Finalize ${call}`);
     // Settle rewrote the part the duplicate was in.
     expect(calls).toContain('Settle PutObjectCommand');
+    // Register looked for a failed run's files before it resumed it; Tick found a plan gone.
+    expect(calls).toContain('Register QueryCommand');
+    expect(calls).toContain('Tick GetObjectCommand#missing');
+  });
+
+  it('walked the resumes to their end: both failed runs completed once resumed', async () => {
+    const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
+    for (const runId of ['iam-costly', 'iam-expired'])
+      expect((await runs.getRun(runId))?.status, runId).toBe('completed');
   });
 
   it('grants every call a state made to the function of that state, on its resource', () => {

@@ -373,7 +373,7 @@ describe('OpenAIBatchWork on a real account', () => {
       expect(allows(brought, fn, 'kms:Decrypt', 'key/secretkey')).toBe(true);
     expect(allows(brought, 'WorkRegister', 'kms:Decrypt', 'key/secretkey')).toBe(false);
     // An imported table does not know its indexes: byWork is granted by name.
-    expect(allows(brought, 'WorkRegister', 'dynamodb:Query', 'my-runs/index/byWork')).toBe(false);
+    expect(allows(brought, 'WorkNotify', 'dynamodb:Query', 'my-runs/index/byWork')).toBe(false);
     expect(allows(brought, 'WorkPrepare', 'dynamodb:Query', 'my-runs/index/byWork')).toBe(true);
   });
 

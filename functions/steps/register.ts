@@ -301,8 +301,9 @@ export async function writePlan(
       bytes += object.size;
       etags.update(`${object.size}:${object.etag}\n`);
       if (objectListCodec.widthOf(object) > scan.objectWidth) throw changed();
-      await objectList.write(objectListCodec.encode(object, scan.objectWidth).slice(0, -1));
-      add(planner.add({ ...object, gzip: scan.gzip.has(index) }));
+      const planned = { ...object, gzip: scan.gzip.has(index) };
+      await objectList.write(objectListCodec.encode(planned, scan.objectWidth).slice(0, -1));
+      add(planner.add(planned));
       if (batch.length >= 64 * 1024) {
         yield Buffer.from(batch);
         batch = '';
@@ -467,40 +468,60 @@ export async function resumeRun(deps: StepDeps<unknown>, found: Run, execution: 
       if (run.status !== 'failed')
         return await deps.runs.putRun({ ...run, ticks: 0, execution, failing: null });
       // A failed run's intermediate files are marked ended (they expire): keep them from here on, and
-      // refuse, naming them, if some are gone already.
+      // refuse, naming them, if some are gone already. A resume that ends short of reviving the run
+      // (refused, or failed on the way) marks them ended again: a failed run's files expire.
       await markIntermediatesRunning(deps, run.runId);
-      const missing = await missingIntermediates(deps, run);
-      if (missing.length > 0) {
-        await markIntermediatesEnded(deps, run.runId);
-        throw new ConfigError(
-          `Run ${run.runId} cannot be resumed: files it still needs are gone (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', ...' : ''}); a failed run's intermediate files expire 14 days after they were written. Start a new run of its dataset.`,
-        );
-      }
-      const revived: Run = {
-        ...run,
-        failing: null,
-        status: run.prepared ? 'running' : 'preparing',
-        error: null,
-        blocked: null,
-        cancelRequested: false,
-        execution,
-        ticks: 0,
-        waiting: null,
-        wakePending: false,
-        updatedAt: deps.now(),
-      };
-      const outcome = await deps.runs.reviveRun(revived, !deps.work.settings.allowSameDataset);
-      if (!outcome.revived) await markIntermediatesEnded(deps, run.runId); // it stays failed: they expire
-      if (!outcome.revived)
-        throw new DuplicateDatasetError(outcome.holder.runId, outcome.holder.status, run.runId);
+      const revived = await reviveOrEnd(deps, run, execution, attempt < RESUME_ATTEMPTS);
       deps.log('run resumed', { runId: run.runId, execution, failedWith: run.error });
-      return outcome.revived;
+      return revived;
     } catch (caught) {
       if (!(caught instanceof ConflictError) || attempt >= RESUME_ATTEMPTS) throw caught;
       const again = await deps.runs.getRun(run.runId);
       if (!again) throw caught;
       run = again;
     }
+  }
+}
+
+/**
+ * Revives a failed run whose files are marked running again (see resumeRun); marks them ended again when
+ * it does not, unless `retrying` a conflict (the caller reads the run again and marks them running).
+ */
+async function reviveOrEnd(
+  deps: StepDeps<unknown>,
+  run: Run,
+  execution: string,
+  retrying: boolean,
+): Promise<Run> {
+  try {
+    const missing = await missingIntermediates(deps, run);
+    if (missing.length > 0) {
+      throw new ConfigError(
+        `Run ${run.runId} cannot be resumed: files it still needs are gone (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', ...' : ''}); a failed run's intermediate files expire 14 days after they were written. Start a new run of its dataset.`,
+      );
+    }
+    const revived: Run = {
+      ...run,
+      failing: null,
+      status: run.prepared ? 'running' : 'preparing',
+      error: null,
+      blocked: null,
+      cancelRequested: false,
+      execution,
+      ticks: 0,
+      waiting: null,
+      wakePending: false,
+      updatedAt: deps.now(),
+    };
+    const outcome = await deps.runs.reviveRun(revived, !deps.work.settings.allowSameDataset);
+    if (!outcome.revived)
+      throw new DuplicateDatasetError(outcome.holder.runId, outcome.holder.status, run.runId);
+    return outcome.revived;
+  } catch (caught) {
+    // It stays failed: its files expire (best effort: the resume's own error is the one to tell).
+    if (!(caught instanceof ConflictError && retrying))
+      await markIntermediatesEnded(deps, run.runId).catch(() => {});
+    throw caught;
   }
 }
 

@@ -257,6 +257,37 @@ describe('resuming a run that failed', () => {
     expect(await tagsOf(lines)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
   }, 120_000);
 
+  it("marks a failed run's files ended again when its resume fails on the way, so that they still expire", async () => {
+    await runs.createRun({ ...runFixture('flaky'), work: 'e2e-chat' }, true);
+    await runs.settleClaim('e2e-chat', 'hash-flaky', 'flaky', 'failed');
+    await runs.putRun({ ...((await runs.getRun('flaky')) as Run), status: 'failed', error: 'Error: broke' });
+    const { plan } = runKeys('flaky');
+    await env.s3.client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: plan, Body: '{}\n' }));
+    const tagOf = async () =>
+      (await env.s3.client.send(new GetObjectTaggingCommand({ Bucket: env.s3.bucket, Key: plan }))).TagSet;
+    const register = handlersOf(
+      time.runOptions(env, {
+        wrap: {
+          // DynamoDB answers the first look at the run's parts with an error.
+          runs: (store) =>
+            new Proxy(store, {
+              get: (target, property, receiver) =>
+                property === 'listParts'
+                  ? async () => {
+                      throw new Error('throttled, for the test');
+                    }
+                  : Reflect.get(target, property, receiver),
+            }),
+        },
+      }),
+    ).Register;
+    await expect(
+      register({ input: { resumeRunId: 'flaky' }, executionName: 'flaky-resume-0' }),
+    ).rejects.toThrow('throttled, for the test');
+    expect((await runs.getRun('flaky'))?.status).toBe('failed');
+    expect(await tagOf()).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
+  });
+
   it('completes a run whose parts were prepared before their lines files named the ids', async () => {
     const legacy = await failedAfterFirstTick('legacy');
     // Each part left as code from before wrote it: a `.lines` file of dataset lines, no `.entries`.

@@ -59,6 +59,8 @@ export interface ObjectSource {
   readonly object: string;
   /** The position the source's first byte is at (the object's start, or where a step stopped). */
   readonly position: LinePosition;
+  /** Lines to pass over first: a gzip object read again from its start, to where a step stopped. */
+  readonly skipLines?: number;
 }
 
 /** How a prepare step ended. */
@@ -214,7 +216,13 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
       const reader = readDatasetBatches(current.source, {
         maxRecordBytes: work.settings.maxRecordBytes,
         ...(input.sources || start.position ? { start: next } : {}),
-        ...(start.skipLines && !input.sources ? { skipLines: start.skipLines } : {}),
+        ...(input.sources
+          ? current.skipLines
+            ? { skipLines: current.skipLines }
+            : {}
+          : start.skipLines
+            ? { skipLines: start.skipLines }
+            : {}),
         ...(input.detectGzip === false || input.sources ? { detectGzip: false } : {}),
         onFormat: (format) => {
           gzip = format.gzip;

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { InvariantError } from './errors';
+import { GZIP_EXPANSION } from './id-files';
 
 /**
  * A shard: a part of the dataset that one prepare lane reads on its own. It is a whole object, a byte
@@ -72,11 +73,20 @@ export function shardOfPart(part: number): number {
 export const MAX_PACK_OBJECTS = 1000;
 
 /**
- * The shards of a dataset, in dataset order: objects of `shardBytes` or less that are not gzip are packed,
- * one after the other, into shards of at most `shardBytes` and MAX_PACK_OBJECTS objects; a larger object
- * that is not gzip is cut into byte ranges of `shardBytes`; a gzip object is one shard. Empty objects have
- * no shard. Objects are given one at a time, in dataset order; it holds one pack at most (its first
- * object and its counts).
+ * The largest gzip object a pack takes (and then only one whose GZIP_EXPANSION times fits in shardBytes):
+ * a step that stops inside a packed gzip object inflates it again from its start, so this bounds what a
+ * step reads twice. A larger gzip object is a shard of its own, inflated once into a copy.
+ */
+export const MAX_PACKED_GZIP_BYTES = 1024 * 1024;
+
+/**
+ * The shards of a dataset, in dataset order: objects of `shardBytes` or less are packed, one after the
+ * other, into shards of at most `shardBytes` and MAX_PACK_OBJECTS objects, a gzip object counted as
+ * GZIP_EXPANSION times its size and taken up to MAX_PACKED_GZIP_BYTES; a larger object that is not gzip is
+ * cut into byte ranges of `shardBytes`; a larger gzip object is one shard. Empty objects have no shard.
+ * Objects are given one at a time, in dataset order; it holds one pack at most (its first object and its
+ * counts). A pack of several objects says `gzip: false`: which of its objects are gzip, the object list
+ * says.
  */
 export class ShardPlanner {
   private shard = 0;
@@ -99,15 +109,16 @@ export class ShardPlanner {
     };
     if (object.size === 0) return [];
     const { shardBytes } = this;
-    if (!object.gzip && object.size <= shardBytes) {
+    const weight = object.gzip ? object.size * GZIP_EXPANSION : object.size;
+    if (weight <= shardBytes && (!object.gzip || object.size <= MAX_PACKED_GZIP_BYTES)) {
       const { pack } = this;
-      if (pack && pack.bytes + object.size <= shardBytes && pack.objects < MAX_PACK_OBJECTS) {
+      if (pack && pack.bytes + weight <= shardBytes && pack.objects < MAX_PACK_OBJECTS) {
         pack.objects += 1;
-        pack.bytes += object.size;
+        pack.bytes += weight;
         return [];
       }
       const out = this.finish();
-      this.pack = { first: base, objects: 1, bytes: object.size };
+      this.pack = { first: base, objects: 1, bytes: weight };
       return out;
     }
     const out = this.finish();
@@ -123,7 +134,8 @@ export class ShardPlanner {
     const { pack } = this;
     if (!pack) return [];
     this.pack = null;
-    return [{ shard: this.shard++, ...pack.first, objects: pack.objects }];
+    if (pack.objects === 1) return [{ shard: this.shard++, ...pack.first }];
+    return [{ shard: this.shard++, ...pack.first, gzip: false, objects: pack.objects }];
   }
 }
 
@@ -181,6 +193,8 @@ export const ListedObjectSchema = z.object({
   key: z.string(),
   size: z.number().int().nonnegative(),
   etag: z.string(),
+  /** Its content is gzip (Register told from its first bytes). */
+  gzip: z.boolean().default(false),
 });
 
 /** An object of the run's object list. */
@@ -191,9 +205,9 @@ export type ListedObject = z.infer<typeof ListedObjectSchema>;
  * object n at `n * width`, so that a pack's objects are read with one ranged GET.
  */
 export const objectListCodec = {
-  /** The width this object's line needs, newline included. */
-  widthOf(object: ListedObject): number {
-    return Buffer.byteLength(JSON.stringify(listed(object))) + 1;
+  /** The width this object's line needs, newline included, gzip or not. */
+  widthOf(object: Omit<ListedObject, 'gzip'>): number {
+    return Buffer.byteLength(JSON.stringify(listed({ ...object, gzip: false }))) + 1;
   },
   encode(object: ListedObject, width: number): string {
     const json = JSON.stringify(listed(object));
@@ -215,7 +229,7 @@ export const objectListCodec = {
 
 /** Only the fields the list keeps, in a fixed order. */
 function listed(object: ListedObject): ListedObject {
-  return { key: object.key, size: object.size, etag: object.etag };
+  return { key: object.key, size: object.size, etag: object.etag, gzip: object.gzip };
 }
 
 /**

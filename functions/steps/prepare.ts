@@ -146,6 +146,9 @@ export async function prepare<R>(
   }
 }
 
+/** An object's first line. */
+const START: LinePosition = { line: 1, offset: 0 };
+
 /** Objects of a pack whose GET is sent before the lane reads them (see packStep). */
 const OBJECTS_AHEAD = 8;
 
@@ -356,8 +359,9 @@ class Lane<R> {
         while (ahead.length < OBJECTS_AHEAD && next < objects.length) {
           const object = objects[next];
           if (!object) break;
-          const from = next === at ? position : { line: 1, offset: 0 };
-          ahead.push({ object, from, source: started(blobs.read(object.key, from.offset, object.etag)) });
+          const from = next === at ? position : START;
+          const offset = object.gzip ? 0 : from.offset;
+          ahead.push({ object, from, source: started(blobs.read(object.key, offset, object.etag)) });
           next += 1;
         }
       };
@@ -365,7 +369,15 @@ class Lane<R> {
         fill();
         for (let open = ahead.shift(); open; open = ahead.shift()) {
           fill();
-          yield { source: open.source, object: open.object.key, position: open.from };
+          const { object, from } = open;
+          if (!object.gzip) {
+            yield { source: open.source, object: object.key, position: from };
+            continue;
+          }
+          // A gzip object is inflated as it is read, from its start: a step that stopped inside it
+          // passes over the lines it read (the object is small: see MAX_PACKED_GZIP_BYTES).
+          const { chunks } = await decompressed(open.source);
+          yield { source: chunks, object: object.key, position: START, skipLines: from.line - 1 };
         }
       } finally {
         await Promise.all(ahead.map((open) => open.source.close()));

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   lineInPack,
   MAX_PACK_OBJECTS,
+  MAX_PACKED_GZIP_BYTES,
   objectListCodec,
   type PlannedObject,
   shardsOf,
@@ -19,7 +20,7 @@ const summary = (objects: PlannedObject[], shardBytes: number) =>
   [...shardsOf(objects, shardBytes)].map((s) => `${s.object}+${s.objects} [${s.start},${s.end})`);
 
 describe('shardsOf', () => {
-  it('packs small objects that follow each other up to shardBytes, and cuts large ones into ranges', () => {
+  it('packs small objects that follow each other up to shardBytes (gzip ones at ten times their size), and cuts large ones into ranges', () => {
     const objects = [
       object('a', 300),
       object('b', 300),
@@ -28,9 +29,11 @@ describe('shardsOf', () => {
       object('e', 2500), // larger: ranges, and it ends the pack before it
       object('f', 0), // empty: no shard
       object('g', 100),
-      object('h', 50, true), // gzip: never packed, one shard, ends the pack before it
+      object('h', 50, true), // gzip: counted as 500 bytes
       object('i', 1000), // exactly shardBytes: a pack of its own
       object('j', 10),
+      object('k', 101, true), // gzip, over a tenth of shardBytes: a shard of its own
+      object('l', 10),
     ];
     expect(summary(objects, 1000)).toEqual([
       '0+3 [0,300)',
@@ -38,15 +41,25 @@ describe('shardsOf', () => {
       '4+1 [0,1000)',
       '4+1 [1000,2000)',
       '4+1 [2000,2500)',
-      '6+1 [0,100)',
-      '7+1 [0,50)',
+      '6+2 [0,100)',
       '8+1 [0,1000)',
       '9+1 [0,10)',
+      '10+1 [0,101)',
+      '11+1 [0,10)',
     ]);
     const shards = [...shardsOf(objects, 1000)];
     expect(shards.map((s) => s.shard)).toEqual(shards.map((_, n) => n));
     expect(shards[0]).toMatchObject({ key: 'a', size: 300, etag: '"a"', gzip: false, objects: 3 });
-    expect(shards[6]).toMatchObject({ key: 'h', gzip: true, objects: 1 });
+    // A pack says gzip: false (the object list says which of its objects are); a gzip shard alone says true.
+    expect(shards[5]).toMatchObject({ key: 'g', gzip: false, objects: 2 });
+    expect(shards[8]).toMatchObject({ key: 'k', gzip: true, objects: 1 });
+    // A gzip object packs only up to MAX_PACKED_GZIP_BYTES, whatever shardBytes.
+    const big = 1024 ** 3;
+    expect(summary([object('x', 10), object('y', MAX_PACKED_GZIP_BYTES, true)], big)).toEqual(['0+2 [0,10)']);
+    expect(summary([object('x', 10), object('y', MAX_PACKED_GZIP_BYTES + 1, true)], big)).toEqual([
+      '0+1 [0,10)',
+      `1+1 [0,${MAX_PACKED_GZIP_BYTES + 1})`,
+    ]);
   });
 
   it('puts at most MAX_PACK_OBJECTS objects in a pack', () => {
@@ -81,11 +94,11 @@ describe('lineInPack', () => {
 
 describe('objectListCodec', () => {
   it('writes fixed-width lines that read back from any run of them', () => {
-    const long = { key: 'inputs/ünïcode "quoted".jsonl', size: 123456789, etag: '"e2-3"' };
+    const long = { key: 'inputs/ünïcode "quoted".jsonl', size: 123456789, etag: '"e2-3"', gzip: false };
     const objects = [
-      { key: 'inputs/a.jsonl', size: 10, etag: '"e1"' },
+      { key: 'inputs/a.jsonl.gz', size: 10, etag: '"e1"', gzip: true },
       long,
-      { key: 'inputs/c', size: 0, etag: '' },
+      { key: 'inputs/c', size: 0, etag: '', gzip: false },
     ];
     const width = Math.max(...objects.map((o) => objectListCodec.widthOf(o)));
     const bytes = Buffer.from(objects.map((o) => objectListCodec.encode(o, width)).join(''));

@@ -1,3 +1,4 @@
+import { gzipSync } from 'node:zlib';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
@@ -12,7 +13,7 @@ import { errorPlaces, outputIds, partsPaidTwice } from '../support/run-checks';
 
 /**
  * The crash walk over the shard steps: a dataset cut into many small shards (the `sharded` fixture work:
- * shards of 1 KiB, three lanes), one object in byte ranges and small objects in packs, with bad lines in
+ * shards of 1 KiB, three lanes), one object in byte ranges and small objects in packs (one of them gzip), with bad lines in
  * several shards and custom_ids used again across shards and within a pack, whose Register, Prepare (a
  * lane) or Settle handler dies right after one of its side effects,
  * once; the state machine's retry carries on, on a clock that uses its budget up after a few readings,
@@ -51,21 +52,25 @@ const SMALL_REPEATS: Record<string, string> = { 's5:1': 's4-1', 's8:2': '10', 's
 const question = (id: string) =>
   JSON.stringify({ id, content: `question ${id} in a dataset cut into shards` });
 
+/** A small object that is gzip, packed with the others. */
+const SMALL_GZIP = 's4';
+
 /** The dataset's objects, by name: `a`, cut into byte ranges, then the small ones. */
-function datasetOf(runId: string): Record<string, string> {
+function datasetOf(runId: string): Record<string, string | Buffer> {
   const lines: string[] = [];
   for (let line = 1; line <= LINES; line++) {
     if (BAD.includes(line)) lines.push(`{"id":"${runId}-bad-${line}"`);
     else lines.push(question(`${runId}-${REPEATS[line] ?? line}`));
   }
-  const objects: Record<string, string> = { a: `${lines.join('\n')}\n` };
+  const objects: Record<string, string | Buffer> = { a: `${lines.join('\n')}\n` };
   for (let i = 0; i < SMALL; i++) {
     const body = Array.from({ length: smallLines(i) }, (_, at) => {
       const place = `s${i}:${at + 1}`;
       if (SMALL_BAD.includes(place)) return `{"id":"${runId}-bad-${place}"`;
       return question(`${runId}-${SMALL_REPEATS[place] ?? `s${i}-${at + 1}`}`);
     });
-    objects[`s${i}`] = `${body.join('\n')}\n`;
+    const text = `${body.join('\n')}\n`;
+    objects[`s${i}`] = `s${i}` === SMALL_GZIP ? gzipSync(text) : text;
   }
   return objects;
 }
@@ -146,7 +151,7 @@ describe('crash walk of the shard steps', () => {
       'shards-none',
     );
     expect(run?.dataset.objects).toBe(SMALL + 1);
-    const ranges = Math.ceil(Buffer.byteLength(datasetOf('shards-none').a ?? '') / 1024);
+    const ranges = Math.ceil(Buffer.byteLength(String(datasetOf('shards-none').a)) / 1024);
     expect(ranges).toBeGreaterThan(3);
     const packs = (run?.dataset.shards ?? 0) - ranges;
     expect(packs).toBeGreaterThan(1);

@@ -1,10 +1,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
 import type { BatchApi } from '../../functions/core/ports';
+import { shardsOf } from '../../functions/core/shards';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
 import { type FixtureWork, fixtureWork } from '../support/e2e';
 import { ManualTime } from '../support/manual-time';
@@ -211,6 +214,7 @@ describe('a run over a prefix of many small objects', () => {
     'p12:1': JSON.stringify({ id: 'p12-1', content: 'fail me [[emulator:fail]]' }),
     'p30:2': JSON.stringify({ id: 'p30-2', content: '[[emulator:fail]] please' }),
   };
+  const GZIPPED = [19, 21, 22];
   const linesOf = (i: number) =>
     Array.from(
       { length: (i % 4) + 1 },
@@ -218,14 +222,17 @@ describe('a run over a prefix of many small objects', () => {
     );
 
   it('packs them into a few shards and batches, and names each error by its own object and line', async () => {
-    for (let i = 0; i < OBJECTS; i++)
+    for (let i = 0; i < OBJECTS; i++) {
+      const body = `${linesOf(i).join('\n')}\n`;
       await env.s3.client.send(
         new PutObjectCommand({
           Bucket: env.s3.bucket,
           Key: `inputs/packed/${name(i)}.jsonl`,
-          Body: `${linesOf(i).join('\n')}\n`,
+          // A few are gzip (their names do not say so: their first bytes do), packed with the rest.
+          Body: GZIPPED.includes(i) ? gzipSync(body) : body,
         }),
       );
+    }
     let batches = 0;
     const options = time.runOptions(env, {
       wrap: {
@@ -237,10 +244,25 @@ describe('a run over a prefix of many small objects', () => {
     });
 
     const run = await new DynamoRunStore(env.dynamo.client, env.dynamo.table).getRun('packed-1');
+    const blobs = new S3BlobStore(env.s3.client, env.s3.bucket);
     expect(run?.dataset.objects).toBe(OBJECTS);
     const shards = run?.dataset.shards ?? 0;
     expect(shards).toBeGreaterThan(3);
     expect(shards).toBeLessThan(OBJECTS / 4);
+    // The dataset has gzip objects in packs with plain ones (read inflated, into the same parts).
+    const planned = await Promise.all(
+      Array.from({ length: OBJECTS }, async (_, i) => {
+        const head = await blobs.head(`inputs/packed/${name(i)}.jsonl`);
+        if (!head) throw new Error(`no object ${i}`);
+        return { ...head, gzip: GZIPPED.includes(i) };
+      }),
+    );
+    const packs = [...shardsOf(planned, 1024)];
+    expect(packs).toHaveLength(shards);
+    const inPacks = packs
+      .filter((p) => p.objects > 1)
+      .flatMap((p) => planned.slice(p.object, p.object + p.objects));
+    expect(inPacks.filter((o) => o.gzip).length).toBeGreaterThan(0);
     // A batch or two a pack (a part sent early, and the rest), not a batch an object.
     expect(batches).toBeGreaterThanOrEqual(shards);
     expect(batches).toBeLessThanOrEqual(shards + 2);

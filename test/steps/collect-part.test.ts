@@ -185,8 +185,8 @@ describe('collecting a part of a pack of objects', () => {
       // A pack of two objects of two lines: the part's lines file numbers them 1 to 4 across the pack.
       const { run, part, api } = await collectingPart(deps, runId, ['a1', 'a2', 'b1', 'b2']);
       const objects = [
-        { key: `in/${runId}/a.jsonl`, size: 20, etag: '"a"' },
-        { key: `in/${runId}/b.jsonl`, size: 20, etag: '"b"' },
+        { key: `in/${runId}/a.jsonl`, size: 20, etag: '"a"', gzip: false },
+        { key: `in/${runId}/b.jsonl`, size: 20, etag: '"b"', gzip: false },
       ];
       const shard: Shard = {
         shard: 0,

@@ -390,6 +390,50 @@ describe('the Prepare lane step', () => {
     expect(kept).toHaveLength(requests.length - 1);
   });
 
+  it('reads small gzip objects in a pack, inflating one again from its start where a step stopped inside it', async () => {
+    const runId = 'packs-gzip';
+    const read = new Map<string, number>();
+    const deps = depsFor(3, (blobs) => counting(blobs, read));
+    const z = objectLines('z', 8, { 4: '{bad', 6: '' });
+    const y = objectLines('y', 3);
+    const objects = [
+      { key: `inputs/${runId}/a.jsonl`, body: Buffer.from(`${objectLines('a', 2).join('\n')}\n`) },
+      { key: `inputs/${runId}/b.jsonl.gz`, body: gzipSync(`${z.join('\n')}\n`) },
+      { key: `inputs/${runId}/c.jsonl`, body: Buffer.from(objectLines('c', 1).join('\n')) },
+      { key: `inputs/${runId}/d.jsonl.gz`, body: gzipSync(y.join('\r\n')) },
+    ];
+    const shards = await registered(deps, runId, objects, 8192, 1);
+    expect(shards.map((s) => [s.objects, s.gzip])).toEqual([[4, false]]);
+    await prepareLanes(deps, runId, 1);
+    const run = await deps.runs.getRun(runId);
+    if (!run) throw new Error('no run');
+    const places = new ShardPlaces(deps.blobs, run);
+    const { requests, errors } = await placed(deps, runId);
+    const got = await Promise.all(
+      requests.map(async (r) => {
+        const place = await places.of(shardOfPart(r.part.part), r.line);
+        return `${place.object?.slice(`inputs/${runId}/`.length)} ${place.line} ${r.id}`;
+      }),
+    );
+    expect(got.sort()).toEqual(
+      [
+        'a.jsonl 1 a-1',
+        'a.jsonl 2 a-2',
+        ...[1, 2, 3, 5, 7, 8].map((line) => `b.jsonl.gz ${line} z-${line}`),
+        'c.jsonl 1 c-1',
+        ...[1, 2, 3].map((line) => `d.jsonl.gz ${line} y-${line}`),
+      ].sort(),
+    );
+    expect(errors.map((e) => `${e.object.slice(`inputs/${runId}/`.length)} ${e.line} ${e.code}`)).toEqual([
+      'b.jsonl.gz 4 invalid_json',
+    ]);
+    // Steps of 3 records stopped inside b: it was read again from its start, a few times at most.
+    const gzipped = objects[1]?.body.length ?? 0;
+    expect(read.get(objects[1]?.key ?? '')).toBeGreaterThan(gzipped);
+    expect(read.get(objects[1]?.key ?? '')).toBeLessThanOrEqual(4 * gzipped);
+    expect(read.get(objects[0]?.key ?? '')).toBe(objects[0]?.body.length);
+  });
+
   it("reads a pack's objects a few GETs ahead, and closes those it did not reach when a step stops", async () => {
     const runId = 'packs-ahead';
     const open = { now: 0, most: 0 };

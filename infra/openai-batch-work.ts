@@ -384,7 +384,7 @@ export class OpenAIBatchWork extends Construct {
   private grant(stack: Stack): void {
     const f = this.functions;
     const bucket = this.bucket;
-    const byWork = ['byWork'];
+    // No function is granted the byWork index: only the CLI reads it, with its user's own credentials.
     const bus = [`arn:${stack.partition}:events:${stack.region}:${stack.account}:event-bus/default`];
     // A step run again removes an output or error file it left empty: DeleteObject is part of writing.
     const write = ['s3:PutObject', 's3:PutObjectTagging', 's3:AbortMultipartUpload', 's3:DeleteObject'];
@@ -394,24 +394,24 @@ export class OpenAIBatchWork extends Construct {
     f.Register.allowObjects(bucket, ['s3:GetObject', ...write]);
     f.Register.allowListing(bucket);
     // Resuming a failed run, it reads the run's parts (a Query) to find files that expired.
-    f.Register.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
+    f.Register.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query']);
 
     f.Prepare.allowObjects(bucket, ['s3:GetObject', ...write]);
     f.Prepare.allowListing(bucket); // the id files a crashed step of its shard left, to delete them
-    f.Prepare.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
+    f.Prepare.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query']);
     f.Prepare.allowSecret(this.apiKeySecret); // lane 0 sends shard 0's parts while the rest prepares
 
     // Settle reads the lanes' id files, rewrites the parts a duplicate is dropped from, and lists and
     // deletes its own state files (runs/<runId>/state/...).
     f.Settle.allowObjects(bucket, ['s3:GetObject', ...write]);
     f.Settle.allowListing(bucket);
-    f.Settle.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
+    f.Settle.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query']);
 
     f.Tick.allowObjects(bucket, ['s3:GetObject', ...write]);
     // A file gone (a resumed run's expired plan) must read as missing: S3 answers 404, not 403, only to
     // a caller that may list the bucket.
     f.Tick.allowListing(bucket);
-    f.Tick.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query'], byWork);
+    f.Tick.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query']);
     f.Tick.allowSecret(this.apiKeySecret);
 
     f.Finalize.allowObjects(bucket, ['s3:PutObject', 's3:AbortMultipartUpload']); // the summary: never intermediate
@@ -421,27 +421,29 @@ export class OpenAIBatchWork extends Construct {
       fn.allowListing(bucket);
     };
     markEnded(f.Finalize);
-    f.Finalize.allowTable(
-      this.table,
-      ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
-      byWork,
-    );
+    f.Finalize.allowTable(this.table, [
+      'dynamodb:GetItem',
+      'dynamodb:PutItem',
+      'dynamodb:Query',
+      'dynamodb:UpdateItem',
+    ]);
 
     f.CleanUp.allowObjects(bucket, ['s3:DeleteObject']);
     f.CleanUp.allowListing(bucket);
-    f.CleanUp.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:Query'], byWork);
+    f.CleanUp.allowTable(this.table, ['dynamodb:GetItem', 'dynamodb:Query']);
     f.CleanUp.allowSecret(this.apiKeySecret);
 
     for (const announcer of [f.Notify, f.MarkFailed]) {
       announcer.allow(['events:PutEvents'], bus);
       if (this.topic) announcer.allowPublish(this.topic);
     }
-    f.Notify.allowTable(this.table, ['dynamodb:GetItem'], byWork);
-    f.MarkFailed.allowTable(
-      this.table,
-      ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
-      byWork,
-    );
+    f.Notify.allowTable(this.table, ['dynamodb:GetItem']);
+    f.MarkFailed.allowTable(this.table, [
+      'dynamodb:GetItem',
+      'dynamodb:PutItem',
+      'dynamodb:Query',
+      'dynamodb:UpdateItem',
+    ]);
     f.MarkFailed.allowSecret(this.apiKeySecret);
     f.MarkFailed.allowObjects(bucket, ['s3:GetObject', ...write]); // collects finished batches as Tick does
     markEnded(f.MarkFailed);

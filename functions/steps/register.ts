@@ -520,9 +520,20 @@ async function reviveOrEnd(
   } catch (caught) {
     // It stays failed: its files expire (best effort: the resume's own error is the one to tell).
     if (!(caught instanceof ConflictError && retrying))
-      await markIntermediatesEnded(deps, run.runId).catch(() => {});
+      await endUnlessRevived(deps, run.runId).catch(() => {});
     throw caught;
   }
+}
+
+/**
+ * Marks a run's files ended again after a resume that did not revive it, unless another resume did
+ * meanwhile (a second start of the same resume): the run is read before, and again after, since marking
+ * takes a while; revived in between, its files are marked running again.
+ */
+async function endUnlessRevived(deps: StepDeps<unknown>, runId: string): Promise<void> {
+  if ((await deps.runs.getRun(runId))?.status !== 'failed') return;
+  await markIntermediatesEnded(deps, runId);
+  if ((await deps.runs.getRun(runId))?.status !== 'failed') await markIntermediatesRunning(deps, runId);
 }
 
 /** Parts whose files a resume checks at once. */

@@ -288,6 +288,40 @@ describe('resuming a run that failed', () => {
     expect(await tagOf()).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
   });
 
+  it('leaves the files of a run another resume revived meanwhile running, when its own resume fails', async () => {
+    await runs.createRun({ ...runFixture('twice'), work: 'e2e-chat' }, true);
+    await runs.settleClaim('e2e-chat', 'hash-twice', 'twice', 'failed');
+    await runs.putRun({ ...((await runs.getRun('twice')) as Run), status: 'failed', error: 'Error: broke' });
+    const { plan } = runKeys('twice');
+    await env.s3.client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: plan, Body: '{}\n' }));
+    const first = handlersOf(time.runOptions(env)).Register;
+    const second = handlersOf(
+      time.runOptions(env, {
+        wrap: {
+          runs: (store) =>
+            new Proxy(store, {
+              get: (target, property, receiver) =>
+                property === 'listParts'
+                  ? async () => {
+                      // While this resume looks at the run's parts, a second start of it revives the run.
+                      await first({ input: { resumeRunId: 'twice' }, executionName: 'twice-resume-1' });
+                      throw new Error('throttled, for the test');
+                    }
+                  : Reflect.get(target, property, receiver),
+            }),
+        },
+      }),
+    ).Register;
+    await expect(
+      second({ input: { resumeRunId: 'twice' }, executionName: 'twice-resume-0' }),
+    ).rejects.toThrow('throttled, for the test');
+    expect(await runs.getRun('twice')).toMatchObject({ status: 'preparing', execution: 'twice-resume-1' });
+    const { TagSet } = await env.s3.client.send(
+      new GetObjectTaggingCommand({ Bucket: env.s3.bucket, Key: plan }),
+    );
+    expect(TagSet).toEqual([{ Key: 'openai-batch-intermediate', Value: 'running' }]);
+  });
+
   it('completes a run whose parts were prepared before their lines files named the ids', async () => {
     const legacy = await failedAfterFirstTick('legacy');
     // Each part left as code from before wrote it: a `.lines` file of dataset lines, no `.entries`.

@@ -36,10 +36,12 @@ export function isGzip(head: Uint8Array): boolean {
 
 /**
  * The stream's bytes, gunzipped when its content (not its name) says gzip. `gzip` is known once the
- * first chunk has been read.
+ * first chunk has been read. `object`, when given, is the dataset object the stream is, named by an
+ * error (a dataset of many objects).
  */
 export async function decompressed(
   source: AsyncIterable<Uint8Array>,
+  object?: string,
 ): Promise<{ gzip: boolean; chunks: AsyncIterable<Uint8Array> }> {
   const iterator = source[Symbol.asyncIterator]();
   let first = await iterator.next();
@@ -60,20 +62,23 @@ export async function decompressed(
     }
   }
   if (!isGzip(head)) return { gzip: false, chunks: rest() };
-  return { gzip: true, chunks: gunzipped(rest()) };
+  return { gzip: true, chunks: gunzipped(rest(), object) };
 }
 
 /**
  * Gunzips a byte stream. Through `pipeline`, a failure of the source or of the gzip data rejects the
  * iteration (never an unhandled 'error' event); gzip data that is not gzip is a {@link DatasetError}.
  */
-async function* gunzipped(source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+async function* gunzipped(source: AsyncIterable<Uint8Array>, object?: string): AsyncGenerator<Uint8Array> {
   // pipeline destroys the gunzip stream with the first error, so iterating it rejects with that error.
   const gunzip = pipeline(Readable.from(source), createGunzip(), () => {});
   try {
     for await (const chunk of gunzip) yield chunk as Uint8Array;
   } catch (caught) {
-    if (isZlibError(caught)) throw new DatasetError(`The dataset is not valid gzip: ${caught.message}.`);
+    if (isZlibError(caught))
+      throw new DatasetError(
+        `The dataset ${object === undefined ? '' : `object ${object} `}is not valid gzip: ${caught.message}.`,
+      );
     throw caught;
   } finally {
     gunzip.destroy();

@@ -209,13 +209,16 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
     reading: for await (const current of input.sources ?? single()) {
       if (input.sources) {
         object = current.object;
-        next = current.position;
+        // Where a step that stops before this object's first record resumes: past the lines passed over.
+        next = current.skipLines
+          ? { line: current.position.line + current.skipLines, offset: 0 }
+          : current.position;
         if (!first) input.ids.nextObject?.();
       }
       first = false;
       const reader = readDatasetBatches(current.source, {
         maxRecordBytes: work.settings.maxRecordBytes,
-        ...(input.sources || start.position ? { start: next } : {}),
+        ...(input.sources ? { start: current.position } : start.position ? { start: next } : {}),
         ...(input.sources
           ? current.skipLines
             ? { skipLines: current.skipLines }

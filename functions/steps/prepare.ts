@@ -268,7 +268,7 @@ class Lane<R> {
 
   /** Inflates a gzip shard's object, whole, into its copy (one read of the object). */
   private async inflate(shard: Shard): Promise<void> {
-    const { chunks } = await decompressed(this.deps.blobs.read(shard.key, 0, shard.etag));
+    const { chunks } = await decompressed(this.deps.blobs.read(shard.key, 0, shard.etag), shard.key);
     await this.deps.blobs.write(this.keys.inflated(shard.shard), chunks);
   }
 
@@ -376,7 +376,7 @@ class Lane<R> {
           }
           // A gzip object is inflated as it is read, from its start: a step that stopped inside it
           // passes over the lines it read (the object is small: see MAX_PACKED_GZIP_BYTES).
-          const { chunks } = await decompressed(open.source);
+          const { chunks } = await decompressed(open.source, object.key);
           yield { source: chunks, object: object.key, position: START, skipLines: from.line - 1 };
         }
       } finally {

@@ -371,3 +371,75 @@ describe('prepareDataset', () => {
     expect(ids.claim('x', 1)).toBe(0); // a line read again (a step run again) starts afresh
   });
 });
+
+describe('prepareDataset over the objects of a pack', () => {
+  /** Objects `a` (3 records) and `b` (4, the first after 2 lines it passes over), as a pack's sources. */
+  const sources = (skipLines: number) => [
+    {
+      source: chunksOf(['{"id":"a1"}', '{"id":"a2"}', '{"id":"a3"}'].join('\n'), 5),
+      object: 'a',
+      position: { line: 1, offset: 0 },
+    },
+    {
+      source: chunksOf(['{"id":"b1"}', '', '{"id":"b3"}', '{"id":"b4"}', '{"id":"b5"}'].join('\n'), 7),
+      object: 'b',
+      position: { line: 1, offset: 0 },
+      skipLines,
+    },
+  ];
+
+  it('numbers lines across the pack in parts and per object for hooks, and passes over lines to resume', async () => {
+    const placed: { id: string; line: number }[] = [];
+    const hooked: number[] = [];
+    const parts: PartSink = {
+      write: (_part, request) => {
+        placed.push({ id: request.customId, line: request.line });
+        return undefined;
+      },
+      close: async () => {},
+    };
+    const errors: RecordSink = { write: async () => {} };
+    const result = await prepareDataset({
+      work: defineWork({
+        name: 'pack',
+        model: 'gpt-4o-mini',
+        upload: (record, { line }) => {
+          hooked.push(line);
+          return { id: String(record.id), messages: [{ role: 'user', content: 'q' }] };
+        },
+      }),
+      ids: new LineIds(),
+      parts,
+      errors,
+      sources: sources(2),
+      start: { lineBase: 10 },
+    });
+    expect(result.done).toBe(true);
+    // b passes over its lines 1 and 2; its lines 3 to 5 follow a's 3 lines, after the pack's 10 before.
+    expect(placed).toEqual([
+      { id: 'a1', line: 11 },
+      { id: 'a2', line: 12 },
+      { id: 'a3', line: 13 },
+      { id: 'b3', line: 16 },
+      { id: 'b4', line: 17 },
+      { id: 'b5', line: 18 },
+    ]);
+    expect(hooked).toEqual([1, 2, 3, 3, 4, 5]);
+    expect(result.finished).toEqual([3, 5]);
+  });
+
+  it('resumes past the lines it passed over when it stops before the first record after them', async () => {
+    let asked = 0;
+    const sinks = new MemorySinks();
+    const result = await prepareDataset({
+      work: testWork(),
+      ids: new LineIds(),
+      parts: sinks,
+      errors: sinks,
+      sources: sources(2).slice(1),
+      // The step stops before its first record: where the next one resumes must not go back to line 1.
+      shouldPause: () => asked++ >= 0,
+    });
+    expect(result).toMatchObject({ done: false, next: { line: 3 }, finished: [] });
+  });
+});

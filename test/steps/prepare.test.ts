@@ -434,6 +434,26 @@ describe('the Prepare lane step', () => {
     expect(read.get(objects[0]?.key ?? '')).toBe(objects[0]?.body.length);
   });
 
+  it('fails the run naming the object when a gzip object is corrupt, in a pack or a shard of its own', async () => {
+    for (const [runId, shardBytes] of [
+      ['corrupt-packed', 8192],
+      ['corrupt-alone', 1024],
+    ] as const) {
+      const deps = depsFor(5);
+      const whole = gzipSync(`${objectLines('g', 200).join('\n')}\n`);
+      const objects = [
+        { key: `inputs/${runId}/a.jsonl`, body: Buffer.from(`${objectLines('a', 2).join('\n')}\n`) },
+        // Cut short: gzip's end is missing.
+        { key: `inputs/${runId}/b.jsonl.gz`, body: whole.subarray(0, whole.length - 40) },
+      ];
+      const shards = await registered(deps, runId, objects, shardBytes, 1);
+      expect(shards.map((s) => s.objects)).toEqual(runId === 'corrupt-packed' ? [2] : [1, 1]);
+      await expect(prepareLanes(deps, runId, 1)).rejects.toThrow(
+        `The dataset object inputs/${runId}/b.jsonl.gz is not valid gzip: `,
+      );
+    }
+  });
+
   it("reads a pack's objects a few GETs ahead, and closes those it did not reach when a step stops", async () => {
     const runId = 'packs-ahead';
     const open = { now: 0, most: 0 };

@@ -1,9 +1,12 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
-import { mkdirSync, readdirSync } from 'node:fs';
+import { createHash, randomUUID } from 'node:crypto';
+import { createWriteStream, mkdirSync, readdirSync } from 'node:fs';
+import { type FileHandle, mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import {
   CreateTableCommand,
   DeleteTableCommand,
@@ -51,10 +54,137 @@ export function localS3Client(endpoint: string): S3Client {
   });
 }
 
+/** What {@link atomicPuts} takes of s3rver's file store (s3rver ships no types). */
+interface S3rverStore {
+  getResourcePath(bucket: string, key: string, resource: string): string;
+  getMetadata(bucket: string, key: string): Promise<Record<string, unknown>>;
+  putMetadata(bucket: string, key: string, metadata: unknown, md5: string): Promise<void>;
+  putObject(object: S3rverObject): Promise<{ size: number; md5: string }>;
+  getObject(
+    bucket: string,
+    key: string,
+    options?: { start?: number; end?: number },
+  ): Promise<S3rverStoredObject | null>;
+}
+
+/** s3rver's object model (`s3rver/lib/models/object`). */
+interface S3rverStoredObject {
+  range?: { start: number; end: number };
+}
+type S3rverObjectModel = (new (
+  bucket: string,
+  key: string,
+  content: NodeJS.ReadableStream | null,
+  metadata: Record<string, unknown>,
+) => S3rverStoredObject) & { readonly ALLOWED_METADATA: readonly string[] };
+
+/** Writes a file beside `path` and renames it over it: a reader sees the old file or the new one, whole. */
+async function replaceFile(path: string, write: (temporary: string) => Promise<void>): Promise<void> {
+  // Not named like an object (`._S3rver_object`): a listing meanwhile does not take it for one.
+  const temporary = `${path}.${randomUUID()}.partial`;
+  try {
+    await write(temporary);
+    await rename(temporary, path);
+  } catch (caught) {
+    await rm(temporary, { force: true });
+    throw caught;
+  }
+}
+
+interface S3rverObject {
+  readonly bucket: string;
+  readonly key: string;
+  readonly metadata: unknown;
+  readonly content: Buffer | NodeJS.ReadableStream;
+}
+
+/**
+ * Makes s3rver's PUT atomic, as S3's is. s3rver writes an object over the one it replaces in place (it
+ * truncates the file, then streams into it), so a GET of the key while it is written sees an empty or
+ * partial object: a step that read a small state object another lane was writing again (with the same
+ * bytes) read nothing, and took it for a count of 0. Here the bytes go to a file beside it, renamed over
+ * it once whole; and a GET opens the file first and takes its length from what it opened, so that it
+ * serves one version whole (s3rver took the length from the path, then opened it: a rename between
+ * served the new bytes cut at the old length).
+ */
+function atomicPuts(server: S3rver): void {
+  const store = (server as unknown as { store: S3rverStore }).store;
+  const S3Object = createRequire(import.meta.url)('s3rver/lib/models/object') as S3rverObjectModel;
+  store.getObject = async function (this: S3rverStore, bucket, key, options) {
+    let handle: FileHandle;
+    try {
+      handle = await open(this.getResourcePath(bucket, key, 'object'), 'r');
+    } catch (caught) {
+      if ((caught as { code?: string }).code === 'ENOENT') return null;
+      throw caught;
+    }
+    try {
+      const size = (await handle.stat()).size;
+      const metadata = { ...(await this.getMetadata(bucket, key)), 'content-length': size };
+      const last = Math.max(0, size - 1);
+      const range = {
+        start: options?.start ?? 0,
+        end: Math.min(options?.end ?? Number.POSITIVE_INFINITY, last),
+      };
+      const ranged = options !== undefined && (options.start !== undefined || options.end !== undefined);
+      if (range.start < 0 || range.end < range.start) {
+        await handle.close();
+        const object = new S3Object(bucket, key, null, metadata);
+        if (ranged) object.range = range;
+        return object;
+      }
+      const object = new S3Object(
+        bucket,
+        key,
+        handle.createReadStream({ ...range, autoClose: true }),
+        metadata,
+      );
+      if (ranged) object.range = range;
+      return object;
+    } catch (caught) {
+      await handle.close();
+      if ((caught as { code?: string }).code === 'ENOENT') return null;
+      throw caught;
+    }
+  };
+  store.putObject = async function (this: S3rverStore, object: S3rverObject) {
+    const target = this.getResourcePath(object.bucket, object.key, 'object');
+    await mkdir(dirname(target), { recursive: true });
+    const md5 = createHash('md5');
+    let size = 0;
+    const content = Buffer.isBuffer(object.content) ? Readable.from([object.content]) : object.content;
+    const count = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        md5.update(chunk);
+        size += chunk.length;
+        done(null, chunk);
+      },
+    });
+    await replaceFile(target, (temporary) => pipeline(content, count, createWriteStream(temporary)));
+    const digest = md5.digest('hex');
+    await this.putMetadata(object.bucket, object.key, object.metadata, digest);
+    return { size, md5: digest };
+  };
+  // Its metadata and ETag files too: a read of a half-written metadata file was a 500.
+  store.putMetadata = async function (this: S3rverStore, bucket, key, metadata, md5) {
+    const given = (metadata ?? {}) as Record<string, unknown>;
+    const kept = Object.fromEntries(
+      Object.entries(given).filter(
+        ([name]) => S3Object.ALLOWED_METADATA.includes(name) || name.startsWith('x-amz-meta-'),
+      ),
+    );
+    if (md5) await replaceFile(this.getResourcePath(bucket, key, 'object.md5'), (t) => writeFile(t, md5));
+    await replaceFile(this.getResourcePath(bucket, key, 'metadata.json'), (t) =>
+      writeFile(t, JSON.stringify(kept, null, 2)),
+    );
+  };
+}
+
 /** Starts s3rver on a free loopback port, storing objects under `directory`, with `bucket` created. */
 export async function startS3(directory: string, bucket: string): Promise<LocalS3> {
   mkdirSync(directory, { recursive: true });
   const server = new S3rver({ address: '127.0.0.1', port: await freePort(), silent: true, directory });
+  atomicPuts(server);
   const { port } = await server.run();
   const endpoint = `http://127.0.0.1:${port}`;
   const client = localS3Client(endpoint);

@@ -202,14 +202,14 @@ class Lane<R> {
     return planShard(this.deps.blobs, this.run, n);
   }
 
-  /** The newline bytes in [0, shard.start) of its object, when stored. */
   /** A stored newline count (a decimal number), or null. */
   private async storedCount(key: string): Promise<number | null> {
     const bytes = await readIfThere(this.deps.blobs, key);
     if (bytes === null) return null;
-    const count = Number(Buffer.from(bytes).toString('utf8'));
-    if (!Number.isInteger(count) || count < 0) throw new InvariantError(`bad newline count at ${key}`);
-    return count;
+    const text = Buffer.from(bytes).toString('utf8');
+    // Digits only: an empty object would read as 0 (Number('')) and number the shard's lines from 1.
+    if (!/^\d+$/.test(text)) throw new InvariantError(`bad newline count at ${key}: ${JSON.stringify(text)}`);
+    return Number(text);
   }
 
   private async storeCount(key: string, count: number): Promise<void> {

@@ -2,8 +2,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetItemCommand, ListTablesCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { describe, expect, it, vi } from 'vitest';
-import { SHARED_DYNAMODB_ENV, startDynamo } from '../../local/stand-ins';
+import { SHARED_DYNAMODB_ENV, startDynamo, startS3 } from '../../local/stand-ins';
 
 const item = { pk: { S: 'run#a' }, sk: { S: 'run' } };
 
@@ -68,6 +69,40 @@ describe('startDynamo beside the DynamoDB Local the tests share', () => {
       expect(dynamo.table).toBe('runs');
     } finally {
       await dynamo.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('startS3', () => {
+  it('replaces an object whole, as S3 does: a read while the same key is written again sees one version or the other', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'openai-batch-s3-atomic-'));
+    const s3 = await startS3(dir, 'atomic');
+    try {
+      const versions = [Buffer.alloc(256 * 1024, 'a'), Buffer.alloc(128 * 1024, 'b')];
+      const put = (body: Buffer) =>
+        s3.client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: 'state/count', Body: body }));
+      await put(versions[0] as Buffer);
+      const seen = new Set<string>();
+      const reads = async () => {
+        for (let i = 0; i < 60; i++) {
+          const got = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: 'state/count' }));
+          const bytes = Buffer.from(await (got.Body?.transformToByteArray() ?? new Uint8Array()));
+          seen.add(
+            versions.some((v) => v.equals(bytes)) ? bytes.subarray(0, 1).toString() : `${bytes.length} bytes`,
+          );
+        }
+      };
+      const writes = async () => {
+        for (let i = 0; i < 60; i++) await put(versions[i % 2] as Buffer);
+      };
+      await Promise.all([reads(), reads(), writes()]);
+      // Only whole versions were read (never an empty or a cut one).
+      expect([...seen].every((s) => s === 'a' || s === 'b')).toBe(true);
+      const listed = await s3.client.send(new ListObjectsV2Command({ Bucket: s3.bucket }));
+      expect((listed.Contents ?? []).map((o) => o.Key)).toEqual(['state/count']);
+    } finally {
+      await s3.stop();
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -3,6 +3,7 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import { shardsOf } from '../../functions/core/shards';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally } from '../../local/runner';
 import { CrashPlan } from '../support/crash';
@@ -44,16 +45,15 @@ let work: FixtureWork;
 
 /** Small objects after the large one, packed (2 to 4 lines each), and their bad lines and repeated ids. */
 const SMALL = 9;
-const smallLines = (i: number) => 2 + (i % 3);
-const SMALL_BAD = ['s2:2', 's6:1'];
+/** A small object that is gzip (one record: ten times its size fits in a pack of 1 KiB with the next). */
+const SMALL_GZIP = 's2';
+const smallLines = (i: number) => (`s${i}` === SMALL_GZIP ? 1 : 2 + (i % 3));
+const SMALL_BAD = ['s1:2', 's6:1'];
 /** Lines of small objects whose id is that of another line: of a small object, or of the large one. */
-const SMALL_REPEATS: Record<string, string> = { 's5:1': 's4-1', 's8:2': '10', 's3:1': 's1-2' };
+const SMALL_REPEATS: Record<string, string> = { 's5:1': 's4-1', 's8:2': '10', 's3:1': 's2-1' };
 
 const question = (id: string) =>
   JSON.stringify({ id, content: `question ${id} in a dataset cut into shards` });
-
-/** A small object that is gzip, packed with the others. */
-const SMALL_GZIP = 's4';
 
 /** The dataset's objects, by name: `a`, cut into byte ranges, then the small ones. */
 function datasetOf(runId: string): Record<string, string | Buffer> {
@@ -67,7 +67,9 @@ function datasetOf(runId: string): Record<string, string | Buffer> {
     const body = Array.from({ length: smallLines(i) }, (_, at) => {
       const place = `s${i}:${at + 1}`;
       if (SMALL_BAD.includes(place)) return `{"id":"${runId}-bad-${place}"`;
-      return question(`${runId}-${SMALL_REPEATS[place] ?? `s${i}-${at + 1}`}`);
+      const id = `${runId}-${SMALL_REPEATS[place] ?? `s${i}-${at + 1}`}`;
+      // The gzip object's record is short: it counts as ten times its size in a pack.
+      return `s${i}` === SMALL_GZIP ? JSON.stringify({ id, content: 'q' }) : question(id);
     });
     const text = `${body.join('\n')}\n`;
     objects[`s${i}`] = `s${i}` === SMALL_GZIP ? gzipSync(text) : text;
@@ -156,6 +158,19 @@ describe('crash walk of the shard steps', () => {
     const packs = (run?.dataset.shards ?? 0) - ranges;
     expect(packs).toBeGreaterThan(1);
     expect(packs).toBeLessThan(SMALL / 2);
+    // The gzip object is in a pack with a plain one (inflated as it is read, resumed by passing over lines).
+    const dataset = datasetOf('shards-none');
+    const planned = Object.entries(dataset).map(([name, body]) => ({
+      key: name,
+      size: Buffer.byteLength(body),
+      etag: name,
+      gzip: name === SMALL_GZIP,
+    }));
+    const gzipShard = [...shardsOf(planned, 1024)].find(
+      (s) =>
+        s.object <= 1 + Number(SMALL_GZIP.slice(1)) && 1 + Number(SMALL_GZIP.slice(1)) < s.object + s.objects,
+    );
+    expect(gzipShard?.objects).toBeGreaterThan(1);
     const shardPoints = clean.plan.effects
       .map((effect, i) => ({ effect, point: i + 1 }))
       .filter(({ effect }) => SHARD_STATES.some((state) => effect.startsWith(`${state}:`)));

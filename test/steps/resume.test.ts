@@ -152,6 +152,41 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** A run of this work that failed before it was prepared, with its plan in S3; gives the plan's key. */
+async function failedWithPlan(runId: string): Promise<string> {
+  await runs.createRun({ ...runFixture(runId), work: 'e2e-chat' }, true);
+  await runs.settleClaim('e2e-chat', `hash-${runId}`, runId, 'failed');
+  await runs.putRun({ ...((await runs.getRun(runId)) as Run), status: 'failed', error: 'Error: broke' });
+  const { plan } = runKeys(runId);
+  await env.s3.client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: plan, Body: '{}\n' }));
+  return plan;
+}
+
+/** An object's tags. */
+async function tagsOf(key: string) {
+  return (await env.s3.client.send(new GetObjectTaggingCommand({ Bucket: env.s3.bucket, Key: key }))).TagSet;
+}
+
+/** The Register handler, on a store whose listing of a run's parts fails (after `meanwhile`, when given). */
+function registerFailingListParts(meanwhile?: () => Promise<unknown>): Handlers['Register'] {
+  return handlersOf(
+    time.runOptions(env, {
+      wrap: {
+        runs: (store) =>
+          new Proxy(store, {
+            get: (target, property, receiver) =>
+              property === 'listParts'
+                ? async () => {
+                    await meanwhile?.();
+                    throw new Error('throttled, for the test');
+                  }
+                : Reflect.get(target, property, receiver),
+          }),
+      },
+    }),
+  ).Register;
+}
+
 describe('resuming a run that failed', () => {
   it('continues the same run: done parts stay done, nothing is paid twice, every record once', async () => {
     // The run fails for good after its third Tick: two batches are on OpenAI, part way, and one waits.
@@ -245,8 +280,6 @@ describe('resuming a run that failed', () => {
     const waiting = (await runs.listParts('gone')).find((p) => p.status !== 'done');
     if (!waiting) throw new Error('the failed run should have work left');
     const requests = `runs/gone/requests/part-${String(waiting.part).padStart(5, '0')}.jsonl`;
-    const tagsOf = async (key: string) =>
-      (await env.s3.client.send(new GetObjectTaggingCommand({ Bucket: env.s3.bucket, Key: key }))).TagSet;
     expect(await tagsOf(requests)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
     // The lifecycle rule took it (14 days after it was written): the run cannot go on without it.
     await env.s3.client.send(new DeleteObjectCommand({ Bucket: env.s3.bucket, Key: requests }));
@@ -258,68 +291,26 @@ describe('resuming a run that failed', () => {
   }, 120_000);
 
   it("marks a failed run's files ended again when its resume fails on the way, so that they still expire", async () => {
-    await runs.createRun({ ...runFixture('flaky'), work: 'e2e-chat' }, true);
-    await runs.settleClaim('e2e-chat', 'hash-flaky', 'flaky', 'failed');
-    await runs.putRun({ ...((await runs.getRun('flaky')) as Run), status: 'failed', error: 'Error: broke' });
-    const { plan } = runKeys('flaky');
-    await env.s3.client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: plan, Body: '{}\n' }));
-    const tagOf = async () =>
-      (await env.s3.client.send(new GetObjectTaggingCommand({ Bucket: env.s3.bucket, Key: plan }))).TagSet;
-    const register = handlersOf(
-      time.runOptions(env, {
-        wrap: {
-          // DynamoDB answers the first look at the run's parts with an error.
-          runs: (store) =>
-            new Proxy(store, {
-              get: (target, property, receiver) =>
-                property === 'listParts'
-                  ? async () => {
-                      throw new Error('throttled, for the test');
-                    }
-                  : Reflect.get(target, property, receiver),
-            }),
-        },
-      }),
-    ).Register;
+    const plan = await failedWithPlan('flaky');
     await expect(
-      register({ input: { resumeRunId: 'flaky' }, executionName: 'flaky-resume-0' }),
+      registerFailingListParts()({ input: { resumeRunId: 'flaky' }, executionName: 'flaky-resume-0' }),
     ).rejects.toThrow('throttled, for the test');
     expect((await runs.getRun('flaky'))?.status).toBe('failed');
-    expect(await tagOf()).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
+    expect(await tagsOf(plan)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'ended' }]);
   });
 
   it('leaves the files of a run another resume revived meanwhile running, when its own resume fails', async () => {
-    await runs.createRun({ ...runFixture('twice'), work: 'e2e-chat' }, true);
-    await runs.settleClaim('e2e-chat', 'hash-twice', 'twice', 'failed');
-    await runs.putRun({ ...((await runs.getRun('twice')) as Run), status: 'failed', error: 'Error: broke' });
-    const { plan } = runKeys('twice');
-    await env.s3.client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: plan, Body: '{}\n' }));
+    const plan = await failedWithPlan('twice');
     const first = handlersOf(time.runOptions(env)).Register;
-    const second = handlersOf(
-      time.runOptions(env, {
-        wrap: {
-          runs: (store) =>
-            new Proxy(store, {
-              get: (target, property, receiver) =>
-                property === 'listParts'
-                  ? async () => {
-                      // While this resume looks at the run's parts, a second start of it revives the run.
-                      await first({ input: { resumeRunId: 'twice' }, executionName: 'twice-resume-1' });
-                      throw new Error('throttled, for the test');
-                    }
-                  : Reflect.get(target, property, receiver),
-            }),
-        },
-      }),
-    ).Register;
+    // While this resume looks at the run's parts, a second start of it revives the run.
+    const second = registerFailingListParts(() =>
+      first({ input: { resumeRunId: 'twice' }, executionName: 'twice-resume-1' }),
+    );
     await expect(
       second({ input: { resumeRunId: 'twice' }, executionName: 'twice-resume-0' }),
     ).rejects.toThrow('throttled, for the test');
     expect(await runs.getRun('twice')).toMatchObject({ status: 'preparing', execution: 'twice-resume-1' });
-    const { TagSet } = await env.s3.client.send(
-      new GetObjectTaggingCommand({ Bucket: env.s3.bucket, Key: plan }),
-    );
-    expect(TagSet).toEqual([{ Key: 'openai-batch-intermediate', Value: 'running' }]);
+    expect(await tagsOf(plan)).toEqual([{ Key: 'openai-batch-intermediate', Value: 'running' }]);
   });
 
   it('completes a run whose parts were prepared before their lines files named the ids', async () => {

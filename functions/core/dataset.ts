@@ -89,7 +89,7 @@ function datasetLineOf(raw: RawLine, skip: number, maxRecordBytes: number): Data
       line,
       end,
       'line_too_long',
-      `line ${line} is ${raw.length} bytes, over the work's maxRecordBytes of ${maxRecordBytes}`,
+      `line ${line} is ${raw.length - (raw.cr ? 1 : 0)} bytes, over the work's maxRecordBytes of ${maxRecordBytes}`,
     );
   }
   if (isBlank(raw.bytes)) return null;

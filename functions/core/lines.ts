@@ -15,6 +15,8 @@ export interface RawLine {
   readonly bytes: Uint8Array | null;
   /** The line's length in bytes in the stream (a CR before its newline too), counted even over the bound. */
   readonly length: number;
+  /** The line's last byte is a CR, which `bytes` leaves out (and the line's length without it is length - 1). */
+  readonly cr: boolean;
 }
 
 /** Where a line reader starts: after `line - 1` lines and `offset` bytes of the stream. */
@@ -118,6 +120,8 @@ export class LineSplitter {
   private pending: Uint8Array[] = [];
   private pendingLength = 0;
   private oversize = false;
+  /** The last byte of the pending line's bytes so far (kept when they are not: an oversize line's CR). */
+  private lastPendingByte = -1;
   private atStreamStart: boolean;
   /** The stream's first bytes while they are too few to tell whether they begin with a BOM. */
   private head: Uint8Array | null = null;
@@ -153,6 +157,7 @@ export class LineSplitter {
       if (newline === -1) {
         const rest = view.subarray(position);
         this.pendingLength += rest.length;
+        this.lastPendingByte = rest[rest.length - 1] ?? this.lastPendingByte;
         // One byte over the bound may be the CR of a CRLF line, which does not count.
         if (this.oversize || this.pendingLength > this.maxLineBytes + 1) {
           this.oversize = true;
@@ -186,13 +191,20 @@ export class LineSplitter {
 
   private finish(tail: Uint8Array, consumed: number): RawLine {
     const length = this.pendingLength + tail.length;
+    const last = tail.length > 0 ? tail[tail.length - 1] : this.pendingLength > 0 ? this.lastPendingByte : -1;
     this.offset += consumed;
     let bytes: Uint8Array | null = null;
     if (!this.oversize && length <= this.maxLineBytes + 1) {
       bytes = withoutCR(this.pending.length === 0 ? tail : Buffer.concat([...this.pending, tail], length));
       if (bytes.length > this.maxLineBytes) bytes = null; // the bound is on the line without its CR
     }
-    const result: RawLine = { line: this.line, end: this.offset, bytes, length };
+    const result: RawLine = {
+      line: this.line,
+      end: this.offset,
+      bytes,
+      length,
+      cr: last === CR,
+    };
     this.line += 1;
     if (this.pending.length > 0) this.pending = [];
     this.pendingLength = 0;

@@ -53,6 +53,8 @@ describe('readDataset', () => {
       Buffer.from('null\n'),
       Buffer.from([0x7b, 0x22, 0xff, 0xfe, 0x22, 0x3a, 0x31, 0x7d, 0x0a]), // {"\xff\xfe":1}
       Buffer.from(`{"id":"${'x'.repeat(200)}"}\n`),
+      // Over the bound, a CRLF line's CR is not counted in the length the error gives.
+      Buffer.from(`{"id":"${'y'.repeat(100)}"}\r\n`),
       Buffer.from('{"id":"last"}'),
     ]);
     const lines = await read(bad, 64);
@@ -64,7 +66,8 @@ describe('readDataset', () => {
       [5, 'not_an_object', 'line 5 is null, not a JSON object'],
       [6, 'invalid_utf8', 'line 6 is not valid UTF-8'],
       [7, 'line_too_long', "line 7 is 209 bytes, over the work's maxRecordBytes of 64"],
-      [8, { id: 'last' }],
+      [8, 'line_too_long', "line 8 is 109 bytes, over the work's maxRecordBytes of 64"],
+      [9, { id: 'last' }],
     ]);
     for (const line of lines) {
       if (line.kind === 'invalid')

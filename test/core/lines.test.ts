@@ -86,6 +86,7 @@ describe('linesOf', () => {
             expect(line?.line).toBe(i + 1);
             expect(line?.end).toBe(offset);
             expect(line?.length).toBe(rawBytes);
+            expect(line?.cr).toBe(raw.endsWith('\r'));
             const withoutCr = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
             expect(text(line?.bytes ?? null)).toBe(Buffer.byteLength(withoutCr) <= max ? withoutCr : null);
           });

@@ -78,17 +78,27 @@ type S3rverObjectModel = (new (
   metadata: Record<string, unknown>,
 ) => S3rverStoredObject) & { readonly ALLOWED_METADATA: readonly string[] };
 
-/** Writes a file beside `path` and renames it over it: a reader sees the old file or the new one, whole. */
-async function replaceFile(path: string, write: (temporary: string) => Promise<void>): Promise<void> {
+/**
+ * Writes a file beside `path`, to be renamed over it by `replace`: a reader sees the old file or the new
+ * one, whole.
+ */
+async function besideFile(
+  path: string,
+  write: (temporary: string) => Promise<void>,
+): Promise<{ replace(): Promise<void> }> {
   // Not named like an object (`._S3rver_object`): a listing meanwhile does not take it for one.
   const temporary = `${path}.${randomUUID()}.partial`;
-  try {
-    await write(temporary);
-    await rename(temporary, path);
-  } catch (caught) {
+  const removed = async (caught: unknown): Promise<never> => {
     await rm(temporary, { force: true });
     throw caught;
-  }
+  };
+  await write(temporary).catch(removed);
+  return { replace: () => rename(temporary, path).catch(removed) };
+}
+
+/** Writes a file beside `path` and renames it over it. */
+async function replaceFile(path: string, write: (temporary: string) => Promise<void>): Promise<void> {
+  await (await besideFile(path, write)).replace();
 }
 
 interface S3rverObject {
@@ -110,42 +120,52 @@ interface S3rverObject {
 function atomicPuts(server: S3rver): void {
   const store = (server as unknown as { store: S3rverStore }).store;
   const S3Object = createRequire(import.meta.url)('s3rver/lib/models/object') as S3rverObjectModel;
+  // A version's bytes, ETag and metadata change together, and a GET opens the bytes and reads the ETag
+  // and metadata together: one key's switches and opens take turns (s3rver serves from this process).
+  const alone = new KeyTurns();
   store.getObject = async function (this: S3rverStore, bucket, key, options) {
-    let handle: FileHandle;
-    try {
-      handle = await open(this.getResourcePath(bucket, key, 'object'), 'r');
-    } catch (caught) {
-      if ((caught as { code?: string }).code === 'ENOENT') return null;
-      throw caught;
-    }
-    try {
-      const size = (await handle.stat()).size;
-      const metadata = { ...(await this.getMetadata(bucket, key)), 'content-length': size };
-      const last = Math.max(0, size - 1);
-      const range = {
-        start: options?.start ?? 0,
-        end: Math.min(options?.end ?? Number.POSITIVE_INFINITY, last),
-      };
-      const ranged = options !== undefined && (options.start !== undefined || options.end !== undefined);
-      if (range.start < 0 || range.end < range.start) {
-        await handle.close();
-        const object = new S3Object(bucket, key, null, metadata);
-        if (ranged) object.range = range;
-        return object;
+    const opened = await alone.run(`${bucket}/${key}`, async () => {
+      let handle: FileHandle;
+      try {
+        handle = await open(this.getResourcePath(bucket, key, 'object'), 'r');
+      } catch (caught) {
+        if ((caught as { code?: string }).code === 'ENOENT') return null;
+        throw caught;
       }
-      const object = new S3Object(
-        bucket,
-        key,
-        handle.createReadStream({ ...range, autoClose: true }),
-        metadata,
-      );
+      try {
+        const size = (await handle.stat()).size;
+        return {
+          handle,
+          size,
+          metadata: { ...(await this.getMetadata(bucket, key)), 'content-length': size },
+        };
+      } catch (caught) {
+        await handle.close();
+        if ((caught as { code?: string }).code === 'ENOENT') return null;
+        throw caught;
+      }
+    });
+    if (!opened) return null;
+    const { handle, size, metadata } = opened;
+    // As s3rver reads a Range header: a bound that is not a number is none.
+    const start = Number.isFinite(options?.start) ? (options?.start ?? 0) : 0;
+    const end = Number.isFinite(options?.end) ? (options?.end ?? 0) : Number.POSITIVE_INFINITY;
+    const range = { start, end: Math.min(end, Math.max(0, size - 1)) };
+    const ranged = options !== undefined && (options.start !== undefined || options.end !== undefined);
+    if (range.start < 0 || range.end < range.start) {
+      await handle.close();
+      const object = new S3Object(bucket, key, null, metadata);
       if (ranged) object.range = range;
       return object;
-    } catch (caught) {
-      await handle.close();
-      if ((caught as { code?: string }).code === 'ENOENT') return null;
-      throw caught;
     }
+    const object = new S3Object(
+      bucket,
+      key,
+      handle.createReadStream({ ...range, autoClose: true }),
+      metadata,
+    );
+    if (ranged) object.range = range;
+    return object;
   };
   store.putObject = async function (this: S3rverStore, object: S3rverObject) {
     const target = this.getResourcePath(object.bucket, object.key, 'object');
@@ -160,9 +180,14 @@ function atomicPuts(server: S3rver): void {
         done(null, chunk);
       },
     });
-    await replaceFile(target, (temporary) => pipeline(content, count, createWriteStream(temporary)));
+    const written = await besideFile(target, (temporary) =>
+      pipeline(content, count, createWriteStream(temporary)),
+    );
     const digest = md5.digest('hex');
-    await this.putMetadata(object.bucket, object.key, object.metadata, digest);
+    await alone.run(`${object.bucket}/${object.key}`, async () => {
+      await written.replace();
+      await this.putMetadata(object.bucket, object.key, object.metadata, digest);
+    });
     return { size, md5: digest };
   };
   // Its metadata and ETag files too: a read of a half-written metadata file was a 500.
@@ -178,6 +203,22 @@ function atomicPuts(server: S3rver): void {
       writeFile(t, JSON.stringify(kept, null, 2)),
     );
   };
+}
+
+/** Runs the calls made for one key one after another, and those for different keys side by side. */
+class KeyTurns {
+  private readonly last = new Map<string, Promise<unknown>>();
+
+  run<T>(key: string, call: () => Promise<T>): Promise<T> {
+    const before = this.last.get(key) ?? Promise.resolve();
+    const turn = before.then(call, call);
+    const settled = turn.catch(() => undefined);
+    this.last.set(key, settled);
+    void settled.then(() => {
+      if (this.last.get(key) === settled) this.last.delete(key);
+    });
+    return turn;
+  }
 }
 
 /** Starts s3rver on a free loopback port, storing objects under `directory`, with `bucket` created. */

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -75,7 +76,7 @@ describe('startDynamo beside the DynamoDB Local the tests share', () => {
 });
 
 describe('startS3', () => {
-  it('replaces an object whole, as S3 does: a read while the same key is written again sees one version or the other', async () => {
+  it('replaces an object whole, as S3 does: a read while the same key is written again sees one version or the other, under its own ETag', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'openai-batch-s3-atomic-'));
     const s3 = await startS3(dir, 'atomic');
     try {
@@ -88,6 +89,8 @@ describe('startS3', () => {
         for (let i = 0; i < 60; i++) {
           const got = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: 'state/count' }));
           const bytes = Buffer.from(await (got.Body?.transformToByteArray() ?? new Uint8Array()));
+          const md5 = `"${createHash('md5').update(bytes).digest('hex')}"`;
+          if (got.ETag !== md5) seen.add(`a body under another version's ETag`);
           seen.add(
             versions.some((v) => v.equals(bytes)) ? bytes.subarray(0, 1).toString() : `${bytes.length} bytes`,
           );

@@ -335,7 +335,7 @@ describe('the Prepare lane step', () => {
       const place = await places.of(shard, line);
       return `${place.object?.slice(`inputs/${runId}/`.length, -'.jsonl'.length)} ${place.line}`;
     };
-    const { parts, requests, errors, entries } = await placed(deps, runId);
+    const { requests, errors, entries } = await placed(deps, runId);
     // Every record that makes a request is in one part, under its own object and line.
     const expected: string[] = [];
     bodies.forEach((body, i) => {

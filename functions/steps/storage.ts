@@ -315,7 +315,7 @@ const UNPLACED: ShardLocator = { kind: 'pack', place: () => ({ object: null, lin
  * pack numbers them across its objects (see core/shards.ts), and `place` gives the object and its own line.
  */
 export type ShardLocator =
-  | { readonly kind: 'object'; readonly key: string }
+  | { readonly kind: 'object'; readonly key: string | null }
   | { readonly kind: 'pack'; readonly place: (line: number) => DatasetPlace };
 
 /**
@@ -358,8 +358,15 @@ export class ShardPlaces {
       throw caught;
     };
     const shard = await planShard(this.blobs, this.run, n).catch(gone);
-    // No plan: where the run may have packs (it has an object list), a line may be a pack's.
-    if (!shard) return this.run.dataset.objectWidth > 0 ? UNPLACED : null;
+    if (!shard) {
+      // No plan. A dataset of one object has no pack: its lines are that object's (named, unless the
+      // run was started on a prefix). Where the run may have packs (it has an object list), a line may
+      // be a pack's.
+      const { dataset } = this.run;
+      if (dataset.objects === 1)
+        return { kind: 'object', key: dataset.key.endsWith('/') ? null : dataset.key };
+      return dataset.objectWidth > 0 ? UNPLACED : null;
+    }
     if (shard.objects === 1) return { kind: 'object', key: shard.key };
     const [startsBytes, objects] = await Promise.all([
       readIfThere(this.blobs, runKeys(this.run.runId).packStarts(n)),

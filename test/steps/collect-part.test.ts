@@ -170,7 +170,7 @@ describe('collecting a part', () => {
 });
 
 describe('collecting a part of a pack of objects', () => {
-  it("names each error by its own object and line, and names no line once the run's plan is gone", async () => {
+  it("names each error by its own object and line, and names no line of a pack once the run's plan is gone", async () => {
     const clock = new Clock();
     // The hook refuses every answer: each request ends in errors, under its line.
     const work = defineWork({
@@ -232,6 +232,17 @@ describe('collecting a part of a pack of objects', () => {
       'a2 null null',
       'b1 null null',
       'b2 null null',
+    ]);
+
+    // A run of one object has no pack: its plan gone, each error keeps its line, and names the object.
+    const single = await collectingPart(deps, 'single-gone', ['x1', 'x2', 'x3']);
+    const run = { ...single.run, dataset: { ...single.run.dataset, key: 'in/one.jsonl', objectWidth: 60 } };
+    expect(await deps.blobs.head(runKeys('single-gone').plan)).toBeNull();
+    await collect(deps, single.api, run, single.part, (p) => deps.runs.putPart('single-gone', p));
+    expect(await errorsOf('single-gone')).toEqual([
+      'x1 in/one.jsonl 1',
+      'x2 in/one.jsonl 2',
+      'x3 in/one.jsonl 3',
     ]);
   });
 });

@@ -163,6 +163,12 @@ export function nextLaneShard(shard: number, lanes: number, shards: number): num
   return next < shards ? next : null;
 }
 
+/** A JSON text padded with spaces to `width` bytes, newline included; null when it is longer. */
+function fixedWidth(json: string, width: number): string | null {
+  const pad = width - 1 - Buffer.byteLength(json);
+  return pad < 0 ? null : `${json}${' '.repeat(pad)}\n`;
+}
+
 /**
  * A shard plan stored as fixed-width lines (JSON padded with spaces), so that shard n is read with one
  * ranged GET of `width` bytes at `n * width`, however many shards a dataset has.
@@ -174,12 +180,16 @@ export const planCodec = {
     for (const shard of shards) width = Math.max(width, Buffer.byteLength(JSON.stringify(shard)) + 1);
     return width;
   },
+  /** One shard's fixed-width line; null when it is longer than `width`. */
+  fitted(shard: Shard, width: number): string | null {
+    return fixedWidth(JSON.stringify(shard), width);
+  },
   /** One shard's fixed-width line. */
   encode(shard: Shard, width: number): string {
-    const json = JSON.stringify(shard);
-    const pad = width - 1 - Buffer.byteLength(json);
-    if (pad < 0) throw new InvariantError(`shard ${shard.shard} does not fit the plan's width ${width}`);
-    return `${json}${' '.repeat(pad)}\n`;
+    const line = planCodec.fitted(shard, width);
+    if (line === null)
+      throw new InvariantError(`shard ${shard.shard} does not fit the plan's width ${width}`);
+    return line;
   },
   /** A shard from its line's bytes. */
   decode(bytes: Uint8Array | string): Shard {
@@ -209,12 +219,15 @@ export const objectListCodec = {
   widthOf(object: Omit<ListedObject, 'gzip'>): number {
     return Buffer.byteLength(JSON.stringify(listed({ ...object, gzip: false }))) + 1;
   },
+  /** One object's fixed-width line; null when it is longer than `width`. */
+  fitted(object: ListedObject, width: number): string | null {
+    return fixedWidth(JSON.stringify(listed(object)), width);
+  },
   encode(object: ListedObject, width: number): string {
-    const json = JSON.stringify(listed(object));
-    const pad = width - 1 - Buffer.byteLength(json);
-    if (pad < 0)
+    const line = objectListCodec.fitted(object, width);
+    if (line === null)
       throw new InvariantError(`object ${object.key} does not fit the object list's width ${width}`);
-    return `${json}${' '.repeat(pad)}\n`;
+    return line;
   },
   /** The objects of a run of consecutive lines. */
   decode(bytes: Uint8Array, width: number): ListedObject[] {

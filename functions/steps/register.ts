@@ -292,17 +292,19 @@ export async function writePlan(
     const add = (planned: readonly Shard[]) => {
       for (const shard of planned) {
         shards += 1;
-        if (Buffer.byteLength(JSON.stringify(shard)) + 1 > scan.planWidth) throw changed();
-        batch += planCodec.encode(shard, scan.planWidth);
+        const line = planCodec.fitted(shard, scan.planWidth);
+        if (line === null) throw changed();
+        batch += line;
       }
     };
     for await (const object of scan.listed ?? datasetObjects(deps, key)) {
       const index = objects++;
       bytes += object.size;
       etags.update(`${object.size}:${object.etag}\n`);
-      if (objectListCodec.widthOf(object) > scan.objectWidth) throw changed();
       const planned = { ...object, gzip: scan.gzip.has(index) };
-      await objectList.write(objectListCodec.encode(planned, scan.objectWidth).slice(0, -1));
+      const listed = objectListCodec.fitted(planned, scan.objectWidth);
+      if (listed === null) throw changed();
+      await objectList.write(listed.slice(0, -1));
       add(planner.add(planned));
       if (batch.length >= 64 * 1024) {
         yield Buffer.from(batch);

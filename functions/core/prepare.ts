@@ -56,7 +56,7 @@ export interface PrepareStart {
 export interface ObjectSource {
   readonly source: AsyncIterable<Uint8Array>;
   /** The object's key, given to every error as `object`. */
-  readonly object: string;
+  readonly object?: string;
   /** The position the source's first byte is at (the object's start, or where a step stopped). */
   readonly position: LinePosition;
   /** Lines to pass over first: a gzip object read again from its start, to where a step stopped. */
@@ -143,8 +143,8 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
   let done = true;
   const finished: number[] = [];
   // The object being read, and its pack's lines before it (see ObjectSource).
-  let object = input.object;
-  let lineBase = input.sources ? (start.lineBase ?? 0) : 0;
+  let object: string | undefined;
+  let lineBase = start.lineBase ?? 0;
 
   /** Counts an error and writes its line. */
   async function refuse(error: BatchErrorItem): Promise<void> {
@@ -200,32 +200,33 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
     return refuse(event.error);
   }
 
-  const single = (): ObjectSource[] => {
-    if (!input.source) throw new Error('prepareDataset needs a source or sources');
-    return [{ source: input.source, object: input.object ?? '', position: next }];
-  };
+  // The dataset's one source, or a pack's objects: each read from its position into the same parts.
+  const { source } = input;
+  const sources =
+    input.sources ??
+    (source && [
+      {
+        source,
+        ...(input.object === undefined ? {} : { object: input.object }),
+        position: next,
+        ...(start.skipLines ? { skipLines: start.skipLines } : {}),
+      },
+    ]);
+  if (!sources) throw new Error('prepareDataset needs a source or sources');
   try {
     let first = true;
-    reading: for await (const current of input.sources ?? single()) {
-      if (input.sources) {
-        object = current.object;
-        // Where a step that stops before this object's first record resumes: past the lines passed over.
-        next = current.skipLines
-          ? { line: current.position.line + current.skipLines, offset: 0 }
-          : current.position;
-        if (!first) input.ids.nextObject?.();
-      }
+    reading: for await (const current of sources) {
+      object = current.object;
+      // Where a step that stops before this source's first record resumes: past the lines passed over.
+      next = current.skipLines
+        ? { line: current.position.line + current.skipLines, offset: 0 }
+        : current.position;
+      if (!first) input.ids.nextObject?.();
       first = false;
       const reader = readDatasetBatches(current.source, {
         maxRecordBytes: work.settings.maxRecordBytes,
-        ...(input.sources ? { start: current.position } : start.position ? { start: next } : {}),
-        ...(input.sources
-          ? current.skipLines
-            ? { skipLines: current.skipLines }
-            : {}
-          : start.skipLines
-            ? { skipLines: start.skipLines }
-            : {}),
+        start: current.position,
+        ...(current.skipLines ? { skipLines: current.skipLines } : {}),
         ...(input.detectGzip === false || input.sources ? { detectGzip: false } : {}),
         onFormat: (format) => {
           gzip = format.gzip;

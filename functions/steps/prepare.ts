@@ -286,7 +286,7 @@ class Lane<R> {
         // Kept at once: a step run again reads the copy, not the object.
         await writeAll(this.deps.blobs, this.keys.lane(cp.lane), JSON.stringify(cp));
       }
-      position = cp.position ?? { line: 1, offset: 0 };
+      position = cp.position ?? START;
       const copy = this.keys.inflated(shard.shard);
       source = throughLineAt(this.deps.blobs.read(copy, position.offset), position.offset, Infinity, tally);
     } else if (cp.position) {
@@ -298,7 +298,7 @@ class Lane<R> {
         tally,
       );
     } else if (shard.start === 0) {
-      position = { line: 1, offset: 0 };
+      position = START;
       source = throughLineAt(this.deps.blobs.read(shard.key, 0, shard.etag), 0, shard.end, tally);
     } else {
       const before = await this.newlinesBefore(shard, shouldPause);
@@ -348,7 +348,7 @@ class Lane<R> {
     const starts = checkpoint.starts.length > 0 ? [...checkpoint.starts] : [0];
     const at = starts.length - 1;
     const lineBase = starts[at] ?? 0;
-    const position = checkpoint.position ?? { line: 1, offset: 0 };
+    const position = checkpoint.position ?? START;
     const { blobs } = this.deps;
     // Each object's GET is sent a few objects ahead (its first chunk waits), so that a pack of many
     // small objects is not read at one request's latency an object.

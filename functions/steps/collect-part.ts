@@ -100,7 +100,7 @@ export async function collect<R>(
         bytes: 0,
         estimatedTokens: Math.ceil((part.estimatedTokens * result.resubmitted) / Math.max(1, part.requests)),
       }),
-      originShard: shardOf(run, part),
+      originShard: shard,
     };
     await deps.runs.addParts(run.runId, [resubmission]);
   }

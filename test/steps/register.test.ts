@@ -191,8 +191,10 @@ describe('the dataset a run reads', () => {
 });
 
 describe('registering a run', () => {
-  it('lists a prefix of 2,500 objects into packs of small objects, writes one plan line a shard and the object list, and keeps only the counts in the run', async () => {
-    const objects = 2500;
+  it('lists a prefix of 1,100 objects into packs of small objects, writes one plan line a shard and the object list, and keeps only the counts in the run', async () => {
+    // More than a listing page (1,000 keys) and than HASH_CONTENT_UP_TO.objects, so that the listing is
+    // paged and read twice.
+    const objects = 1100;
     const keys = Array.from({ length: objects }, (_, i) => `many/${String(i).padStart(5, '0')}.jsonl`);
     const body = (i: number) => `{"id":"m${i}"}\n`;
     for (let i = 0; i < keys.length; i += 250)

@@ -83,7 +83,8 @@ export const MAX_PACKED_GZIP_BYTES = 1024 * 1024;
  * The shards of a dataset, in dataset order: objects of `shardBytes` or less are packed, one after the
  * other, into shards of at most `shardBytes` and MAX_PACK_OBJECTS objects, a gzip object counted as
  * GZIP_EXPANSION times its size and taken up to MAX_PACKED_GZIP_BYTES; a larger object that is not gzip is
- * cut into byte ranges of `shardBytes`; a larger gzip object is one shard. Empty objects have no shard.
+ * cut into byte ranges of `shardBytes`; a larger gzip object is one shard. Empty objects have no shard,
+ * and close the open pack (a pack's objects are consecutive).
  * Objects are given one at a time, in dataset order; it holds one pack at most (its first object and its
  * counts). A pack of several objects says `gzip: false`: which of its objects are gzip, the object list
  * says.
@@ -107,7 +108,9 @@ export class ShardPlanner {
       end: object.size,
       objects: 1,
     };
-    if (object.size === 0) return [];
+    // A pack's lane reads the objects from its first one to `objects` after it: an object left out must
+    // close the pack, or the object after it would never be read.
+    if (object.size === 0) return this.finish();
     const { shardBytes } = this;
     const weight = object.gzip ? object.size * GZIP_EXPANSION : object.size;
     if (weight <= shardBytes && (!object.gzip || object.size <= MAX_PACKED_GZIP_BYTES)) {

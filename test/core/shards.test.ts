@@ -62,6 +62,15 @@ describe('shardsOf', () => {
     ]);
   });
 
+  it('closes a pack at an empty object, so that a pack is always consecutive objects', () => {
+    // A lane reads a pack's objects from its first one on: a pack of a and c over the empty b would read b
+    // in c's place, and c never.
+    expect(summary([object('a', 10), object('b', 0), object('c', 10), object('d', 10)], 1000)).toEqual([
+      '0+1 [0,10)',
+      '2+2 [0,10)',
+    ]);
+  });
+
   it('puts at most MAX_PACK_OBJECTS objects in a pack', () => {
     const objects = Array.from({ length: MAX_PACK_OBJECTS * 2 + 5 }, (_, i) => object(`k${i}`, 1));
     expect(summary(objects, 1024 ** 3)).toEqual([

@@ -340,12 +340,24 @@ class SettleContext<R> {
     const first = await stream.next();
     async function* errorLines(): AsyncGenerator<Uint8Array> {
       const lines: string[] = [];
+      // The errors of the next few duplicates are made while this one's waits: naming a line may read
+      // the plan and a pack's files (a few GETs), for the first use's shard as well, which may be any.
+      const ahead: { duplicate: Duplicate; line: Promise<string> }[] = [];
+      let next = first;
       try {
-        for (let next = first; !next.done; next = await stream.next()) {
-          const { entry: e } = next.value;
+        for (;;) {
+          while (!next.done && ahead.length < ERRORS_AHEAD) {
+            const line = errorOf(next.value);
+            line.catch(() => {}); // awaited below, in order; a step that stops before it leaves it
+            ahead.push({ duplicate: next.value, line });
+            next = await stream.next();
+          }
+          const due = ahead.shift();
+          if (!due) break;
+          const { entry: e } = due.duplicate;
           written.n += 1;
           written.tokens += e.tokens;
-          lines.push(await errorOf(next.value));
+          lines.push(await due.line);
           buffer.push({
             part: e.part,
             line: e.line,
@@ -774,3 +786,6 @@ async function readPartLines(blobs: BlobStore, key: string): Promise<string[]> {
 
 /** Part records Settle's release writes at once. */
 const RELEASES_IN_FLIGHT = 16;
+
+/** Duplicates whose error lines are made at once (see writeDuplicates). */
+const ERRORS_AHEAD = 16;

@@ -304,8 +304,14 @@ export interface DatasetPlace {
   readonly line: number | null;
 }
 
-/** Shards whose places a ShardPlaces keeps: a pack's are up to 1,000 keys. */
-const PLACES_CACHED = 64;
+/**
+ * What a ShardPlaces keeps of the shards it looked up, counted as their keys' and line starts' bytes: a
+ * pack's are up to 1,000 keys. 32 MiB holds every place of 100,000 objects with keys of 300 bytes.
+ */
+const PLACES_CACHED_BYTES = 32 * 1024 * 1024;
+
+/** What a kept shard costs besides its keys and starts (the entry, the locator and its closure), about. */
+const PLACE_BYTES = 256;
 
 /** A shard whose lines cannot be placed (its plan or pack files are gone): no object, no line. */
 const UNPLACED: ShardLocator = { kind: 'pack', place: () => ({ object: null, line: null }) };
@@ -318,18 +324,28 @@ export type ShardLocator =
   | { readonly kind: 'object'; readonly key: string | null }
   | { readonly kind: 'pack'; readonly place: (line: number) => DatasetPlace };
 
+/** A shard's locator as kept, with what it holds in bytes (0 until it is loaded). */
+interface KeptLocator {
+  readonly locator: Promise<ShardLocator | null>;
+  bytes: number;
+}
+
 /**
  * Where shards' lines are in the dataset: a shard line (how the run's own files number them) as the object
- * and its own line. Reads each shard's plan line, and a pack's starts and object list, once. A shard whose
- * plan or pack files are gone (a failed run's expired files) gives nulls, never a wrong place.
+ * and its own line. Reads each shard's plan line, and a pack's starts and object list, once while it is
+ * kept: the shards used last, up to PLACES_CACHED_BYTES (Settle names the first use of each duplicate id,
+ * which may be in any shard, over and over). A shard whose plan or pack files are gone (a failed run's
+ * expired files) gives nulls, never a wrong place.
  */
 export class ShardPlaces {
-  /** The shards looked up last (at most PLACES_CACHED, the oldest dropped first). */
-  private readonly shards = new Map<number, Promise<ShardLocator | null>>();
+  /** The shards looked up, the one used last at the end (a Map keeps the order keys were set in). */
+  private readonly shards = new Map<number, KeptLocator>();
+  private bytes = 0;
 
   constructor(
     private readonly blobs: BlobStore,
     private readonly run: Pick<Run, 'runId' | 'dataset'>,
+    private readonly budget = PLACES_CACHED_BYTES,
   ) {}
 
   /** The place of line `line` of shard `shard`. */
@@ -342,17 +358,47 @@ export class ShardPlaces {
 
   /** How shard `shard`'s lines map to the dataset; null where that is not known. */
   locator(shard: number): Promise<ShardLocator | null> {
-    let known = this.shards.get(shard);
-    if (!known) {
-      known = this.load(shard);
-      this.shards.set(shard, known);
-      const oldest = this.shards.keys().next().value;
-      if (this.shards.size > PLACES_CACHED && oldest !== undefined) this.shards.delete(oldest);
+    const kept = this.shards.get(shard);
+    if (kept) {
+      // Used now: moved to the end, the last one dropped.
+      this.shards.delete(shard);
+      this.shards.set(shard, kept);
+      return kept.locator;
     }
-    return known;
+    const loading: KeptLocator = {
+      bytes: 0,
+      locator: this.load(shard).then((loaded) => {
+        if (this.shards.get(shard) === loading) {
+          loading.bytes = loaded.bytes;
+          this.bytes += loaded.bytes;
+          this.evict();
+        }
+        return loaded.locator;
+      }),
+    };
+    // A load that fails is not kept: the next lookup tries again.
+    loading.locator.catch(() => {
+      if (this.shards.get(shard) === loading) this.forget(shard);
+    });
+    this.shards.set(shard, loading);
+    return loading.locator;
   }
 
-  private async load(n: number): Promise<ShardLocator | null> {
+  /** Drops the shards used longest ago while the kept ones hold more than the budget (never the last one). */
+  private evict(): void {
+    for (const shard of this.shards.keys()) {
+      if (this.bytes <= this.budget || this.shards.size <= 1) return;
+      this.forget(shard);
+    }
+  }
+
+  private forget(shard: number): void {
+    this.bytes -= this.shards.get(shard)?.bytes ?? 0;
+    this.shards.delete(shard);
+  }
+
+  /** A shard's locator, and about what it holds in bytes. */
+  private async load(n: number): Promise<{ locator: ShardLocator | null; bytes: number }> {
     const gone = (caught: unknown) => {
       if ((caught as { name?: string }).name === 'NoSuchKey') return null;
       throw caught;
@@ -364,23 +410,31 @@ export class ShardPlaces {
       // be a pack's.
       const { dataset } = this.run;
       if (dataset.objects === 1)
-        return { kind: 'object', key: dataset.key.endsWith('/') ? null : dataset.key };
-      return dataset.objectWidth > 0 ? UNPLACED : null;
+        return {
+          locator: { kind: 'object', key: dataset.key.endsWith('/') ? null : dataset.key },
+          bytes: PLACE_BYTES + 2 * dataset.key.length,
+        };
+      return { locator: dataset.objectWidth > 0 ? UNPLACED : null, bytes: PLACE_BYTES };
     }
-    if (shard.objects === 1) return { kind: 'object', key: shard.key };
+    if (shard.objects === 1)
+      return { locator: { kind: 'object', key: shard.key }, bytes: PLACE_BYTES + 2 * shard.key.length };
     const [startsBytes, objects] = await Promise.all([
       readIfThere(this.blobs, runKeys(this.run.runId).packStarts(n)),
       packObjects(this.blobs, this.run, shard).catch(gone),
     ]);
-    if (!startsBytes || !objects) return UNPLACED;
+    if (!startsBytes || !objects) return { locator: UNPLACED, bytes: PLACE_BYTES };
     const { starts } = PackStartsSchema.parse(JSON.parse(Buffer.from(startsBytes).toString('utf8')));
     const keys = objects.map((object) => object.key);
     return {
-      kind: 'pack',
-      place: (line) => {
-        const at = lineInPack(starts, line);
-        return { object: keys[at.index] ?? null, line: at.line };
+      locator: {
+        kind: 'pack',
+        place: (line) => {
+          const at = lineInPack(starts, line);
+          return { object: keys[at.index] ?? null, line: at.line };
+        },
       },
+      // A key's characters (two bytes each at most, as V8 keeps them) and a start's number.
+      bytes: keys.reduce((sum, key) => sum + 2 * key.length + 8, PLACE_BYTES),
     };
   }
 }

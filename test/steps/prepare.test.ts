@@ -390,6 +390,50 @@ describe('the Prepare lane step', () => {
     expect(kept).toHaveLength(requests.length - 1);
   });
 
+  it("reads each shard's places once while they fit, the shard used last kept, as Settle looks them up over and over", async () => {
+    const runId = 'places';
+    const reads = new Map<string, number>();
+    const deps = depsFor(100, (blobs) => readCalls(blobs, reads));
+    // 140 objects of one line, in packs of two: 70 shards.
+    const objects = Array.from({ length: 140 }, (_, i) => ({
+      key: `inputs/${runId}/${String(i).padStart(3, '0')}.jsonl`,
+      body: Buffer.from(`{"id":"p${String(i).padStart(3, '0')}"}\n`),
+    }));
+    const lineBytes = objects[0]?.body.length ?? 0;
+    const shards = await registered(deps, runId, objects, 2 * lineBytes, 1);
+    expect(shards.map((s) => s.objects)).toEqual(shards.map(() => 2));
+    for (const s of shards)
+      await writeAll(deps.blobs, runKeys(runId).packStarts(s.shard), JSON.stringify({ starts: [0, 1] }));
+    const run = await deps.runs.getRun(runId);
+    if (!run) throw new Error('no run');
+    const name = (place: { object: string | null; line: number | null }) =>
+      `${place.object?.slice(-'000.jsonl'.length)}:${place.line}`;
+    const startsReads = () =>
+      [...reads].filter(([key]) => key.includes('/state/packs/')).reduce((n, [, count]) => n + count, 0);
+
+    // Every shard three times over, as Settle names the first uses of ids spread over the dataset.
+    const places = new ShardPlaces(deps.blobs, run);
+    reads.clear();
+    for (let round = 0; round < 3; round++)
+      for (const s of shards)
+        expect(name(await places.of(s.shard, 2))).toBe(`${String(2 * s.shard + 1).padStart(3, '0')}.jsonl:1`);
+    expect(reads.get(runKeys(runId).plan)).toBe(shards.length);
+    expect(startsReads()).toBe(shards.length);
+
+    // Room for a few shards only: the one used between each of the others stays, read once.
+    const few = new ShardPlaces(deps.blobs, run, 4 * 1024);
+    reads.clear();
+    for (const s of shards.slice(1)) {
+      expect(name(await few.of(0, 1))).toBe('000.jsonl:1');
+      expect(name(await few.of(s.shard, 1))).toBe(`${String(2 * s.shard).padStart(3, '0')}.jsonl:1`);
+    }
+    expect(reads.get(runKeys(runId).plan)).toBe(shards.length);
+    expect(startsReads()).toBe(shards.length);
+    // And the others were dropped: the second shard is read again.
+    await few.of(1, 1);
+    expect(reads.get(runKeys(runId).plan)).toBe(shards.length + 1);
+  });
+
   it('reads small gzip objects in a pack, inflating one again from its start where a step stopped inside it', async () => {
     const runId = 'packs-gzip';
     const read = new Map<string, number>();
@@ -725,6 +769,19 @@ describe('the Prepare lane step', () => {
     expect((await laneCheckpoint(deps.blobs, runId, 0))?.counts.records).toBe(1);
   });
 });
+
+/** A store that counts the reads of each key. */
+function readCalls(blobs: BlobStore, reads: Map<string, number>): BlobStore {
+  return new Proxy(blobs, {
+    get: (store, property, receiver) => {
+      if (property !== 'read') return Reflect.get(store, property, receiver);
+      return (key: string, ...rest: [number?, string?]) => {
+        reads.set(key, (reads.get(key) ?? 0) + 1);
+        return store.read(key, ...rest);
+      };
+    },
+  });
+}
 
 /** A store that counts the bytes read of each key. */
 function counting(blobs: BlobStore, read: Map<string, number>): BlobStore {

@@ -80,8 +80,8 @@ async function seed(endpoint: string, key: string, records: number, gzip: boolea
 function counting(blobs: BlobStore, key: string): { store: BlobStore; read: () => number } {
   let read = 0;
   const store: BlobStore = {
-    read: (k, start, etag) => {
-      const source = blobs.read(k, start, etag);
+    read: (k, start, etag, end) => {
+      const source = blobs.read(k, start, etag, end);
       if (k !== key) return source;
       return (async function* () {
         for await (const chunk of source) {

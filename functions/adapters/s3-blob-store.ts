@@ -240,14 +240,19 @@ export class S3BlobStore implements BlobStore {
     private readonly bucket: string,
   ) {}
 
-  async *read(key: string, start = 0, etag?: string): AsyncGenerator<Uint8Array> {
+  async *read(key: string, start = 0, etag?: string, end?: number): AsyncGenerator<Uint8Array> {
+    if (end !== undefined && end <= start) {
+      if (etag) await this.sameVersion(key, etag);
+      return;
+    }
+    const range = end !== undefined ? `bytes=${start}-${end - 1}` : start > 0 ? `bytes=${start}-` : undefined;
     let response: GetObjectCommandOutput;
     try {
       response = await this.s3.send(
         new GetObjectCommand({
           Bucket: this.bucket,
           Key: key,
-          ...(start > 0 ? { Range: `bytes=${start}-` } : {}),
+          ...(range ? { Range: range } : {}),
           ...(etag ? { IfMatch: etag } : {}),
         }),
       );

@@ -329,7 +329,7 @@ export async function* readIdPartitions(
   let remaining = bytes;
   // The bytes of a line cut by a chunk's end; lines are decoded whole, one by one (see entriesIn).
   let pending: Uint8Array = new Uint8Array(0);
-  for await (const chunk of blobs.read(idFileKey, start)) {
+  for await (const chunk of blobs.read(idFileKey, start, undefined, start + bytes)) {
     const piece = chunk.length > remaining ? chunk.subarray(0, remaining) : chunk;
     remaining -= piece.length;
     const joined = pending.length > 0 ? Buffer.concat([pending, piece]) : piece;

@@ -11,11 +11,12 @@ export interface BlobInfo {
 /** Object storage, as the steps use it (S3 in the cloud, s3rver locally). */
 export interface BlobStore {
   /**
-   * The object's bytes from `start` on, opened when first read. With `etag`, only that version of it: an
-   * object changed or removed since (another ETag, or none) is a `DatasetError` naming it, before
-   * any byte is given.
+   * The object's bytes from `start` on, opened when first read; with `end`, none from `end` on (one
+   * ranged GET: a read left before the end of its body closes the connection, and the next request opens
+   * another, with its TLS handshake). With `etag`, only that version of it: an object changed or removed
+   * since (another ETag, or none) is a `DatasetError` naming it, before any byte is given.
    */
-  read(key: string, start?: number, etag?: string): AsyncIterable<Uint8Array>;
+  read(key: string, start?: number, etag?: string, end?: number): AsyncIterable<Uint8Array>;
   /** Stores a stream as an object; resolves with its size in bytes. */
   write(key: string, body: AsyncIterable<Uint8Array>): Promise<number>;
   /** The object's size and ETag, or null when it does not exist. */
@@ -32,19 +33,21 @@ export interface BlobStore {
 }
 
 /**
- * `length` bytes of an object from `start` (fewer when it ends first): reads no further than them,
- * though the store's read runs to the object's end.
+ * `length` bytes of an object from `start` (fewer when it ends first), by one GET of those bytes alone;
+ * with `etag`, of that version only (see BlobStore.read).
  */
 export async function readRange(
   blobs: BlobStore,
   key: string,
   start: number,
   length: number,
+  etag?: string,
 ): Promise<Buffer> {
   const chunks: Uint8Array[] = [];
   let got = 0;
   if (length <= 0) return Buffer.alloc(0);
-  for await (const chunk of blobs.read(key, start)) {
+  // Cut here too: a store may give more than the range asked for.
+  for await (const chunk of blobs.read(key, start, etag, start + length)) {
     chunks.push(chunk.length > length - got ? chunk.subarray(0, length - got) : chunk);
     got += chunks.at(-1)?.length ?? 0;
     if (got >= length) break;

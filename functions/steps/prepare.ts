@@ -248,7 +248,7 @@ class Lane<R> {
       if (count === null) {
         if (shouldPause()) return null;
         count = await countNewlines(
-          this.deps.blobs.read(range.key, range.start, range.etag),
+          this.deps.blobs.read(range.key, range.start, range.etag, range.end),
           range.start,
           range.end,
         );

@@ -5,7 +5,7 @@ import { ConfigError, DatasetError } from '../core/errors';
 import { partitionsOf } from '../core/id-files';
 import { mapLimit } from '../core/limit';
 import { isGzip } from '../core/lines';
-import { type BlobInfo, ConflictError } from '../core/ports';
+import { type BlobInfo, ConflictError, readRange } from '../core/ports';
 import { type Run, runKeys } from '../core/run';
 import {
   MAX_PACK_OBJECTS,
@@ -168,16 +168,11 @@ export interface DatasetScan {
 }
 
 /**
- * True when the object's first bytes are gzip's magic number (1f 8b). Reads no further, and only the
- * version listed (`etag`).
+ * True when the object's first bytes are gzip's magic number (1f 8b). Reads those two bytes alone (a
+ * ranged GET: Register sends one an object, up to 100,000), and only the version listed (`etag`).
  */
 async function startsWithGzip(deps: StepDeps<unknown>, key: string, etag: string): Promise<boolean> {
-  let head: Uint8Array = new Uint8Array(0);
-  for await (const chunk of deps.blobs.read(key, 0, etag)) {
-    head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
-    if (head.length >= 2) break; // leaving the loop closes the GET
-  }
-  return isGzip(head);
+  return isGzip(await readRange(deps.blobs, key, 0, 2, etag));
 }
 
 /**

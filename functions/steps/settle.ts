@@ -751,7 +751,7 @@ export async function* pieceChunks(
   for (;;) {
     const chunks: Uint8Array[] = [];
     let got = 0;
-    const reader = blobs.read(key, offset)[Symbol.asyncIterator]();
+    const reader = blobs.read(key, offset, undefined, offset + pieceBytes)[Symbol.asyncIterator]();
     try {
       while (got < pieceBytes) {
         const next = await reader.next();

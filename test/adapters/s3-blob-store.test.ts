@@ -47,6 +47,33 @@ describe('S3BlobStore', () => {
     expect(await collect(shared.blobs.read('ranged.txt', 10))).toEqual([]);
   });
 
+  it('reads a range up to its end with one GET of those bytes alone, which is read to its end', async () => {
+    const key = 'bounded.txt';
+    await shared.blobs.write(key, chunksOf('0123456789'));
+    const etag = (await shared.blobs.head(key))?.etag ?? '';
+    const ranges: (string | undefined)[] = [];
+    const probe = new S3BlobStore(localS3Client(shared.s3.endpoint), shared.s3.bucket);
+    (probe as unknown as { s3: S3Client }).s3.middlewareStack.add(
+      (next, context) => (args) => {
+        if (context.commandName === 'GetObjectCommand')
+          ranges.push((args.request as { headers?: Record<string, string> }).headers?.range);
+        return next(args);
+      },
+      { step: 'finalizeRequest', priority: 'low', name: 'ranges' },
+    );
+    const text = async (start: number, end: number, tag?: string) =>
+      Buffer.concat(await collect(probe.read(key, start, tag, end))).toString();
+    expect(await text(2, 5)).toBe('234');
+    expect(await text(0, 2, etag)).toBe('01');
+    expect(await text(7, 50)).toBe('789'); // past the object's end: to its end
+    expect(await text(4, 4, etag)).toBe(''); // nothing asked: no GET
+    expect(ranges).toEqual(['bytes=2-4', 'bytes=0-1', 'bytes=7-49']);
+    // An empty range still checks the version.
+    await shared.blobs.write(key, chunksOf('changed'));
+    await expect(text(4, 4, etag)).rejects.toThrow(DatasetError);
+    await expect(text(0, 2, etag)).rejects.toThrow(DatasetError);
+  });
+
   it('reads only the version of an object it is given the ETag of, and names the object that changed or went', async () => {
     const key = 'versioned.jsonl';
     await shared.blobs.write(key, chunksOf('{"id":1}\n{"id":2}\n'));

@@ -12,12 +12,12 @@ function oneReadAtATime(store: BlobStore): BlobStore & { most: number } {
   let open = 0;
   const guarded = Object.create(store) as BlobStore & { most: number };
   guarded.most = 0;
-  guarded.read = async function* (key: string, start?: number, etag?: string) {
+  guarded.read = async function* (key: string, start?: number, etag?: string, end?: number) {
     if (open > 0) throw new Error(`a read of ${key} while another is open`);
     open += 1;
     guarded.most = Math.max(guarded.most, open);
     try {
-      yield* store.read(key, start, etag);
+      yield* store.read(key, start, etag, end);
     } finally {
       open -= 1;
     }
@@ -65,8 +65,8 @@ describe('dropsByPart', () => {
 /** The store, giving each read's bytes in chunks of `size` (so that characters and lines split across them). */
 function rechunked(store: BlobStore, size: number): BlobStore {
   const wrapped = Object.create(store) as BlobStore;
-  wrapped.read = async function* (key: string, start?: number, etag?: string) {
-    for await (const chunk of store.read(key, start, etag))
+  wrapped.read = async function* (key: string, start?: number, etag?: string, end?: number) {
+    for await (const chunk of store.read(key, start, etag, end))
       for (let i = 0; i < chunk.length; i += size) yield chunk.subarray(i, i + size);
   };
   return wrapped;

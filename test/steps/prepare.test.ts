@@ -775,7 +775,7 @@ function readCalls(blobs: BlobStore, reads: Map<string, number>): BlobStore {
   return new Proxy(blobs, {
     get: (store, property, receiver) => {
       if (property !== 'read') return Reflect.get(store, property, receiver);
-      return (key: string, ...rest: [number?, string?]) => {
+      return (key: string, ...rest: [number?, string?, number?]) => {
         reads.set(key, (reads.get(key) ?? 0) + 1);
         return store.read(key, ...rest);
       };
@@ -788,8 +788,8 @@ function counting(blobs: BlobStore, read: Map<string, number>): BlobStore {
   return new Proxy(blobs, {
     get: (store, property, receiver) => {
       if (property !== 'read') return Reflect.get(store, property, receiver);
-      return async function* (key: string, start?: number, etag?: string) {
-        for await (const chunk of store.read(key, start, etag)) {
+      return async function* (key: string, start?: number, etag?: string, end?: number) {
+        for await (const chunk of store.read(key, start, etag, end)) {
           read.set(key, (read.get(key) ?? 0) + chunk.length);
           yield chunk;
         }
@@ -803,11 +803,11 @@ function openReads(blobs: BlobStore, prefix: string, open: { now: number; most: 
   return new Proxy(blobs, {
     get: (store, property, receiver) => {
       if (property !== 'read') return Reflect.get(store, property, receiver);
-      return async function* (key: string, start?: number, etag?: string) {
+      return async function* (key: string, start?: number, etag?: string, end?: number) {
         const counted = key.startsWith(prefix);
         if (counted) open.most = Math.max(open.most, ++open.now);
         try {
-          yield* store.read(key, start, etag);
+          yield* store.read(key, start, etag, end);
         } finally {
           if (counted) open.now -= 1;
         }

@@ -124,7 +124,10 @@ export { STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB };
 
 /** Memory and timeout per state: Prepare and Tick stream files and upload parts of up to 200 MB. */
 export const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }> = {
-  Register: { memorySize: 512, timeout: Duration.minutes(5) },
+  // Register lists the dataset twice and reads the first two bytes of every object, 32 at a time: about a
+  // millisecond of CPU an object with TLS, so 100,000 objects need a whole vCPU (1,769 MB) to end in about
+  // two minutes; at 512 MB (0.29 vCPU) they took longer than its 5 minutes, and every retry began again.
+  Register: { memorySize: 1769, timeout: Duration.minutes(10) },
   Prepare: { memorySize: 1024, timeout: Duration.minutes(6) }, // memory: partMemory(maxBytesPerBatch)
   Settle: { memorySize: 1024, timeout: Duration.minutes(6) }, // rewrites parts that lost a duplicate
   Tick: { memorySize: 1024, timeout: Duration.minutes(6) }, // memory: partMemory(maxBytesPerBatch)

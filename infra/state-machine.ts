@@ -34,7 +34,7 @@ const FATAL = ['ConfigError', 'DatasetError', 'DuplicateDatasetError', 'CostLimi
 
 /** Task timeouts, a little above each function's own. */
 export const TASK_TIMEOUTS: Record<TaskName, Duration> = {
-  Register: Duration.minutes(6),
+  Register: Duration.minutes(11),
   Prepare: Duration.minutes(7),
   Settle: Duration.minutes(7),
   Tick: Duration.minutes(7),

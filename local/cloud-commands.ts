@@ -6,7 +6,7 @@ import { S3Client } from '@aws-sdk/client-s3';
 import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { DynamoRunStore } from '../functions/adapters/dynamo-run-store';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
-import { ConfigError } from '../functions/core/errors';
+import { ConfigError, messageOf } from '../functions/core/errors';
 import { checkRunId, executionName } from '../functions/core/execution-names';
 import type { BlobStore } from '../functions/core/ports';
 import type { LaneCheckpoint, Part, Run } from '../functions/core/run';
@@ -35,6 +35,7 @@ export interface Deployed {
   readonly bucket: string;
   readonly table: string;
   readonly stateMachineArn: string | null;
+  /** The region the clients use, as the SDK resolved it. */
   readonly region: string;
   readonly blobs: S3BlobStore;
   readonly runs: DynamoRunStore;
@@ -42,12 +43,40 @@ export interface Deployed {
 }
 
 /**
+ * The region to give the AWS clients: `--region`, else AWS_DEFAULT_REGION when AWS_REGION is unset, else
+ * none, so that the SDK finds it itself (AWS_REGION, then the `region` of the profile: AWS_PROFILE or
+ * default, in AWS_CONFIG_FILE or ~/.aws/config). The JS SDK ignores AWS_DEFAULT_REGION, but the AWS CLI
+ * and `cdk deploy`, which put the stack in its region, read it before the profile's: so does this.
+ */
+function regionSetting(flag: string | undefined): { region?: string } {
+  const region = flag ?? (process.env.AWS_REGION ? undefined : process.env.AWS_DEFAULT_REGION);
+  return region ? { region } : {};
+}
+
+/** The region a client resolved; when none is configured, a ConfigError that says how to give one. */
+async function regionOf(client: SFNClient): Promise<string> {
+  try {
+    return await client.config.region();
+  } catch (caught) {
+    const profile = process.env.AWS_PROFILE ?? 'default';
+    throw new ConfigError(
+      `No AWS region: pass --region, set AWS_REGION, or give the profile ${profile} a region (\`aws configure set region <region>${profile === 'default' ? '' : ` --profile ${profile}`}\`). The AWS SDK said: ${messageOf(caught)}`,
+    );
+  }
+}
+
+/**
  * Finds a work's bucket, table and state machine: from flags when given, else from the outputs of its
- * stack (`OpenAIBatch-<work>`), with the default AWS credential chain and region.
+ * stack (`OpenAIBatch-<work>`), with the default AWS credential chain, and the region from `--region` or
+ * the SDK's chain (see {@link regionSetting}).
  */
 export async function deployed(options: CloudOptions, needStateMachine: boolean): Promise<Deployed> {
-  const region = options.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
+  const region = regionSetting(options.region);
   const endpoint = (specific?: string) => specific ?? options.endpointUrl;
+  const sfnEndpoint = endpoint(options.sfnEndpoint);
+  const sfn = new SFNClient({ ...region, ...(sfnEndpoint ? { endpoint: sfnEndpoint } : {}) });
+  // Every client is given the same setting, so the one resolved here is theirs.
+  const resolved = await regionOf(sfn);
   let { bucket, table, stateMachineArn } = options;
   if (!bucket || !table || (needStateMachine && !stateMachineArn)) {
     const stack = options.stack ?? (options.work ? `OpenAIBatch-${options.work}` : undefined);
@@ -56,12 +85,12 @@ export async function deployed(options: CloudOptions, needStateMachine: boolean)
         'Name the work (--work NAME) or its stack (--stack NAME), or give --bucket and --table.',
       );
     const cfnEndpoint = endpoint();
-    const cfn = new CloudFormationClient({ region, ...(cfnEndpoint ? { endpoint: cfnEndpoint } : {}) });
+    const cfn = new CloudFormationClient({ ...region, ...(cfnEndpoint ? { endpoint: cfnEndpoint } : {}) });
     const { Stacks } = await cfn
       .send(new DescribeStacksCommand({ StackName: stack }))
       .catch((caught: unknown) => {
         throw new ConfigError(
-          `Cannot read the stack ${stack} in ${region}: ${(caught as Error).message}. Deploy it with \`npx cdk deploy ${stack}\`, or pass --bucket, --table and --state-machine-arn.`,
+          `Cannot read the stack ${stack} in ${resolved}: ${(caught as Error).message}. Deploy it with \`npx cdk deploy ${stack}\`, or pass --bucket, --table and --state-machine-arn.`,
         );
       });
     const outputs = Stacks?.[0]?.Outputs ?? [];
@@ -77,9 +106,8 @@ export async function deployed(options: CloudOptions, needStateMachine: boolean)
   }
   const s3Endpoint = endpoint(options.s3Endpoint);
   const dbEndpoint = endpoint(options.dynamodbEndpoint);
-  const sfnEndpoint = endpoint(options.sfnEndpoint);
   const s3 = new S3Client({
-    region,
+    ...region,
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     ...(s3Endpoint ? { endpoint: s3Endpoint, forcePathStyle: true } : {}),
@@ -88,13 +116,13 @@ export async function deployed(options: CloudOptions, needStateMachine: boolean)
     bucket,
     table,
     stateMachineArn: stateMachineArn ?? null,
-    region,
+    region: resolved,
     blobs: new S3BlobStore(s3, bucket),
     runs: new DynamoRunStore(
-      new DynamoDBClient({ region, ...(dbEndpoint ? { endpoint: dbEndpoint } : {}) }),
+      new DynamoDBClient({ ...region, ...(dbEndpoint ? { endpoint: dbEndpoint } : {}) }),
       table,
     ),
-    sfn: new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint } : {}) }),
+    sfn,
   };
 }
 

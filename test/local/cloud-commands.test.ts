@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,9 +19,10 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import { zeroCounts } from '../../functions/core/accounting';
+import { ConfigError } from '../../functions/core/errors';
 import type { LaneCheckpoint, Part, Run } from '../../functions/core/run';
 import { loadWork } from '../../infra/works';
-import { MAX_BATCH_LINES, shardsDoneBy, statusLines } from '../../local/cloud-commands';
+import { deployed, MAX_BATCH_LINES, shardsDoneBy, statusLines } from '../../local/cloud-commands';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
@@ -37,10 +38,11 @@ let dir: string;
 let args: string[];
 const credentials = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1' };
 
-/** Runs `openai-batch ARGS`; with `tty`, inside a pseudo-terminal made by `script`. */
+/** Runs `openai-batch ARGS`; with `tty`, inside a pseudo-terminal made by `script`; `env` over the credentials. */
 function cli(
   cliArgs: string[],
   tty = false,
+  env: NodeJS.ProcessEnv = {},
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const command = tty
     ? spawn(
@@ -51,11 +53,11 @@ function cli(
           '/dev/null',
         ],
         {
-          env: { ...process.env, ...credentials, TERM: 'xterm' },
+          env: { ...process.env, ...credentials, TERM: 'xterm', ...env },
         },
       )
     : spawn(process.execPath, ['bin/openai-batch.js', ...cliArgs], {
-        env: { ...process.env, ...credentials },
+        env: { ...process.env, ...credentials, ...env },
       });
   let stdout = '';
   let stderr = '';
@@ -442,6 +444,120 @@ describe('resume', () => {
     }
   });
 });
+
+/** Sets (or, for undefined, deletes) environment variables around `action`, and puts them back after. */
+async function withEnv<T>(vars: NodeJS.ProcessEnv, action: () => Promise<T>): Promise<T> {
+  const saved = Object.fromEntries(Object.keys(vars).map((name) => [name, process.env[name]]));
+  const apply = (values: NodeJS.ProcessEnv) => {
+    for (const [name, value] of Object.entries(values))
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+  };
+  apply(vars);
+  try {
+    return await action();
+  } finally {
+    apply(saved);
+  }
+}
+
+describe('the region the commands use', () => {
+  const profiles = '[default]\nregion = eu-west-1\n\n[profile other]\nregion = ap-south-1\n';
+  let configs = 0;
+  /**
+   * The environment of a machine where `aws configure` wrote `config` and nothing else names a region: no
+   * AWS_REGION, AWS_DEFAULT_REGION or AWS_PROFILE, no credentials file. Each config is a file of its own,
+   * as the SDK keeps a file it has read by its path.
+   */
+  const configured = (config: string): NodeJS.ProcessEnv => {
+    const file = join(dir, `aws-config-${configs++}`);
+    writeFileSync(file, config);
+    return {
+      AWS_CONFIG_FILE: file,
+      AWS_SHARED_CREDENTIALS_FILE: join(dir, 'no-aws-credentials'),
+      AWS_REGION: undefined,
+      AWS_DEFAULT_REGION: undefined,
+      AWS_PROFILE: undefined,
+    };
+  };
+  /** The region `deployed` says and its Step Functions client signs for; every resource is a flag, so nothing is called. */
+  const regionWith = (env: NodeJS.ProcessEnv, region?: string) =>
+    withEnv(env, async () => {
+      const cloud = await deployed(
+        {
+          bucket: 'b',
+          table: 't',
+          stateMachineArn: 'arn:aws:states:eu-west-1:123456789012:stateMachine:run',
+          ...(region ? { region } : {}),
+        },
+        true,
+      );
+      expect(await cloud.sfn.config.region()).toBe(cloud.region);
+      return cloud.region;
+    });
+
+  it("is the profile's region when no variable names one (`aws configure`, nothing exported), AWS_PROFILE's if set", async () => {
+    expect(await regionWith(configured(profiles))).toBe('eu-west-1');
+    expect(await regionWith({ ...configured(profiles), AWS_PROFILE: 'other' })).toBe('ap-south-1');
+  });
+
+  it('is --region over everything, then AWS_REGION, then AWS_DEFAULT_REGION (as the AWS CLI and cdk deploy read it), then the profile', async () => {
+    const variables = { AWS_REGION: 'us-west-2', AWS_DEFAULT_REGION: 'eu-north-1' };
+    expect(await regionWith({ ...configured(profiles), ...variables }, 'ca-central-1')).toBe('ca-central-1');
+    expect(await regionWith({ ...configured(profiles), ...variables })).toBe('us-west-2');
+    expect(await regionWith({ ...configured(profiles), AWS_DEFAULT_REGION: 'eu-north-1' })).toBe(
+      'eu-north-1',
+    );
+  });
+
+  it('is refused, with what to do, when nothing names one (not a silent us-east-1)', async () => {
+    const refusal = (env: NodeJS.ProcessEnv) => regionWith(env).catch((caught: unknown) => caught);
+    const none = await refusal(configured(''));
+    expect(none).toBeInstanceOf(ConfigError);
+    expect((none as Error).message).toMatch(
+      /^No AWS region: pass --region, set AWS_REGION, or give the profile default a region \(`aws configure set region <region>`\)\. The AWS SDK said: /,
+    );
+    // A profile without a region (or not in the file) is named, and so is the command that gives it one.
+    expect(String(await refusal({ ...configured(profiles), AWS_PROFILE: 'work' }))).toContain(
+      'give the profile work a region (`aws configure set region <region> --profile work`)',
+    );
+  });
+
+  it("status looks for the stack in the profile's region, signs for it, and says which region it looked in", async () => {
+    // CloudFormation's answer for a stack that is not in the region asked.
+    const signedFor: (string | undefined)[] = [];
+    const fake = createServer((req, res) => {
+      signedFor.push(credentialScopeRegion(req.headers));
+      req.resume().on('end', () => {
+        res.writeHead(400, { 'content-type': 'text/xml' });
+        res.end(
+          '<ErrorResponse><Error><Type>Sender</Type><Code>ValidationError</Code><Message>Stack with id OpenAIBatch-e2e-chat does not exist</Message></Error><RequestId>1</RequestId></ErrorResponse>',
+        );
+      });
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    try {
+      const endpoint = `http://127.0.0.1:${(fake.address() as AddressInfo).port}`;
+      const { code, stderr } = await cli(
+        ['status', '--work', 'e2e-chat', '--endpoint-url', endpoint],
+        false,
+        configured(profiles),
+      );
+      expect(code).toBe(2);
+      expect(stderr).toContain(
+        'error: Cannot read the stack OpenAIBatch-e2e-chat in eu-west-1: Stack with id OpenAIBatch-e2e-chat does not exist.',
+      );
+      expect(signedFor).toEqual(['eu-west-1']);
+    } finally {
+      fake.close();
+    }
+  });
+});
+
+/** The region a SigV4-signed request is signed for: the third field of its credential scope. */
+function credentialScopeRegion(headers: IncomingHttpHeaders): string | undefined {
+  return /Credential=[^/]+\/\d{8}\/([^/]+)\//.exec(headers.authorization ?? '')?.[1];
+}
 
 describe('status of a run of many batches', () => {
   it(`draws a bar for at most ${MAX_BATCH_LINES} batches, those not done first, and counts the rest in one line`, () => {

@@ -199,33 +199,48 @@ describe('status, results and cancel against the stand-ins', () => {
   });
 });
 
+/** A StartExecution call a fake Step Functions endpoint received. */
+interface StartCall {
+  readonly target: string;
+  readonly body: { stateMachineArn: string; name: string; input: string };
+}
+
+/**
+ * No Step Functions server stand-in exists (aws-local-stepfunctions is a library): a fake endpoint that
+ * records the StartExecution calls a command makes and answers as Step Functions does, with the execution
+ * ARN `executionArn` makes of the call's name.
+ */
+async function fakeStepFunctions(executionArn: (name: string) => string) {
+  const received: StartCall[] = [];
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => {
+      body += c;
+    });
+    req.on('end', () => {
+      const call = { target: String(req.headers['x-amz-target']), body: JSON.parse(body) };
+      received.push(call);
+      res.writeHead(200, { 'content-type': 'application/x-amz-json-1.0' });
+      res.end(JSON.stringify({ executionArn: executionArn(call.body.name), startDate: 1795570000 }));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    received,
+    close: () => server.close(),
+  };
+}
+
 describe('start', () => {
   it("uploads a local dataset to the work's bucket and starts an execution named by the run id", async () => {
-    // No Step Functions server stand-in exists (aws-local-stepfunctions is a library): this fake endpoint
-    // only records the StartExecution call the command makes and answers as Step Functions does.
-    const received: { target: string; body: Record<string, unknown> }[] = [];
-    const fake = createServer((req, res) => {
-      let body = '';
-      req.on('data', (c) => {
-        body += c;
-      });
-      req.on('end', () => {
-        received.push({ target: String(req.headers['x-amz-target']), body: JSON.parse(body) });
-        res.writeHead(200, { 'content-type': 'application/x-amz-json-1.0' });
-        res.end(
-          JSON.stringify({
-            executionArn: 'arn:aws:states:us-east-1:123456789012:execution:run:first',
-            startDate: 1795570000,
-          }),
-        );
-      });
-    });
-    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const fake = await fakeStepFunctions(
+      (name) => `arn:aws:states:us-east-1:123456789012:execution:run:${name}`,
+    );
     try {
       const dataset = join(dir, 'to-upload.jsonl');
       writeFileSync(dataset, '{"id":"1","content":"hi"}\n');
       const arn = 'arn:aws:states:us-east-1:123456789012:stateMachine:run';
-      const port = (fake.address() as AddressInfo).port;
       const { code, stdout, stderr } = await cli([
         'start',
         'e2e-chat',
@@ -235,7 +250,7 @@ describe('start', () => {
         '--state-machine-arn',
         arn,
         '--sfn-endpoint',
-        `http://127.0.0.1:${port}`,
+        fake.endpoint,
         ...args.slice(2),
       ]);
       expect(stderr).toBe('');
@@ -247,7 +262,7 @@ describe('start', () => {
       expect(stdout).toContain(
         'console:   https://us-east-1.console.aws.amazon.com/states/home?region=us-east-1#/v2/executions/details/arn:aws:states:us-east-1:123456789012:execution:run:first',
       );
-      expect(received).toEqual([
+      expect(fake.received).toEqual([
         {
           target: 'AWSStepFunctions.StartExecution',
           body: {
@@ -366,26 +381,9 @@ describe('start on a stack with autoStart (moto_server: S3 -> EventBridge, Step 
 
 describe('resume', () => {
   it('starts an execution that resumes a failed run, and refuses one that completed or was cancelled', async () => {
-    // As for start: a fake endpoint records the StartExecution calls and answers as Step Functions does.
-    const received: Record<string, unknown>[] = [];
-    const fake = createServer((req, res) => {
-      let body = '';
-      req.on('data', (c) => {
-        body += c;
-      });
-      req.on('end', () => {
-        const call = JSON.parse(body) as { name: string };
-        received.push(call);
-        res.writeHead(200, { 'content-type': 'application/x-amz-json-1.0' });
-        res.end(
-          JSON.stringify({
-            executionArn: `arn:aws:states:us-east-1:123456789012:execution:run:${call.name}`,
-            startDate: 1795570000,
-          }),
-        );
-      });
-    });
-    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const fake = await fakeStepFunctions(
+      (name) => `arn:aws:states:us-east-1:123456789012:execution:run:${name}`,
+    );
     try {
       const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
       const run = (runId: string, status: 'failed' | 'completed' | 'cancelled') =>
@@ -405,21 +403,13 @@ describe('resume', () => {
       await run('called-off', 'cancelled');
       const arn = 'arn:aws:states:us-east-1:123456789012:stateMachine:run';
       const resume = (runId: string) =>
-        cli([
-          'resume',
-          runId,
-          '--state-machine-arn',
-          arn,
-          '--sfn-endpoint',
-          `http://127.0.0.1:${(fake.address() as AddressInfo).port}`,
-          ...args,
-        ]);
+        cli(['resume', runId, '--state-machine-arn', arn, '--sfn-endpoint', fake.endpoint, ...args]);
       const resumed = await resume('broken');
       expect(resumed.stderr).toBe('');
       expect(resumed.code).toBe(0);
       expect(resumed.stdout).toContain('run broken resumed (it had failed: InvariantError: it broke)');
       expect(resumed.stdout).toContain('watch it:  npx openai-batch status broken --work e2e-chat --watch');
-      expect(received).toEqual([
+      expect(fake.received.map((call) => call.body)).toEqual([
         {
           stateMachineArn: arn,
           name: expect.stringMatching(/^broken-resume-[0-9a-z]+$/),
@@ -438,7 +428,7 @@ describe('resume', () => {
       );
       const missing = await resume('never-ran');
       expect(missing.stderr).toContain(`error: No run never-ran in table ${env.dynamo.table}.`);
-      expect(received).toHaveLength(1); // nothing started for the refused ones
+      expect(fake.received).toHaveLength(1); // nothing started for the refused ones
     } finally {
       fake.close();
     }

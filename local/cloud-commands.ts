@@ -158,6 +158,25 @@ async function runOf(cloud: Deployed, runId: string): Promise<Run> {
 export const uploadKey = (work: string, runId: string, file: string) =>
   `uploads/${work}/${runId}/${basename(file)}`;
 
+/** The console's host in each partition whose console is known here (aws-cn and aws-us-gov have their own). */
+const CONSOLE_HOSTS: ReadonlyMap<string, (region: string) => string> = new Map([
+  ['aws', (region: string) => `${region}.console.aws.amazon.com`],
+  ['aws-cn', () => 'console.amazonaws.cn'],
+  ['aws-us-gov', () => 'console.amazonaws-us-gov.com'],
+]);
+
+/**
+ * The console page of an execution, on the console of its ARN's partition and in its ARN's region (the ARN
+ * says where the execution is, whatever endpoint or region reached it); null for a partition not known.
+ */
+export function executionConsoleUrl(executionArn: string): string | null {
+  const [, partition = '', , region] = executionArn.split(':');
+  const host = CONSOLE_HOSTS.get(partition);
+  return host && region
+    ? `https://${host(region)}/states/home?region=${region}#/v2/executions/details/${executionArn}`
+    : null;
+}
+
 /** `start`: uploads a local dataset when given a path, starts an execution, and says where to watch it. */
 export async function startRun(
   work: string,
@@ -187,9 +206,8 @@ export async function startRun(
   );
   print(`run ${runId} started`);
   print(`  execution: ${executionArn}`);
-  print(
-    `  console:   https://${cloud.region}.console.aws.amazon.com/states/home?region=${cloud.region}#/v2/executions/details/${executionArn}`,
-  );
+  const link = executionArn && executionConsoleUrl(executionArn);
+  if (link) print(`  console:   ${link}`);
   print(`  watch it:  npx openai-batch status ${runId} --work ${work} --watch`);
   return runId;
 }
@@ -235,9 +253,8 @@ export async function resumeRun(
       : `run ${runId} (${run.status}) taken over by a new execution; the old one ends at its next tick`,
   );
   print(`  execution: ${executionArn}`);
-  print(
-    `  console:   https://${cloud.region}.console.aws.amazon.com/states/home?region=${cloud.region}#/v2/executions/details/${executionArn}`,
-  );
+  const link = executionArn && executionConsoleUrl(executionArn);
+  if (link) print(`  console:   ${link}`);
   print(`  watch it:  npx openai-batch status ${runId} --work ${options.work ?? run.work} --watch`);
   return name;
 }

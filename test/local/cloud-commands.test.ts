@@ -22,7 +22,13 @@ import { zeroCounts } from '../../functions/core/accounting';
 import { ConfigError } from '../../functions/core/errors';
 import type { LaneCheckpoint, Part, Run } from '../../functions/core/run';
 import { loadWork } from '../../infra/works';
-import { deployed, MAX_BATCH_LINES, shardsDoneBy, statusLines } from '../../local/cloud-commands';
+import {
+  deployed,
+  executionConsoleUrl,
+  MAX_BATCH_LINES,
+  shardsDoneBy,
+  statusLines,
+} from '../../local/cloud-commands';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
@@ -272,6 +278,56 @@ describe('start', () => {
           },
         },
       ]);
+    } finally {
+      fake.close();
+    }
+  });
+});
+
+describe('the console link', () => {
+  it.each([
+    ['aws', 'eu-west-1', 'https://eu-west-1.console.aws.amazon.com'],
+    ['aws-cn', 'cn-north-1', 'https://console.amazonaws.cn'],
+    ['aws-us-gov', 'us-gov-west-1', 'https://console.amazonaws-us-gov.com'],
+  ])(
+    "is on the console of the execution's partition (%s) and in its region",
+    (partition, region, console) => {
+      const execution = `arn:${partition}:states:${region}:123456789012:execution:run:r1`;
+      expect(executionConsoleUrl(execution)).toBe(
+        `${console}/states/home?region=${region}#/v2/executions/details/${execution}`,
+      );
+    },
+  );
+
+  it('is left out for a partition whose console is not known here, rather than made up', () => {
+    expect(executionConsoleUrl('arn:aws-iso:states:us-iso-east-1:123456789012:execution:run:r1')).toBeNull();
+  });
+
+  it('start prints the link of its partition: an execution in aws-cn is on console.amazonaws.cn', async () => {
+    const fake = await fakeStepFunctions(
+      (name) => `arn:aws-cn:states:cn-north-1:123456789012:execution:run:${name}`,
+    );
+    try {
+      const { code, stdout, stderr } = await cli([
+        'start',
+        'e2e-chat',
+        `s3://${env.s3.bucket}/inputs/e2e-chat/a.jsonl`, // not a local file: nothing uploaded
+        '--run-id',
+        'in-china',
+        '--state-machine-arn',
+        'arn:aws-cn:states:cn-north-1:123456789012:stateMachine:run',
+        '--region',
+        'cn-north-1',
+        '--sfn-endpoint',
+        fake.endpoint,
+        ...args.slice(2),
+      ]);
+      expect(stderr).toBe('');
+      expect(code).toBe(0);
+      expect(stdout).toContain(
+        'console:   https://console.amazonaws.cn/states/home?region=cn-north-1#/v2/executions/details/arn:aws-cn:states:cn-north-1:123456789012:execution:run:in-china',
+      );
+      expect(fake.received).toHaveLength(1);
     } finally {
       fake.close();
     }

@@ -235,7 +235,10 @@ export function cli(): Command {
       .option('--bucket <name>', "the work's bucket (skips reading the stack)")
       .option('--table <name>', "the work's run table (skips reading the stack)")
       .option('--state-machine-arn <arn>', "the work's state machine (skips reading the stack)")
-      .option('--region <region>', 'AWS region (default: AWS_REGION)')
+      .option(
+        '--region <region>',
+        "AWS region (default: AWS_REGION, else AWS_DEFAULT_REGION, else the AWS profile's region)",
+      )
       .option('--endpoint-url <url>', 'one endpoint for every AWS service')
       .option('--s3-endpoint <url>', 'S3 endpoint (for example a local stand-in)')
       .option('--dynamodb-endpoint <url>', 'DynamoDB endpoint')

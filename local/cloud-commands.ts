@@ -6,7 +6,7 @@ import { S3Client } from '@aws-sdk/client-s3';
 import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { DynamoRunStore } from '../functions/adapters/dynamo-run-store';
 import { S3BlobStore } from '../functions/adapters/s3-blob-store';
-import { ConfigError } from '../functions/core/errors';
+import { ConfigError, messageOf } from '../functions/core/errors';
 import { checkRunId, executionName } from '../functions/core/execution-names';
 import type { BlobStore } from '../functions/core/ports';
 import type { LaneCheckpoint, Part, Run } from '../functions/core/run';
@@ -35,6 +35,7 @@ export interface Deployed {
   readonly bucket: string;
   readonly table: string;
   readonly stateMachineArn: string | null;
+  /** The region the clients use, as the SDK resolved it. */
   readonly region: string;
   readonly blobs: S3BlobStore;
   readonly runs: DynamoRunStore;
@@ -42,12 +43,40 @@ export interface Deployed {
 }
 
 /**
+ * The region to give the AWS clients: `--region`, else AWS_DEFAULT_REGION when AWS_REGION is unset, else
+ * none, so that the SDK finds it itself (AWS_REGION, then the `region` of the profile: AWS_PROFILE or
+ * default, in AWS_CONFIG_FILE or ~/.aws/config). The JS SDK ignores AWS_DEFAULT_REGION, but the AWS CLI
+ * and `cdk deploy`, which put the stack in its region, read it before the profile's: so does this.
+ */
+function regionSetting(flag: string | undefined): { region?: string } {
+  const region = flag ?? (process.env.AWS_REGION ? undefined : process.env.AWS_DEFAULT_REGION);
+  return region ? { region } : {};
+}
+
+/** The region a client resolved; when none is configured, a ConfigError that says how to give one. */
+async function regionOf(client: SFNClient): Promise<string> {
+  try {
+    return await client.config.region();
+  } catch (caught) {
+    const profile = process.env.AWS_PROFILE ?? 'default';
+    throw new ConfigError(
+      `No AWS region: pass --region, set AWS_REGION, or give the profile ${profile} a region (\`aws configure set region <region>${profile === 'default' ? '' : ` --profile ${profile}`}\`). The AWS SDK said: ${messageOf(caught)}`,
+    );
+  }
+}
+
+/**
  * Finds a work's bucket, table and state machine: from flags when given, else from the outputs of its
- * stack (`OpenAIBatch-<work>`), with the default AWS credential chain and region.
+ * stack (`OpenAIBatch-<work>`), with the default AWS credential chain, and the region from `--region` or
+ * the SDK's chain (see {@link regionSetting}).
  */
 export async function deployed(options: CloudOptions, needStateMachine: boolean): Promise<Deployed> {
-  const region = options.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
+  const region = regionSetting(options.region);
   const endpoint = (specific?: string) => specific ?? options.endpointUrl;
+  const sfnEndpoint = endpoint(options.sfnEndpoint);
+  const sfn = new SFNClient({ ...region, ...(sfnEndpoint ? { endpoint: sfnEndpoint } : {}) });
+  // Every client is given the same setting, so the one resolved here is theirs.
+  const resolved = await regionOf(sfn);
   let { bucket, table, stateMachineArn } = options;
   if (!bucket || !table || (needStateMachine && !stateMachineArn)) {
     const stack = options.stack ?? (options.work ? `OpenAIBatch-${options.work}` : undefined);
@@ -56,12 +85,12 @@ export async function deployed(options: CloudOptions, needStateMachine: boolean)
         'Name the work (--work NAME) or its stack (--stack NAME), or give --bucket and --table.',
       );
     const cfnEndpoint = endpoint();
-    const cfn = new CloudFormationClient({ region, ...(cfnEndpoint ? { endpoint: cfnEndpoint } : {}) });
+    const cfn = new CloudFormationClient({ ...region, ...(cfnEndpoint ? { endpoint: cfnEndpoint } : {}) });
     const { Stacks } = await cfn
       .send(new DescribeStacksCommand({ StackName: stack }))
       .catch((caught: unknown) => {
         throw new ConfigError(
-          `Cannot read the stack ${stack} in ${region}: ${(caught as Error).message}. Deploy it with \`npx cdk deploy ${stack}\`, or pass --bucket, --table and --state-machine-arn.`,
+          `Cannot read the stack ${stack} in ${resolved}: ${(caught as Error).message}. Deploy it with \`npx cdk deploy ${stack}\`, or pass --bucket, --table and --state-machine-arn.`,
         );
       });
     const outputs = Stacks?.[0]?.Outputs ?? [];
@@ -77,9 +106,8 @@ export async function deployed(options: CloudOptions, needStateMachine: boolean)
   }
   const s3Endpoint = endpoint(options.s3Endpoint);
   const dbEndpoint = endpoint(options.dynamodbEndpoint);
-  const sfnEndpoint = endpoint(options.sfnEndpoint);
   const s3 = new S3Client({
-    region,
+    ...region,
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     ...(s3Endpoint ? { endpoint: s3Endpoint, forcePathStyle: true } : {}),
@@ -88,13 +116,13 @@ export async function deployed(options: CloudOptions, needStateMachine: boolean)
     bucket,
     table,
     stateMachineArn: stateMachineArn ?? null,
-    region,
+    region: resolved,
     blobs: new S3BlobStore(s3, bucket),
     runs: new DynamoRunStore(
-      new DynamoDBClient({ region, ...(dbEndpoint ? { endpoint: dbEndpoint } : {}) }),
+      new DynamoDBClient({ ...region, ...(dbEndpoint ? { endpoint: dbEndpoint } : {}) }),
       table,
     ),
-    sfn: new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint } : {}) }),
+    sfn,
   };
 }
 
@@ -130,6 +158,25 @@ async function runOf(cloud: Deployed, runId: string): Promise<Run> {
 export const uploadKey = (work: string, runId: string, file: string) =>
   `uploads/${work}/${runId}/${basename(file)}`;
 
+/** The console's host in each partition whose console is known here (aws-cn and aws-us-gov have their own). */
+const CONSOLE_HOSTS: ReadonlyMap<string, (region: string) => string> = new Map([
+  ['aws', (region: string) => `${region}.console.aws.amazon.com`],
+  ['aws-cn', () => 'console.amazonaws.cn'],
+  ['aws-us-gov', () => 'console.amazonaws-us-gov.com'],
+]);
+
+/**
+ * The console page of an execution, on the console of its ARN's partition and in its ARN's region (the ARN
+ * says where the execution is, whatever endpoint or region reached it); null for a partition not known.
+ */
+export function executionConsoleUrl(executionArn: string): string | null {
+  const [, partition = '', , region] = executionArn.split(':');
+  const host = CONSOLE_HOSTS.get(partition);
+  return host && region
+    ? `https://${host(region)}/states/home?region=${region}#/v2/executions/details/${executionArn}`
+    : null;
+}
+
 /** `start`: uploads a local dataset when given a path, starts an execution, and says where to watch it. */
 export async function startRun(
   work: string,
@@ -159,9 +206,8 @@ export async function startRun(
   );
   print(`run ${runId} started`);
   print(`  execution: ${executionArn}`);
-  print(
-    `  console:   https://${cloud.region}.console.aws.amazon.com/states/home?region=${cloud.region}#/v2/executions/details/${executionArn}`,
-  );
+  const link = executionArn && executionConsoleUrl(executionArn);
+  if (link) print(`  console:   ${link}`);
   print(`  watch it:  npx openai-batch status ${runId} --work ${work} --watch`);
   return runId;
 }
@@ -207,9 +253,8 @@ export async function resumeRun(
       : `run ${runId} (${run.status}) taken over by a new execution; the old one ends at its next tick`,
   );
   print(`  execution: ${executionArn}`);
-  print(
-    `  console:   https://${cloud.region}.console.aws.amazon.com/states/home?region=${cloud.region}#/v2/executions/details/${executionArn}`,
-  );
+  const link = executionArn && executionConsoleUrl(executionArn);
+  if (link) print(`  console:   ${link}`);
   print(`  watch it:  npx openai-batch status ${runId} --work ${options.work ?? run.work} --watch`);
   return name;
 }

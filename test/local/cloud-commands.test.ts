@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,9 +19,16 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
 import { zeroCounts } from '../../functions/core/accounting';
+import { ConfigError } from '../../functions/core/errors';
 import type { LaneCheckpoint, Part, Run } from '../../functions/core/run';
 import { loadWork } from '../../infra/works';
-import { MAX_BATCH_LINES, shardsDoneBy, statusLines } from '../../local/cloud-commands';
+import {
+  deployed,
+  executionConsoleUrl,
+  MAX_BATCH_LINES,
+  shardsDoneBy,
+  statusLines,
+} from '../../local/cloud-commands';
 import { synthesizeDefinition } from '../../local/definition';
 import { startEmulator } from '../../local/emulator/server';
 import { type LocalEnvironment, runLocally, startLocalEnvironment } from '../../local/runner';
@@ -37,10 +44,11 @@ let dir: string;
 let args: string[];
 const credentials = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1' };
 
-/** Runs `openai-batch ARGS`; with `tty`, inside a pseudo-terminal made by `script`. */
+/** Runs `openai-batch ARGS`; with `tty`, inside a pseudo-terminal made by `script`; `env` over the credentials. */
 function cli(
   cliArgs: string[],
   tty = false,
+  env: NodeJS.ProcessEnv = {},
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const command = tty
     ? spawn(
@@ -51,11 +59,11 @@ function cli(
           '/dev/null',
         ],
         {
-          env: { ...process.env, ...credentials, TERM: 'xterm' },
+          env: { ...process.env, ...credentials, TERM: 'xterm', ...env },
         },
       )
     : spawn(process.execPath, ['bin/openai-batch.js', ...cliArgs], {
-        env: { ...process.env, ...credentials },
+        env: { ...process.env, ...credentials, ...env },
       });
   let stdout = '';
   let stderr = '';
@@ -197,33 +205,48 @@ describe('status, results and cancel against the stand-ins', () => {
   });
 });
 
+/** A StartExecution call a fake Step Functions endpoint received. */
+interface StartCall {
+  readonly target: string;
+  readonly body: { stateMachineArn: string; name: string; input: string };
+}
+
+/**
+ * No Step Functions server stand-in exists (aws-local-stepfunctions is a library): a fake endpoint that
+ * records the StartExecution calls a command makes and answers as Step Functions does, with the execution
+ * ARN `executionArn` makes of the call's name.
+ */
+async function fakeStepFunctions(executionArn: (name: string) => string) {
+  const received: StartCall[] = [];
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => {
+      body += c;
+    });
+    req.on('end', () => {
+      const call = { target: String(req.headers['x-amz-target']), body: JSON.parse(body) };
+      received.push(call);
+      res.writeHead(200, { 'content-type': 'application/x-amz-json-1.0' });
+      res.end(JSON.stringify({ executionArn: executionArn(call.body.name), startDate: 1795570000 }));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    received,
+    close: () => server.close(),
+  };
+}
+
 describe('start', () => {
   it("uploads a local dataset to the work's bucket and starts an execution named by the run id", async () => {
-    // No Step Functions server stand-in exists (aws-local-stepfunctions is a library): this fake endpoint
-    // only records the StartExecution call the command makes and answers as Step Functions does.
-    const received: { target: string; body: Record<string, unknown> }[] = [];
-    const fake = createServer((req, res) => {
-      let body = '';
-      req.on('data', (c) => {
-        body += c;
-      });
-      req.on('end', () => {
-        received.push({ target: String(req.headers['x-amz-target']), body: JSON.parse(body) });
-        res.writeHead(200, { 'content-type': 'application/x-amz-json-1.0' });
-        res.end(
-          JSON.stringify({
-            executionArn: 'arn:aws:states:us-east-1:123456789012:execution:run:first',
-            startDate: 1795570000,
-          }),
-        );
-      });
-    });
-    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const fake = await fakeStepFunctions(
+      (name) => `arn:aws:states:us-east-1:123456789012:execution:run:${name}`,
+    );
     try {
       const dataset = join(dir, 'to-upload.jsonl');
       writeFileSync(dataset, '{"id":"1","content":"hi"}\n');
       const arn = 'arn:aws:states:us-east-1:123456789012:stateMachine:run';
-      const port = (fake.address() as AddressInfo).port;
       const { code, stdout, stderr } = await cli([
         'start',
         'e2e-chat',
@@ -233,7 +256,7 @@ describe('start', () => {
         '--state-machine-arn',
         arn,
         '--sfn-endpoint',
-        `http://127.0.0.1:${port}`,
+        fake.endpoint,
         ...args.slice(2),
       ]);
       expect(stderr).toBe('');
@@ -245,7 +268,7 @@ describe('start', () => {
       expect(stdout).toContain(
         'console:   https://us-east-1.console.aws.amazon.com/states/home?region=us-east-1#/v2/executions/details/arn:aws:states:us-east-1:123456789012:execution:run:first',
       );
-      expect(received).toEqual([
+      expect(fake.received).toEqual([
         {
           target: 'AWSStepFunctions.StartExecution',
           body: {
@@ -255,6 +278,56 @@ describe('start', () => {
           },
         },
       ]);
+    } finally {
+      fake.close();
+    }
+  });
+});
+
+describe('the console link', () => {
+  it.each([
+    ['aws', 'eu-west-1', 'https://eu-west-1.console.aws.amazon.com'],
+    ['aws-cn', 'cn-north-1', 'https://console.amazonaws.cn'],
+    ['aws-us-gov', 'us-gov-west-1', 'https://console.amazonaws-us-gov.com'],
+  ])(
+    "is on the console of the execution's partition (%s) and in its region",
+    (partition, region, console) => {
+      const execution = `arn:${partition}:states:${region}:123456789012:execution:run:r1`;
+      expect(executionConsoleUrl(execution)).toBe(
+        `${console}/states/home?region=${region}#/v2/executions/details/${execution}`,
+      );
+    },
+  );
+
+  it('is left out for a partition whose console is not known here, rather than made up', () => {
+    expect(executionConsoleUrl('arn:aws-iso:states:us-iso-east-1:123456789012:execution:run:r1')).toBeNull();
+  });
+
+  it('start prints the link of its partition: an execution in aws-cn is on console.amazonaws.cn', async () => {
+    const fake = await fakeStepFunctions(
+      (name) => `arn:aws-cn:states:cn-north-1:123456789012:execution:run:${name}`,
+    );
+    try {
+      const { code, stdout, stderr } = await cli([
+        'start',
+        'e2e-chat',
+        `s3://${env.s3.bucket}/inputs/e2e-chat/a.jsonl`, // not a local file: nothing uploaded
+        '--run-id',
+        'in-china',
+        '--state-machine-arn',
+        'arn:aws-cn:states:cn-north-1:123456789012:stateMachine:run',
+        '--region',
+        'cn-north-1',
+        '--sfn-endpoint',
+        fake.endpoint,
+        ...args.slice(2),
+      ]);
+      expect(stderr).toBe('');
+      expect(code).toBe(0);
+      expect(stdout).toContain(
+        'console:   https://console.amazonaws.cn/states/home?region=cn-north-1#/v2/executions/details/arn:aws-cn:states:cn-north-1:123456789012:execution:run:in-china',
+      );
+      expect(fake.received).toHaveLength(1);
     } finally {
       fake.close();
     }
@@ -364,26 +437,9 @@ describe('start on a stack with autoStart (moto_server: S3 -> EventBridge, Step 
 
 describe('resume', () => {
   it('starts an execution that resumes a failed run, and refuses one that completed or was cancelled', async () => {
-    // As for start: a fake endpoint records the StartExecution calls and answers as Step Functions does.
-    const received: Record<string, unknown>[] = [];
-    const fake = createServer((req, res) => {
-      let body = '';
-      req.on('data', (c) => {
-        body += c;
-      });
-      req.on('end', () => {
-        const call = JSON.parse(body) as { name: string };
-        received.push(call);
-        res.writeHead(200, { 'content-type': 'application/x-amz-json-1.0' });
-        res.end(
-          JSON.stringify({
-            executionArn: `arn:aws:states:us-east-1:123456789012:execution:run:${call.name}`,
-            startDate: 1795570000,
-          }),
-        );
-      });
-    });
-    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const fake = await fakeStepFunctions(
+      (name) => `arn:aws:states:us-east-1:123456789012:execution:run:${name}`,
+    );
     try {
       const runs = new DynamoRunStore(env.dynamo.client, env.dynamo.table);
       const run = (runId: string, status: 'failed' | 'completed' | 'cancelled') =>
@@ -403,21 +459,13 @@ describe('resume', () => {
       await run('called-off', 'cancelled');
       const arn = 'arn:aws:states:us-east-1:123456789012:stateMachine:run';
       const resume = (runId: string) =>
-        cli([
-          'resume',
-          runId,
-          '--state-machine-arn',
-          arn,
-          '--sfn-endpoint',
-          `http://127.0.0.1:${(fake.address() as AddressInfo).port}`,
-          ...args,
-        ]);
+        cli(['resume', runId, '--state-machine-arn', arn, '--sfn-endpoint', fake.endpoint, ...args]);
       const resumed = await resume('broken');
       expect(resumed.stderr).toBe('');
       expect(resumed.code).toBe(0);
       expect(resumed.stdout).toContain('run broken resumed (it had failed: InvariantError: it broke)');
       expect(resumed.stdout).toContain('watch it:  npx openai-batch status broken --work e2e-chat --watch');
-      expect(received).toEqual([
+      expect(fake.received.map((call) => call.body)).toEqual([
         {
           stateMachineArn: arn,
           name: expect.stringMatching(/^broken-resume-[0-9a-z]+$/),
@@ -436,12 +484,126 @@ describe('resume', () => {
       );
       const missing = await resume('never-ran');
       expect(missing.stderr).toContain(`error: No run never-ran in table ${env.dynamo.table}.`);
-      expect(received).toHaveLength(1); // nothing started for the refused ones
+      expect(fake.received).toHaveLength(1); // nothing started for the refused ones
     } finally {
       fake.close();
     }
   });
 });
+
+/** Sets (or, for undefined, deletes) environment variables around `action`, and puts them back after. */
+async function withEnv<T>(vars: NodeJS.ProcessEnv, action: () => Promise<T>): Promise<T> {
+  const saved = Object.fromEntries(Object.keys(vars).map((name) => [name, process.env[name]]));
+  const apply = (values: NodeJS.ProcessEnv) => {
+    for (const [name, value] of Object.entries(values))
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+  };
+  apply(vars);
+  try {
+    return await action();
+  } finally {
+    apply(saved);
+  }
+}
+
+describe('the region the commands use', () => {
+  const profiles = '[default]\nregion = eu-west-1\n\n[profile other]\nregion = ap-south-1\n';
+  let configs = 0;
+  /**
+   * The environment of a machine where `aws configure` wrote `config` and nothing else names a region: no
+   * AWS_REGION, AWS_DEFAULT_REGION or AWS_PROFILE, no credentials file. Each config is a file of its own,
+   * as the SDK keeps a file it has read by its path.
+   */
+  const configured = (config: string): NodeJS.ProcessEnv => {
+    const file = join(dir, `aws-config-${configs++}`);
+    writeFileSync(file, config);
+    return {
+      AWS_CONFIG_FILE: file,
+      AWS_SHARED_CREDENTIALS_FILE: join(dir, 'no-aws-credentials'),
+      AWS_REGION: undefined,
+      AWS_DEFAULT_REGION: undefined,
+      AWS_PROFILE: undefined,
+    };
+  };
+  /** The region `deployed` says and its Step Functions client signs for; every resource is a flag, so nothing is called. */
+  const regionWith = (env: NodeJS.ProcessEnv, region?: string) =>
+    withEnv(env, async () => {
+      const cloud = await deployed(
+        {
+          bucket: 'b',
+          table: 't',
+          stateMachineArn: 'arn:aws:states:eu-west-1:123456789012:stateMachine:run',
+          ...(region ? { region } : {}),
+        },
+        true,
+      );
+      expect(await cloud.sfn.config.region()).toBe(cloud.region);
+      return cloud.region;
+    });
+
+  it("is the profile's region when no variable names one (`aws configure`, nothing exported), AWS_PROFILE's if set", async () => {
+    expect(await regionWith(configured(profiles))).toBe('eu-west-1');
+    expect(await regionWith({ ...configured(profiles), AWS_PROFILE: 'other' })).toBe('ap-south-1');
+  });
+
+  it('is --region over everything, then AWS_REGION, then AWS_DEFAULT_REGION (as the AWS CLI and cdk deploy read it), then the profile', async () => {
+    const variables = { AWS_REGION: 'us-west-2', AWS_DEFAULT_REGION: 'eu-north-1' };
+    expect(await regionWith({ ...configured(profiles), ...variables }, 'ca-central-1')).toBe('ca-central-1');
+    expect(await regionWith({ ...configured(profiles), ...variables })).toBe('us-west-2');
+    expect(await regionWith({ ...configured(profiles), AWS_DEFAULT_REGION: 'eu-north-1' })).toBe(
+      'eu-north-1',
+    );
+  });
+
+  it('is refused, with what to do, when nothing names one (not a silent us-east-1)', async () => {
+    const refusal = (env: NodeJS.ProcessEnv) => regionWith(env).catch((caught: unknown) => caught);
+    const none = await refusal(configured(''));
+    expect(none).toBeInstanceOf(ConfigError);
+    expect((none as Error).message).toMatch(
+      /^No AWS region: pass --region, set AWS_REGION, or give the profile default a region \(`aws configure set region <region>`\)\. The AWS SDK said: /,
+    );
+    // A profile without a region (or not in the file) is named, and so is the command that gives it one.
+    expect(String(await refusal({ ...configured(profiles), AWS_PROFILE: 'work' }))).toContain(
+      'give the profile work a region (`aws configure set region <region> --profile work`)',
+    );
+  });
+
+  it("status looks for the stack in the profile's region, signs for it, and says which region it looked in", async () => {
+    // CloudFormation's answer for a stack that is not in the region asked.
+    const signedFor: (string | undefined)[] = [];
+    const fake = createServer((req, res) => {
+      signedFor.push(credentialScopeRegion(req.headers));
+      req.resume().on('end', () => {
+        res.writeHead(400, { 'content-type': 'text/xml' });
+        res.end(
+          '<ErrorResponse><Error><Type>Sender</Type><Code>ValidationError</Code><Message>Stack with id OpenAIBatch-e2e-chat does not exist</Message></Error><RequestId>1</RequestId></ErrorResponse>',
+        );
+      });
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    try {
+      const endpoint = `http://127.0.0.1:${(fake.address() as AddressInfo).port}`;
+      const { code, stderr } = await cli(
+        ['status', '--work', 'e2e-chat', '--endpoint-url', endpoint],
+        false,
+        configured(profiles),
+      );
+      expect(code).toBe(2);
+      expect(stderr).toContain(
+        'error: Cannot read the stack OpenAIBatch-e2e-chat in eu-west-1: Stack with id OpenAIBatch-e2e-chat does not exist.',
+      );
+      expect(signedFor).toEqual(['eu-west-1']);
+    } finally {
+      fake.close();
+    }
+  });
+});
+
+/** The region a SigV4-signed request is signed for: the third field of its credential scope. */
+function credentialScopeRegion(headers: IncomingHttpHeaders): string | undefined {
+  return /Credential=[^/]+\/\d{8}\/([^/]+)\//.exec(headers.authorization ?? '')?.[1];
+}
 
 describe('status of a run of many batches', () => {
   it(`draws a bar for at most ${MAX_BATCH_LINES} batches, those not done first, and counts the rest in one line`, () => {

@@ -60,8 +60,24 @@ function unsignedPayload(
   return command;
 }
 
-/** The size of an upload's parts: S3's smallest but for the last. */
+/** The size of an upload's first parts: S3's smallest but for the last. */
 const PART_BYTES = 5 * 1024 * 1024;
+
+/**
+ * How large an upload's parts are, by part number, and how many it may have. S3 takes at most 10,000
+ * parts: at 5 MiB all through, an object stopped at 48.8 GiB (an inflated gzip dataset, a dataset the CLI
+ * uploads). Later parts are larger, so that an object may reach 283 GiB while one under 9.8 GiB is sent in
+ * 5 MiB parts (the writer holds two part buffers: 80 MiB at most, past 48.8 GiB).
+ */
+export interface PartSizes {
+  readonly bytes: (partNumber: number) => number;
+  readonly most: number;
+}
+
+export const PART_SIZES: PartSizes = {
+  bytes: (n) => (n <= 2000 ? PART_BYTES : n <= 4000 ? 4 * PART_BYTES : 8 * PART_BYTES),
+  most: 10_000,
+};
 /** A body up to this size is sent as the chunks it came in; a larger one is copied into a part buffer. */
 const SMALL_BYTES = 64 * 1024;
 /** Part buffers a process keeps for its next uploads. */
@@ -73,12 +89,13 @@ const spare: Buffer[] = [];
  * (and dropped the writer's chunks after a copy of them) each time left tens of MiB of dead array buffers
  * for the collector's next full pass, which is what bounded a step's memory.
  */
-function takePieceBuffer(): Buffer {
+function takePieceBuffer(bytes: number): Buffer {
+  if (bytes !== PART_BYTES) return Buffer.allocUnsafeSlow(bytes); // the rare large part: not kept
   return spare.pop() ?? Buffer.allocUnsafeSlow(PART_BYTES);
 }
 
 function givePieceBuffer(piece: Buffer): void {
-  if (spare.length < SPARE_PIECES) spare.push(piece);
+  if (piece.length === PART_BYTES && spare.length < SPARE_PIECES) spare.push(piece);
 }
 
 /**
@@ -94,6 +111,8 @@ class PartUpload {
   private piece: Buffer | null = null;
   private used = 0;
   private uploadId: string | null = null;
+  /** Parts sent or being sent. */
+  private started = 0;
   private readonly parts: CompletedPart[] = [];
   /** The part being sent, if any: it settles once S3 has it (or has refused it). */
   private sending: Promise<void> | null = null;
@@ -102,6 +121,7 @@ class PartUpload {
     private readonly s3: S3Client,
     private readonly bucket: string,
     private readonly key: string,
+    private readonly sizes: PartSizes,
   ) {}
 
   async add(chunk: Uint8Array): Promise<void> {
@@ -111,7 +131,7 @@ class PartUpload {
       return;
     }
     if (!this.piece) {
-      this.piece = takePieceBuffer();
+      this.piece = takePieceBuffer(this.sizes.bytes(1));
       for (const held of this.small) await this.fill(held);
       this.small = [];
     }
@@ -122,10 +142,10 @@ class PartUpload {
   private async fill(chunk: Uint8Array): Promise<void> {
     let from = 0;
     while (from < chunk.length) {
-      if (this.used === PART_BYTES) await this.startPart();
-      const piece = this.piece ?? takePieceBuffer();
+      if (this.piece && this.used === this.piece.length) await this.startPart();
+      const piece = this.piece ?? takePieceBuffer(this.sizes.bytes(this.started + 1));
       this.piece = piece;
-      const n = Math.min(PART_BYTES - this.used, chunk.length - from);
+      const n = Math.min(piece.length - this.used, chunk.length - from);
       piece.set(chunk.subarray(from, from + n), this.used);
       this.used += n;
       from += n;
@@ -152,12 +172,24 @@ class PartUpload {
       if (!created.UploadId) throw new Error(`S3 gave no upload id for ${this.key}`);
       this.uploadId = created.UploadId;
     }
-    const sending = this.sendPart(this.uploadId, this.parts.length + 1, piece, this.used);
+    if (this.started === this.sizes.most)
+      throw new Error(
+        `${this.key} is larger than an upload can be here: ${this.sizes.most} parts, ${(this.bytesOfParts() / 1024 ** 3).toFixed(1)} GiB, and more bytes follow`,
+      );
+    this.started += 1;
+    const sending = this.sendPart(this.uploadId, this.started, piece, this.used);
     // Handled here so that a failure between two waits is not an unhandled rejection; the next wait throws it.
     sending.catch(() => {});
     this.sending = sending;
     this.piece = null;
     this.used = 0;
+  }
+
+  /** The bytes the upload's parts hold when all are full. */
+  private bytesOfParts(): number {
+    let bytes = 0;
+    for (let n = 1; n <= this.sizes.most; n++) bytes += this.sizes.bytes(n);
+    return bytes;
   }
 
   /** Waits for the part in flight, if any, and throws its failure. */
@@ -238,6 +270,7 @@ export class S3BlobStore implements BlobStore {
   constructor(
     private readonly s3: S3Client,
     private readonly bucket: string,
+    private readonly partSizes: PartSizes = PART_SIZES,
   ) {}
 
   async *read(key: string, start = 0, etag?: string, end?: number): AsyncGenerator<Uint8Array> {
@@ -282,7 +315,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   async write(key: string, body: AsyncIterable<Uint8Array>): Promise<number> {
-    const upload = new PartUpload(this.s3, this.bucket, key);
+    const upload = new PartUpload(this.s3, this.bucket, key, this.partSizes);
     let bytes = 0;
     try {
       for await (const chunk of body) {

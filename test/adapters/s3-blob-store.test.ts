@@ -1,6 +1,6 @@
 import { CreateBucketCommand, GetObjectTaggingCommand, S3Client } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
-import { S3BlobStore } from '../../functions/adapters/s3-blob-store';
+import { PART_SIZES, type PartSizes, S3BlobStore } from '../../functions/adapters/s3-blob-store';
 import { DatasetError } from '../../functions/core/errors';
 import { runKeys } from '../../functions/core/run';
 import { writeAll } from '../../functions/steps/storage';
@@ -175,6 +175,43 @@ describe('S3BlobStore', () => {
       expect(await shared.blobs.write(c.key, inChunks(c.data, c.chunk))).toBe(c.data.length);
     for (const c of cases)
       expect(Buffer.concat(await collect(shared.blobs.read(c.key))).equals(c.data), c.key).toBe(true);
+  });
+
+  it('sends larger parts past the first ones, as the part sizes say, and refuses a body past the last part with no object left', async () => {
+    const MiB = 1024 * 1024;
+    // PART_SIZES: 5 MiB parts up to 9.8 GiB, larger ones after, 10,000 parts (S3's most) reaching 283 GiB.
+    expect([1, 2000, 2001, 4000, 4001, 10_000].map((n) => PART_SIZES.bytes(n) / MiB)).toEqual([5, 5, 20, 20, 40, 40]);
+    let most = 0;
+    for (let n = 1; n <= PART_SIZES.most; n++) most += PART_SIZES.bytes(n);
+    expect(most / 1024 ** 3).toBeGreaterThan(280);
+    expect(PART_SIZES.most).toBe(10_000);
+    // The same rule on a small scale: parts of 5, then 6 MiB, three at most.
+    const sizes: PartSizes = { bytes: (n) => (n === 1 ? 5 : 6) * MiB, most: 3 };
+    const probe = new S3BlobStore(localS3Client(shared.s3.endpoint), shared.s3.bucket, sizes);
+    const sent: number[] = [];
+    (probe as unknown as { s3: S3Client }).s3.middlewareStack.add(
+      (next, context) => (args) => {
+        if (context.commandName === 'UploadPartCommand')
+          sent.push(
+            Number((args.request as { headers?: Record<string, string> }).headers?.['content-length']),
+          );
+        return next(args);
+      },
+      { step: 'finalizeRequest', priority: 'low', name: 'parts' },
+    );
+    const body = (bytes: number) => {
+      const bytesOf = Buffer.allocUnsafe(bytes);
+      for (let i = 0; i < bytes; i++) bytesOf[i] = i % 251;
+      return bytesOf;
+    };
+    const whole = body(17 * MiB);
+    await probe.write('grown/ok', chunksOf(whole));
+    expect(sent.map((n) => n / MiB)).toEqual([5, 6, 6]);
+    expect(Buffer.concat(await collect(probe.read('grown/ok'))).equals(whole)).toBe(true);
+    await expect(probe.write('grown/over', chunksOf(body(17 * MiB + 1)))).rejects.toThrow(
+      /grown\/over is larger than an upload can be here: 3 parts, 0\.0 GiB/,
+    );
+    expect(await probe.head('grown/over')).toBeNull();
   });
 
   it('leaves the bodies of PutObject and UploadPart out of the signature, and nothing else', async () => {

@@ -27,6 +27,7 @@ import { INTERMEDIATE_TAG } from '../functions/adapters/s3-blob-store';
 import { API_KEY_PLACEHOLDER, WEBHOOK_SECRET_PLACEHOLDER } from '../functions/adapters/secret';
 import type { WorkSettings } from '../functions/core/work';
 import { BatchFunction } from './batch-function';
+import { startOnUploadDetail } from './start-on-upload';
 import { runDefinition, TASKS, type TaskName } from './state-machine';
 import { heapFlagsOf, STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB } from './step-memory';
 
@@ -60,7 +61,7 @@ export interface OpenAIBatchWorkProps {
   readonly notificationEmail?: string;
   /** Topic to tell when a run ends. Not with `notificationEmail`. @default none */
   readonly topic?: sns.ITopic | sns.Topic;
-  /** Start a run for each object created under `inputs/<work>/`. @default false */
+  /** Start a run for each object created under `inputs/<work>/` (not for an empty one, or a folder). @default false */
   readonly autoStart?: boolean;
   /** Alarm when a batch has made no progress for this long. @default Duration.hours(6) */
   readonly stuckBatchAlarmAfter?: Duration;
@@ -173,7 +174,7 @@ export class OpenAIBatchWork extends Construct {
   public readonly stateMachine: sfn.StateMachine;
   public readonly alarms: readonly cloudwatch.Alarm[];
   public readonly dashboard: cloudwatch.Dashboard;
-  /** Whether a run starts for each object created under `inputs/<work>/`. */
+  /** Whether a run starts for each object of data created under `inputs/<work>/`. */
   public readonly autoStart: boolean;
   /** The webhook receiver, its public URL and its signing secret, when webhooks are on. */
   public readonly webhook:
@@ -521,14 +522,11 @@ export class OpenAIBatchWork extends Construct {
     // On an imported bucket CDK's custom resource merges EventBridge into the notifications already set.
     this.bucket.enableEventBridgeNotification();
     new events.Rule(this, 'StartOnUpload', {
-      description: `Start an openai-batch run for each object created under inputs/${work}/`,
+      description: `Start an openai-batch run for each object of data created under inputs/${work}/`,
       eventPattern: {
         source: ['aws.s3'],
         detailType: ['Object Created'],
-        detail: {
-          bucket: { name: [this.bucket.bucketName] },
-          object: { key: [{ prefix: `inputs/${work}/` }] },
-        },
+        detail: startOnUploadDetail(this.bucket.bucketName, work),
       },
       targets: [
         new targets.SfnStateMachine(this.stateMachine, {

@@ -32,6 +32,25 @@ export const PREPARE_MAP_STATE = 'Prepare lanes';
 /** Errors that retrying cannot fix: bad input, a refused run, a bug. */
 const FATAL = ['ConfigError', 'DatasetError', 'DuplicateDatasetError', 'CostLimitError', 'InvariantError'];
 
+/**
+ * How a Task state rides out Lambda throttling (`Lambda.TooManyRequestsException`, which CDK's
+ * `retryOnServiceExceptions` does not cover): the Prepare Map starts up to 40 lanes at once, and on an
+ * account with little free concurrency the lanes beyond it are throttled for minutes, which States.ALL's
+ * few attempts (75 s) would turn into a failed run. Waits up to 2, 4, ... 256 s, then 5 min, 30 times
+ * (about 2 hours at most, 1 hour on average under FULL jitter, which also spreads the lanes' retries
+ * apart); a throttle that outlasts that is taken as the account's setting (a reserved concurrency of 0),
+ * not a burst. A throttled invocation never ran, so retrying it cannot do anything twice. Each attempt
+ * adds two or three events to the execution's history: a lane throttled throughout, under 100 of 25,000.
+ */
+const THROTTLE_RETRY: sfn.RetryProps = {
+  errors: ['Lambda.TooManyRequestsException'],
+  interval: Duration.seconds(2),
+  backoffRate: 2,
+  maxDelay: Duration.minutes(5),
+  maxAttempts: 30,
+  jitterStrategy: sfn.JitterType.FULL,
+};
+
 /** Task timeouts, a little above each function's own. */
 export const TASK_TIMEOUTS: Record<TaskName, Duration> = {
   Register: Duration.minutes(11),
@@ -60,8 +79,18 @@ export function runDefinition(
   /** The work's `prepareConcurrency`: lanes prepared at once (the Map's MaxConcurrency). */
   prepareConcurrency: number,
 ): sfn.IChainable {
-  const task = (name: TaskName, payload: Record<string, unknown>, resultPath: string) =>
-    new tasks.LambdaInvoke(scope, name, {
+  /**
+   * A Lambda task and its retriers, in the order Step Functions tries them (the first that names the error
+   * is the one used): Lambda's transient service errors (CDK's), the FATAL errors never (unless `fatal` is
+   * false), throttling for long (THROTTLE_RETRY), then anything else `attempts` times (States.ALL, last).
+   */
+  const task = (
+    name: TaskName,
+    payload: Record<string, unknown>,
+    resultPath: string,
+    retry: { readonly attempts: number; readonly fatal?: boolean },
+  ) => {
+    const state = new tasks.LambdaInvoke(scope, name, {
       lambdaFunction: functions[name],
       payload: sfn.TaskInput.fromObject(payload),
       payloadResponseOnly: true,
@@ -69,23 +98,30 @@ export function runDefinition(
       taskTimeout: sfn.Timeout.duration(TASK_TIMEOUTS[name]),
       retryOnServiceExceptions: true,
     });
+    if (retry.fatal !== false) state.addRetry({ errors: FATAL, maxAttempts: 0 });
+    state.addRetry(THROTTLE_RETRY);
+    state.addRetry({
+      errors: ['States.ALL'],
+      maxAttempts: retry.attempts,
+      interval: Duration.seconds(5),
+      backoffRate: 2,
+      maxDelay: Duration.minutes(2),
+    });
+    return state;
+  };
   const runId = { 'runId.$': '$.run.runId' };
 
   const failed = new sfn.Fail(scope, 'Failed', {
     errorPath: '$.failure.error',
     causePath: '$.failure.cause',
   });
+  // Every error of MarkFailed is retried: it is what winds a failing run down.
   const markFailed = task(
     'MarkFailed',
     { 'state.$': '$', 'executionName.$': '$$.Execution.Name' },
     '$.failure',
+    { attempts: 3, fatal: false },
   );
-  markFailed.addRetry({
-    errors: ['States.ALL'],
-    maxAttempts: 3,
-    interval: Duration.seconds(5),
-    backoffRate: 2,
-  });
   // MarkFailed cancels the run's batches and collects what OpenAI finished; it comes back while they cancel.
   markFailed.next(
     new sfn.Choice(scope, 'Wound down?')
@@ -100,27 +136,17 @@ export function runDefinition(
       .otherwise(failed),
   );
 
-  const guard = (state: tasks.LambdaInvoke, attempts: number) => {
-    state.addRetry({ errors: FATAL, maxAttempts: 0 });
-    state.addRetry({
-      errors: ['States.ALL'],
-      maxAttempts: attempts,
-      interval: Duration.seconds(5),
-      backoffRate: 2,
-      maxDelay: Duration.minutes(2),
-    });
-    state.addCatch(markFailed, { resultPath: '$.error' });
-    return state;
-  };
+  const guard = (state: tasks.LambdaInvoke) => state.addCatch(markFailed, { resultPath: '$.error' });
 
   const register = guard(
-    task('Register', { 'input.$': '$', 'executionName.$': '$$.Execution.Name' }, '$.run'),
-    3,
+    task('Register', { 'input.$': '$', 'executionName.$': '$$.Execution.Name' }, '$.run', { attempts: 3 }),
   );
-  const tick = guard(task('Tick', { ...runId, 'executionName.$': '$$.Execution.Name' }, '$.tick'), 6);
-  const finalize = guard(task('Finalize', runId, '$.summary'), 3);
-  const cleanUp = guard(task('CleanUp', runId, '$.cleanUp'), 3);
-  const notify = guard(task('Notify', runId, '$.notify'), 3);
+  const tick = guard(
+    task('Tick', { ...runId, 'executionName.$': '$$.Execution.Name' }, '$.tick', { attempts: 6 }),
+  );
+  const finalize = guard(task('Finalize', runId, '$.summary', { attempts: 3 }));
+  const cleanUp = guard(task('CleanUp', runId, '$.cleanUp', { attempts: 3 }));
+  const notify = guard(task('Notify', runId, '$.notify', { attempts: 3 }));
   const continueRun = guard(
     task(
       'ContinueRun',
@@ -130,8 +156,8 @@ export function runDefinition(
         'executionName.$': '$$.Execution.Name',
       },
       '$.continued',
+      { attempts: 3 },
     ),
-    3,
   );
   const wait = new sfn.Wait(scope, WAIT_STATE, { time: sfn.WaitTime.secondsPath('$.tick.waitSeconds') });
 
@@ -148,7 +174,7 @@ export function runDefinition(
       .otherwise(wait.next(tick)),
   );
   // Settle, once every lane is done: drops the later uses of a custom_id, checks the cost, releases the parts.
-  const settle = guard(task('Settle', runId, '$.settle'), 4);
+  const settle = guard(task('Settle', runId, '$.settle', { attempts: 4 }));
   const settleLoop = settle.next(
     new sfn.Choice(scope, 'Settled?')
       .when(sfn.Condition.booleanEquals('$.settle.settled', true), loop)
@@ -157,15 +183,7 @@ export function runDefinition(
 
   // A lane's own state is `{ runId, lane }`. A Catch cannot leave the Map's processor: a lane that fails
   // for good fails the Map, whose Catch hands MarkFailed the whole state, as every other task does.
-  const prepare = task('Prepare', { 'runId.$': '$.runId', 'lane.$': '$.lane' }, '$.prepare');
-  prepare.addRetry({ errors: FATAL, maxAttempts: 0 });
-  prepare.addRetry({
-    errors: ['States.ALL'],
-    maxAttempts: 4,
-    interval: Duration.seconds(5),
-    backoffRate: 2,
-    maxDelay: Duration.minutes(2),
-  });
+  const prepare = task('Prepare', { 'runId.$': '$.runId', 'lane.$': '$.lane' }, '$.prepare', { attempts: 4 });
   const lane = prepare.next(
     new sfn.Choice(scope, 'Lane done?')
       .when(sfn.Condition.booleanEquals('$.prepare.done', true), new sfn.Succeed(scope, 'Lane prepared'))

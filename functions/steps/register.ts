@@ -94,6 +94,19 @@ export async function eventKey(deps: StepDeps<unknown>, key: string): Promise<st
   return key;
 }
 
+/**
+ * Why autoStart starts no run for an object whose key ends in `/`: read as a dataset, that key is a
+ * prefix, and a run over the folder would race the runs of the objects uploaded into it (the same
+ * records paid twice, under other dataset hashes). The rule already keeps out the empty ones (the S3
+ * console's folders), so what gets here holds data someone should hear of: a DatasetError names it. It
+ * is not ended quietly, as no step has an outcome that ends an execution without a run.
+ */
+function folderEventError(deps: StepDeps<unknown>, key: string): DatasetError {
+  return new DatasetError(
+    `No run for s3://${deps.bucket}/${key}: its key ends in "/", which names a folder, and autoStart starts a run for each object uploaded, never for a folder. To run what this object holds, copy it to a key that does not end in "/".`,
+  );
+}
+
 /** Keys a "No dataset" message names as what the user may have meant. */
 const SUGGESTED_KEYS = 3;
 
@@ -374,6 +387,7 @@ export async function register(
   if (input.dataset === undefined)
     throw new ConfigError('dataset is required: "s3://bucket/key" or a key in the work\'s bucket.');
   const { key: given } = datasetLocation(input.dataset, deps.bucket);
+  if (input.fromS3Event && given.endsWith('/')) throw folderEventError(deps, given);
   const key = input.fromS3Event ? await eventKey(deps, given) : given;
   const scan = await scanDataset(deps, key);
   const datasetHashValue = await datasetHash(deps, scan);

@@ -28,15 +28,48 @@ beforeAll(async () => {
   loaded = await loadWork(fixture);
 }, 60_000);
 
+/** A retrier as the Amazon States Language spells it. */
+type Retrier = {
+  ErrorEquals: string[];
+  IntervalSeconds?: number;
+  MaxAttempts?: number;
+  BackoffRate?: number;
+  MaxDelaySeconds?: number;
+  JitterStrategy?: string;
+};
+
 type State = Record<string, unknown> & {
   Type?: string;
   Next?: string;
+  Resource?: string;
   Catch?: { ErrorEquals: string[]; Next: string; ResultPath?: string }[];
-  Retry?: { ErrorEquals: string[]; MaxAttempts?: number }[];
+  Retry?: Retrier[];
   Choices?: { Variable: string; BooleanEquals: boolean; Next: string }[];
   Default?: string;
   Parameters?: Record<string, unknown>;
 };
+
+/** The error Step Functions reports when Lambda throttles an invocation. */
+const THROTTLED = 'Lambda.TooManyRequestsException';
+
+/** Every Task state that invokes a Lambda function, by name, the Map's item processor included. */
+function lambdaTasks(states: Definition): Record<string, State> {
+  const found: Record<string, State> = {};
+  for (const [name, state] of Object.entries(states.States) as [string, State][]) {
+    if (state.Type === 'Task' && /:lambda:/.test(state.Resource ?? '')) found[name] = state;
+    const processor = (state.ItemProcessor ?? state.Iterator) as Definition | undefined;
+    if (processor) Object.assign(found, lambdaTasks(processor));
+  }
+  return found;
+}
+
+/** The longest wait before each retry of a retrier (with FULL jitter, the wait is random up to it). */
+function retryWaits(retrier: Retrier): number[] {
+  const { IntervalSeconds = 1, BackoffRate = 2, MaxAttempts = 3, MaxDelaySeconds = Infinity } = retrier;
+  return Array.from({ length: MaxAttempts }, (_, attempt) =>
+    Math.min(IntervalSeconds * BackoffRate ** attempt, MaxDelaySeconds),
+  );
+}
 
 describe('the run state machine', () => {
   let definition: Definition;
@@ -103,6 +136,27 @@ describe('the run state machine', () => {
         { ErrorEquals: ['States.ALL'], ResultPath: '$.error', Next: 'MarkFailed' },
       ]);
       expect(task.TimeoutSeconds, name).toBe(TASK_TIMEOUTS[name].toSeconds());
+    }
+  });
+
+  it('rides out Lambda throttling on every Lambda task for about an hour, with jitter, before States.ALL', () => {
+    const tasks = lambdaTasks(definition);
+    expect(Object.keys(tasks).sort()).toEqual([...TASKS].sort()); // the Map's Prepare too
+    for (const [name, task] of Object.entries(tasks)) {
+      const retries = task.Retry ?? [];
+      // Step Functions retries with the first retrier that names the error (States.ALL names every one).
+      const throttled = retries.find(
+        (r) => r.ErrorEquals.includes(THROTTLED) || r.ErrorEquals.includes('States.ALL'),
+      );
+      expect(throttled?.ErrorEquals, name).toEqual([THROTTLED]);
+      expect(throttled?.JitterStrategy, name).toBe('FULL');
+      expect(throttled?.MaxDelaySeconds, name).toBeLessThanOrEqual(300);
+      const waits = retryWaits(throttled as Retrier);
+      // FULL jitter waits a random time up to each backoff: half of it on average.
+      const expectedSeconds = waits.reduce((sum, wait) => sum + wait, 0) / 2;
+      expect(expectedSeconds, name).toBeGreaterThanOrEqual(45 * 60);
+      expect(expectedSeconds, name).toBeLessThanOrEqual(2 * 3600); // bounded: a throttle that never ends fails the run
+      expect(retries.at(-1)?.ErrorEquals, name).toEqual(['States.ALL']); // States.ALL must come last
     }
   });
 
@@ -245,6 +299,29 @@ describe('the state machine run locally by aws-local-stepfunctions', () => {
     );
     expect(most).toBe(2);
     expect(events.Prepare).toHaveLength(15);
+  });
+
+  it('waits out a lane whose Prepare Lambda throttles, where States.ALL would have failed the run', async () => {
+    let throttles = 0;
+    const { handlers, events } = stubs({
+      lanes: [0, 1, 2],
+      prepare: async ({ lane }) => {
+        // Past States.ALL's 4 attempts: Lambda refuses lane 2 while the other lanes hold the concurrency.
+        if (lane === 2 && throttles < 12) {
+          throttles += 1;
+          throw Object.assign(new Error('Rate Exceeded.'), { name: 'Lambda.TooManyRequestsException' });
+        }
+      },
+    });
+    await executeLocally(
+      await definitionWith(4),
+      handlers,
+      { dataset: 'inputs/x.jsonl' },
+      { executionName: 'run-1' },
+    );
+    expect(throttles).toBe(12);
+    expect(events.MarkFailed).toBeUndefined();
+    expect(events.Tick).toHaveLength(1);
   });
 
   it('fails a run whose lane fails for good into MarkFailed, with the whole state and the error', async () => {

@@ -406,4 +406,34 @@ describe('an S3 event key (autoStart)', () => {
     expect(await eventKey(deps, 'ev/none+here.jsonl')).toBe('ev/none+here.jsonl');
     expect(await keysOf(await eventKey(deps, 'ev/red+flower.jsonl'))).toEqual(['ev/red flower.jsonl']);
   });
+
+  it('starts no run for a folder, even one that holds data, nor for an empty object, and names the key', async () => {
+    const fromEvent = (runId: string, dataset: string) =>
+      register(deps, { dataset, runId, resume: false, execution: runId, fromS3Event: true });
+    await put('ev/folder/', '{"id":"f"}\n'); // an object of data under a folder's key
+    await put('ev/folder/a.jsonl', '{"id":"a"}\n');
+    await put('ev/empty-folder/', ''); // the S3 console's "Create folder"
+    await put('ev/empty.jsonl', '');
+    // Read as a prefix, ev/folder/ would be a run over a.jsonl too, racing a.jsonl's own run.
+    // A DatasetError: the state machine does not retry it, and MarkFailed says why.
+    await expect(fromEvent('folder-1', 'ev/folder/')).rejects.toMatchObject({
+      name: 'DatasetError',
+      message:
+        'No run for s3://register-test/ev/folder/: its key ends in "/", which names a folder, and autoStart starts a run for each object uploaded, never for a folder. To run what this object holds, copy it to a key that does not end in "/".',
+    });
+    await expect(fromEvent('folder-2', 'ev/empty-folder/')).rejects.toMatchObject({
+      name: 'DatasetError',
+      message: expect.stringMatching(/^No run for s3:\/\/register-test\/ev\/empty-folder\/: /),
+    });
+    await expect(fromEvent('empty-1', 'ev/empty.jsonl')).rejects.toMatchObject({
+      name: 'DatasetError',
+      message: 'The dataset s3://register-test/ev/empty.jsonl is empty: there is nothing to run.',
+    });
+    for (const runId of ['folder-1', 'folder-2', 'empty-1']) {
+      expect(await deps.runs.getRun(runId)).toBeNull();
+      expect(await deps.blobs.head(runKeys(runId).plan)).toBeNull();
+    }
+    // Started by hand, a key ending in "/" is a prefix: its objects of data.
+    expect((await registerRun('folder-3', 'ev/folder/')).objects).toBe(1);
+  });
 });

@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { EventBridgeClient, PutRuleCommand, PutTargetsCommand } from '@aws-sdk/client-eventbridge';
+import { startOnUploadDetail } from '../../infra/start-on-upload';
 import { freePort } from '../../local/stand-ins';
 
 /** A moto_server (the machine's Python) on a loopback port. */
@@ -64,9 +65,10 @@ export async function motoSqs(
 }
 
 /**
- * The stack's autoStart rule (infra/openai-batch-work.ts), its pattern as synthesized: Object Created under
- * `inputs/<work>/` of `bucket`. moto's EventBridge cannot start a Step Functions execution, so its target is
- * a new queue `queueName`: each message in it is a run autoStart would have started. Resolves with its URL.
+ * The stack's autoStart rule (infra/openai-batch-work.ts), with the pattern's detail the stack puts in it
+ * (infra/start-on-upload.ts): Object Created of data under `inputs/<work>/` of `bucket`. moto's EventBridge
+ * cannot start a Step Functions execution, so its target is a new queue `queueName`: each message in it is
+ * a run autoStart would have started. Resolves with its URL.
  */
 export async function autoStartRuleToQueue(
   endpoint: string,
@@ -84,7 +86,7 @@ export async function autoStartRuleToQueue(
       EventPattern: JSON.stringify({
         source: ['aws.s3'],
         'detail-type': ['Object Created'],
-        detail: { bucket: { name: [bucket] }, object: { key: [{ prefix: `inputs/${work}/` }] } },
+        detail: startOnUploadDetail(bucket, work),
       }),
     }),
   );

@@ -23,6 +23,7 @@ import { openaiWebhookVerifier } from './adapters/webhook-verifier';
 import { ConfigError } from './core/errors';
 import { describeIssues } from './core/issues';
 import { createHandlers } from './handlers';
+import { DEFAULT_STEP_BUDGET_MS } from './steps/deps';
 import { receiverSecret, receiveWebhook, type WebhookDeps } from './steps/webhook';
 
 /** The environment the stack gives every function. */
@@ -33,7 +34,7 @@ export const LambdaEnvSchema = z.object({
   EVENT_BUS_NAME: z.string().min(1),
   TOPIC_ARN: z.string().min(1).optional(),
   OPENAI_BASE_URL: z.url().optional(),
-  STEP_BUDGET_MS: z.coerce.number().int().positive().default(240_000),
+  STEP_BUDGET_MS: z.coerce.number().int().positive().default(DEFAULT_STEP_BUDGET_MS),
   /** The webhook receiver only: its signing secret and the state machine it restarts runs of. */
   WEBHOOK_SECRET_ID: z.string().min(1).optional(),
   STATE_MACHINE_ARN: z.string().min(1).optional(),

@@ -129,7 +129,9 @@ export const SIZING: Record<TaskName, { memorySize: number; timeout: Duration }>
   // millisecond of CPU an object with TLS, so 100,000 objects need a whole vCPU (1,769 MB) to end in about
   // two minutes; at 512 MB (0.29 vCPU) they took longer than its 5 minutes, and every retry began again.
   Register: { memorySize: 1769, timeout: Duration.minutes(10) },
-  Prepare: { memorySize: 1024, timeout: Duration.minutes(6) }, // memory: partMemory(maxBytesPerBatch)
+  // memory: partMemory(maxBytesPerBatch). A step stops within its budget (4 minutes), but one that inflates a
+  // gzip object does so whole, in up to INFLATE_BUDGETS budgets (12 minutes; see steps/prepare.ts).
+  Prepare: { memorySize: 1024, timeout: Duration.minutes(15) },
   Settle: { memorySize: 1024, timeout: Duration.minutes(6) }, // rewrites parts that lost a duplicate
   Tick: { memorySize: 1024, timeout: Duration.minutes(6) }, // memory: partMemory(maxBytesPerBatch)
   Finalize: { memorySize: 512, timeout: Duration.minutes(2) },

@@ -54,7 +54,7 @@ const THROTTLE_RETRY: sfn.RetryProps = {
 /** Task timeouts, a little above each function's own. */
 export const TASK_TIMEOUTS: Record<TaskName, Duration> = {
   Register: Duration.minutes(11),
-  Prepare: Duration.minutes(7),
+  Prepare: Duration.minutes(16),
   Settle: Duration.minutes(7),
   Tick: Duration.minutes(7),
   Finalize: Duration.minutes(3),

@@ -9,6 +9,9 @@ export interface Notifier {
 /** A structured log line: a message and fields, never record contents or secrets. */
 export type Log = (message: string, fields?: Record<string, unknown>) => void;
 
+/** A step's budget on AWS unless STEP_BUDGET_MS says otherwise: 4 minutes, under the functions' timeouts. */
+export const DEFAULT_STEP_BUDGET_MS = 240_000;
+
 /** What every step works with. */
 export interface StepDeps<R = Record<string, unknown>> {
   readonly work: Work<R>;

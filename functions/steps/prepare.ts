@@ -1,5 +1,5 @@
 import { addCounts, withDuplicates, zeroCounts } from '../core/accounting';
-import { InvariantError } from '../core/errors';
+import { DatasetError, InvariantError } from '../core/errors';
 import { decompressed, type LinePosition } from '../core/lines';
 import {
   LineIds,
@@ -34,6 +34,19 @@ import {
   writeAll,
 } from './storage';
 import { sendReleased } from './tick';
+
+/**
+ * The step budgets a gzip object of its own may take to be inflated, in one call (12 minutes at the
+ * default budget of 4): the Prepare function's timeout (15 minutes) is above it.
+ */
+export const INFLATE_BUDGETS = 3;
+
+/** A size as a person reads it: 1.5 GiB, 300.2 MiB, 12.0 KiB. */
+function sizeOf(bytes: number): string {
+  const [unit, scale] =
+    bytes >= 1024 ** 3 ? ['GiB', 1024 ** 3] : bytes >= 1024 ** 2 ? ['MiB', 1024 ** 2] : ['KiB', 1024];
+  return `${(bytes / scale).toFixed(1)} ${unit}`;
+}
 
 /** A lane's checkpoint before its first step: its first shard, nothing read. */
 export function freshLane(lane: number): LaneCheckpoint {
@@ -266,10 +279,37 @@ class Lane<R> {
     return base;
   }
 
-  /** Inflates a gzip shard's object, whole, into its copy (one read of the object). */
+  /**
+   * Inflates a gzip shard's object, whole, into its copy (one read of the object), in one call: it cannot
+   * stop midway and go on in the next. It may take INFLATE_BUDGETS step budgets (the Prepare function's
+   * timeout leaves room for them); an object that takes longer is a DatasetError that says how large a
+   * gzip object is inflated in that time, rather than a call the timeout kills, retried in vain.
+   */
   private async inflate(shard: Shard): Promise<void> {
-    const { chunks } = await decompressed(this.deps.blobs.read(shard.key, 0, shard.etag), shard.key);
-    await this.deps.blobs.write(this.keys.inflated(shard.shard), chunks);
+    const { deps } = this;
+    const deadline = deps.now() + INFLATE_BUDGETS * deps.budgetMs;
+    let read = 0;
+    let inflated = 0;
+    async function* counted(): AsyncGenerator<Uint8Array> {
+      for await (const chunk of deps.blobs.read(shard.key, 0, shard.etag)) {
+        read += chunk.length;
+        yield chunk;
+      }
+    }
+    const { chunks } = await decompressed(counted(), shard.key);
+    async function* timed(): AsyncGenerator<Uint8Array> {
+      for await (const chunk of chunks) {
+        if (deps.now() > deadline) {
+          const minutes = Math.round((INFLATE_BUDGETS * deps.budgetMs) / 60_000);
+          throw new DatasetError(
+            `s3://${deps.bucket}/${shard.key} is a gzip object of ${sizeOf(shard.size)}, which a Prepare call inflates whole before it reads its lines: in ${minutes} minutes it inflated ${sizeOf(read)} of it (${sizeOf(inflated)} of lines) and was not done. Split it into gzip objects of at most about ${sizeOf(read / 2)} under one prefix and start the run on the prefix (they are prepared side by side), or upload it uncompressed.`,
+          );
+        }
+        inflated += chunk.length;
+        yield chunk;
+      }
+    }
+    await deps.blobs.write(this.keys.inflated(shard.shard), timed());
   }
 
   /** Prepares a shard from its checkpoint, until it is finished or the step must pause. */

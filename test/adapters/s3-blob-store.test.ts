@@ -180,7 +180,9 @@ describe('S3BlobStore', () => {
   it('sends larger parts past the first ones, as the part sizes say, and refuses a body past the last part with no object left', async () => {
     const MiB = 1024 * 1024;
     // PART_SIZES: 5 MiB parts up to 9.8 GiB, larger ones after, 10,000 parts (S3's most) reaching 283 GiB.
-    expect([1, 2000, 2001, 4000, 4001, 10_000].map((n) => PART_SIZES.bytes(n) / MiB)).toEqual([5, 5, 20, 20, 40, 40]);
+    expect([1, 2000, 2001, 4000, 4001, 10_000].map((n) => PART_SIZES.bytes(n) / MiB)).toEqual([
+      5, 5, 20, 20, 40, 40,
+    ]);
     let most = 0;
     for (let n = 1; n <= PART_SIZES.most; n++) most += PART_SIZES.bytes(n);
     expect(most / 1024 ** 3).toBeGreaterThan(280);

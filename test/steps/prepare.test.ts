@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { parsePartLine } from '../../functions/core/collect';
+import { DatasetError } from '../../functions/core/errors';
 import { type IdEntry, IdFileIndexSchema, parseEntryLine } from '../../functions/core/id-files';
 import { isGzip } from '../../functions/core/lines';
 import type { BlobStore } from '../../functions/core/ports';
@@ -8,7 +10,7 @@ import { type Part, runKeys } from '../../functions/core/run';
 import { objectListCodec, planCodec, type Shard, shardOfPart, shardsOf } from '../../functions/core/shards';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
-import { prepare } from '../../functions/steps/prepare';
+import { INFLATE_BUDGETS, prepare } from '../../functions/steps/prepare';
 import { settle } from '../../functions/steps/settle';
 import {
   deleteIdFilesFrom,
@@ -529,6 +531,50 @@ describe('the Prepare lane step', () => {
       objectsOfPart.set(r.part.part, here);
     }
     expect(Math.min(...[...objectsOfPart.values()].map((o) => o.size))).toBeGreaterThan(1);
+  });
+
+  it('fails the run, naming the object and a size to split it into, when a gzip object takes longer than INFLATE_BUDGETS budgets to inflate, and leaves no copy', async () => {
+    const runId = 'slow-gzip';
+    const key = `inputs/${runId}/big.jsonl.gz`;
+    const clock = { now: 0 };
+    const base = depsFor(4);
+    // Each chunk of the object read takes half a budget: the deadline falls midway through the object.
+    const slow = new Proxy(base.blobs, {
+      get: (store, property, receiver) => {
+        if (property !== 'read') return Reflect.get(store, property, receiver);
+        return async function* (k: string, start?: number, etag?: string, end?: number) {
+          for await (const chunk of store.read(k, start, etag, end)) {
+            if (k === key) clock.now += base.budgetMs / 2;
+            yield chunk;
+          }
+        };
+      },
+    });
+    const deps: Deps = { ...base, blobs: slow, now: () => clock.now };
+    // Hex text gzips to about half its size: some 700 KB, read in several chunks.
+    const lines = Array.from({ length: 20_000 }, (_, i) =>
+      JSON.stringify({ id: `z${i}`, text: createHash('sha256').update(String(i)).digest('hex') }),
+    );
+    const body = gzipSync(Buffer.from(`${lines.join('\n')}\n`));
+    const shards = await registered(deps, runId, [{ key, body }], 512, 1);
+    expect(shards).toMatchObject([{ gzip: true, objects: 1 }]);
+    const refused = await prepare(deps, { runId, lane: 0 }).catch((caught: unknown) => caught);
+    expect(refused).toBeInstanceOf(DatasetError);
+    const message = (refused as Error).message;
+    expect(message).toContain(`s3://${deps.bucket}/${key} is a gzip object of`);
+    expect(message).toContain(
+      `in ${Math.round((INFLATE_BUDGETS * deps.budgetMs) / 60_000)} minutes it inflated`,
+    );
+    // What it read by the deadline, and half of it as the size to split into: less than the object.
+    const bytesOf = (size: string, unit: string) =>
+      Number(size) * 1024 ** (unit === 'KiB' ? 1 : unit === 'MiB' ? 2 : 3);
+    const [, readSize = '', readUnit = '', halfSize = '', halfUnit = ''] =
+      message.match(/inflated ([\d.]+) (KiB|MiB|GiB) of it .* at most about ([\d.]+) (KiB|MiB|GiB)/) ?? [];
+    const readBytes = bytesOf(readSize, readUnit);
+    expect(readBytes).toBeGreaterThan(0);
+    expect(readBytes).toBeLessThan(body.length);
+    expect(Math.abs(bytesOf(halfSize, halfUnit) - readBytes / 2)).toBeLessThan(1024);
+    expect(await deps.blobs.head(runKeys(runId).inflated(0))).toBeNull();
   });
 
   it('reads a gzip object once, over several steps, through its inflated copy', async () => {

@@ -67,11 +67,34 @@ export function observe(part: Part, batch: BatchView, now: number): Part {
     }
     const failure =
       batch.errors.length > 0
-        ? [...batch.errors]
+        ? keptFailures(batch.errors)
         : [{ code: 'batch_failed', message: `OpenAI failed batch ${batch.id} without a reason`, line: null }];
     return { ...seen, status: 'collecting', failure };
   }
   return seen; // an unknown status: look again next time
+}
+
+/**
+ * The most of a failed batch's errors a part keeps, in JSON bytes: the part is one DynamoDB item (400 KB
+ * at most), and a batch refused line by line may list an error for each of its 50,000 lines.
+ */
+export const FAILURE_BYTES = 256 * 1024;
+
+/**
+ * A failed batch's errors as the part keeps them: the first ones, up to FAILURE_BYTES. A line whose error
+ * is left out is taken for one OpenAI did not refuse: it is resent (a batch refused at validation cost
+ * nothing) and refused again, with its own error, or, once nothing is resent, ends in errors under the
+ * batch's first error. No line kept loses its own error.
+ */
+function keptFailures(errors: readonly BatchFailure[]): BatchFailure[] {
+  const kept: BatchFailure[] = [];
+  let bytes = 2;
+  for (const error of errors) {
+    bytes += JSON.stringify(error).length + 1;
+    if (bytes > FAILURE_BYTES) break;
+    kept.push(error);
+  }
+  return kept;
 }
 
 /** True while a part holds a place among the run's batches on OpenAI. */

@@ -4,6 +4,7 @@ import {
   allDone,
   type BatchView,
   batchMetadata,
+  FAILURE_BYTES,
   findOwnBatch,
   nextWait,
   observe,
@@ -110,6 +111,22 @@ describe('observe', () => {
       failure: errors,
     });
     expect(observe(part(), batch({ status: 'failed' }), 1).failure?.[0]?.code).toBe('batch_failed');
+  });
+
+  it("keeps a failed batch's first errors up to FAILURE_BYTES, so that the part fits a DynamoDB item", () => {
+    const errors = Array.from({ length: 50_000 }, (_, i) => ({
+      code: 'invalid_request',
+      message: `Messages parameter is required. (request ${i} of a batch refused line by line)`,
+      line: i + 1,
+    }));
+    const failure = observe(part(), batch({ status: 'failed', errors }), 1).failure ?? [];
+    expect(JSON.stringify(failure).length).toBeLessThanOrEqual(FAILURE_BYTES);
+    expect(failure.length).toBeGreaterThan(1000);
+    expect(failure).toEqual(errors.slice(0, failure.length));
+    // A list that fits is kept whole.
+    expect(observe(part(), batch({ status: 'failed', errors: errors.slice(0, 100) }), 1).failure).toEqual(
+      errors.slice(0, 100),
+    );
   });
 
   it('leaves a part as it is for a status it does not know', () => {

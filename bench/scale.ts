@@ -116,6 +116,7 @@ function stepDeps(s3Endpoint: string, dynamoEndpoint: string, table: string, key
     now: () => Date.now(),
     // gzip: a small budget, so that the dataset is prepared over many steps.
     budgetMs: gzip ? 250 : 20_000,
+    inflateMs: Number.POSITIVE_INFINITY, // the copy is inflated whole, as on AWS, where its calls have minutes
     maxTicksPerExecution: 1500,
     lostCreateGraceMs: 120_000,
     log: () => {},

@@ -100,6 +100,8 @@ export interface LocalRunOptions {
   readonly waitMs?: number | null;
   /** How long a step works before it checkpoints. @default 240000 */
   readonly budgetMs?: number;
+  /** How long a Prepare call may inflate a gzip object. @default Infinity (no timeout stops a local call) */
+  readonly inflateMs?: number;
   readonly maxTicksPerExecution?: number;
   /** How long a lost create is looked for before its part is sent again. @default 120000 */
   readonly lostCreateGraceMs?: number;
@@ -141,6 +143,7 @@ export function localDeps<R>(
     notifier,
     now: options.now ?? (() => Date.now()),
     budgetMs: options.budgetMs ?? 240_000,
+    inflateMs: options.inflateMs ?? Number.POSITIVE_INFINITY,
     maxTicksPerExecution: options.maxTicksPerExecution ?? 1500,
     lostCreateGraceMs: options.lostCreateGraceMs ?? 120_000,
     log: options.log ?? (() => {}),

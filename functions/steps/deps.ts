@@ -25,6 +25,12 @@ export interface StepDeps<R = Record<string, unknown>> {
   readonly now: () => number;
   /** How long a step works before it checkpoints and returns (well under the Lambda timeout). */
   readonly budgetMs: number;
+  /**
+   * How long a Prepare call may inflate a gzip object, which it does whole, in one call (see
+   * steps/prepare.ts INFLATE_BUDGETS): by default INFLATE_BUDGETS step budgets, which the Prepare
+   * function's timeout leaves room for; Infinity where no timeout stops a call (a local run).
+   */
+  readonly inflateMs?: number;
   /** Ticks an execution runs before it hands the run to a new execution (the history limit). */
   readonly maxTicksPerExecution: number;
   /**

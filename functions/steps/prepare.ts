@@ -112,13 +112,16 @@ export async function prepare<R>(
   // it in one go (up to a Settle group's ids), which the end of a spent step may not leave time for.
   if (firstShardDue(cp)) return { done: await settleFirst(cp) };
   if (cp.done) return { done: true };
-  const lane = new Lane(deps, run);
+  const lane = new Lane(deps, run, started + (deps.inflateMs ?? INFLATE_BUDGETS * deps.budgetMs));
   /** Inflated copies of gzip shards this step finished, removed once the checkpoint no longer needs them. */
   const finished: string[] = [];
 
   while (!cp.done) {
     if (progressed && outOfTime()) break;
     const shard = await lane.shard(cp.shard);
+    // A gzip object of its own is inflated at the start of a call, whatever the call did before: the
+    // inflation may take the whole call.
+    if (shard.gzip && !cp.inflated && progressed) break;
     const step = await lane.step(shard, cp, shouldPause);
     if (step.kind === 'paused') {
       cp = step.checkpoint;
@@ -205,6 +208,8 @@ class Lane<R> {
   constructor(
     private readonly deps: StepDeps<R>,
     private readonly run: Run,
+    /** When an inflation this call makes must be done by (see inflate). */
+    private readonly inflateBy: number,
   ) {
     this.runId = run.runId;
     this.keys = runKeys(run.runId);
@@ -281,13 +286,15 @@ class Lane<R> {
 
   /**
    * Inflates a gzip shard's object, whole, into its copy (one read of the object), in one call: it cannot
-   * stop midway and go on in the next. It may take INFLATE_BUDGETS step budgets (the Prepare function's
-   * timeout leaves room for them); an object that takes longer is a DatasetError that says how large a
-   * gzip object is inflated in that time, rather than a call the timeout kills, retried in vain.
+   * stop midway and go on in the next, so a call starts with it (see the lane's loop) and may take until
+   * `inflateBy` (INFLATE_BUDGETS step budgets from the call's start, which the Prepare function's timeout
+   * leaves room for). An object that takes longer is a DatasetError that says how large a gzip object is
+   * inflated in that time, rather than a call the timeout kills, retried in vain.
    */
   private async inflate(shard: Shard): Promise<void> {
     const { deps } = this;
-    const deadline = deps.now() + INFLATE_BUDGETS * deps.budgetMs;
+    const { inflateBy } = this;
+    const started = deps.now();
     let read = 0;
     let inflated = 0;
     async function* counted(): AsyncGenerator<Uint8Array> {
@@ -299,10 +306,11 @@ class Lane<R> {
     const { chunks } = await decompressed(counted(), shard.key);
     async function* timed(): AsyncGenerator<Uint8Array> {
       for await (const chunk of chunks) {
-        if (deps.now() > deadline) {
-          const minutes = Math.round((INFLATE_BUDGETS * deps.budgetMs) / 60_000);
+        const now = deps.now();
+        if (now > inflateBy) {
+          const minutes = Math.round((now - started) / 60_000);
           throw new DatasetError(
-            `s3://${deps.bucket}/${shard.key} is a gzip object of ${sizeOf(shard.size)}, which a Prepare call inflates whole before it reads its lines: in ${minutes} minutes it inflated ${sizeOf(read)} of it (${sizeOf(inflated)} of lines) and was not done. Split it into gzip objects of at most about ${sizeOf(read / 2)} under one prefix and start the run on the prefix (they are prepared side by side), or upload it uncompressed.`,
+            `s3://${deps.bucket}/${shard.key} is a gzip object of ${sizeOf(shard.size)}, which a Prepare call inflates whole before it reads its lines: in ${minutes} minutes it inflated ${sizeOf(read)} of it (${sizeOf(inflated)} of lines) and was not done. Split it into gzip objects of at most about ${sizeOf(read / 2)} under one prefix and start the run on the prefix (they are prepared side by side), or upload it uncompressed. (Inflating may also have been slow for a while: \`openai-batch resume\` tries again.)`,
           );
         }
         inflated += chunk.length;

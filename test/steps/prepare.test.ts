@@ -550,7 +550,13 @@ describe('the Prepare lane step', () => {
         };
       },
     });
-    const deps: Deps = { ...base, blobs: slow, now: () => clock.now };
+    // The limit the Prepare function has on AWS (a local run has none).
+    const deps: Deps = {
+      ...base,
+      blobs: slow,
+      now: () => clock.now,
+      inflateMs: INFLATE_BUDGETS * base.budgetMs,
+    };
     // Hex text gzips to about half its size: some 700 KB, read in several chunks.
     const lines = Array.from({ length: 20_000 }, (_, i) =>
       JSON.stringify({ id: `z${i}`, text: createHash('sha256').update(String(i)).digest('hex') }),
@@ -575,6 +581,37 @@ describe('the Prepare lane step', () => {
     expect(readBytes).toBeLessThan(body.length);
     expect(Math.abs(bytesOf(halfSize, halfUnit) - readBytes / 2)).toBeLessThan(1024);
     expect(await deps.blobs.head(runKeys(runId).inflated(0))).toBeNull();
+  });
+
+  it('inflates a gzip object at the start of a call, not after a shard the call prepared, so that it has the whole call', async () => {
+    const runId = 'gzip-fresh';
+    const reads = new Map<string, number>();
+    const deps = depsFor(1000, (blobs) => readCalls(blobs, reads));
+    const plain = (name: string) => ({
+      key: `inputs/${runId}/${name}.jsonl`,
+      body: Buffer.from(`${objectLines(name, 3).join('\n')}\n`),
+    });
+    const gzip = {
+      key: `inputs/${runId}/c.jsonl.gz`,
+      body: gzipSync(Buffer.from(`${objectLines('c', 3).join('\n')}\n`)),
+    };
+    const shards = await registered(deps, runId, [plain('a'), plain('b'), gzip], 200, 1);
+    expect(shards.map((s) => s.gzip)).toEqual([false, false, true]);
+    // Call after call (the lane's budget is never spent): none both prepares b and inflates c.
+    const calls: string[][] = [];
+    for (let done = false; !done; ) {
+      if (calls.length > 20) throw new Error('the lane never finished');
+      reads.clear();
+      done = (await prepare(deps, { runId, lane: 0 })).done;
+      calls.push(['b.jsonl', 'c.jsonl.gz'].filter((name) => reads.has(`inputs/${runId}/${name}`)));
+    }
+    expect(calls).toContainEqual(['b.jsonl']);
+    expect(calls).toContainEqual(['c.jsonl.gz']);
+    expect(calls).not.toContainEqual(['b.jsonl', 'c.jsonl.gz']);
+    const { requests } = await placed(deps, runId);
+    expect(requests.map((r) => r.id).sort()).toEqual(
+      ['a', 'b', 'c'].flatMap((n) => [1, 2, 3].map((k) => `${n}-${k}`)),
+    );
   });
 
   it('reads a gzip object once, over several steps, through its inflated copy', async () => {

@@ -3,7 +3,8 @@ import compacted from './request-schemas.json' with { type: 'json' };
 /**
  * Request bodies checked the way OpenAI checks them, before anything is sent: each batch endpoint's
  * request schema from OpenAI's published spec (compacted into request-schemas.json by
- * test/fixtures/openapi/extract.ts), plus the rules OpenAI enforces beyond it (empty `tools`). Prepare
+ * test/fixtures/openapi/extract.ts), plus the rules OpenAI enforces beyond it (empty `tools`, strict
+ * `json_schema` formats: see strictFormatProblem). Prepare
  * refuses what OpenAI would refuse; the emulator answers it with OpenAI's 400. Only type, enum, range,
  * length and required violations the spec states are refused: unknown parameters, formats and
  * patterns pass, and so does `null` for an optional parameter.
@@ -465,7 +466,112 @@ export function checkRequestBody(endpoint: string, body: unknown): BodyProblem |
   const name = ENDPOINT_SCHEMAS[endpoint];
   if (!name) return undefined;
   const failure = named(name)(body);
-  if (!failure) return undefined;
+  if (!failure) return strictFormatProblem(endpoint, body);
   const param = paramOf(failure.path);
   return { code: failure.code, param, message: failure.describe(param) };
+}
+
+/** What a `json_schema` format's name may be (the spec: a-z, A-Z, 0-9, underscores and dashes, 64 at most). */
+const FORMAT_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
+
+const record = (value: unknown): Record<string, unknown> | null =>
+  value !== null && typeof value === 'object' && !Array.isArray(value)
+    ? (value as Record<string, unknown>)
+    : null;
+
+/**
+ * OpenAI's rules for a `json_schema` format, which the spec does not state: its name's pattern, and, when
+ * `strict` is true, the subset of JSON Schema strict mode takes: an object at the root, and every object
+ * with `additionalProperties: false` and every one of its properties in `required` (an optional field is
+ * a nullable one). A schema built by the work's `outputSchema` keeps them; one an upload hook writes may
+ * not, and OpenAI would refuse every request that carries it.
+ */
+function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | undefined {
+  const top = record(body);
+  let format: Record<string, unknown> | null = null;
+  let at = '';
+  let schemaAt = '';
+  if (endpoint === '/v1/chat/completions') {
+    const responseFormat = record(top?.response_format);
+    if (responseFormat?.type !== 'json_schema') return undefined;
+    format = record(responseFormat.json_schema);
+    at = 'response_format.json_schema';
+    schemaAt = 'response_format';
+  } else if (endpoint === '/v1/responses') {
+    format = record(record(top?.text)?.format);
+    if (format?.type !== 'json_schema') return undefined;
+    at = 'text.format';
+    schemaAt = 'text.format.schema';
+  }
+  if (!format) return undefined;
+  const name = format.name;
+  if (typeof name === 'string' && !FORMAT_NAME.test(name)) {
+    return {
+      code: name.length > 64 ? 'string_above_max_length' : 'invalid_value',
+      param: `${at}.name`,
+      message:
+        name.length > 64
+          ? `Invalid '${at}.name': string too long. Expected a string with maximum length 64, but got a string with length ${name.length} instead.`
+          : `Invalid '${at}.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.`,
+    };
+  }
+  if (format.strict !== true) return undefined;
+  const schema = record(format.schema);
+  if (!schema) return undefined; // the spec's check names a missing or mistyped schema
+  const why = strictSchemaProblem(schema);
+  if (why === undefined) return undefined;
+  return {
+    code: 'invalid_json_schema',
+    param: schemaAt,
+    message: `Invalid schema for response_format '${typeof name === 'string' ? name : ''}': ${why}`,
+  };
+}
+
+/** Why strict mode refuses a schema (in OpenAI's words), or undefined when it takes it. */
+export function strictSchemaProblem(schema: Record<string, unknown>): string | undefined {
+  const rootType = schema.type;
+  if (rootType !== 'object') {
+    const shown =
+      rootType === undefined ? (schema.anyOf !== undefined ? 'anyOf' : 'None') : JSON.stringify(rootType);
+    return `schema must be a JSON Schema of 'type: "object"', got 'type: ${shown}'.`;
+  }
+  const seen = new Set<unknown>();
+  const visit = (node: unknown, context: readonly string[]): string | undefined => {
+    const here = record(node);
+    if (!here || seen.has(here)) return undefined;
+    seen.add(here);
+    const where = `In context=(${context.map((c) => `'${c}'`).join(', ')}${context.length === 1 ? ',' : ''})`;
+    const types = Array.isArray(here.type) ? here.type : [here.type];
+    const properties = record(here.properties);
+    if (types.includes('object') || properties) {
+      if (here.additionalProperties !== false)
+        return `${where}, 'additionalProperties' is required to be supplied and to be false.`;
+      const required = Array.isArray(here.required) ? here.required : null;
+      const missing = Object.keys(properties ?? {}).find((key) => !required?.includes(key));
+      if (missing !== undefined)
+        return `${where}, 'required' is required to be supplied and to be an array including every key in properties. Missing '${missing}'.`;
+      for (const [key, value] of Object.entries(properties ?? {})) {
+        const why = visit(value, [...context, 'properties', key]);
+        if (why) return why;
+      }
+    }
+    const children: [unknown, string[]][] = [];
+    if (Array.isArray(here.items)) {
+      for (const [i, item] of here.items.entries()) children.push([item, ['items', String(i)]]);
+    } else if (here.items !== undefined) children.push([here.items, ['items']]);
+    for (const combinator of ['anyOf', 'allOf', 'oneOf']) {
+      const branches = here[combinator];
+      if (!Array.isArray(branches)) continue;
+      for (const [i, branch] of branches.entries()) children.push([branch, [combinator, String(i)]]);
+    }
+    for (const definitions of ['$defs', 'definitions'])
+      for (const [key, value] of Object.entries(record(here[definitions]) ?? {}))
+        children.push([value, [definitions, key]]);
+    for (const [child, path] of children) {
+      const why = visit(child, [...context, ...path]);
+      if (why) return why;
+    }
+    return undefined;
+  };
+  return visit(schema, []);
 }

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import { checkRequestBody, VALIDATED_ENDPOINTS } from '../../functions/core/request-bodies';
+import { structuredOutputOf } from '../../functions/core/structured';
 
 const user = [{ role: 'user', content: 'hi' }];
 const chat = (extra: Record<string, unknown>) => ({ model: 'gpt-4o-mini', messages: user, ...extra });
@@ -202,6 +204,101 @@ describe('checkRequestBody', () => {
     expect(checkRequestBody('/v1/embeddings', { input: 'x' })).toMatchObject({
       code: 'missing_required_parameter',
       param: 'model',
+    });
+  });
+
+  it("refuses a strict json_schema format OpenAI's strict mode refuses, naming the schema's place, and takes the work's own", () => {
+    const format = (schema: Record<string, unknown>, name = 'answer', strict = true) => ({
+      type: 'json_schema',
+      json_schema: { name, strict, schema },
+    });
+    const strictChat = (schema: Record<string, unknown>, name?: string, strict?: boolean) =>
+      checkRequestBody('/v1/chat/completions', chat({ response_format: format(schema, name, strict) }));
+    const good = {
+      type: 'object',
+      properties: {
+        label: { type: 'string' },
+        spans: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: { at: { type: 'integer' } },
+            required: ['at'],
+            additionalProperties: false,
+          },
+        },
+        note: { anyOf: [{ type: 'string' }, { type: 'null' }] },
+      },
+      required: ['label', 'spans', 'note'],
+      additionalProperties: false,
+    };
+    expect(strictChat(good)).toBeUndefined();
+    // The format outputSchema builds (through OpenAI's own helper) is taken.
+    const built = structuredOutputOf(
+      z.object({
+        label: z.enum(['a', 'b']),
+        why: z.string().nullable(),
+        parts: z.array(z.object({ n: z.number() })),
+      }),
+      '/v1/chat/completions',
+    );
+    if (!('output' in built)) throw new Error(built.problem);
+    expect(
+      checkRequestBody('/v1/chat/completions', chat({ response_format: built.output.format })),
+    ).toBeUndefined();
+
+    const problem = (why: string) => ({
+      code: 'invalid_json_schema',
+      param: 'response_format',
+      message: `Invalid schema for response_format 'answer': ${why}`,
+    });
+    expect(strictChat({ type: 'object', properties: { a: { type: 'string' } }, required: ['a'] })).toEqual(
+      problem("In context=(), 'additionalProperties' is required to be supplied and to be false."),
+    );
+    expect(strictChat({ ...good, required: ['label', 'note'] })).toEqual(
+      problem(
+        "In context=(), 'required' is required to be supplied and to be an array including every key in properties. Missing 'spans'.",
+      ),
+    );
+    const nested = structuredClone(good);
+    delete (nested.properties.spans.items as Record<string, unknown>).additionalProperties;
+    expect(strictChat(nested)).toEqual(
+      problem(
+        "In context=('properties', 'spans', 'items'), 'additionalProperties' is required to be supplied and to be false.",
+      ),
+    );
+    expect(strictChat({ type: 'array', items: { type: 'string' } })).toEqual(
+      problem(`schema must be a JSON Schema of 'type: "object"', got 'type: "array"'.`),
+    );
+    // Without strict, the schema is a hint: OpenAI takes it as it is.
+    expect(
+      strictChat({ type: 'object', properties: { a: { type: 'string' } } }, 'answer', false),
+    ).toBeUndefined();
+    // The name, strict or not.
+    expect(strictChat(good, 'bad name!')).toMatchObject({
+      code: 'invalid_value',
+      param: 'response_format.json_schema.name',
+    });
+    expect(strictChat(good, 'n'.repeat(65), false)).toMatchObject({
+      code: 'string_above_max_length',
+      message:
+        "Invalid 'response_format.json_schema.name': string too long. Expected a string with maximum length 64, but got a string with length 65 instead.",
+    });
+    // The responses API's text.format, the same rules.
+    const responses = (schema: Record<string, unknown>) =>
+      checkRequestBody('/v1/responses', {
+        model: 'gpt-4o-mini',
+        input: 'hi',
+        text: { format: { type: 'json_schema', name: 'answer', strict: true, schema } },
+      });
+    expect(responses(good)).toBeUndefined();
+    expect(
+      responses({ type: 'object', properties: { a: { type: 'string' } }, additionalProperties: false }),
+    ).toEqual({
+      ...problem(
+        "In context=(), 'required' is required to be supplied and to be an array including every key in properties. Missing 'a'.",
+      ),
+      param: 'text.format.schema',
     });
   });
 

@@ -71,7 +71,10 @@ export function observe(part: Part, batch: BatchView, now: number): Part {
         : [{ code: 'batch_failed', message: `OpenAI failed batch ${batch.id} without a reason`, line: null }];
     return { ...seen, status: 'collecting', failure };
   }
-  return seen; // an unknown status: look again next time
+  // A status this does not know (a new one of OpenAI's, another provider's): the batch exists, so it is
+  // polled until it says one it knows. Left `submitting`, the part was taken for a lost create and sent
+  // again, a new paid batch each time.
+  return { ...seen, status: 'active' };
 }
 
 /**

@@ -129,8 +129,14 @@ describe('observe', () => {
     );
   });
 
-  it('leaves a part as it is for a status it does not know', () => {
+  it('polls a batch whose status it does not know, even one just created, rather than send its part again', () => {
     expect(observe(part(), batch({ status: 'something_new' }), 1).status).toBe('active');
+    const justCreated = { ...part(), status: 'submitting' as const, batchId: null, submittingSince: 1 };
+    expect(observe(justCreated, batch({ status: 'queued' }), 2)).toMatchObject({
+      status: 'active',
+      batchId: 'batch_1',
+      submittingSince: null,
+    });
   });
 });
 

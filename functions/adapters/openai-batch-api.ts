@@ -1,4 +1,5 @@
 import OpenAI, { toStreamingFile } from 'openai';
+import { z } from 'zod';
 import {
   blockedMessage,
   ConfigError,
@@ -9,8 +10,72 @@ import {
 import type { BatchApi, CreateBatchInput } from '../core/ports';
 import type { BatchView } from '../core/reconciler';
 
-/** The reconciler's view of an OpenAI batch. */
-export function viewOf(batch: OpenAI.Batch): BatchView {
+/**
+ * What a batch answer must hold to be one: a proxy or a captive portal that answers 200 with a page, or
+ * with JSON of its own, gives a string or an object without them. The rest is read leniently (nulls and
+ * missing fields have defaults below).
+ */
+const BatchAnswerSchema = z.looseObject({
+  id: z.string().min(1),
+  status: z.string().min(1),
+  created_at: z.number(),
+});
+
+/** What a file answer must hold to be one (see BatchAnswerSchema). */
+const FileAnswerSchema = z.looseObject({ id: z.string().min(1), filename: z.string() });
+
+/** An answer that is not OpenAI's: the run waits, as for an outage, and reads it again later. */
+function notOpenAIs(what: string, answer: unknown): OpenAIUnavailableError {
+  const shown =
+    typeof answer === 'string' ? `text (${answer.slice(0, 80)})` : JSON.stringify(answer)?.slice(0, 120);
+  return new OpenAIUnavailableError(
+    blockedMessage('openai_unavailable', `an answer that is not ${what}: ${shown ?? String(answer)}`),
+    'openai_unavailable',
+  );
+}
+
+/** What a list answer must hold to be one (see BatchAnswerSchema). */
+const ListAnswerSchema = z.looseObject({ data: z.array(z.unknown()) });
+
+/** A page of a list, as the client gives it. */
+interface ListPage<T> {
+  readonly data: T[];
+  hasNextPage(): boolean;
+  getNextPage(): Promise<ListPage<T>>;
+}
+
+/**
+ * The pages of a list, each checked to be a list: the client takes any 200 for a page (an HTML page or
+ * another JSON for an empty list, where a lost create's lookup would then find nothing and send its part
+ * again), and fails on a null or empty body with a TypeError of its own.
+ */
+async function* listPages<T>(what: string, first: () => Promise<ListPage<T>>): AsyncGenerator<T[]> {
+  const checked = async (next: () => Promise<ListPage<T>>) => {
+    let page: ListPage<T>;
+    try {
+      page = await next();
+    } catch (caught) {
+      if (caught instanceof TypeError) throw notOpenAIs(`a list of ${what}`, messageOf(caught));
+      throw caught;
+    }
+    // The answer as it came (the client's page keeps it, protected): `data` alone is [] for any 200.
+    const body: unknown = Reflect.get(page, 'body');
+    if (!ListAnswerSchema.safeParse(body).success) throw notOpenAIs(`a list of ${what}`, body);
+    return page;
+  };
+  let page = await checked(first);
+  yield page.data;
+  while (page.hasNextPage()) {
+    const current = page;
+    page = await checked(() => current.getNextPage());
+    yield page.data;
+  }
+}
+
+/** The reconciler's view of an OpenAI batch; an answer that is not a batch is an outage (see notOpenAIs). */
+export function viewOf(answer: OpenAI.Batch): BatchView {
+  if (!BatchAnswerSchema.safeParse(answer).success) throw notOpenAIs('a batch', answer);
+  const batch = answer;
   return {
     id: batch.id,
     status: batch.status,
@@ -82,6 +147,8 @@ async function guarded<T>(call: () => Promise<T>): Promise<T> {
   try {
     return await call();
   } catch (caught) {
+    // A 200 whose body is not JSON (cut short, empty): the client's parse fails. Not OpenAI's answer.
+    if (caught instanceof SyntaxError) throw notOpenAIs('JSON', messageOf(caught));
     throw asBatchApiError(caught);
   }
 }
@@ -96,6 +163,7 @@ export class OpenAIBatchApi implements BatchApi {
         { file: toStreamingFile(body, filename), purpose: 'batch' },
         { timeout: OPENAI_TIMEOUTS.upload },
       );
+      if (!FileAnswerSchema.safeParse(file).success) throw notOpenAIs('a file', file);
       return file.id;
     });
   }
@@ -133,12 +201,19 @@ export class OpenAIBatchApi implements BatchApi {
   recentBatches(since: number): Promise<BatchView[]> {
     return guarded(async () => {
       const found: BatchView[] = [];
-      for await (const batch of this.client.batches.list(
-        { limit: 100 },
-        { timeout: OPENAI_TIMEOUTS.call, maxRetries: RETRIES },
-      )) {
-        if (batch.created_at < since) break; // newest first: the rest are older
-        found.push(viewOf(batch));
+      const pages = listPages(
+        'batches',
+        async () =>
+          await this.client.batches.list(
+            { limit: 100 },
+            { timeout: OPENAI_TIMEOUTS.call, maxRetries: RETRIES },
+          ),
+      );
+      for await (const batches of pages) {
+        for (const batch of batches) {
+          if (batch.created_at < since) return found; // newest first: the rest are older
+          found.push(viewOf(batch));
+        }
       }
       return found;
     });
@@ -200,11 +275,15 @@ export class OpenAIBatchApi implements BatchApi {
   filesNamed(prefix: string): Promise<string[]> {
     return guarded(async () => {
       const ids: string[] = [];
-      for await (const file of this.client.files.list(
-        { purpose: 'batch' },
-        { timeout: OPENAI_TIMEOUTS.call },
-      ))
-        if (file.filename.startsWith(prefix)) ids.push(file.id);
+      const pages = listPages(
+        'files',
+        async () => await this.client.files.list({ purpose: 'batch' }, { timeout: OPENAI_TIMEOUTS.call }),
+      );
+      for await (const files of pages)
+        for (const file of files) {
+          if (!FileAnswerSchema.safeParse(file).success) throw notOpenAIs('a file', file);
+          if (file.filename.startsWith(prefix)) ids.push(file.id);
+        }
       return ids;
     });
   }

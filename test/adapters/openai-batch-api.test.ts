@@ -1,3 +1,6 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { batchApiWithKey, OpenAIBatchApi } from '../../functions/adapters/openai-batch-api';
 import { ConfigError, OpenAIUnavailableError } from '../../functions/core/errors';
@@ -59,6 +62,65 @@ describe('OpenAIBatchApi errors', () => {
     } finally {
       await fresh.stop();
     }
+  });
+
+  it('takes a 200 that is not an OpenAI answer (a proxy page, cut or empty JSON, another JSON) for an outage, on every call', async () => {
+    // A proxy or a captive portal: a server of its own that answers every request 200 with one body. The
+    // emulator answers as OpenAI does, so it cannot stand in for one.
+    const bodies: Record<string, [string, string]> = {
+      page: ['text/html', '<html><body>Sign in to the network</body></html>'],
+      empty: ['application/json', ''],
+      cut: ['application/json', '{"id":"batch_1","status":"in_pro'],
+      other: ['application/json', '{"ok":true,"data":"none"}'],
+      null: ['application/json', 'null'],
+    };
+    const outcomes: string[] = [];
+    for (const [name, [type, body]] of Object.entries(bodies)) {
+      const server = createServer((request, response) => {
+        request.resume();
+        request.on('end', () => response.writeHead(200, { 'content-type': type }).end(body));
+      });
+      await new Promise<void>((listening) => server.listen(0, '127.0.0.1', () => listening()));
+      const { port } = server.address() as AddressInfo;
+      const api = new OpenAIBatchApi(
+        new OpenAI({ apiKey: 'sk-test', baseURL: `http://127.0.0.1:${port}/v1`, maxRetries: 0 }),
+      );
+      const calls: Record<string, () => Promise<unknown>> = {
+        getBatch: () => api.getBatch('batch_1'),
+        createBatch: () =>
+          api.createBatch({ fileId: 'file_1', endpoint: '/v1/chat/completions', metadata: {} }),
+        cancelBatch: () => api.cancelBatch('batch_1'),
+        recentBatches: () => api.recentBatches(0),
+        filesNamed: () => api.filesNamed('run-'),
+        uploadFile: () =>
+          api.uploadFile(
+            'part.jsonl',
+            (async function* () {
+              yield Buffer.from('{}\n');
+            })(),
+          ),
+      };
+      try {
+        for (const [call, run] of Object.entries(calls)) {
+          const caught = await run().then(
+            () => null,
+            (error: unknown) => error,
+          );
+          outcomes.push(
+            `${name} ${call}: ${caught instanceof OpenAIUnavailableError ? caught.reason : String(caught)}`,
+          );
+        }
+      } finally {
+        server.close();
+      }
+    }
+    expect(outcomes).toEqual(
+      Object.keys(bodies).flatMap((name) =>
+        ['getBatch', 'createBatch', 'cancelBatch', 'recentBatches', 'filesNamed', 'uploadFile'].map(
+          (call) => `${name} ${call}: openai_unavailable`,
+        ),
+      ),
+    );
   });
 
   it("leaves a request's own refusal (a bad create) as the client's error", async () => {

@@ -11,6 +11,8 @@ import {
   TransactWriteItemsCommand,
   UpdateItemCommand,
 } from '@aws-sdk/client-dynamodb';
+import type { z } from 'zod';
+import { InvariantError } from '../core/errors';
 import { ConflictError, type DatasetClaim, type RunStore } from '../core/ports';
 import { type Part, PartSchema, type Run, RunSchema } from '../core/run';
 
@@ -19,6 +21,19 @@ const N = (value: number) => ({ N: String(value) });
 const runKey = (runId: string) => ({ pk: S(`RUN#${runId}`), sk: S('META') });
 const partSk = (part: number) => `PART#${String(part).padStart(8, '0')}`;
 const claimKey = (work: string, hash: string) => ({ pk: S(`DATASET#${work}#${hash}`), sk: S('CLAIM') });
+
+/**
+ * Refuses to store a record its own schema would not read back: every later read of the run (each Tick,
+ * MarkFailed, resume) would throw on it, and no step could mend it. A value that got past the types (an
+ * answer that was not OpenAI's, a bug) stops here, named, instead.
+ */
+function readable(what: string, id: string, schema: z.ZodType, value: unknown): void {
+  const checked = schema.safeParse(value);
+  if (!checked.success)
+    throw new InvariantError(
+      `refusing to store ${what} ${id}, which could not be read back: ${checked.error.message}`,
+    );
+}
 
 /**
  * A {@link RunStore} on one DynamoDB table (`pk`, `sk`, and index `byWork` on `gsi1pk`, `gsi1sk`): the run
@@ -33,6 +48,7 @@ export class DynamoRunStore implements RunStore {
   ) {}
 
   private runItem(run: Run) {
+    readable('run', run.runId, RunSchema, run);
     return {
       ...runKey(run.runId),
       gsi1pk: S(`WORK#${run.work}`),
@@ -44,6 +60,7 @@ export class DynamoRunStore implements RunStore {
   }
 
   private partItem(runId: string, part: Part) {
+    readable('part', `${runId}/${part.part}`, PartSchema, part);
     return {
       pk: S(`RUN#${runId}`),
       sk: S(partSk(part.part)),

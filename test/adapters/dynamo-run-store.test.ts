@@ -3,8 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoRunStore } from '../../functions/adapters/dynamo-run-store';
+import { InvariantError } from '../../functions/core/errors';
 import { ConflictError } from '../../functions/core/ports';
-import { newPart, type Run } from '../../functions/core/run';
+import { newPart, type Part, type Run } from '../../functions/core/run';
 import { type LocalDynamo, startDynalite, startDynamo } from '../../local/stand-ins';
 import { runFixture as run } from '../support/runs';
 
@@ -62,6 +63,31 @@ describe.each([
       [0, 'submitting'],
       [1, 'pending'],
     ]);
+  });
+
+  it('refuses to store a part or a run it could not read back, so that the run stays readable', async () => {
+    const part = newPart({ part: 0, generation: 0, model: 'm', requests: 3, bytes: 10, estimatedTokens: 5 });
+    await store.addParts('unreadable', [part]);
+    // What an answer that was not a batch once gave: no batch id, no status.
+    const broken = {
+      ...part,
+      status: 'active',
+      batchId: undefined,
+      batchStatus: undefined,
+    } as unknown as Part;
+    await expect(store.putPart('unreadable', broken)).rejects.toThrow(
+      /refusing to store part unreadable\/0, which could not be read back/,
+    );
+    await expect(store.addParts('unreadable', [{ ...broken, part: 1 }])).rejects.toBeInstanceOf(
+      InvariantError,
+    );
+    expect((await store.listParts('unreadable')).map((p) => [p.part, p.status])).toEqual([[0, 'pending']]);
+    await store.createRun(run('unreadable-run'), false);
+    const stored = (await store.getRun('unreadable-run')) as Run;
+    await expect(store.putRun({ ...stored, status: 'lost' } as unknown as Run)).rejects.toBeInstanceOf(
+      InvariantError,
+    );
+    expect((await store.getRun('unreadable-run'))?.status).toBe(stored.status);
   });
 
   it('revives a failed run and claims its dataset again in one write, unless another run took it', async () => {

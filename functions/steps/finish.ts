@@ -1,5 +1,6 @@
 import { InvariantError, messageOf } from '../core/errors';
 import { forEachLimit } from '../core/limit';
+import type { BatchApi } from '../core/ports';
 import { runKeys } from '../core/run';
 import { type RunSummary, summarize } from '../core/summary';
 import type { StepDeps } from './deps';
@@ -93,21 +94,38 @@ export async function cleanUp<R>(
     for (const id of [part.fileId, part.outputFileId, part.errorFileId]) if (id) fileIds.add(id);
   let openaiFiles = 0;
   let leftOnOpenAI = 0;
+  // The run has completed: OpenAI down, or the key refused, leaves its files there (said and counted), and
+  // does not fail the execution, whose Notify would then never say the run completed.
+  const unreachable = (what: string, caught: unknown) =>
+    deps.log(`OpenAI could not be reached to ${what}`, { runId: run.runId, error: messageOf(caught) });
+  let api: BatchApi | null = null;
   if (fileIds.size > 0 || parts.length > 0) {
-    const api = await deps.openai();
-    for (const id of await api.filesNamed(`${run.runId}.`)) fileIds.add(id);
+    try {
+      api = await deps.openai();
+    } catch (caught) {
+      unreachable("delete the run's files", caught);
+      leftOnOpenAI = fileIds.size;
+    }
+  }
+  if (api) {
+    try {
+      for (const id of await api.filesNamed(`${run.runId}.`)) fileIds.add(id);
+    } catch (caught) {
+      unreachable("list the run's files (those the parts name are deleted)", caught);
+    }
     // A few at a time (a run of 10,000 parts has over 20,000 files), none started past half the budget
     // (each under way may take two calls' timeouts more). The run has completed: a file left, by the
     // budget or by OpenAI refusing its delete (429, 5xx after the adapter's retry), is counted and said,
     // not retried into a failed execution.
     const ids = [...fileIds];
     let refused: unknown = null;
+    const deleting = api;
     const started = await forEachLimit(
       ids,
       DELETES_IN_FLIGHT,
       async (id) => {
         try {
-          await api.deleteFile(id);
+          await deleting.deleteFile(id);
           openaiFiles += 1;
         } catch (caught) {
           refused ??= caught;

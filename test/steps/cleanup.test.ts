@@ -78,6 +78,36 @@ describe('CleanUp', () => {
     expect([...refused].some((id) => seen.deleted.has(id))).toBe(false);
   });
 
+  it("leaves the files and ends, instead of failing a completed run's execution, when OpenAI is down or refuses the key", async () => {
+    const down = new OpenAIUnavailableError('OpenAI is unavailable: 503', 'openai_unavailable');
+    // The key refused as the API is built: nothing deleted, every file the parts name left.
+    const { deps } = await runOfParts('tidy-4', 5);
+    const refusedKey = {
+      ...deps,
+      openai: async () => {
+        throw new OpenAIUnavailableError('OpenAI refused the API key: 401', 'key_refused');
+      },
+    };
+    expect(await cleanUp(refusedKey, { runId: 'tidy-4' })).toMatchObject({
+      openaiFiles: 0,
+      leftOnOpenAI: 13,
+    });
+    // The listing of the run's files fails: those the parts name are still deleted.
+    const { deps: listing, seen } = await runOfParts('tidy-5', 5);
+    const api = await listing.openai();
+    const unlisted = {
+      ...listing,
+      openai: async () => ({
+        ...api,
+        filesNamed: async () => {
+          throw down;
+        },
+      }),
+    };
+    expect(await cleanUp(unlisted, { runId: 'tidy-5' })).toMatchObject({ openaiFiles: 13, leftOnOpenAI: 0 });
+    expect(seen.deleted.size).toBe(13);
+  });
+
   it('stops starting deletes at half its time budget, saying how many files it left, instead of failing the run', async () => {
     // 400 parts, 1,000 files: at 150 ms a delete, 16 at a time, about 9.4 s of the clock, over a 6 s budget.
     const { deps, seen, clock } = await runOfParts('tidy-2', 400);

@@ -58,12 +58,20 @@ export class InvariantError extends Error {
 
 /** The message of any caught value, without assuming it is an Error. */
 export function messageOf(caught: unknown): string {
-  if (caught instanceof Error) return caught.message;
-  if (typeof caught === 'string') return caught;
+  // What a hook threw may be anything: this names it, and never throws itself (it runs in the guards that
+  // turn a hook's failure into its record's error).
   try {
-    return JSON.stringify(caught) ?? String(caught);
+    if (caught instanceof Error) return String(caught.message);
+    if (typeof caught === 'string') return caught;
+    const json = JSON.stringify(caught);
+    if (json !== undefined) return json;
   } catch {
+    // a getter that throws, a cycle: String below, or the fallback
+  }
+  try {
     return String(caught);
+  } catch {
+    return `a value that cannot be shown (${Object.prototype.toString.call(caught)})`;
   }
 }
 

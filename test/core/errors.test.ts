@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { blockedMessage, OpenAIUnavailableError, openaiBlockReason } from '../../functions/core/errors';
+import {
+  blockedMessage,
+  messageOf,
+  OpenAIUnavailableError,
+  openaiBlockReason,
+} from '../../functions/core/errors';
 
 /** Errors shaped as the official client makes them: status, code, type and the body's error. */
 function apiError(status: number | undefined, code: string | null = null, type: string | null = null) {
@@ -61,5 +66,25 @@ describe('blockedMessage', () => {
       'OpenAI is unavailable: 503 overloaded',
     );
     expect(blockedMessage('quota_exhausted', '429 quota')).toMatch(/quota or billing: 429 quota$/);
+  });
+});
+
+describe('messageOf', () => {
+  it('names whatever a hook threw, and never throws itself', () => {
+    expect(messageOf(new Error('boom'))).toBe('boom');
+    expect(messageOf('plain')).toBe('plain');
+    expect(messageOf({ code: 7 })).toBe('{"code":7}');
+    const cyclic: Record<string, unknown> = Object.create(null);
+    cyclic.self = cyclic; // JSON refuses it, and String() has no toString to call
+    expect(messageOf(cyclic)).toBe('a value that cannot be shown ([object Object])');
+    const loud = {
+      toJSON: () => {
+        throw new Error('no');
+      },
+      toString: () => 'loud',
+    };
+    expect(messageOf(loud)).toBe('loud');
+    expect(messageOf(undefined)).toBe('undefined');
+    expect(messageOf(10n)).toBe('10');
   });
 });

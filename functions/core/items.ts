@@ -29,7 +29,15 @@ export const BatchInputItemSchema = z
         error: 'must be a non-empty string or an integer',
       })
       .transform(String)
-      .pipe(z.string().max(512, 'must be at most 512 characters')),
+      .pipe(
+        z
+          .string()
+          .max(512, 'must be at most 512 characters')
+          .refine(
+            wellFormed,
+            'must be whole text: it holds half of a character (a string cut inside an emoji?)',
+          ),
+      ),
     model: z.string().min(1, 'must not be empty').optional(),
     body: z.record(z.string(), z.unknown(), { error: 'must be an object' }).optional(),
     messages: z.array(z.unknown(), { error: 'must be an array of messages' }).min(1).optional(),
@@ -37,6 +45,14 @@ export const BatchInputItemSchema = z
     prompt: z.unknown().optional(),
   })
   .catchall(z.unknown());
+
+/**
+ * True when a string holds no half of a surrogate pair (in unicode mode \p{Cs} matches only a lone one):
+ * such an id cannot be written as UTF-8, nor named in a file of the images endpoints.
+ */
+function wellFormed(text: string): boolean {
+  return !/\p{Cs}/u.test(text);
+}
 
 /** The keys {@link BatchInputItemSchema} names, in its order (its output keeps this order, then the rest). */
 const ITEM_KEYS = new Set(['id', 'model', 'body', 'messages', 'input', 'prompt']);
@@ -60,7 +76,7 @@ function commonItem(raw: unknown): BatchInputItem | null {
   const rawId = value.id;
   let id: string;
   if (typeof rawId === 'string') {
-    if (rawId.length === 0 || rawId.length > 512) return null;
+    if (rawId.length === 0 || rawId.length > 512 || !wellFormed(rawId)) return null;
     id = rawId;
   } else if (Number.isSafeInteger(rawId)) {
     id = String(rawId);

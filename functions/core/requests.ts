@@ -167,6 +167,33 @@ export function buildRequest<R>(
   ids: IdClaims,
   first: boolean,
 ): BuildEvent {
+  try {
+    return buildChecked(raw, line, work, ids, first);
+  } catch (caught) {
+    // The item is the hook's value: reading it may throw (a getter, a proxy), which fails this record only.
+    let id: string | null = null;
+    try {
+      id = idOf(raw);
+    } catch {
+      // its id cannot be read either
+    }
+    return requestError(
+      id,
+      line,
+      'upload_hook_failed',
+      `line ${line}: the upload hook returned an item that could not be read: ${messageOf(caught)}`,
+      first,
+    );
+  }
+}
+
+function buildChecked<R>(
+  raw: unknown,
+  line: number,
+  work: Work<R>,
+  ids: IdClaims,
+  first: boolean,
+): BuildEvent {
   const { endpoint } = work.settings;
   const parsed = parseInputItem(raw);
   if (!parsed.success) {
@@ -218,7 +245,11 @@ export function buildRequest<R>(
   const json = serialized.line;
   // After serializing: a value JSON cannot hold is the hook's error, not OpenAI's.
   if (work.settings.validateRequests) {
-    const problem = checkRequestBody(endpoint, body);
+    // The body as it is sent: a value JSON writes otherwise (a Date as its string, a toJSON) is checked as
+    // OpenAI reads it, once the value the hook gave is refused (the common case pays no second parse).
+    const problem =
+      checkRequestBody(endpoint, body) &&
+      checkRequestBody(endpoint, (JSON.parse(json) as { body: unknown }).body);
     if (problem) {
       const { code, param, message } = problem;
       // The answer OpenAI would give, for a downloadError hook that reads the param and the rule.

@@ -242,6 +242,61 @@ describe('buildRequests', () => {
     ]);
   });
 
+  it('turns an item that cannot be read, an id cut inside a character, or a body with a cycle behind toJSON into an error for that record only', async () => {
+    class Lazy {
+      id = 'lazy';
+      get messages(): unknown[] {
+        throw new Error('lazy field not loaded');
+      }
+    }
+    const looped: Record<string, unknown> = { text: 'x' };
+    looped.self = looped;
+    looped.again = looped; // two ways round the cycle: a walk without a bound never ends
+    const cyclicContent = { toJSON: () => 'shown as text', inner: looped };
+    const events = await build(
+      {
+        upload: (record: Record<string, unknown>) => {
+          if (record.id === 'lazy') return new Lazy() as unknown as { id: string };
+          if (record.id === 'cut')
+            return { id: '😀 smile'.slice(1), messages: [{ role: 'user', content: 'q' }] };
+          if (record.id === 'loop')
+            return { id: 'loop', messages: [{ role: 'user', content: 'q', note: cyclicContent }] };
+          return { id: String(record.id), messages: [{ role: 'user', content: 'q' }] };
+        },
+      },
+      records({ id: 'a' }, { id: 'lazy' }, { id: 'cut' }, { id: 'loop' }, { id: 'e' }),
+    );
+    expect(
+      events.map((e) =>
+        e.kind === 'error' ? `${e.error.line} ${e.error.code}: ${e.error.message}` : e.kind,
+      ),
+    ).toEqual([
+      'request',
+      '2 upload_hook_failed: line 2: the upload hook returned an item that could not be read: lazy field not loaded',
+      expect.stringMatching(
+        /^3 invalid_item: line 3: the upload hook returned an invalid item: .*id.*half of a character/,
+      ),
+      'request',
+      'request',
+    ]);
+    const loop = events[3];
+    expect(loop?.kind === 'request' && JSON.parse(loop.request.json).body.messages[0].note).toBe(
+      'shown as text',
+    );
+  });
+
+  it('checks a body as it is sent: a Date is the string JSON writes, not an object OpenAI would refuse', async () => {
+    const events = await build(
+      {},
+      records({ id: 'dated', messages: [{ role: 'user', content: 'q' }], metadata: { at: new Date(0) } }),
+    );
+    expect(bodies(events)).toEqual([
+      expect.objectContaining({
+        body: expect.objectContaining({ metadata: { at: '1970-01-01T00:00:00.000Z' } }),
+      }),
+    ]);
+  });
+
   it('checks records against the work schema, naming the field but not its value', async () => {
     const events = await build(
       {

@@ -1,4 +1,4 @@
-import { InvariantError, messageOf } from './errors';
+import { blockedMessage, InvariantError, messageOf, OpenAIUnavailableError } from './errors';
 import { stringFromJson } from './id-files';
 import { type ImageSink, isImages, withStoredImages } from './images';
 import { type BatchErrorItem, errorItem, jsonLineOf } from './items';
@@ -53,6 +53,32 @@ export interface CollectInput<R> {
    * the object and that object's own line of such a line, given to errors (and messages) in its stead.
    */
   readonly place?: (line: number) => { readonly object: string | null; readonly line: number | null };
+  /**
+   * Whether result files that came back short may be read again (see ShortDownloadError): false once the
+   * part's files were read again enough times, and they are taken as they are.
+   */
+  readonly mayRedownload?: boolean;
+}
+
+/** Times a part's result files are read again when they come back short, before they are taken as they are. */
+export const MAX_REDOWNLOADS = 3;
+
+/**
+ * A part's result files that came back short: lines that are not results (a page of a proxy, a stream cut
+ * midway) and fewer results than OpenAI counted for the batch. Taken as they were, the requests without a
+ * result would be sent again (paid twice) or reported missing; the run waits and reads them again. (Its
+ * name stays OpenAIUnavailableError's: the steps and the state machine take it as that.)
+ */
+export class ShortDownloadError extends OpenAIUnavailableError {
+  constructor(batchId: string | null, malformed: number, results: number, counted: number) {
+    super(
+      blockedMessage(
+        'openai_unavailable',
+        `the result files of batch ${batchId ?? '(unknown)'} came back short: ${malformed} lines were not results, and ${results} results of the ${counted} OpenAI counted were read`,
+      ),
+      'openai_unavailable',
+    );
+  }
 }
 
 /** What collecting a part found (over every call so far, when it took several). */
@@ -463,6 +489,11 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
       }
     }
   }
+
+  const results = position - malformed;
+  const counted = part.completed + part.failed;
+  if (malformed > 0 && results < counted && input.mayRedownload === true)
+    throw new ShortDownloadError(batchId, malformed, results, counted);
 
   if (settled.size < datasetLine.size) {
     if (input.resubmit) {

@@ -100,6 +100,8 @@ export const PartSchema = z.object({
   usage: TokenTotalsSchema,
   /** Where collecting stopped, while a collect longer than one step goes on; null otherwise. */
   collected: CollectCursorSchema.nullable().default(null),
+  /** Times its result files came back short and were read again (see collect's ShortDownloadError). */
+  redownloads: z.number().int().nonnegative().default(0),
   version: z.number().int().nonnegative(),
 });
 
@@ -135,6 +137,7 @@ export function newPart(
     originShard: null,
     usage: { inputTokens: 0, outputTokens: 0, cachedTokens: 0 },
     collected: null,
+    redownloads: 0,
     version: 0,
   };
 }

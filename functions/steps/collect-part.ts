@@ -1,4 +1,4 @@
-import { collectPart } from '../core/collect';
+import { collectPart, MAX_REDOWNLOADS, ShortDownloadError } from '../core/collect';
 import type { BatchApi } from '../core/ports';
 import { newPart, type Part, type Run, runKeys } from '../core/run';
 import type { StepDeps } from './deps';
@@ -72,6 +72,11 @@ export async function collect<R>(
     object: located?.kind === 'object' ? located.key : null,
     ...(located?.kind === 'pack' ? { place: located.place } : {}),
     ...(options.shouldPause ? { shouldPause: options.shouldPause } : {}),
+    mayRedownload: part.redownloads < MAX_REDOWNLOADS,
+  }).catch(async (caught: unknown) => {
+    // Counted, so that files OpenAI itself wrote short are taken as they are after a few reads.
+    if (caught instanceof ShortDownloadError) await save({ ...part, redownloads: part.redownloads + 1 });
+    throw caught;
   });
   await Promise.all([
     outputs.close(),

@@ -6,7 +6,9 @@ import {
   customIdOf,
   parsePartLine,
   partLine,
+  ShortDownloadError,
 } from '../../functions/core/collect';
+import { OpenAIUnavailableError } from '../../functions/core/errors';
 import type { BatchErrorItem, BatchOutputItem } from '../../functions/core/items';
 import { type CollectCursor, newPart, type Part } from '../../functions/core/run';
 import { defineWork, type WorkConfig } from '../../functions/core/work';
@@ -79,6 +81,11 @@ async function collect(
     linesWithIds?: boolean;
     /** Entries left out at the end of the lines file (a file that lost them). */
     missingEntries?: number;
+    /** What OpenAI counted for the batch (request_counts.completed and .failed). */
+    counted?: { completed: number; failed: number };
+    /** The output file as it came: cut after this many characters. */
+    cutAt?: number;
+    mayRedownload?: boolean;
   } = {},
 ) {
   const ids = fates.map((_, i) => `id${i}`);
@@ -99,6 +106,7 @@ async function collect(
     ...newPart({ part: 3, generation: 0, model: 'm', requests: fates.length, bytes: 0, estimatedTokens: 0 }),
     batchId: 'batch_x',
     failure: options.failure ?? null,
+    ...(options.counted ?? {}),
   };
   const input: CollectInput<Record<string, unknown>> = {
     work: defineWork({ name: 'c', ...options.work }),
@@ -115,7 +123,7 @@ async function collect(
           .join('\n'),
         3,
       ),
-    outputFile: () => chunksOf(outputLines.join('\n'), 70),
+    outputFile: () => chunksOf(outputLines.join('\n').slice(0, options.cutAt), 70),
     errorFile: errorLines.length > 0 ? () => chunksOf(errorLines.join('\n'), 70) : null,
     outputs: { write: async (line) => void sinks.outputs.push(JSON.parse(line)) },
     errors: { write: async (line) => void sinks.errors.push(JSON.parse(line) as BatchErrorItem) },
@@ -125,6 +133,7 @@ async function collect(
         : { write: async (json, line, id) => void sinks.resent.push({ json, line, id }) },
     from: options.from ?? null,
     ...(options.shouldPause ? { shouldPause: options.shouldPause } : {}),
+    ...(options.mayRedownload === undefined ? {} : { mayRedownload: options.mayRedownload }),
   };
   const result = await collectPart(input);
   return { result, ...sinks, ids };
@@ -189,6 +198,35 @@ describe('collectPart', () => {
     expect(final.errors[1]?.message).toMatch(
       /^OpenAI returned no result for this request in batch batch_x \(part 3\)/,
     );
+  });
+
+  it('reads result files again when they come back short (lines not results, fewer results than OpenAI counted), rather than pay for their requests again', async () => {
+    const fates: Fate[] = ['ok', 'ok', 'ok', 'fail'];
+    const counted = { completed: 3, failed: 1 };
+    // A page of a proxy in place of the output file, and a stream cut inside its second line.
+    const short = [
+      collect(fates, { counted, mayRedownload: true, junk: ['<html><body>Sign in</body></html>'], cutAt: 0 }),
+      collect(fates, { counted, mayRedownload: true, cutAt: ok('id2').length + 20 }),
+    ];
+    for (const attempt of short) {
+      const refused = await attempt.then(
+        () => null,
+        (caught: unknown) => caught,
+      );
+      expect(refused).toBeInstanceOf(ShortDownloadError);
+      expect(refused).toBeInstanceOf(OpenAIUnavailableError);
+      expect((refused as Error).message).toMatch(
+        /^OpenAI is unavailable: the result files of batch batch_x came back short: 1 lines were not results, and \d results of the 4 OpenAI counted were read$/,
+      );
+    }
+    // Read whole: no question. Read again enough times: taken as they are (sent again, as before).
+    expect((await collect(fates, { counted, mayRedownload: true })).outputs).toHaveLength(3);
+    const taken = await collect(fates, { counted, mayRedownload: false, cutAt: ok('id2').length + 20 });
+    expect(taken.result.malformed).toBe(1);
+    expect(taken.resent).toHaveLength(2);
+    // A junk line beside every result OpenAI counted is not a short file.
+    const whole = await collect(fates, { counted, mayRedownload: true, junk: ['not json'] });
+    expect(whole.result).toMatchObject({ outputs: 3, malformed: 1 });
   });
 
   it('joins results to dataset lines from the lines file alone when its entries name the ids', async () => {

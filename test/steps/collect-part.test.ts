@@ -1,5 +1,6 @@
 import { GetObjectCommand, ListObjectsCommand } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
+import { MAX_REDOWNLOADS, ShortDownloadError } from '../../functions/core/collect';
 import type { BatchApi } from '../../functions/core/ports';
 import { type Part, type Run, runKeys } from '../../functions/core/run';
 import { objectListCodec, planCodec, type Shard } from '../../functions/core/shards';
@@ -166,6 +167,32 @@ describe('collecting a part', () => {
     expect(current).toMatchObject({ status: 'done', outputs: 40, errors: 0 });
     expect(idsOf(await linesUnder('runs/flaky/outputs/'))).toEqual([...ids].sort());
     expect(await linesUnder('runs/flaky/errors/')).toEqual([]);
+  });
+});
+
+describe('collecting a part whose result files come back short', () => {
+  it('leaves the part to be read again, counting the reads, and takes the files as they are after MAX_REDOWNLOADS', async () => {
+    const clock = new Clock();
+    const deps = depsFor(defineWork({ name: 'short', model: 'gpt-4o-mini' }), clock);
+    const ids = ['s1', 's2', 's3'];
+    const ready = await collectingPart(deps, 'short-1', ids);
+    // A proxy's page in place of the output file: no stand-in answers one, so the API's download is wrapped.
+    const api: BatchApi = {
+      ...ready.api,
+      fileContent: async function* () {
+        yield Buffer.from('<html><body>Sign in to the network</body></html>\n');
+      },
+    };
+    const save = (p: Part) => deps.runs.putPart('short-1', p);
+    let part = (await save({ ...ready.part, completed: ids.length })) ?? ready.part;
+    for (let read = 1; read <= MAX_REDOWNLOADS; read++) {
+      await expect(collect(deps, api, ready.run, part, save)).rejects.toBeInstanceOf(ShortDownloadError);
+      [part = part] = await deps.runs.listParts('short-1');
+      expect(part).toMatchObject({ status: 'collecting', redownloads: read, resubmitted: 0 });
+    }
+    // Read enough times: its requests are sent again, as for results OpenAI did not give.
+    const child = await collect(deps, api, ready.run, part, save);
+    expect(child).toMatchObject({ part: 1, requests: ids.length });
   });
 });
 

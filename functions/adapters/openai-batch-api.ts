@@ -157,7 +157,29 @@ async function guarded<T>(call: () => Promise<T>): Promise<T> {
 export class OpenAIBatchApi implements BatchApi {
   constructor(private readonly client: OpenAI) {}
 
-  uploadFile(filename: string, body: AsyncIterable<Uint8Array>): Promise<string> {
+  async uploadFile(filename: string, body: AsyncIterable<Uint8Array>): Promise<string> {
+    // The body is read while it is sent: a failure to read it (the request file gone from S3, a key it
+    // cannot decrypt) reaches the client as a dropped connection, which would be taken for an outage and
+    // waited on for ever. It is thrown as itself, naming the file.
+    let unread: { error: unknown } | null = null;
+    async function* watched(): AsyncGenerator<Uint8Array> {
+      try {
+        yield* body;
+      } catch (caught) {
+        unread = { error: caught };
+        throw caught;
+      }
+    }
+    try {
+      return await this.sendFile(filename, watched());
+    } catch (caught) {
+      const failure = unread as { error: unknown } | null;
+      if (failure) throw failure.error;
+      throw caught;
+    }
+  }
+
+  private sendFile(filename: string, body: AsyncIterable<Uint8Array>): Promise<string> {
     return guarded(async () => {
       const file = await this.client.files.create(
         { file: toStreamingFile(body, filename), purpose: 'batch' },

@@ -1,4 +1,4 @@
-import { messageOf, OpenAIUnavailableError } from '../core/errors';
+import { InvariantError, messageOf, OpenAIUnavailableError } from '../core/errors';
 import { type BatchApi, ConflictError } from '../core/ports';
 import {
   admit,
@@ -43,6 +43,13 @@ async function takeRun(
       if (!(caught instanceof ConflictError) || attempt >= 8) throw caught;
     }
   }
+}
+
+/** An object store's answer that the object is gone or may not be read (404, 403): no retry changes it. */
+function isGoneOrDenied(caught: unknown): boolean {
+  const name = (caught as { name?: unknown } | null)?.name;
+  const status = (caught as { $metadata?: { httpStatusCode?: unknown } } | null)?.$metadata?.httpStatusCode;
+  return name === 'NoSuchKey' || name === 'AccessDenied' || status === 403 || status === 404;
 }
 
 /**
@@ -403,11 +410,21 @@ async function submit<R>(
     submittingSince: deps.now(),
   });
   if (!part) return; // another pass took it
+  const requestFile = keys.requests(part.part);
+  let unreadable: { error: unknown } | null = null;
+  async function* requests(): AsyncGenerator<Uint8Array> {
+    try {
+      yield* deps.blobs.read(requestFile);
+    } catch (caught) {
+      unreadable = { error: caught };
+      throw caught;
+    }
+  }
   try {
     if (!part.fileId) {
       const fileId = await api.uploadFile(
         `${run.runId}.part-${String(part.part).padStart(5, '0')}.jsonl`,
-        deps.blobs.read(keys.requests(part.part)),
+        requests(),
       );
       // The lost-create grace runs from the create, not from the upload before it (which may be long).
       part = await save({ ...part, fileId, submittingSince: deps.now() });
@@ -421,6 +438,13 @@ async function submit<R>(
     await deps.runs.recordBatch(batch.id, run.runId, part.part);
     await save(observe(part, batch, deps.now()));
   } catch (caught) {
+    const unread = unreadable as { error: unknown } | null;
+    if (unread && isGoneOrDenied(unread.error)) {
+      // Not OpenAI's doing, and no later pass can send it: the run fails, saying which file and why.
+      throw new InvariantError(
+        `the request file s3://${deps.bucket}/${requestFile} of part ${pending.part} cannot be read: ${messageOf(unread.error)}`,
+      );
+    }
     if (blockedBy(caught)) {
       // The run waits for OpenAI; the part stays submitting and the next pass looks for its batch.
       deps.log('submit stopped: OpenAI cannot be used now', { runId: run.runId, part: pending.part });

@@ -123,6 +123,19 @@ describe('OpenAIBatchApi errors', () => {
     );
   });
 
+  it('throws a failure to read the file it uploads as itself, not as an outage to wait on for ever', async () => {
+    const gone = Object.assign(new Error('The specified key does not exist.'), { name: 'NoSuchKey' });
+    const api = new OpenAIBatchApi(clientFor(emulator, { maxRetries: 0 }));
+    const upload = api.uploadFile(
+      'run.part-00000.jsonl',
+      (async function* () {
+        yield Buffer.from('{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n');
+        throw gone;
+      })(),
+    );
+    await expect(upload).rejects.toBe(gone);
+  });
+
   it("leaves a request's own refusal (a bad create) as the client's error", async () => {
     const fresh = await startEmulator({ tickMs: 0 });
     try {

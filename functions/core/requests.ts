@@ -303,7 +303,7 @@ function buildChecked<R>(
   };
 }
 
-const isTokens = (value: unknown): value is number[] =>
+export const isTokens = (value: unknown): value is number[] =>
   Array.isArray(value) && value.length > 0 && value.every((token) => typeof token === 'number');
 
 /**

@@ -241,6 +241,14 @@ function contentOf(body: Record<string, unknown>): string | null {
 function embeddingOf(body: Record<string, unknown>): number[] | null {
   if (!Array.isArray(body.data)) return null;
   const embedding = asRecord(body.data[0])?.embedding;
+  // Asked with `encoding_format: base64`: the little-endian float32 values, in base64.
+  if (typeof embedding === 'string') {
+    const bytes = Buffer.from(embedding, 'base64');
+    if (bytes.length % 4 !== 0) return null;
+    const values: number[] = [];
+    for (let at = 0; at < bytes.length; at += 4) values.push(bytes.readFloatLE(at));
+    return values;
+  }
   return Array.isArray(embedding) && embedding.every((x) => typeof x === 'number') ? embedding : null;
 }
 

@@ -1,3 +1,4 @@
+import { isTokens } from '../../functions/core/requests';
 import { estimateInputTokens } from '../../functions/core/tokens';
 import { imagesAnswer, videoAnswer } from './images';
 import { hash32 } from './random';
@@ -161,8 +162,14 @@ function plainAnswer(
         },
       };
     case '/v1/embeddings': {
-      const inputs = Array.isArray(body.input) ? body.input : [body.input];
+      // One array of token integers is one input (an array of them, or of strings, one each).
+      const inputs = Array.isArray(body.input) && !isTokens(body.input) ? body.input : [body.input];
       const dimensions = typeof body.dimensions === 'number' ? body.dimensions : options.embeddingDimensions;
+      // `encoding_format: base64` gives each vector as the base64 of its little-endian float32 values.
+      const encoded = (values: number[]) =>
+        body.encoding_format === 'base64'
+          ? Buffer.from(new Float32Array(values).buffer).toString('base64')
+          : values;
       return {
         inputTokens,
         outputTokens: 0,
@@ -171,7 +178,7 @@ function plainAnswer(
           data: inputs.map((input, index) => ({
             object: 'embedding',
             index,
-            embedding: vector(hash32(options.seed, JSON.stringify(input)), dimensions),
+            embedding: encoded(vector(hash32(options.seed, JSON.stringify(input)), dimensions)),
           })),
           model,
           usage: { prompt_tokens: inputTokens, total_tokens: inputTokens },

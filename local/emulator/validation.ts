@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import { linesOf } from '../../functions/core/lines';
 import { checkRequestBody } from '../../functions/core/request-bodies';
+import { embeddingInputs as inputsOf } from '../../functions/core/requests';
 import { estimateInputTokens } from '../../functions/core/tokens';
 
 /** One entry of a failed batch's `errors.data`. */
@@ -191,8 +192,8 @@ export async function validateInput(
     }
     // A body OpenAI's schema refuses is not a validation error: the request fails alone, with a 400.
     if (checkRequestBody(endpoint, fields)) outcomes[outcomes.length - 1] = 1;
-    if (endpoint === '/v1/embeddings')
-      embeddingInputs += Array.isArray(fields.input) ? fields.input.length : 1;
+    // One array of token integers is one input, as OpenAI counts them (and Prepare does).
+    if (endpoint === '/v1/embeddings') embeddingInputs += inputsOf(fields.input);
     inputTokens += estimateInputTokens(fields[main?.field ?? 'input']);
   }
   if (total === 0) fail('empty_file', 'The batch input file is empty.', null, null);

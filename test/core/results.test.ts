@@ -58,6 +58,18 @@ describe('readResults', () => {
     });
   });
 
+  it('reads an embedding asked as base64 (encoding_format) as its numbers', async () => {
+    const values = [0.5, -0.25, 0.125];
+    const base64 = Buffer.from(new Float32Array(values).buffer).toString('base64');
+    const events = await read(
+      jsonl({
+        custom_id: 'b',
+        response: { status_code: 200, body: { object: 'list', data: [{ embedding: base64 }] } },
+      }),
+    );
+    expect(events.map((e) => (e.kind === 'output' ? e.item.embedding : e.kind))).toEqual([values]);
+  });
+
   it('reads embeddings, responses and completions results', async () => {
     const events = await read(
       jsonl(

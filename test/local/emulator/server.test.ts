@@ -525,6 +525,26 @@ describe('other endpoints', () => {
         expect((body.data as { embedding: number[] }[]).map((d) => d.embedding.length)).toEqual([8, 8]),
     ],
     [
+      '/v1/embeddings',
+      { input: [101, 2023, 2003, 102], dimensions: 8 },
+      // One array of token integers is one input: one vector (not one a token).
+      (body: Record<string, unknown>) =>
+        expect((body.data as { embedding: number[] }[]).map((d) => d.embedding.length)).toEqual([8]),
+    ],
+    [
+      '/v1/embeddings',
+      { input: 'one', dimensions: 8, encoding_format: 'base64' },
+      // base64 of 8 little-endian float32 values: 32 bytes, a unit vector as the floats are.
+      (body: Record<string, unknown>) => {
+        const [first] = body.data as { embedding: unknown }[];
+        expect(typeof first?.embedding).toBe('string');
+        const bytes = Buffer.from(String(first?.embedding), 'base64');
+        expect(bytes.length).toBe(32);
+        const values = Array.from({ length: 8 }, (_, i) => bytes.readFloatLE(i * 4));
+        expect(Math.hypot(...values)).toBeCloseTo(1, 4);
+      },
+    ],
+    [
       '/v1/responses',
       { input: 'hello' },
       (body: Record<string, unknown>) =>

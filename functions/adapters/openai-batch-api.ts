@@ -15,10 +15,30 @@ import type { BatchView } from '../core/reconciler';
  * with JSON of its own, gives a string or an object without them. The rest is read leniently (nulls and
  * missing fields have defaults below).
  */
+const count = z.number().int().nonnegative();
+const fileId = z.string().nullish();
 const BatchAnswerSchema = z.looseObject({
   id: z.string().min(1),
   status: z.string().min(1),
   created_at: z.number(),
+  // What the part keeps of it, which its record's schema checks again when it is stored.
+  request_counts: z.looseObject({ total: count, completed: count, failed: count }).nullish(),
+  output_file_id: fileId,
+  error_file_id: fileId,
+  errors: z
+    .looseObject({
+      data: z
+        .array(
+          z.looseObject({
+            code: z.string().nullish(),
+            message: z.string().nullish(),
+            line: z.number().int().nullish(),
+          }),
+        )
+        .nullish(),
+    })
+    .nullish(),
+  metadata: z.record(z.string(), z.string()).nullish(),
 });
 
 /** What a file answer must hold to be one (see BatchAnswerSchema). */

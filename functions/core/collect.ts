@@ -64,8 +64,8 @@ export interface CollectInput<R> {
 export const MAX_REDOWNLOADS = 3;
 
 /**
- * A part's result files that came back short: lines that are not results (a page of a proxy, a stream cut
- * midway) and fewer results than OpenAI counted for the batch. Taken as they were, the requests without a
+ * A part's result files that came back short: fewer results than OpenAI counted for the batch (a stream
+ * cut midway, an empty answer, a page of a proxy in their place). Taken as they were, the requests without a
  * result would be sent again (paid twice) or reported missing; the run waits and reads them again. (Its
  * name stays OpenAIUnavailableError's: the steps and the state machine take it as that.)
  */
@@ -74,7 +74,7 @@ export class ShortDownloadError extends OpenAIUnavailableError {
     super(
       blockedMessage(
         'openai_unavailable',
-        `the result files of batch ${batchId ?? '(unknown)'} came back short: ${malformed} lines were not results, and ${results} results of the ${counted} OpenAI counted were read`,
+        `the result files of batch ${batchId ?? '(unknown)'} came back short: ${results} results of the ${counted} OpenAI counted were read (and ${malformed} lines that were not results)`,
       ),
       'openai_unavailable',
     );
@@ -492,7 +492,9 @@ export async function collectPart<R>(input: CollectInput<R>): Promise<CollectRes
 
   const results = position - malformed;
   const counted = part.completed + part.failed;
-  if (malformed > 0 && results < counted && input.mayRedownload === true)
+  // Fewer results than OpenAI counted: a file cut short (at a line's end or inside one), an empty answer
+  // or a page that is not the file. Read again a few times before its missing requests are sent again.
+  if (results < counted && input.mayRedownload === true)
     throw new ShortDownloadError(batchId, malformed, results, counted);
 
   if (settled.size < datasetLine.size) {

@@ -262,7 +262,7 @@ export async function prepareDataset<R>(input: PrepareInput<R>): Promise<Prepare
               if (items === null) take({ kind: 'skip', line });
               else {
                 for (let i = 0; i < items.length; i++) {
-                  const pending = take(buildRequest(items[i], line, work, input.ids, i === 0));
+                  const pending = take(buildRequest(items, i, line, work, input.ids));
                   if (pending) await pending;
                 }
               }

@@ -518,14 +518,22 @@ function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | und
   if (format.strict !== true) return undefined;
   const schema = record(format.schema);
   if (!schema) return undefined; // the spec's check names a missing or mistyped schema
-  const why = strictSchemaProblem(schema);
-  if (why === undefined) return undefined;
+  // The work's own format is one object, sent in every request: walked once.
+  let why = STRICT_VERDICTS.get(schema);
+  if (why === undefined) {
+    why = strictSchemaProblem(schema) ?? null;
+    STRICT_VERDICTS.set(schema, why);
+  }
+  if (why === null) return undefined;
   return {
     code: 'invalid_json_schema',
     param: schemaAt,
     message: `Invalid schema for response_format '${typeof name === 'string' ? name : ''}': ${why}`,
   };
 }
+
+/** What strictSchemaProblem said of schema objects seen already (null: taken). */
+const STRICT_VERDICTS = new WeakMap<object, string | null>();
 
 /** Why strict mode refuses a schema (in OpenAI's words), or undefined when it takes it. */
 export function strictSchemaProblem(schema: Record<string, unknown>): string | undefined {
@@ -540,16 +548,17 @@ export function strictSchemaProblem(schema: Record<string, unknown>): string | u
     const here = record(node);
     if (!here || seen.has(here)) return undefined;
     seen.add(here);
-    const where = `In context=(${context.map((c) => `'${c}'`).join(', ')}${context.length === 1 ? ',' : ''})`;
+    const where = () =>
+      `In context=(${context.map((c) => `'${c}'`).join(', ')}${context.length === 1 ? ',' : ''})`;
     const types = Array.isArray(here.type) ? here.type : [here.type];
     const properties = record(here.properties);
     if (types.includes('object') || properties) {
       if (here.additionalProperties !== false)
-        return `${where}, 'additionalProperties' is required to be supplied and to be false.`;
+        return `${where()}, 'additionalProperties' is required to be supplied and to be false.`;
       const required = Array.isArray(here.required) ? here.required : null;
       const missing = Object.keys(properties ?? {}).find((key) => !required?.includes(key));
       if (missing !== undefined)
-        return `${where}, 'required' is required to be supplied and to be an array including every key in properties. Missing '${missing}'.`;
+        return `${where()}, 'required' is required to be supplied and to be an array including every key in properties. Missing '${missing}'.`;
       for (const [key, value] of Object.entries(properties ?? {})) {
         const why = visit(value, [...context, 'properties', key]);
         if (why) return why;

@@ -1,5 +1,5 @@
 import type { DatasetLine } from './dataset';
-import { messageOf } from './errors';
+import { InvariantError, messageOf } from './errors';
 import { describeIssues } from './issues';
 import {
   type BatchErrorItem,
@@ -100,7 +100,7 @@ export async function* buildRequests<R>(
       yield { kind: 'skip', line };
       continue;
     }
-    for (let i = 0; i < items.length; i++) yield buildRequest(items[i], line, work, ids, i === 0);
+    for (let i = 0; i < items.length; i++) yield buildRequest(items, i, line, work, ids);
   }
 }
 
@@ -157,20 +157,24 @@ function requestError(
 }
 
 /**
- * The request one item of a record becomes, or the error that refuses it. `first` is true for the
- * record's first item: its error counts the record as failed.
+ * The request item `index` of a record's items becomes, or the error that refuses it. The record's first
+ * item's error counts the record as failed.
  */
 export function buildRequest<R>(
-  raw: unknown,
+  items: readonly unknown[],
+  index: number,
   line: number,
   work: Work<R>,
   ids: IdClaims,
-  first: boolean,
 ): BuildEvent {
+  let raw: unknown;
   try {
-    return buildChecked(raw, line, work, ids, first);
+    raw = items[index]; // read here too: an element of the hook's array may be a getter that throws
+    return buildChecked(raw, line, work, ids, index === 0);
   } catch (caught) {
-    // The item is the hook's value: reading it may throw (a getter, a proxy), which fails this record only.
+    // The item is the hook's value: reading it may throw (a getter, a proxy), which fails this record
+    // only. This project's own failure is not the hook's: it goes on.
+    if (caught instanceof InvariantError) throw caught;
     let id: string | null = null;
     try {
       id = idOf(raw);
@@ -182,7 +186,7 @@ export function buildRequest<R>(
       line,
       'upload_hook_failed',
       `line ${line}: the upload hook returned an item that could not be read: ${messageOf(caught)}`,
-      first,
+      index === 0,
     );
   }
 }

@@ -72,6 +72,11 @@ describe('OpenAIBatchApi errors', () => {
       empty: ['application/json', ''],
       cut: ['application/json', '{"id":"batch_1","status":"in_pro'],
       other: ['application/json', '{"ok":true,"data":"none"}'],
+      // A batch in all but its types: counts as text, a file id as a number.
+      odd: [
+        'application/json',
+        '{"id":"batch_1","object":"batch","status":"completed","created_at":1,"request_counts":{"total":"3","completed":"3","failed":0},"output_file_id":42}',
+      ],
       null: ['application/json', 'null'],
     };
     const outcomes: string[] = [];

@@ -200,7 +200,7 @@ describe('collectPart', () => {
     );
   });
 
-  it('reads result files again when they come back short (lines not results, fewer results than OpenAI counted), rather than pay for their requests again', async () => {
+  it('reads result files again when they come back short (fewer results than OpenAI counted), rather than pay for their requests again', async () => {
     const fates: Fate[] = ['ok', 'ok', 'ok', 'fail'];
     const counted = { completed: 3, failed: 1 };
     // A page of a proxy in place of the output file, and a stream cut inside its second line.
@@ -216,7 +216,7 @@ describe('collectPart', () => {
       expect(refused).toBeInstanceOf(ShortDownloadError);
       expect(refused).toBeInstanceOf(OpenAIUnavailableError);
       expect((refused as Error).message).toMatch(
-        /^OpenAI is unavailable: the result files of batch batch_x came back short: 1 lines were not results, and \d results of the 4 OpenAI counted were read$/,
+        /^OpenAI is unavailable: the result files of batch batch_x came back short: \d results of the 4 OpenAI counted were read \(and 1 lines that were not results\)$/,
       );
     }
     // Read whole: no question. Read again enough times: taken as they are (sent again, as before).
@@ -227,6 +227,15 @@ describe('collectPart', () => {
     // A junk line beside every result OpenAI counted is not a short file.
     const whole = await collect(fates, { counted, mayRedownload: true, junk: ['not json'] });
     expect(whole.result).toMatchObject({ outputs: 3, malformed: 1 });
+    // Cut at a line's end, or empty: no line that is not a result, and still short.
+    const atLineEnd = await collect(fates, { counted, mayRedownload: true, cutAt: ok('id2').length }).then(
+      () => null,
+      (caught: unknown) => caught,
+    );
+    expect(atLineEnd).toBeInstanceOf(ShortDownloadError);
+    await expect(collect(fates, { counted, mayRedownload: true, cutAt: 0 })).rejects.toBeInstanceOf(
+      ShortDownloadError,
+    );
   });
 
   it('joins results to dataset lines from the lines file alone when its entries name the ids', async () => {

@@ -259,12 +259,22 @@ describe('buildRequests', () => {
           if (record.id === 'lazy') return new Lazy() as unknown as { id: string };
           if (record.id === 'cut')
             return { id: '😀 smile'.slice(1), messages: [{ role: 'user', content: 'q' }] };
+          if (record.id === 'pair') {
+            const pair: unknown[] = [{ id: 'pair-1', messages: [{ role: 'user', content: 'q' }] }];
+            Object.defineProperty(pair, 1, {
+              get: () => {
+                throw new Error('second item not loaded');
+              },
+              enumerable: true,
+            });
+            return pair as { id: string }[];
+          }
           if (record.id === 'loop')
             return { id: 'loop', messages: [{ role: 'user', content: 'q', note: cyclicContent }] };
           return { id: String(record.id), messages: [{ role: 'user', content: 'q' }] };
         },
       },
-      records({ id: 'a' }, { id: 'lazy' }, { id: 'cut' }, { id: 'loop' }, { id: 'e' }),
+      records({ id: 'a' }, { id: 'lazy' }, { id: 'cut' }, { id: 'loop' }, { id: 'e' }, { id: 'pair' }),
     );
     expect(
       events.map((e) =>
@@ -278,6 +288,8 @@ describe('buildRequests', () => {
       ),
       'request',
       'request',
+      'request',
+      '6 upload_hook_failed: line 6: the upload hook returned an item that could not be read: second item not loaded',
     ]);
     const loop = events[3];
     expect(loop?.kind === 'request' && JSON.parse(loop.request.json).body.messages[0].note).toBe(

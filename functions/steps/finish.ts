@@ -96,8 +96,11 @@ export async function cleanUp<R>(
   let leftOnOpenAI = 0;
   // The run has completed: OpenAI down, or the key refused, leaves its files there (said and counted), and
   // does not fail the execution, whose Notify would then never say the run completed.
-  const unreachable = (what: string, caught: unknown) =>
+  let reached = true;
+  const unreachable = (what: string, caught: unknown) => {
+    reached = false;
     deps.log(`OpenAI could not be reached to ${what}`, { runId: run.runId, error: messageOf(caught) });
+  };
   let api: BatchApi | null = null;
   if (fileIds.size > 0 || parts.length > 0) {
     try {
@@ -142,12 +145,15 @@ export async function cleanUp<R>(
       });
   }
   if (leftOnOpenAI > 0)
-    deps.log('clean-up stopped at its time budget: files are left on OpenAI', {
-      runId: run.runId,
-      openaiFiles,
-      leftOnOpenAI,
-      objects,
-    });
+    deps.log(
+      reached ? 'clean-up stopped at its time budget: files are left on OpenAI' : 'files are left on OpenAI',
+      {
+        runId: run.runId,
+        openaiFiles,
+        leftOnOpenAI,
+        objects,
+      },
+    );
   else deps.log('cleaned up', { runId: run.runId, openaiFiles, objects });
   return { openaiFiles, objects, leftOnOpenAI };
 }

@@ -488,6 +488,8 @@ const record = (value: unknown): Record<string, unknown> | null =>
  */
 function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | undefined {
   const top = record(body);
+  const asksJson = jsonModeProblem(endpoint, top);
+  if (asksJson) return asksJson;
   let format: Record<string, unknown> | null = null;
   let at = '';
   let schemaAt = '';
@@ -530,6 +532,32 @@ function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | und
     param: schemaAt,
     message: `Invalid schema for response_format '${typeof name === 'string' ? name : ''}': ${why}`,
   };
+}
+
+/**
+ * JSON mode (a format of type `json_object`) needs the word "json" in what the model reads, OpenAI says
+ * (else the model may write whitespace until its token limit): it refuses the request otherwise.
+ */
+function jsonModeProblem(endpoint: string, top: Record<string, unknown> | null): BodyProblem | undefined {
+  if (endpoint === '/v1/chat/completions' && record(top?.response_format)?.type === 'json_object') {
+    if (/json/i.test(JSON.stringify(top?.messages ?? null))) return undefined;
+    return {
+      code: 'invalid_request',
+      param: 'messages',
+      message:
+        "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
+    };
+  }
+  if (endpoint === '/v1/responses' && record(record(top?.text)?.format)?.type === 'json_object') {
+    if (/json/i.test(JSON.stringify([top?.instructions ?? null, top?.input ?? null]))) return undefined;
+    return {
+      code: 'invalid_request',
+      param: 'input',
+      message:
+        "Response input messages must contain the word 'json' in some form to use 'text.format' of type 'json_object'.",
+    };
+  }
+  return undefined;
 }
 
 /** What strictSchemaProblem said of schema objects seen already (null: taken). */

@@ -42,11 +42,17 @@ export function withStructuredAnswer(
 ): { body: Record<string, unknown>; inputTokens: number; outputTokens: number } {
   if (endpoint !== '/v1/chat/completions' && endpoint !== '/v1/responses') return answer;
   const schema = schemaOf(endpoint, body);
+  // JSON mode: no schema, but an answer that is a JSON object.
+  const jsonMode =
+    (endpoint === '/v1/chat/completions'
+      ? asRecord(body.response_format)
+      : asRecord(asRecord(body.text)?.format)
+    )?.type === 'json_object';
   const asked = JSON.stringify(
     endpoint === '/v1/responses' ? [body.instructions, body.input] : body.messages,
   );
   const outcome = outcomeOf(asked, customId, options);
-  if (schema === null && outcome === 'json') return answer;
+  if (schema === null && !jsonMode && outcome === 'json') return answer;
   const key = `${customId}:${asked}`;
   const json = JSON.stringify(schema === null ? {} : matchingValue(schema, schema, options.seed, key, 0));
   const text =

@@ -302,6 +302,31 @@ describe('checkRequestBody', () => {
     });
   });
 
+  it("refuses JSON mode without the word json in what the model reads, in OpenAI's words", () => {
+    const jsonMode = { response_format: { type: 'json_object' } };
+    expect(checkRequestBody('/v1/chat/completions', chat(jsonMode))).toEqual({
+      code: 'invalid_request',
+      param: 'messages',
+      message:
+        "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
+    });
+    expect(
+      checkRequestBody('/v1/chat/completions', {
+        ...chat(jsonMode),
+        messages: [{ role: 'user', content: 'Answer in JSON.' }],
+      }),
+    ).toBeUndefined();
+    const responses = (input: string, instructions?: string) =>
+      checkRequestBody('/v1/responses', {
+        model: 'gpt-4o-mini',
+        input,
+        ...(instructions ? { instructions } : {}),
+        text: { format: { type: 'json_object' } },
+      });
+    expect(responses('hi')).toMatchObject({ code: 'invalid_request', param: 'input' });
+    expect(responses('hi', 'Reply with a json object.')).toBeUndefined();
+  });
+
   it('leaves endpoints it has no schema for to OpenAI', () => {
     expect(checkRequestBody('/v1/unknown', { anything: [] })).toBeUndefined();
   });

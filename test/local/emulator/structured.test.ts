@@ -65,10 +65,15 @@ const bodyOf = (endpoint: Endpoint, content: string): Record<string, unknown> =>
 };
 
 /** Runs one batch to its end and gives each output line as the core reads it. */
-async function answers(seed: number, endpoint: Endpoint, contents: string[]): Promise<BatchOutputItem[]> {
+async function answers(
+  seed: number,
+  endpoint: Endpoint,
+  contents: string[],
+  body: (endpoint: Endpoint, content: string) => Record<string, unknown> = bodyOf,
+): Promise<BatchOutputItem[]> {
   const { emulator: started, client } = await emulator(seed);
   const lines = contents.map((content, i) =>
-    JSON.stringify({ custom_id: `r${i}`, method: 'POST', url: endpoint, body: bodyOf(endpoint, content) }),
+    JSON.stringify({ custom_id: `r${i}`, method: 'POST', url: endpoint, body: body(endpoint, content) }),
   );
   const file = await uploadLines(client, lines);
   const created = await client.batches.create({ input_file_id: file.id, endpoint, completion_window: '24h' });
@@ -106,6 +111,23 @@ describe.each(['/v1/chat/completions', '/v1/responses'] as const)('structured an
     expect(again.map((item) => item.content)).toEqual(first.map((item) => item.content));
     const other = await answers(8, endpoint, contents);
     expect(other.map((item) => item.content)).not.toEqual(first.map((item) => item.content));
+  });
+
+  it('answers JSON mode (a json_object format) with a JSON object', async () => {
+    const jsonMode = (at: Endpoint, content: string): Record<string, unknown> =>
+      at === '/v1/responses'
+        ? { model: 'gpt-4o-mini', input: content, text: { format: { type: 'json_object' } } }
+        : {
+            model: 'gpt-4o-mini',
+            messages: [{ role: 'user', content }],
+            response_format: { type: 'json_object' },
+          };
+    const items = await answers(3, endpoint, ['reply in JSON: a', 'reply in json: b'], jsonMode);
+    for (const item of items) {
+      validate(schema, item.response);
+      const parsed: unknown = JSON.parse(item.content ?? '');
+      expect(typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)).toBe(true);
+    }
   });
 
   it('answers each marker with the failure the core reads back by its code', async () => {

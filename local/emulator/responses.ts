@@ -61,31 +61,41 @@ function plainAnswer(
   const key = `${customId}:${JSON.stringify(body[mainFieldOf(endpoint)] ?? '')}`;
   const h = hash32(options.seed, key);
   const inputTokens = Math.max(1, estimateInputTokens(body[mainFieldOf(endpoint)]));
-  const outputTokens = endpoint === '/v1/embeddings' || endpoint === '/v1/moderations' ? 0 : 5 + (h % 36);
+  // The output token limit the request sets, if any: an answer stops there (finish_reason `length`).
+  const limit = [body.max_completion_tokens, body.max_tokens, body.max_output_tokens].find(
+    (value): value is number => typeof value === 'number' && Number.isInteger(value) && value > 0,
+  );
+  const wanted = (i: number) => 5 + ((i === 0 ? h : hash32(options.seed, `${key}:choice`, i)) % 36);
+  const wordsOf = (i: number) => Math.min(wanted(i), limit ?? Number.POSITIVE_INFINITY);
+  const cut = (i: number) => limit !== undefined && wanted(i) > limit;
+  const outputTokens = endpoint === '/v1/embeddings' || endpoint === '/v1/moderations' ? 0 : wordsOf(0);
   const text = sentence(options.seed, key, outputTokens);
   const suffix = h.toString(16).padStart(8, '0');
+  // `n` answers, each billed (chat and completions), and completions' prompts each answered n times.
+  const n = typeof body.n === 'number' && Number.isInteger(body.n) && body.n > 1 ? body.n : 1;
+  const choiceText = (i: number) => (i === 0 ? text : sentence(options.seed, `${key}:${i}`, wordsOf(i)));
   switch (endpoint) {
-    case '/v1/chat/completions':
+    case '/v1/chat/completions': {
+      const choices = Array.from({ length: n }, (_, index) => ({
+        index,
+        message: { role: 'assistant', content: choiceText(index), refusal: null, annotations: [] },
+        logprobs: null,
+        finish_reason: cut(index) ? 'length' : 'stop',
+      }));
+      const completionTokens = choices.reduce((sum, _, i) => sum + wordsOf(i), 0);
       return {
         inputTokens,
-        outputTokens,
+        outputTokens: completionTokens,
         body: {
           id: `chatcmpl-${suffix}${customId.length}`,
           object: 'chat.completion',
           created: createdSeconds,
           model,
-          choices: [
-            {
-              index: 0,
-              message: { role: 'assistant', content: text, refusal: null, annotations: [] },
-              logprobs: null,
-              finish_reason: 'stop',
-            },
-          ],
+          choices,
           usage: {
             prompt_tokens: inputTokens,
-            completion_tokens: outputTokens,
-            total_tokens: inputTokens + outputTokens,
+            completion_tokens: completionTokens,
+            total_tokens: inputTokens + completionTokens,
             prompt_tokens_details: { cached_tokens: 0, audio_tokens: 0 },
             completion_tokens_details: {
               reasoning_tokens: 0,
@@ -98,23 +108,36 @@ function plainAnswer(
           system_fingerprint: 'fp_emulator',
         },
       };
-    case '/v1/completions':
+    }
+    case '/v1/completions': {
+      const prompts =
+        Array.isArray(body.prompt) && body.prompt.every((p) => typeof p === 'string')
+          ? body.prompt.length
+          : 1;
+      const choices = Array.from({ length: Math.max(1, prompts) * n }, (_, index) => ({
+        text: choiceText(index),
+        index,
+        logprobs: null,
+        finish_reason: cut(index) ? 'length' : 'stop',
+      }));
+      const completionTokens = choices.reduce((sum, _, i) => sum + wordsOf(i), 0);
       return {
         inputTokens,
-        outputTokens,
+        outputTokens: completionTokens,
         body: {
           id: `cmpl-${suffix}`,
           object: 'text_completion',
           created: createdSeconds,
           model,
-          choices: [{ text, index: 0, logprobs: null, finish_reason: 'stop' }],
+          choices,
           usage: {
             prompt_tokens: inputTokens,
-            completion_tokens: outputTokens,
-            total_tokens: inputTokens + outputTokens,
+            completion_tokens: completionTokens,
+            total_tokens: inputTokens + completionTokens,
           },
         },
       };
+    }
     case '/v1/responses':
       return {
         inputTokens,
@@ -123,10 +146,10 @@ function plainAnswer(
           id: `resp_${suffix}`,
           object: 'response',
           created_at: createdSeconds,
-          status: 'completed',
+          status: cut(0) ? 'incomplete' : 'completed',
           completed_at: createdSeconds,
           error: null,
-          incomplete_details: null,
+          incomplete_details: cut(0) ? { reason: 'max_output_tokens' } : null,
           // A Response echoes the settings it ran with, OpenAI's defaults where the request gave none.
           instructions: body.instructions ?? null,
           max_output_tokens: body.max_output_tokens ?? null,
@@ -135,7 +158,7 @@ function plainAnswer(
             {
               type: 'message',
               id: `msg_${suffix}`,
-              status: 'completed',
+              status: cut(0) ? 'incomplete' : 'completed',
               role: 'assistant',
               content: [{ type: 'output_text', text, annotations: [], logprobs: [] }],
             },

@@ -559,6 +559,43 @@ describe('other endpoints', () => {
       (body: Record<string, unknown>) => expect(body).toMatchObject({ object: 'text_completion' }),
     ],
     [
+      '/v1/completions',
+      { prompt: ['once', 'twice'], n: 2 },
+      // Each prompt answered n times, each answer billed.
+      (body: Record<string, unknown>) => {
+        const choices = body.choices as { index: number }[];
+        expect(choices.map((c) => c.index)).toEqual([0, 1, 2, 3]);
+      },
+    ],
+    [
+      '/v1/chat/completions',
+      { messages: [{ role: 'user', content: 'hi' }], n: 3, max_completion_tokens: 2 },
+      // n choices, each stopped at the output limit, and billed together.
+      (body: Record<string, unknown>) => {
+        const choices = body.choices as { finish_reason: string; message: { content: string } }[];
+        expect(choices.map((c) => c.finish_reason)).toEqual(['length', 'length', 'length']);
+        expect(choices.every((c) => c.message.content.split(' ').length === 2)).toBe(true);
+        expect(body.usage).toMatchObject({ completion_tokens: 6 });
+      },
+    ],
+    [
+      '/v1/responses',
+      { input: 'hello', max_output_tokens: 16 },
+      // A limit under the answer's length: an incomplete response, as OpenAI gives one.
+      (body: Record<string, unknown>) => {
+        const words = String((body.output as { content: { text: string }[] }[])[0]?.content[0]?.text).split(
+          ' ',
+        );
+        expect(words.length).toBeLessThanOrEqual(16);
+        if (words.length === 16)
+          expect(body).toMatchObject({
+            status: 'incomplete',
+            incomplete_details: { reason: 'max_output_tokens' },
+          });
+        else expect(body).toMatchObject({ status: 'completed', incomplete_details: null });
+      },
+    ],
+    [
       '/v1/moderations',
       { input: 'text' },
       (body: Record<string, unknown>) => expect(body).toMatchObject({ results: [{ flagged: false }] }),

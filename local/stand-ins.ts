@@ -152,7 +152,9 @@ function atomicPuts(server: S3rver): void {
     const end = Number.isFinite(options?.end) ? (options?.end ?? 0) : Number.POSITIVE_INFINITY;
     const range = { start, end: Math.min(end, Math.max(0, size - 1)) };
     const ranged = options !== undefined && (options.start !== undefined || options.end !== undefined);
-    if (range.start < 0 || range.end < range.start) {
+    // A range that starts at or past the end (any range of an empty object) is not satisfiable, as S3 says
+    // (416 InvalidRange); s3rver served it with a length the body never reached.
+    if (range.start < 0 || range.end < range.start || (ranged && range.start >= size)) {
       await handle.close();
       const object = new S3Object(bucket, key, null, metadata);
       if (ranged) object.range = range;

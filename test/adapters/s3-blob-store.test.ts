@@ -68,6 +68,9 @@ describe('S3BlobStore', () => {
     expect(await text(7, 50)).toBe('789'); // past the object's end: to its end
     expect(await text(4, 4, etag)).toBe(''); // nothing asked: no GET
     expect(ranges).toEqual(['bytes=2-4', 'bytes=0-1', 'bytes=7-49']);
+    // Any range of an empty object is not satisfiable (416): nothing, as from the very end.
+    await shared.blobs.write('bounded-empty.txt', chunksOf(''));
+    expect(await collect(probe.read('bounded-empty.txt', 0, undefined, 1))).toEqual([]);
     // An empty range still checks the version.
     await shared.blobs.write(key, chunksOf('changed'));
     await expect(text(4, 4, etag)).rejects.toThrow(DatasetError);

@@ -113,7 +113,7 @@ describe('requests with an outputSchema', () => {
     const own = { type: 'json_object' };
     const [plain, custom] = await bodiesOf('/v1/chat/completions', [
       { id: 'a', messages: [{ role: 'user', content: 'hi' }] },
-      { id: 'b', messages: [{ role: 'user', content: 'hi' }], response_format: own },
+      { id: 'b', messages: [{ role: 'user', content: 'hi, in JSON' }], response_format: own },
     ]);
     expect(plain?.response_format).toEqual(structuredOf().format);
     expect(custom?.response_format).toEqual(own);

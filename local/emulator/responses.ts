@@ -147,7 +147,7 @@ function plainAnswer(
           object: 'response',
           created_at: createdSeconds,
           status: cut(0) ? 'incomplete' : 'completed',
-          completed_at: createdSeconds,
+          completed_at: cut(0) ? null : createdSeconds,
           error: null,
           incomplete_details: cut(0) ? { reason: 'max_output_tokens' } : null,
           // A Response echoes the settings it ran with, OpenAI's defaults where the request gave none.

@@ -51,10 +51,17 @@ export function withStructuredAnswer(
   const asked = JSON.stringify(
     endpoint === '/v1/responses' ? [body.instructions, body.input] : body.messages,
   );
-  const outcome = outcomeOf(asked, customId, options);
-  if (schema === null && !jsonMode && outcome === 'json') return answer;
+  const marked = outcomeOf(asked, customId, options);
+  if (schema === null && !jsonMode && marked === 'json') return answer;
   const key = `${customId}:${asked}`;
   const json = JSON.stringify(schema === null ? {} : matchingValue(schema, schema, options.seed, key, 0));
+  // The request's output token limit cuts the JSON as it cuts any answer (the plain answer's cut is not
+  // this one's: its length was another's).
+  const limit = [body.max_completion_tokens, body.max_tokens, body.max_output_tokens].find(
+    (value): value is number => typeof value === 'number' && Number.isInteger(value) && value > 0,
+  );
+  const outcome: Outcome =
+    marked === 'json' && limit !== undefined && estimateInputTokens(json) > limit ? 'truncated' : marked;
   const text =
     outcome === 'invalidJson'
       ? json.slice(0, Math.max(1, Math.floor(json.length / 2))).concat(' (not JSON)')
@@ -100,7 +107,7 @@ function shapeChat(body: Record<string, unknown>, outcome: Outcome, text: string
     return;
   }
   message.content = text;
-  if (outcome === 'truncated') choice.finish_reason = 'length';
+  choice.finish_reason = outcome === 'truncated' ? 'length' : 'stop';
 }
 
 function shapeResponse(body: Record<string, unknown>, outcome: Outcome, text: string): void {
@@ -116,6 +123,11 @@ function shapeResponse(body: Record<string, unknown>, outcome: Outcome, text: st
     body.completed_at = null;
     body.incomplete_details = { reason: 'max_output_tokens' };
     message.status = 'incomplete';
+  } else {
+    body.status = 'completed';
+    body.completed_at = body.created_at;
+    body.incomplete_details = null;
+    message.status = 'completed';
   }
 }
 

@@ -130,6 +130,24 @@ describe.each(['/v1/chat/completions', '/v1/responses'] as const)('structured an
     }
   });
 
+  it("cuts the JSON at the request's output token limit, and only then", async () => {
+    const limited = (max: number) => (at: Endpoint, content: string) => ({
+      ...bodyOf(at, content),
+      ...(at === '/v1/responses' ? { max_output_tokens: max } : { max_completion_tokens: max }),
+    });
+    const roomy = await answers(5, endpoint, ['a review', 'another review'], limited(4000));
+    for (const item of roomy) {
+      validate(schema, item.response);
+      expect('item' in checkOutput(structured(endpoint), item, null)).toBe(true);
+    }
+    const tight = await answers(5, endpoint, ['a review', 'another review'], limited(16));
+    for (const item of tight) {
+      validate(schema, item.response);
+      const checked = checkOutput(structured(endpoint), item, null);
+      expect('error' in checked && checked.error.code).toBe('output_truncated');
+    }
+  });
+
   it('answers each marker with the failure the core reads back by its code', async () => {
     const items = await answers(3, endpoint, [
       `fine ${OUTPUT_MARKERS.invalidJson}`,

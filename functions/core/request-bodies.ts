@@ -12,8 +12,8 @@ import compacted from './request-schemas.json' with { type: 'json' };
 
 /** What OpenAI answers a body it refuses with: the `error` of its 400 response. */
 export interface BodyProblem {
-  /** OpenAI's code: `invalid_type`, `empty_array`, `decimal_above_max_value`, ... */
-  readonly code: string;
+  /** OpenAI's code: `invalid_type`, `empty_array`, `decimal_above_max_value`, ...; null where it gives none. */
+  readonly code: string | null;
   /** The parameter, as OpenAI names it: `tools`, `messages[0].content`. */
   readonly param: string;
   /** OpenAI's message, naming the parameter and the rule. */
@@ -536,28 +536,42 @@ function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | und
 
 /**
  * JSON mode (a format of type `json_object`) needs the word "json" in what the model reads, OpenAI says
- * (else the model may write whitespace until its token limit): it refuses the request otherwise.
+ * (else the model may write whitespace until its token limit): it refuses the request otherwise, with no
+ * code. Only text is read (not an image's or a file's data); a responses request that goes on from a
+ * stored prompt, an earlier response or a conversation may have the word there, and is left to OpenAI.
  */
 function jsonModeProblem(endpoint: string, top: Record<string, unknown> | null): BodyProblem | undefined {
   if (endpoint === '/v1/chat/completions' && record(top?.response_format)?.type === 'json_object') {
-    if (/json/i.test(JSON.stringify(top?.messages ?? null))) return undefined;
+    if (saysJson(top?.messages)) return undefined;
     return {
-      code: 'invalid_request',
+      code: null,
       param: 'messages',
       message:
         "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
     };
   }
   if (endpoint === '/v1/responses' && record(record(top?.text)?.format)?.type === 'json_object') {
-    if (/json/i.test(JSON.stringify([top?.instructions ?? null, top?.input ?? null]))) return undefined;
+    const elsewhere = ['prompt', 'previous_response_id', 'conversation'].some((key) => top?.[key] != null);
+    if (elsewhere || saysJson(top?.instructions) || saysJson(top?.input)) return undefined;
     return {
-      code: 'invalid_request',
+      code: null,
       param: 'input',
       message:
         "Response input messages must contain the word 'json' in some form to use 'text.format' of type 'json_object'.",
     };
   }
   return undefined;
+}
+
+/** Keys whose strings are data, not text the model reads as words. */
+const NOT_TEXT = new Set(['image_url', 'file_data', 'file_id', 'file_url', 'url', 'audio', 'data']);
+
+/** Whether any text in a value (a message's content, its parts) holds the word "json", in any case. */
+function saysJson(value: unknown, depth = 0): boolean {
+  if (typeof value === 'string') return !value.startsWith('data:') && /json/i.test(value);
+  if (depth > 16 || value === null || typeof value !== 'object') return false;
+  if (Array.isArray(value)) return value.some((item) => saysJson(item, depth + 1));
+  return Object.entries(value).some(([key, item]) => !NOT_TEXT.has(key) && saysJson(item, depth + 1));
 }
 
 /** What strictSchemaProblem said of schema objects seen already (null: taken). */

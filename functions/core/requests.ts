@@ -262,7 +262,7 @@ function buildChecked<R>(
         item.id,
         line,
         'invalid_request_body',
-        `line ${line}: request "${item.id}" would be refused by OpenAI (${code}, param '${param}'): ${message}`,
+        `line ${line}: request "${item.id}" would be refused by OpenAI (${code === null ? '' : `${code}, `}param '${param}'): ${message}`,
         first,
         answer,
       );

@@ -97,6 +97,7 @@ export async function cleanUp<R>(
   // The run has completed: OpenAI down, or the key refused, leaves its files there (said and counted), and
   // does not fail the execution, whose Notify would then never say the run completed.
   let reached = true;
+  let stoppedByBudget = false;
   const unreachable = (what: string, caught: unknown) => {
     reached = false;
     deps.log(`OpenAI could not be reached to ${what}`, { runId: run.runId, error: messageOf(caught) });
@@ -137,6 +138,7 @@ export async function cleanUp<R>(
       () => deps.now() - begun <= deps.budgetMs / 2,
     );
     leftOnOpenAI = ids.length - openaiFiles;
+    stoppedByBudget = started < ids.length;
     if (refused)
       deps.log('OpenAI refused some deletes', {
         runId: run.runId,
@@ -146,7 +148,9 @@ export async function cleanUp<R>(
   }
   if (leftOnOpenAI > 0)
     deps.log(
-      reached ? 'clean-up stopped at its time budget: files are left on OpenAI' : 'files are left on OpenAI',
+      reached && stoppedByBudget
+        ? 'clean-up stopped at its time budget: files are left on OpenAI'
+        : 'files are left on OpenAI',
       {
         runId: run.runId,
         openaiFiles,

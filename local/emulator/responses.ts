@@ -2,7 +2,7 @@ import { isTokens } from '../../functions/core/requests';
 import { estimateInputTokens } from '../../functions/core/tokens';
 import { imagesAnswer, videoAnswer } from './images';
 import { hash32 } from './random';
-import { withStructuredAnswer } from './structured';
+import { outputLimitOf, withStructuredAnswer } from './structured';
 import { mainFieldOf } from './validation';
 
 const WORDS = (
@@ -62,9 +62,7 @@ function plainAnswer(
   const h = hash32(options.seed, key);
   const inputTokens = Math.max(1, estimateInputTokens(body[mainFieldOf(endpoint)]));
   // The output token limit the request sets, if any: an answer stops there (finish_reason `length`).
-  const limit = [body.max_completion_tokens, body.max_tokens, body.max_output_tokens].find(
-    (value): value is number => typeof value === 'number' && Number.isInteger(value) && value > 0,
-  );
+  const limit = outputLimitOf(endpoint, body);
   const wanted = (i: number) => 5 + ((i === 0 ? h : hash32(options.seed, `${key}:choice`, i)) % 36);
   const wordsOf = (i: number) => Math.min(wanted(i), limit ?? Number.POSITIVE_INFINITY);
   const cut = (i: number) => limit !== undefined && wanted(i) > limit;
@@ -110,10 +108,8 @@ function plainAnswer(
       };
     }
     case '/v1/completions': {
-      const prompts =
-        Array.isArray(body.prompt) && body.prompt.every((p) => typeof p === 'string')
-          ? body.prompt.length
-          : 1;
+      // A string or one array of tokens is one prompt; an array of strings or of token arrays, one each.
+      const prompts = Array.isArray(body.prompt) && !isTokens(body.prompt) ? body.prompt.length : 1;
       const choices = Array.from({ length: Math.max(1, prompts) * n }, (_, index) => ({
         text: choiceText(index),
         index,

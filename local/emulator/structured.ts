@@ -53,33 +53,54 @@ export function withStructuredAnswer(
   );
   const marked = outcomeOf(asked, customId, options);
   if (schema === null && !jsonMode && marked === 'json') return answer;
-  const key = `${customId}:${asked}`;
-  const json = JSON.stringify(schema === null ? {} : matchingValue(schema, schema, options.seed, key, 0));
-  // The request's output token limit cuts the JSON as it cuts any answer (the plain answer's cut is not
-  // this one's: its length was another's).
-  const limit = [body.max_completion_tokens, body.max_tokens, body.max_output_tokens].find(
-    (value): value is number => typeof value === 'number' && Number.isInteger(value) && value > 0,
-  );
-  const outcome: Outcome =
-    marked === 'json' && limit !== undefined && estimateInputTokens(json) > limit ? 'truncated' : marked;
-  const text =
-    outcome === 'invalidJson'
-      ? json.slice(0, Math.max(1, Math.floor(json.length / 2))).concat(' (not JSON)')
-      : outcome === 'wrongShape'
-        ? JSON.stringify({ unexpected: true })
-        : outcome === 'truncated'
-          ? json.slice(0, Math.max(1, Math.floor(json.length / 2)))
-          : json;
-  const said = outcome === 'refusal' ? REFUSAL_TEXT : text;
-  const outputTokens = Math.max(1, estimateInputTokens(said));
+  const limit = outputLimitOf(endpoint, body);
   const out = structuredClone(answer.body);
-  if (endpoint === '/v1/chat/completions') shapeChat(out, outcome, text);
-  else shapeResponse(out, outcome, text);
+  // Every answer of the request (chat's `n` choices) is structured; the first keeps the key it always had.
+  const choices = endpoint === '/v1/chat/completions' ? (out.choices as unknown[]).length : 1;
+  let outputTokens = 0;
+  for (let index = 0; index < choices; index++) {
+    const key = index === 0 ? `${customId}:${asked}` : `${customId}:${asked}:${index}`;
+    const json = JSON.stringify(schema === null ? {} : matchingValue(schema, schema, options.seed, key, 0));
+    // The request's output token limit cuts the JSON as it cuts any answer, at about that many tokens.
+    const overLimit = limit !== undefined && estimateInputTokens(json) > limit;
+    const outcome: Outcome = marked === 'json' && overLimit ? 'truncated' : marked;
+    const text =
+      outcome === 'invalidJson'
+        ? json.slice(0, Math.max(1, Math.floor(json.length / 2))).concat(' (not JSON)')
+        : outcome === 'wrongShape'
+          ? JSON.stringify({ unexpected: true })
+          : outcome === 'truncated'
+            ? json.slice(
+                0,
+                Math.max(1, overLimit && limit !== undefined ? limit * 4 : Math.floor(json.length / 2)),
+              )
+            : json;
+    const said = outcome === 'refusal' ? REFUSAL_TEXT : text;
+    outputTokens += Math.min(Math.max(1, estimateInputTokens(said)), limit ?? Number.POSITIVE_INFINITY);
+    if (endpoint === '/v1/chat/completions') shapeChat(out, index, outcome, text);
+    else shapeResponse(out, outcome, text);
+  }
   const usage = out.usage as Record<string, number>;
   if (endpoint === '/v1/chat/completions') usage.completion_tokens = outputTokens;
   else usage.output_tokens = outputTokens;
   usage.total_tokens = answer.inputTokens + outputTokens;
   return { body: out, inputTokens: answer.inputTokens, outputTokens };
+}
+
+/**
+ * The output token limit of a request, by the parameter its endpoint takes (chat: max_completion_tokens,
+ * or the older max_tokens; completions: max_tokens; responses: max_output_tokens); undefined for none.
+ */
+export function outputLimitOf(endpoint: string, body: Record<string, unknown>): number | undefined {
+  const given =
+    endpoint === '/v1/chat/completions'
+      ? (body.max_completion_tokens ?? body.max_tokens)
+      : endpoint === '/v1/completions'
+        ? body.max_tokens
+        : endpoint === '/v1/responses'
+          ? body.max_output_tokens
+          : undefined;
+  return typeof given === 'number' && Number.isInteger(given) && given > 0 ? given : undefined;
 }
 
 function outcomeOf(asked: string, customId: string, options: object): Outcome {
@@ -98,22 +119,26 @@ function outcomeOf(asked: string, customId: string, options: object): Outcome {
   return 'json';
 }
 
-function shapeChat(body: Record<string, unknown>, outcome: Outcome, text: string): void {
-  const choice = (body.choices as Record<string, unknown>[])[0] as Record<string, unknown>;
+function shapeChat(body: Record<string, unknown>, index: number, outcome: Outcome, text: string): void {
+  const choice = (body.choices as Record<string, unknown>[])[index] as Record<string, unknown>;
   const message = choice.message as Record<string, unknown>;
+  choice.finish_reason = outcome === 'truncated' ? 'length' : 'stop';
   if (outcome === 'refusal') {
     message.content = null;
     message.refusal = REFUSAL_TEXT;
     return;
   }
   message.content = text;
-  choice.finish_reason = outcome === 'truncated' ? 'length' : 'stop';
 }
 
 function shapeResponse(body: Record<string, unknown>, outcome: Outcome, text: string): void {
   const message = (body.output as Record<string, unknown>[])[0] as Record<string, unknown>;
   const part = (message.content as Record<string, unknown>[])[0] as Record<string, unknown>;
   if (outcome === 'refusal') {
+    body.status = 'completed';
+    body.completed_at = body.created_at;
+    body.incomplete_details = null;
+    message.status = 'completed';
     message.content = [{ type: 'refusal', refusal: REFUSAL_TEXT }];
     return;
   }

@@ -305,7 +305,7 @@ describe('checkRequestBody', () => {
   it("refuses JSON mode without the word json in what the model reads, in OpenAI's words", () => {
     const jsonMode = { response_format: { type: 'json_object' } };
     expect(checkRequestBody('/v1/chat/completions', chat(jsonMode))).toEqual({
-      code: 'invalid_request',
+      code: null,
       param: 'messages',
       message:
         "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
@@ -323,8 +323,31 @@ describe('checkRequestBody', () => {
         ...(instructions ? { instructions } : {}),
         text: { format: { type: 'json_object' } },
       });
-    expect(responses('hi')).toMatchObject({ code: 'invalid_request', param: 'input' });
+    expect(responses('hi')).toMatchObject({ code: null, param: 'input' });
     expect(responses('hi', 'Reply with a json object.')).toBeUndefined();
+    // Only text counts: an image's data that happens to hold the letters does not.
+    const image = { type: 'image_url', image_url: { url: 'data:image/png;base64,AAjsonAA' } };
+    expect(
+      checkRequestBody('/v1/chat/completions', {
+        ...chat(jsonMode),
+        messages: [{ role: 'user', content: [{ type: 'text', text: 'describe it' }, image] }],
+      }),
+    ).toMatchObject({ param: 'messages' });
+    expect(
+      checkRequestBody('/v1/chat/completions', {
+        ...chat(jsonMode),
+        messages: [{ role: 'user', content: [{ type: 'text', text: 'describe it as JSON' }, image] }],
+      }),
+    ).toBeUndefined();
+    // Going on from an earlier response, whose messages Prepare cannot see: left to OpenAI.
+    expect(
+      checkRequestBody('/v1/responses', {
+        model: 'gpt-4o-mini',
+        input: 'next one',
+        previous_response_id: 'resp_1',
+        text: { format: { type: 'json_object' } },
+      }),
+    ).toBeUndefined();
   });
 
   it('leaves endpoints it has no schema for to OpenAI', () => {

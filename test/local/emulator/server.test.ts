@@ -560,7 +560,13 @@ describe('other endpoints', () => {
     ],
     [
       '/v1/completions',
-      { prompt: ['once', 'twice'], n: 2 },
+      {
+        prompt: [
+          [1, 2],
+          [3, 4],
+        ],
+        n: 2,
+      },
       // Each prompt answered n times, each answer billed.
       (body: Record<string, unknown>) => {
         const choices = body.choices as { index: number }[];

@@ -145,7 +145,33 @@ describe.each(['/v1/chat/completions', '/v1/responses'] as const)('structured an
       validate(schema, item.response);
       const checked = checkOutput(structured(endpoint), item, null);
       expect('error' in checked && checked.error.code).toBe('output_truncated');
+      expect(item.usage?.outputTokens).toBe(16); // cut at the limit, billed up to it
     }
+    // Chat has no max_output_tokens: a chat request that sets it is not cut.
+    if (endpoint === '/v1/chat/completions') {
+      const other = await answers(5, endpoint, ['a review'], (at, content) => ({
+        ...bodyOf(at, content),
+        max_output_tokens: 16,
+      }));
+      for (const item of other) expect('item' in checkOutput(structured(endpoint), item, null)).toBe(true);
+    }
+  });
+
+  it('structures every answer of a request and bills them all, and a refusal at a limit still ends', async () => {
+    if (endpoint !== '/v1/chat/completions') return; // n is chat's
+    const three = (at: Endpoint, content: string) => ({ ...bodyOf(at, content), n: 3 });
+    const [item] = await answers(6, endpoint, ['a review'], three);
+    if (!item) throw new Error('no answer');
+    validate(schema, item.response);
+    const choices = item.response.choices as { message: { content: string }; finish_reason: string }[];
+    expect(choices).toHaveLength(3);
+    let tokens = 0;
+    for (const choice of choices) {
+      Answer.parse(JSON.parse(choice.message.content));
+      expect(choice.finish_reason).toBe('stop');
+      tokens += Math.ceil(choice.message.content.length / 4);
+    }
+    expect(item.usage?.outputTokens).toBe(tokens);
   });
 
   it('answers each marker with the failure the core reads back by its code', async () => {

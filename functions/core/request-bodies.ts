@@ -490,6 +490,7 @@ function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | und
   const top = record(body);
   const asksJson = jsonModeProblem(endpoint, top);
   if (asksJson) return asksJson;
+  if (endpoint === '/v1/embeddings') return embeddingsProblem(top);
   let format: Record<string, unknown> | null = null;
   let at = '';
   let schemaAt = '';
@@ -572,6 +573,23 @@ function saysJson(value: unknown, depth = 0): boolean {
   if (depth > 16 || value === null || typeof value !== 'object') return false;
   if (Array.isArray(value)) return value.some((item) => saysJson(item, depth + 1));
   return Object.entries(value).some(([key, item]) => !NOT_TEXT.has(key) && saysJson(item, depth + 1));
+}
+
+/**
+ * The embeddings rule the spec states in words, not in its schema: an input cannot be an empty string.
+ * (Its `additionalProperties: false` is not kept: a parameter newer than this copy of the spec passes, as
+ * on every endpoint.)
+ */
+function embeddingsProblem(top: Record<string, unknown> | null): BodyProblem | undefined {
+  const input = top?.input;
+  if (input === '' || (Array.isArray(input) && input.some((item) => item === '')))
+    return {
+      code: null,
+      param: 'input',
+      message:
+        "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
+    };
+  return undefined;
 }
 
 /** What strictSchemaProblem said of schema objects seen already (null: taken). */

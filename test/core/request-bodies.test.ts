@@ -350,6 +350,20 @@ describe('checkRequestBody', () => {
     ).toBeUndefined();
   });
 
+  it('refuses an embeddings request whose input is an empty string, as OpenAI does', () => {
+    const embed = (extra: Record<string, unknown>) =>
+      checkRequestBody('/v1/embeddings', { model: 'text-embedding-3-small', input: 'text', ...extra });
+    expect(embed({})).toBeUndefined();
+    expect(embed({ input: '' })).toEqual({
+      code: null,
+      param: 'input',
+      message:
+        "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
+    });
+    expect(embed({ input: ['a', ''] })).toMatchObject({ param: 'input' });
+    expect(embed({ input: [1, 2, 3] })).toBeUndefined();
+  });
+
   it('leaves endpoints it has no schema for to OpenAI', () => {
     expect(checkRequestBody('/v1/unknown', { anything: [] })).toBeUndefined();
   });

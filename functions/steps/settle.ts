@@ -484,8 +484,7 @@ class SettleContext<R> {
       const keptLines: string[] = [];
       let found = 0;
       let index = 0;
-      async function* keptRequests(): AsyncGenerator<Uint8Array> {
-        const batch: string[] = [];
+      async function* keptLinesOf(): AsyncGenerator<string> {
         for await (const json of textLines(blobs.read(requestsKey))) {
           const entry = lines[index++];
           if (entry === undefined) throw new InvariantError(`part ${n} has more requests than lines`);
@@ -496,11 +495,10 @@ class SettleContext<R> {
             continue;
           }
           keptLines.push(entry);
-          batch.push(`${json}\n`);
-          if (batch.length >= 256) yield Buffer.from(batch.splice(0).join(''));
+          yield json;
         }
-        if (batch.length > 0) yield Buffer.from(batch.join(''));
       }
+      const keptRequests = () => jsonlChunks(keptLinesOf());
       // Written to the copy as read; a part rewritten before (found 0) leaves a copy that is simply removed.
       await blobs.write(copy.requests, keptRequests());
       if (index !== lines.length) throw new InvariantError(`part ${n} has fewer requests than lines`);
@@ -767,6 +765,28 @@ export async function* pieceChunks(
     yield* chunks;
   }
 }
+
+/**
+ * Lines as an object's body: a few hundred a chunk, and no more than about CHUNK_CHARS characters (a part
+ * of image requests holds lines of a megabyte or more: 256 of them, and their joined copy, were more than
+ * Settle's heap).
+ */
+export async function* jsonlChunks(lines: AsyncIterable<string>): AsyncGenerator<Uint8Array> {
+  const batch: string[] = [];
+  let chars = 0;
+  for await (const line of lines) {
+    batch.push(`${line}\n`);
+    chars += line.length + 1;
+    if (batch.length >= 256 || chars >= CHUNK_CHARS) {
+      yield Buffer.from(batch.splice(0).join(''));
+      chars = 0;
+    }
+  }
+  if (batch.length > 0) yield Buffer.from(batch.join(''));
+}
+
+/** The most characters jsonlChunks joins into one chunk (one longer line is a chunk of its own). */
+export const CHUNK_CHARS = 1024 * 1024;
 
 /** Lines as an object's body, a few hundred a chunk. */
 async function* linesBody(lines: readonly string[]): AsyncGenerator<Uint8Array> {

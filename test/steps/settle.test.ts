@@ -8,7 +8,7 @@ import { type LaneCheckpoint, newPart, type Run, runKeys } from '../../functions
 import { planCodec, SHARD_PART_SPAN, type Shard, shardPart } from '../../functions/core/shards';
 import { defineWork } from '../../functions/core/work';
 import type { StepDeps } from '../../functions/steps/deps';
-import { settle } from '../../functions/steps/settle';
+import { CHUNK_CHARS, jsonlChunks, settle } from '../../functions/steps/settle';
 import { writeAll } from '../../functions/steps/storage';
 import { localDeps, RecordingNotifier } from '../../local/runner';
 import { localEnvironment } from '../support/local-environment';
@@ -621,5 +621,32 @@ describe('the Settle step', () => {
     await expect(settle(deps, { runId: 'blank' })).rejects.toThrow(
       new DatasetError('The dataset has no records: its 2 object(s) hold only blank lines.'),
     );
+  });
+});
+
+describe('jsonlChunks', () => {
+  it('joins lines into chunks of a few hundred lines and about a megabyte at most, each line whole and once', async () => {
+    const lines = (count: number, chars: number) =>
+      (async function* () {
+        for (let i = 0; i < count; i++) yield `${i}:${'x'.repeat(chars)}`;
+      })();
+    const chunksOf = async (source: AsyncIterable<string>) => {
+      const out: string[] = [];
+      for await (const chunk of jsonlChunks(source)) out.push(Buffer.from(chunk).toString('utf8'));
+      return out;
+    };
+    // Short lines: 256 a chunk.
+    const short = await chunksOf(lines(600, 10));
+    expect(short.map((c) => c.split('\n').length - 1)).toEqual([256, 256, 88]);
+    // Lines of 300 KB, as image requests are: a chunk stops past CHUNK_CHARS, never 256 of them.
+    const large = await chunksOf(lines(20, 300 * 1024));
+    expect(Math.max(...large.map((c) => c.length))).toBeLessThan(CHUNK_CHARS + 300 * 1024 + 16);
+    expect(
+      large
+        .join('')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => Number(l.split(':')[0])),
+    ).toEqual(Array.from({ length: 20 }, (_, i) => i));
   });
 });

@@ -1,7 +1,10 @@
 import {
   Annotations,
+  Aws,
   CfnOutput,
+  CfnRule,
   Duration,
+  Fn,
   Names,
   RemovalPolicy,
   SecretValue,
@@ -119,6 +122,31 @@ const expiringBuckets = new WeakSet<s3.Bucket>();
 const known = (value: string, pseudo: string) => (Token.isUnresolved(value) ? pseudo : value);
 
 /** The webhook receiver's function: small and quick, it only records and restarts. */
+/**
+ * The most ticks one execution may run: about 9 history events a tick (the Task, the Choice and the Wait
+ * states), under Step Functions' 25,000 with room for the prepare phase and the wind-down.
+ */
+export const MAX_TICKS = 2500;
+
+/** Regions without Lambda Function URLs, where the webhook receiver cannot be made (cfn-lint's data). */
+export const REGIONS_WITHOUT_FUNCTION_URLS: readonly string[] = [
+  'ap-east-2',
+  'ap-south-2',
+  'ap-southeast-4',
+  'ap-southeast-5',
+  'ap-southeast-6',
+  'ap-southeast-7',
+  'ca-west-1',
+  'cn-northwest-1',
+  'eu-central-2',
+  'eu-south-2',
+  'il-central-1',
+  'me-central-1',
+  'mx-central-1',
+  'us-gov-east-1',
+  'us-gov-west-1',
+];
+
 export const WEBHOOK_SIZING = { memorySize: 256, timeout: Duration.seconds(30) };
 
 export { STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB };
@@ -191,12 +219,43 @@ export class OpenAIBatchWork extends Construct {
     super(scope, id);
     if (props.topic && props.notificationEmail)
       throw new Error('OpenAIBatchWork: give either topic or notificationEmail, not both');
+    const least = partMemory(props.work.settings.maxBytesPerBatch);
     if (
       props.prepareMemoryMb !== undefined &&
-      !(props.prepareMemoryMb >= 128 && props.prepareMemoryMb <= 10_240)
+      !(
+        Number.isInteger(props.prepareMemoryMb) &&
+        props.prepareMemoryMb >= least &&
+        props.prepareMemoryMb <= 10_240
+      )
+    ) {
+      // A lane uploads shard 0's parts itself: it needs the memory Tick has for a part.
+      throw new Error(
+        `OpenAIBatchWork: prepareMemoryMb must be a whole number from ${least} (what a part of maxBytesPerBatch needs) to 10240 (got ${props.prepareMemoryMb})`,
+      );
+    }
+    // The functions check their environment when they start: a value they refuse would stop every one.
+    if (props.openaiBaseUrl !== undefined && !Token.isUnresolved(props.openaiBaseUrl)) {
+      let url: URL | null = null;
+      try {
+        url = new URL(props.openaiBaseUrl);
+      } catch {
+        // said below
+      }
+      if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:'))
+        throw new Error(
+          `OpenAIBatchWork: openaiBaseUrl must be an http(s) URL, such as https://api.openai.com/v1 (got ${props.openaiBaseUrl})`,
+        );
+    }
+    if (
+      props.maxTicksPerExecution !== undefined &&
+      !(
+        Number.isInteger(props.maxTicksPerExecution) &&
+        props.maxTicksPerExecution >= 1 &&
+        props.maxTicksPerExecution <= MAX_TICKS
+      )
     ) {
       throw new Error(
-        `OpenAIBatchWork: prepareMemoryMb must be between 128 and 10240 (got ${props.prepareMemoryMb})`,
+        `OpenAIBatchWork: maxTicksPerExecution must be a whole number from 1 to ${MAX_TICKS}: an execution's history holds 25,000 events, about 9 a tick (got ${props.maxTicksPerExecution})`,
       );
     }
     if (props.bucket && props.serverAccessLogsBucket)
@@ -464,6 +523,26 @@ export class OpenAIBatchWork extends Construct {
     environment: Record<string, string>,
     stack: Stack,
   ): NonNullable<OpenAIBatchWork['webhook']> {
+    // The receiver is a Lambda Function URL, which some regions do not have: CloudFormation would refuse
+    // the stack with "Unrecognized resource types". Said at synth where the region is known, else by a
+    // rule that stops the deploy in such a region before anything is made.
+    const without = [...REGIONS_WITHOUT_FUNCTION_URLS];
+    if (!Token.isUnresolved(stack.region)) {
+      if (without.includes(stack.region))
+        throw new Error(
+          `OpenAIBatchWork: webhooks need Lambda Function URLs, which ${stack.region} does not have: deploy without webhooks (runs poll), or in another region`,
+        );
+    } else {
+      new CfnRule(this, 'WebhookRegion', {
+        assertions: [
+          {
+            assert: Fn.conditionNot(Fn.conditionContains(without, Aws.REGION)),
+            assertDescription:
+              'Webhooks need Lambda Function URLs, which this region does not have: deploy without webhooks (runs poll), or in another region.',
+          },
+        ],
+      });
+    }
     const secret =
       (props.webhookSecret as secretsmanager.ISecret | undefined) ??
       (new secretsmanager.Secret(this, 'WebhookSigningSecret', {

@@ -21,6 +21,7 @@ import {
   HEAP_WRAPPER_SCRIPT,
 } from '../../infra/heap-wrapper';
 import {
+  MAX_TICKS,
   OpenAIBatchWork,
   type OpenAIBatchWorkProps,
   partMemory,
@@ -166,9 +167,44 @@ describe('OpenAIBatchWork', () => {
         ['WorkTick', 875],
       ]),
     );
-    expect(() => synth({ prepareMemoryMb: 20_000 })).toThrow(
-      /prepareMemoryMb must be between 128 and 10240 \(got 20000\)/,
+    for (const refused of [20_000, 512, 1000.5])
+      expect(() => synth({ prepareMemoryMb: refused })).toThrow(
+        `prepareMemoryMb must be a whole number from 875 (what a part of maxBytesPerBatch needs) to 10240 (got ${refused})`,
+      );
+  });
+
+  it('refuses, at synth, a setting every function would refuse when it starts', () => {
+    expect(() => synth({ openaiBaseUrl: 'api.example.com/v1' })).toThrow(
+      'openaiBaseUrl must be an http(s) URL, such as https://api.openai.com/v1 (got api.example.com/v1)',
     );
+    expect(() => synth({ openaiBaseUrl: 'ftp://example.com' })).toThrow(
+      /openaiBaseUrl must be an http\(s\) URL/,
+    );
+    expect(synth({ openaiBaseUrl: 'https://proxy.example.com/v1' }).construct).toBeDefined();
+    for (const ticks of [0, -1, 2.5, MAX_TICKS + 1])
+      expect(() => synth({ maxTicksPerExecution: ticks })).toThrow(
+        `maxTicksPerExecution must be a whole number from 1 to ${MAX_TICKS}`,
+      );
+    expect(synth({ maxTicksPerExecution: MAX_TICKS }).construct).toBeDefined();
+  });
+
+  it('refuses webhooks in a region without Lambda Function URLs, and stops a region-agnostic deploy there', () => {
+    const inRegion = (region: string) => {
+      const app = unbundledApp();
+      const stack = new Stack(app, 'Regional', { env: { account: '123456789012', region } });
+      return new OpenAIBatchWork(stack, 'Work', { work, workModule, webhooks: true });
+    };
+    expect(() => inRegion('us-gov-west-1')).toThrow(
+      'webhooks need Lambda Function URLs, which us-gov-west-1 does not have',
+    );
+    expect(inRegion('us-east-1')).toBeDefined();
+    const app = unbundledApp();
+    const agnostic = new Stack(app, 'Agnostic');
+    new OpenAIBatchWork(agnostic, 'Work', { work, workModule, webhooks: true });
+    const rules = Template.fromStack(agnostic).toJSON().Rules as Record<string, { Assertions: unknown[] }>;
+    const [rule] = Object.values(rules);
+    expect(JSON.stringify(rule?.Assertions)).toContain('us-gov-west-1');
+    expect(JSON.stringify(rule?.Assertions)).toContain('AWS::Region');
   });
 
   it('logs and traces the state machine, and gives it a timeout', () => {

@@ -39,6 +39,8 @@ export const LambdaEnvSchema = z.object({
   WEBHOOK_SECRET_ID: z.string().min(1).optional(),
   STATE_MACHINE_ARN: z.string().min(1).optional(),
   MAX_TICKS_PER_EXECUTION: z.coerce.number().int().positive().default(1500),
+  /** The stack's name: a dimension of the metrics, beside the work's (two stacks of one work alarm apart). */
+  STACK_NAME: z.string().min(1).optional(),
   /** Set by the heap-flags start wrapper (infra/heap-wrapper.ts): the flags it removed, '' for none. */
   [DROPPED_HEAP_FLAGS_ENV]: z.string().optional(),
 });
@@ -67,12 +69,15 @@ logger.info('node heap', {
 /**
  * CloudWatch metrics as embedded metric format, written by Powertools to stdout as a line of its own: a
  * `console.log` line would be wrapped in `message` by Lambda's JSON log format and never extracted.
- * The one dimension is `Work`, as the stack's alarms and dashboard read it (Powertools' default
- * `service` dimension would make another metric).
+ * The dimensions are `Work` and `Stack`, as the stack's alarms and dashboard read them (Powertools'
+ * default `service` dimension would make another metric).
  */
 const metrics = new Metrics({ namespace: 'OpenAIBatch', serviceName: `openai-batch-${work.settings.name}` });
 metrics.clearDefaultDimensions();
-metrics.setDefaultDimensions({ Work: work.settings.name });
+metrics.setDefaultDimensions({
+  Work: work.settings.name,
+  ...(env.STACK_NAME ? { Stack: env.STACK_NAME } : {}),
+});
 
 /** A handler that flushes the metrics it recorded when it ends, whether it returns or throws. */
 function flushingMetrics<E, R>(handler: (event: E) => Promise<R>): (event: E) => Promise<R> {

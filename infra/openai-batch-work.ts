@@ -293,6 +293,8 @@ export class OpenAIBatchWork extends Construct {
       OPENAI_SECRET_ID: this.apiKeySecret.secretArn,
       EVENT_BUS_NAME: 'default',
       MAX_TICKS_PER_EXECUTION: String(props.maxTicksPerExecution ?? 1500),
+      // The second dimension of the functions' metrics (see metricDimensions).
+      STACK_NAME: stack.stackName,
       ...(this.topic ? { TOPIC_ARN: this.topic.topicArn } : {}),
       ...(props.openaiBaseUrl ? { OPENAI_BASE_URL: props.openaiBaseUrl } : {}),
     };
@@ -621,6 +623,14 @@ export class OpenAIBatchWork extends Construct {
     });
   }
 
+  /**
+   * The dimensions of the functions' own metrics: the work, and the stack, so that two stacks of one work
+   * in an account (dev and prod) alarm on their own runs alone.
+   */
+  private metricDimensions(work: string): Record<string, string> {
+    return { Work: work, Stack: Stack.of(this).stackName };
+  }
+
   private createAlarms(stuckAfter: Duration, work: string): cloudwatch.Alarm[] {
     const alarm = (id: string, metric: cloudwatch.IMetric, description: string, threshold = 1) =>
       new cloudwatch.Alarm(this, id, {
@@ -661,7 +671,7 @@ export class OpenAIBatchWork extends Construct {
         new cloudwatch.Metric({
           namespace: 'OpenAIBatch',
           metricName: 'MinutesWithoutProgress',
-          dimensionsMap: { Work: work },
+          dimensionsMap: this.metricDimensions(work),
           statistic: 'Maximum',
           period: Duration.minutes(15),
         }),
@@ -673,7 +683,7 @@ export class OpenAIBatchWork extends Construct {
         new cloudwatch.Metric({
           namespace: 'OpenAIBatch',
           metricName: 'OpenAIAccessRefused',
-          dimensionsMap: { Work: work },
+          dimensionsMap: this.metricDimensions(work),
           statistic: 'Maximum',
           period: Duration.minutes(15),
         }),
@@ -749,7 +759,7 @@ export class OpenAIBatchWork extends Construct {
           new cloudwatch.Metric({
             namespace: 'OpenAIBatch',
             metricName: 'MinutesWithoutProgress',
-            dimensionsMap: { Work: work },
+            dimensionsMap: this.metricDimensions(work),
             statistic: 'Maximum',
           }),
         ],
@@ -757,7 +767,7 @@ export class OpenAIBatchWork extends Construct {
           new cloudwatch.Metric({
             namespace: 'OpenAIBatch',
             metricName: 'OpenAIAccessRefused',
-            dimensionsMap: { Work: work },
+            dimensionsMap: this.metricDimensions(work),
             statistic: 'Maximum',
             label: 'OpenAI refuses the key or quota',
           }),

@@ -237,9 +237,22 @@ describe('OpenAIBatchWork', () => {
 
   it('alarms on failed and timed-out runs, function errors, a stuck batch and a refused key, with a dashboard', () => {
     template.resourceCountIs('AWS::CloudWatch::Alarm', 5);
+    // Two stacks of one work alarm on their own runs: the stack is a dimension, and the functions are told it.
+    const dimensions = Match.arrayWith([
+      { Name: 'Stack', Value: 'Test' },
+      { Name: 'Work', Value: work.settings.name },
+    ]);
     template.hasResourceProperties('AWS::CloudWatch::Alarm', {
       MetricName: 'MinutesWithoutProgress',
       Threshold: 360,
+      Dimensions: dimensions,
+    });
+    template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'OpenAIAccessRefused',
+      Dimensions: dimensions,
+    });
+    template.hasResourceProperties('AWS::Lambda::Function', {
+      Environment: { Variables: Match.objectLike({ STACK_NAME: 'Test' }) },
     });
     template.hasResourceProperties('AWS::CloudWatch::Alarm', {
       MetricName: 'OpenAIAccessRefused',

@@ -287,6 +287,7 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
   it('a Tick whose key OpenAI refuses publishes OpenAIAccessRefused 1 as top-level EMF, flushed when it ends', async () => {
     const { answers, stdout } = await invoke([['tick', { runId, executionName: runId }]], {
       OPENAI_SECRET_ID: 'openai/refused',
+      STACK_NAME: 'OpenAIBatch-example-dev', // as the stack sets it: its alarms read this dimension too
     });
     expect(answers[0]?.error).toBeUndefined();
     const [emf, ...more] = emfLines(stdout);
@@ -294,14 +295,14 @@ describe('the Lambda bundle under Node 24, against the stand-ins', () => {
     expect(emf?._aws?.CloudWatchMetrics).toEqual([
       {
         Namespace: 'OpenAIBatch',
-        Dimensions: [['Work']],
+        Dimensions: [['Work', 'Stack']],
         Metrics: expect.arrayContaining([
           { Name: 'MinutesWithoutProgress', Unit: 'None' },
           { Name: 'OpenAIAccessRefused', Unit: 'None' },
         ]),
       },
     ]);
-    expect(emf).toMatchObject({ Work: WORK, OpenAIAccessRefused: 1 });
+    expect(emf).toMatchObject({ Work: WORK, Stack: 'OpenAIBatch-example-dev', OpenAIAccessRefused: 1 });
   });
 
   it('the webhook receiver answers 500 when it cannot read its signing secret, and MarkFailed ends the run', async () => {

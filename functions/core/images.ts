@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { BatchOutputItem, Endpoint } from './items';
+import { asRecord } from './values';
 
 /** The endpoints whose answers carry images (`ImagesResponse`), stored as objects when collected. */
 export const IMAGE_ENDPOINTS: readonly Endpoint[] = ['/v1/images/generations', '/v1/images/edits'];
@@ -44,11 +45,6 @@ export function imageExtension(bytes: Uint8Array, outputFormat: unknown): string
     return 'webp';
   return outputFormat === 'jpeg' || outputFormat === 'webp' ? outputFormat : 'png';
 }
-
-const asRecord = (value: unknown): Record<string, unknown> | null =>
-  value !== null && typeof value === 'object' && !Array.isArray(value)
-    ? (value as Record<string, unknown>)
-    : null;
 
 /**
  * An images answer with each `b64_json` image decoded and stored through the sink: `response.data[n]`

@@ -1,4 +1,5 @@
 import compacted from './request-schemas.json' with { type: 'json' };
+import { asRecord } from './values';
 
 /**
  * Request bodies checked the way OpenAI checks them, before anything is sent: each batch endpoint's
@@ -474,11 +475,6 @@ export function checkRequestBody(endpoint: string, body: unknown): BodyProblem |
 /** What a `json_schema` format's name may be (the spec: a-z, A-Z, 0-9, underscores and dashes, 64 at most). */
 const FORMAT_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
 
-const record = (value: unknown): Record<string, unknown> | null =>
-  value !== null && typeof value === 'object' && !Array.isArray(value)
-    ? (value as Record<string, unknown>)
-    : null;
-
 /**
  * OpenAI's rules for a `json_schema` format, which the spec does not state: its name's pattern, and, when
  * `strict` is true, the subset of JSON Schema strict mode takes: an object at the root, and every object
@@ -487,7 +483,7 @@ const record = (value: unknown): Record<string, unknown> | null =>
  * not, and OpenAI would refuse every request that carries it.
  */
 function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | undefined {
-  const top = record(body);
+  const top = asRecord(body);
   const asksJson = jsonModeProblem(endpoint, top);
   if (asksJson) return asksJson;
   if (endpoint === '/v1/embeddings') return embeddingsProblem(top);
@@ -495,13 +491,13 @@ function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | und
   let at = '';
   let schemaAt = '';
   if (endpoint === '/v1/chat/completions') {
-    const responseFormat = record(top?.response_format);
+    const responseFormat = asRecord(top?.response_format);
     if (responseFormat?.type !== 'json_schema') return undefined;
-    format = record(responseFormat.json_schema);
+    format = asRecord(responseFormat.json_schema);
     at = 'response_format.json_schema';
     schemaAt = 'response_format';
   } else if (endpoint === '/v1/responses') {
-    format = record(record(top?.text)?.format);
+    format = asRecord(asRecord(top?.text)?.format);
     if (format?.type !== 'json_schema') return undefined;
     at = 'text.format';
     schemaAt = 'text.format.schema';
@@ -519,7 +515,7 @@ function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | und
     };
   }
   if (format.strict !== true) return undefined;
-  const schema = record(format.schema);
+  const schema = asRecord(format.schema);
   if (!schema) return undefined; // the spec's check names a missing or mistyped schema
   // The work's own format is one object, sent in every request: walked once.
   let why = STRICT_VERDICTS.get(schema);
@@ -542,7 +538,7 @@ function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | und
  * stored prompt, an earlier response or a conversation may have the word there, and is left to OpenAI.
  */
 function jsonModeProblem(endpoint: string, top: Record<string, unknown> | null): BodyProblem | undefined {
-  if (endpoint === '/v1/chat/completions' && record(top?.response_format)?.type === 'json_object') {
+  if (endpoint === '/v1/chat/completions' && asRecord(top?.response_format)?.type === 'json_object') {
     if (saysJson(top?.messages)) return undefined;
     return {
       code: null,
@@ -551,7 +547,7 @@ function jsonModeProblem(endpoint: string, top: Record<string, unknown> | null):
         "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
     };
   }
-  if (endpoint === '/v1/responses' && record(record(top?.text)?.format)?.type === 'json_object') {
+  if (endpoint === '/v1/responses' && asRecord(asRecord(top?.text)?.format)?.type === 'json_object') {
     const elsewhere = ['prompt', 'previous_response_id', 'conversation'].some((key) => top?.[key] != null);
     if (elsewhere || saysJson(top?.instructions) || saysJson(top?.input)) return undefined;
     return {
@@ -605,13 +601,13 @@ export function strictSchemaProblem(schema: Record<string, unknown>): string | u
   }
   const seen = new Set<unknown>();
   const visit = (node: unknown, context: readonly string[]): string | undefined => {
-    const here = record(node);
+    const here = asRecord(node);
     if (!here || seen.has(here)) return undefined;
     seen.add(here);
     const where = () =>
       `In context=(${context.map((c) => `'${c}'`).join(', ')}${context.length === 1 ? ',' : ''})`;
     const types = Array.isArray(here.type) ? here.type : [here.type];
-    const properties = record(here.properties);
+    const properties = asRecord(here.properties);
     if (types.includes('object') || properties) {
       if (here.additionalProperties !== false)
         return `${where()}, 'additionalProperties' is required to be supplied and to be false.`;
@@ -634,7 +630,7 @@ export function strictSchemaProblem(schema: Record<string, unknown>): string | u
       for (const [i, branch] of branches.entries()) children.push([branch, [combinator, String(i)]]);
     }
     for (const definitions of ['$defs', 'definitions'])
-      for (const [key, value] of Object.entries(record(here[definitions]) ?? {}))
+      for (const [key, value] of Object.entries(asRecord(here[definitions]) ?? {}))
         children.push([value, [definitions, key]]);
     for (const [child, path] of children) {
       const why = visit(child, [...context, ...path]);

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { type BatchErrorItem, type BatchOutputItem, errorItem, type Usage } from './items';
 import { LineSplitter, type RawLine } from './lines';
+import { asRecord, isRecord } from './values';
 
 /** One line of an OpenAI batch output or error file. */
 export const ResultLineSchema = z.object({
@@ -96,8 +97,6 @@ function resultEventOf(
   return resultOf(result, batchId, lineOf(result.custom_id));
 }
 
-const isObject = (value: unknown): value is Record<string, unknown> =>
-  typeof value === 'object' && value !== null && !Array.isArray(value);
 const isNullishString = (value: unknown): boolean =>
   value === null || value === undefined || typeof value === 'string';
 
@@ -106,13 +105,13 @@ const isNullishString = (value: unknown): boolean =>
  * schema costs as much as the rest of a result); null when in doubt, and the schema decides.
  */
 function commonResultLine(value: unknown): ResultLine | null {
-  if (!isObject(value)) return null;
+  if (!isRecord(value)) return null;
   const { id, custom_id, response, error } = value;
   if (typeof custom_id !== 'string' || !isNullishString(id)) return null;
   let checkedResponse: ResultLine['response'];
   if (response === null || response === undefined) checkedResponse = response;
   else if (
-    isObject(response) &&
+    isRecord(response) &&
     Number.isSafeInteger(response.status_code) &&
     isNullishString(response.request_id) &&
     response.body !== undefined // the schema wants the key, whatever its value
@@ -125,7 +124,7 @@ function commonResultLine(value: unknown): ResultLine | null {
   } else return null;
   let checkedError: ResultLine['error'];
   if (error === null || error === undefined) checkedError = error;
-  else if (isObject(error) && isNullishString(error.code) && isNullishString(error.message)) {
+  else if (isRecord(error) && isNullishString(error.code) && isNullishString(error.message)) {
     checkedError = {
       code: error.code as string | null | undefined,
       message: error.message as string | null | undefined,
@@ -194,12 +193,6 @@ export function resultOf(result: ResultLine, batchId: string | null, line: numbe
       response: body,
     }),
   };
-}
-
-function asRecord(value: unknown): Record<string, unknown> | null {
-  return value !== null && typeof value === 'object' && !Array.isArray(value)
-    ? (value as Record<string, unknown>)
-    : null;
 }
 
 function stringOr(value: unknown, fallback: string): string {

@@ -3,6 +3,7 @@ import type { z } from 'zod';
 import { messageOf } from './errors';
 import { describeIssues } from './issues';
 import { type BatchErrorItem, type BatchOutputItem, type Endpoint, errorItem } from './items';
+import { asRecord } from './values';
 
 // `openai/helpers/zod` is a pure schema converter (no client, no network): the one OpenAI import the core
 // allows itself, so that the JSON Schema sent is exactly what OpenAI's own SDK would send.
@@ -181,12 +182,6 @@ function answerOf(body: Record<string, unknown>): {
         ? `status: incomplete, reason: ${typeof reason === 'string' ? reason : 'not given'}`
         : null,
   };
-}
-
-function asRecord(value: unknown): Record<string, unknown> | null {
-  return value !== null && typeof value === 'object' && !Array.isArray(value)
-    ? (value as Record<string, unknown>)
-    : null;
 }
 
 /**

@@ -1,4 +1,5 @@
 import { estimateInputTokens } from '../../functions/core/tokens';
+import { asRecord } from '../../functions/core/values';
 import { hash32 } from './random';
 
 /**
@@ -294,10 +295,4 @@ function resolveRef(ref: string, root: JsonSchema): JsonSchema | null {
 
 function numberOr(value: unknown, fallback: number): number {
   return typeof value === 'number' && Number.isFinite(value) ? value : fallback;
-}
-
-function asRecord(value: unknown): Record<string, unknown> | null {
-  return value !== null && typeof value === 'object' && !Array.isArray(value)
-    ? (value as Record<string, unknown>)
-    : null;
 }

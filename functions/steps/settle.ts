@@ -332,7 +332,7 @@ class SettleContext<R> {
     const buffer: Drop[] = [];
     const flush = async () => {
       buffer.sort(compareDrops);
-      await blobs.write(runKey(written.runs), linesBody(buffer.map(dropLine)));
+      await blobs.write(runKey(written.runs), jsonlChunks(buffer.map(dropLine)));
       written.runs += 1;
       buffer.length = 0;
     };
@@ -517,7 +517,7 @@ class SettleContext<R> {
         await blobs.delete([copy.requests, requestsKey, linesKey]);
         return;
       }
-      await blobs.write(copy.lines, linesBody(keptLines));
+      await blobs.write(copy.lines, jsonlChunks(keptLines));
     }
     await blobs.write(requestsKey, blobs.read(copy.requests));
     await blobs.write(linesKey, blobs.read(copy.lines));
@@ -771,7 +771,9 @@ export async function* pieceChunks(
  * of image requests holds lines of a megabyte or more: 256 of them, and their joined copy, were more than
  * Settle's heap).
  */
-export async function* jsonlChunks(lines: AsyncIterable<string>): AsyncGenerator<Uint8Array> {
+export async function* jsonlChunks(
+  lines: AsyncIterable<string> | Iterable<string>,
+): AsyncGenerator<Uint8Array> {
   const batch: string[] = [];
   let chars = 0;
   for await (const line of lines) {
@@ -787,11 +789,6 @@ export async function* jsonlChunks(lines: AsyncIterable<string>): AsyncGenerator
 
 /** The most characters jsonlChunks joins into one chunk (one longer line is a chunk of its own). */
 export const CHUNK_CHARS = 1024 * 1024;
-
-/** Lines as an object's body, a few hundred a chunk. */
-async function* linesBody(lines: readonly string[]): AsyncGenerator<Uint8Array> {
-  for (let i = 0; i < lines.length; i += 512) yield Buffer.from(`${lines.slice(i, i + 512).join('\n')}\n`);
-}
 
 /**
  * The entries of a part's lines file (its `.entries`: a request's dataset line and custom_id, see

@@ -71,7 +71,10 @@ export interface CreateBatchInput {
 
 /** The OpenAI Batch and Files API, as the steps use it. */
 export interface BatchApi {
-  /** Uploads a batch input file; resolves with its file id. */
+  /**
+   * Uploads a batch input file; resolves with its file id. A failure to read `body` is thrown as itself
+   * (not as the connection it broke), so that the caller tells its file's failure from OpenAI's.
+   */
   uploadFile(filename: string, body: AsyncIterable<Uint8Array>): Promise<string>;
   /** Creates a batch once: never retried by the client, as a lost answer is found again by metadata. */
   createBatch(input: CreateBatchInput): Promise<BatchView>;

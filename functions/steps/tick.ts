@@ -411,21 +411,23 @@ async function submit<R>(
   });
   if (!part) return; // another pass took it
   const requestFile = keys.requests(part.part);
-  let unreadable: { error: unknown } | null = null;
-  async function* requests(): AsyncGenerator<Uint8Array> {
-    try {
-      yield* deps.blobs.read(requestFile);
-    } catch (caught) {
-      unreadable = { error: caught };
-      throw caught;
-    }
-  }
+  let unreadable: InvariantError | null = null;
   try {
     if (!part.fileId) {
-      const fileId = await api.uploadFile(
-        `${run.runId}.part-${String(part.part).padStart(5, '0')}.jsonl`,
-        requests(),
-      );
+      const fileId = await api
+        .uploadFile(
+          `${run.runId}.part-${String(part.part).padStart(5, '0')}.jsonl`,
+          deps.blobs.read(requestFile),
+        )
+        .catch((caught: unknown) => {
+          // The file's read failed (thrown as itself): gone or denied, no later pass can send it, and it is
+          // not OpenAI's doing. The run fails, saying which file and why.
+          if (!isGoneOrDenied(caught)) throw caught;
+          unreadable = new InvariantError(
+            `the request file s3://${deps.bucket}/${requestFile} of part ${pending.part} cannot be read: ${messageOf(caught)}`,
+          );
+          throw unreadable;
+        });
       // The lost-create grace runs from the create, not from the upload before it (which may be long).
       part = await save({ ...part, fileId, submittingSince: deps.now() });
       if (!part) return;
@@ -438,13 +440,7 @@ async function submit<R>(
     await deps.runs.recordBatch(batch.id, run.runId, part.part);
     await save(observe(part, batch, deps.now()));
   } catch (caught) {
-    const unread = unreadable as { error: unknown } | null;
-    if (unread && isGoneOrDenied(unread.error)) {
-      // Not OpenAI's doing, and no later pass can send it: the run fails, saying which file and why.
-      throw new InvariantError(
-        `the request file s3://${deps.bucket}/${requestFile} of part ${pending.part} cannot be read: ${messageOf(unread.error)}`,
-      );
-    }
+    if (caught === unreadable) throw caught;
     if (blockedBy(caught)) {
       // The run waits for OpenAI; the part stays submitting and the next pass looks for its batch.
       deps.log('submit stopped: OpenAI cannot be used now', { runId: run.runId, part: pending.part });

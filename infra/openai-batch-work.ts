@@ -121,7 +121,6 @@ const expiringBuckets = new WeakSet<s3.Bucket>();
 /** A stack's region or account as cdk-nag prints it: the value, or the pseudo parameter when unknown. */
 const known = (value: string, pseudo: string) => (Token.isUnresolved(value) ? pseudo : value);
 
-/** The webhook receiver's function: small and quick, it only records and restarts. */
 /**
  * The most ticks one execution may run: about 9 history events a tick (the Task, the Choice and the Wait
  * states), under Step Functions' 25,000 with room for the prepare phase and the wind-down.
@@ -147,6 +146,7 @@ export const REGIONS_WITHOUT_FUNCTION_URLS: readonly string[] = [
   'us-gov-west-1',
 ];
 
+/** The webhook receiver's function: small and quick, it only records and restarts. */
 export const WEBHOOK_SIZING = { memorySize: 256, timeout: Duration.seconds(30) };
 
 export { STEP_OLD_SPACE_MB, STEP_SEMI_SPACE_MB };

@@ -1,4 +1,4 @@
-import { isTokens } from '../../functions/core/requests';
+import { embeddingInputs, isTokens } from '../../functions/core/requests';
 import { estimateInputTokens } from '../../functions/core/tokens';
 import { imagesAnswer, videoAnswer } from './images';
 import { hash32 } from './random';
@@ -108,9 +108,9 @@ function plainAnswer(
       };
     }
     case '/v1/completions': {
-      // A string or one array of tokens is one prompt; an array of strings or of token arrays, one each.
-      const prompts = Array.isArray(body.prompt) && !isTokens(body.prompt) ? body.prompt.length : 1;
-      const choices = Array.from({ length: Math.max(1, prompts) * n }, (_, index) => ({
+      // A string or one array of tokens is one prompt; an array of strings or of token arrays, one each
+      // (counted as an embeddings request's inputs are).
+      const choices = Array.from({ length: embeddingInputs(body.prompt) * n }, (_, index) => ({
         text: choiceText(index),
         index,
         logprobs: null,

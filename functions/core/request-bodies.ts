@@ -467,7 +467,14 @@ export function checkRequestBody(endpoint: string, body: unknown): BodyProblem |
   const name = ENDPOINT_SCHEMAS[endpoint];
   if (!name) return undefined;
   const failure = named(name)(body);
-  if (!failure) return strictFormatProblem(endpoint, body);
+  if (!failure) {
+    // The rules OpenAI enforces beyond the schema.
+    const top = asRecord(body);
+    return (
+      jsonModeProblem(endpoint, top) ??
+      (endpoint === '/v1/embeddings' ? embeddingsProblem(top) : strictFormatProblem(endpoint, top))
+    );
+  }
   const param = paramOf(failure.path);
   return { code: failure.code, param, message: failure.describe(param) };
 }
@@ -482,11 +489,7 @@ const FORMAT_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
  * a nullable one). A schema built by the work's `outputSchema` keeps them; one an upload hook writes may
  * not, and OpenAI would refuse every request that carries it.
  */
-function strictFormatProblem(endpoint: string, body: unknown): BodyProblem | undefined {
-  const top = asRecord(body);
-  const asksJson = jsonModeProblem(endpoint, top);
-  if (asksJson) return asksJson;
-  if (endpoint === '/v1/embeddings') return embeddingsProblem(top);
+function strictFormatProblem(endpoint: string, top: Record<string, unknown> | null): BodyProblem | undefined {
   let format: Record<string, unknown> | null = null;
   let at = '';
   let schemaAt = '';
@@ -592,7 +595,7 @@ function embeddingsProblem(top: Record<string, unknown> | null): BodyProblem | u
 const STRICT_VERDICTS = new WeakMap<object, string | null>();
 
 /** Why strict mode refuses a schema (in OpenAI's words), or undefined when it takes it. */
-export function strictSchemaProblem(schema: Record<string, unknown>): string | undefined {
+function strictSchemaProblem(schema: Record<string, unknown>): string | undefined {
   const rootType = schema.type;
   if (rootType !== 'object') {
     const shown =

@@ -338,8 +338,7 @@ class SettleContext<R> {
     };
     const stream = duplicates[Symbol.asyncIterator]();
     const first = await stream.next();
-    async function* errorLines(): AsyncGenerator<Uint8Array> {
-      const lines: string[] = [];
+    async function* errorLines(): AsyncGenerator<string> {
       // The errors of the next few duplicates are made while this one's waits: naming a line may read
       // the plan and a pack's files (a few GETs), for the first use's shard as well, which may be any.
       const ahead: { duplicate: Duplicate; line: Promise<string> }[] = [];
@@ -357,7 +356,7 @@ class SettleContext<R> {
           const { entry: e } = due.duplicate;
           written.n += 1;
           written.tokens += e.tokens;
-          lines.push(await due.line);
+          yield await due.line;
           buffer.push({
             part: e.part,
             line: e.line,
@@ -367,10 +366,8 @@ class SettleContext<R> {
             tokens: e.tokens,
           });
           written.held = Math.max(written.held, buffer.length);
-          if (lines.length >= 512) yield Buffer.from(`${lines.splice(0).join('\n')}\n`);
           if (buffer.length >= dropRun) await flush();
         }
-        if (lines.length > 0) yield Buffer.from(`${lines.join('\n')}\n`);
         if (buffer.length > 0) await flush();
       } finally {
         await stream.return?.(undefined);
@@ -378,7 +375,7 @@ class SettleContext<R> {
     }
     if (!first.done) {
       try {
-        await blobs.write(errorsKey, errorLines());
+        await blobs.write(errorsKey, jsonlChunks(errorLines()));
       } finally {
         await stream.return?.(undefined); // a write that failed before reading its body leaves it open
       }
